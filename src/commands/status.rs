@@ -1,0 +1,181 @@
+//! `tenantctl status`: the latest version on disk and where every tenant stands, from one
+//! registry query, summarised by version so it stays readable at 10,000 tenants.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::cli::StatusArgs;
+use crate::config::Settings;
+use crate::control::TenantRow;
+use crate::exit::{UsageError, SUCCESS};
+use crate::migrations::MigrationSet;
+
+use super::{load_migrations, parse_ids, redact_json, Session};
+
+/// Tenants behind the latest version listed by name in the text output.
+const BEHIND_LISTED: usize = 20;
+
+fn vtext(v: Option<i32>) -> String {
+    v.map_or("none".into(), |v| format!("V{v}"))
+}
+
+pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32> {
+    let migrations = load_migrations(settings)?;
+    let wanted = if args.tenant.is_empty() {
+        None
+    } else {
+        Some(
+            parse_ids(settings, &args.tenant)?
+                .iter()
+                .map(|t| t.id().to_string())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let session = Session::open(settings, false).await?;
+    let rows = if session.control.exists(&session.client).await? {
+        session
+            .control
+            .tenants(&session.client, wanted.as_deref())
+            .await?
+    } else {
+        Vec::new()
+    };
+    if let Some(wanted) = &wanted {
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|id| !rows.iter().any(|r| r.tenant.id() == id.as_str()))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(UsageError(format!("not registered: {}", missing.join(", "))).into());
+        }
+    }
+    let rows: Vec<TenantRow> = rows.into_iter().filter(|r| r.state == "active").collect();
+    if args.json {
+        println!("{}", redact_json(&to_json(&migrations, &rows)));
+    } else {
+        print!(
+            "{}",
+            to_text(settings, &migrations, &rows, wanted.is_some())
+        );
+    }
+    Ok(SUCCESS)
+}
+
+/// Tenants per version (None = nothing applied), highest first.
+fn by_version(rows: &[TenantRow]) -> BTreeMap<std::cmp::Reverse<Option<i32>>, usize> {
+    let mut groups = BTreeMap::new();
+    for r in rows {
+        *groups.entry(std::cmp::Reverse(r.version)).or_insert(0) += 1;
+    }
+    groups
+}
+
+fn to_json(migrations: &MigrationSet, rows: &[TenantRow]) -> serde_json::Value {
+    let latest = migrations.latest();
+    json!({
+        "latest_version": latest,
+        "migrations": migrations.files().len(),
+        "tenants": rows.iter().map(|r| json!({
+            "id": r.tenant.id(),
+            "schema": r.tenant.schema(),
+            "version": r.version,
+            "pending": migrations.pending_count(r.version, None),
+        })).collect::<Vec<_>>(),
+        "summary": by_version(rows).into_iter().map(|(v, n)| json!({
+            "version": v.0,
+            "tenants": n,
+            "pending": migrations.pending_count(v.0, None),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn to_text(
+    settings: &Settings,
+    migrations: &MigrationSet,
+    rows: &[TenantRow],
+    detailed: bool,
+) -> String {
+    let latest = migrations.latest();
+    let mut out = format!(
+        "database:   {} (control schema {})\nmigrations: {} in {}, latest {}\n",
+        settings.display_url,
+        settings.control_schema,
+        migrations.files().len(),
+        migrations.dir.display(),
+        latest.map_or("none".into(), |v| migrations.label(v)),
+    );
+    if rows.is_empty() {
+        out.push_str(
+            "tenants:    none registered (create one with `tenantctl tenant create <ID>`)\n",
+        );
+        return out;
+    }
+    let current = rows.iter().filter(|r| r.version == latest).count();
+    let ahead = rows
+        .iter()
+        .filter(|r| {
+            matches!((r.version, latest), (Some(v), Some(l)) if v > l)
+                || (r.version.is_some() && latest.is_none())
+        })
+        .count();
+    let behind = rows.len() - current - ahead;
+    out.push_str(&format!(
+        "tenants:    {} registered: {current} up to date, {behind} behind{}\n\n",
+        rows.len(),
+        if ahead > 0 {
+            format!(", {ahead} AHEAD of the files on disk (missing migration files?)")
+        } else {
+            String::new()
+        }
+    ));
+    out.push_str(&format!(
+        "{:<12} {:>8} {:>8}\n",
+        "VERSION", "TENANTS", "PENDING"
+    ));
+    for (v, n) in by_version(rows) {
+        let label = if v.0 == latest {
+            format!("{} (latest)", vtext(v.0))
+        } else {
+            vtext(v.0)
+        };
+        out.push_str(&format!(
+            "{label:<12} {n:>8} {:>8}\n",
+            migrations.pending_count(v.0, None)
+        ));
+    }
+    if detailed {
+        out.push_str(&format!(
+            "\n{:<24} {:<32} {:>8} {:>8}\n",
+            "TENANT", "SCHEMA", "VERSION", "PENDING"
+        ));
+        for r in rows {
+            out.push_str(&format!(
+                "{:<24} {:<32} {:>8} {:>8}\n",
+                r.tenant.id(),
+                r.tenant.schema(),
+                vtext(r.version),
+                migrations.pending_count(r.version, None)
+            ));
+        }
+    } else if behind > 0 {
+        let names: Vec<String> = rows
+            .iter()
+            .filter(|r| r.version != latest)
+            .take(BEHIND_LISTED)
+            .map(|r| format!("{} ({})", r.tenant.id(), vtext(r.version)))
+            .collect();
+        let more = (behind + ahead).saturating_sub(names.len());
+        out.push_str(&format!(
+            "\nnot at latest: {}{}\nrun `tenantctl migrate --all` to bring them up to date\n",
+            names.join(", "),
+            if more > 0 {
+                format!(", … and {more} more (--json lists all)")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    out
+}

@@ -1,0 +1,436 @@
+//! `tenants.toml` → validated [`Settings`]. Strict: unknown keys are errors, `${VAR}` and
+//! `${VAR:-default}` are expanded from the environment, relative paths resolve from the config
+//! file's folder, and every error names the file, the line and the key, and says how to fix it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::redact;
+use crate::tenant::validate_schema_word;
+
+/// Upper bound for `jobs`: beyond this a single server gains nothing and runs out of slots.
+pub const MAX_JOBS: usize = 512;
+
+/// A configuration problem. Always exit code 2: nothing was touched.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    migrations: RawMigrations,
+    #[serde(default)]
+    tenants: RawTenants,
+    #[serde(default)]
+    run: RawRun,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<Spanned<String>>,
+    control_schema: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigrations {
+    dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenants {
+    schema_prefix: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    jobs: Option<Spanned<i64>>,
+    lock_timeout: Option<Spanned<String>>,
+    statement_timeout: Option<Spanned<String>>,
+}
+
+/// Everything a command needs, resolved once from the CLI and the config file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_path: PathBuf,
+    /// The connection string; contains the password. Print [`Settings::display_url`] instead.
+    pub database_url: String,
+    /// The connection string with its password replaced by `***`.
+    pub display_url: String,
+    pub control_schema: String,
+    pub migrations_dir: PathBuf,
+    pub schema_prefix: String,
+    pub jobs: usize,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+}
+
+pub const DEFAULT_CONTROL_SCHEMA: &str = "tenantctl";
+pub const DEFAULT_PREFIX: &str = "tenant_";
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default concurrency: a few connections per server core is what saturates PostgreSQL
+/// for DDL-heavy transactions; see README "Choosing --jobs".
+pub fn default_jobs() -> usize {
+    8
+}
+
+/// What the command line contributes to the settings.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub database_url: Option<String>,
+    pub jobs: Option<usize>,
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, span: std::ops::Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn err_at(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        msg: impl std::fmt::Display,
+    ) -> ConfigError {
+        ConfigError(format!(
+            "{}, line {}: `{key}`: {msg}",
+            self.path.display(),
+            self.line_of(span)
+        ))
+    }
+
+    /// Expands `${VAR}` / `${VAR:-default}` in a string value.
+    fn expand(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        expand_env(value.get_ref(), |name| std::env::var(name).ok())
+            .map_err(|e| self.err_at(value.span(), key, e))
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
+pub fn expand_env(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body_start) = after.strip_prefix('{') {
+            let Some(end) = body_start.find('}') else {
+                return Err(format!(
+                    "unterminated ${{ in {input:?}; write ${{NAME}} or ${{NAME:-default}}"
+                ));
+            };
+            let body = &body_start[..end];
+            let (name, default) = match body.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (body, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "${{{body}}} is not a valid variable reference; write ${{NAME}} or ${{NAME:-default}}"
+                ));
+            }
+            match (lookup(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set; export it, or give a default with ${{{name}:-value}}"
+                    ))
+                }
+            }
+            rest = &body_start[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses a human duration such as `5s`, `1m 30s` or `250ms`; `0` means "no limit".
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("{text:?} is not a duration ({e}); write e.g. \"5s\", \"250ms\" or \"2m\"")
+    })
+}
+
+impl Settings {
+    /// Loads and validates the config file, then applies command-line overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let text = std::fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ConfigError(format!(
+                    "config file {} not found; create it (see the commented tenants.toml in the tenantctl repository) or pass --config PATH / set TENANTCTL_CONFIG",
+                    path.display()
+                ))
+            } else {
+                ConfigError(format!("cannot read config file {}: {e}", path.display()))
+            }
+        })?;
+        let text = String::from_utf8(text).map_err(|e| {
+            ConfigError(format!(
+                "config file {} is not valid UTF-8 (byte {}); save it as UTF-8",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        Settings::from_str(path, &text, overrides)
+    }
+
+    pub fn from_str(
+        path: &Path,
+        text: &str,
+        overrides: &Overrides,
+    ) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            ConfigError(format!(
+                "{}: {}",
+                path.display(),
+                redact::scrub(e.to_string().trim_end())
+            ))
+        })?;
+        let ctx = Ctx { path, text };
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+
+        let database_url = match (&overrides.database_url, &raw.database.url) {
+            (Some(url), _) => url.clone(),
+            (None, Some(url)) => ctx.expand(url, "database.url")?,
+            (None, None) => {
+                return Err(ConfigError(format!(
+                    "{}: no database URL: set `url` under [database] (e.g. url = \"${{DATABASE_URL}}\") or pass --database-url",
+                    path.display()
+                )))
+            }
+        };
+        let display_url = redact::register_url(&database_url);
+        if let Err(e) = database_url.parse::<tokio_postgres::Config>() {
+            let msg = format!(
+                "{display_url:?} is not a valid PostgreSQL connection string ({}); expected postgres://user:password@host:port/dbname",
+                redact::scrub(&e.to_string())
+            );
+            return Err(match (&overrides.database_url, &raw.database.url) {
+                (None, Some(url)) => ctx.err_at(url.span(), "database.url", msg),
+                _ => ConfigError(format!("--database-url: {msg}")),
+            });
+        }
+
+        let control_schema = match &raw.database.control_schema {
+            Some(v) => {
+                let s = ctx.expand(v, "database.control_schema")?;
+                validate_schema_word(&s, false)
+                    .map_err(|e| ctx.err_at(v.span(), "database.control_schema", e))?;
+                s
+            }
+            None => DEFAULT_CONTROL_SCHEMA.to_string(),
+        };
+
+        let schema_prefix = match &raw.tenants.schema_prefix {
+            Some(v) => {
+                let s = ctx.expand(v, "tenants.schema_prefix")?;
+                validate_schema_word(&s, true)
+                    .map_err(|e| ctx.err_at(v.span(), "tenants.schema_prefix", e))?;
+                if !s.is_empty() && control_schema.starts_with(&s) {
+                    return Err(ctx.err_at(
+                        v.span(),
+                        "tenants.schema_prefix",
+                        format!(
+                            "the control schema {control_schema:?} starts with the prefix {s:?}, so it would look like a tenant schema; choose another prefix or control_schema"
+                        ),
+                    ));
+                }
+                s
+            }
+            None => DEFAULT_PREFIX.to_string(),
+        };
+        if schema_prefix.is_empty() {
+            // An empty prefix is allowed, but then any schema could be a tenant's; ids are
+            // still checked against reserved names in `Tenant::parse`.
+        }
+
+        let migrations_dir = match &raw.migrations.dir {
+            Some(v) => {
+                let s = ctx.expand(v, "migrations.dir")?;
+                if s.trim().is_empty() {
+                    return Err(ctx.err_at(v.span(), "migrations.dir", "must not be empty"));
+                }
+                base.join(s)
+            }
+            None => base.join("migrations"),
+        };
+
+        let jobs = match (overrides.jobs, &raw.run.jobs) {
+            (Some(j), _) => {
+                check_jobs(j as i64).map_err(|e| ConfigError(format!("--jobs: {e}")))?
+            }
+            (None, Some(j)) => {
+                check_jobs(*j.get_ref()).map_err(|e| ctx.err_at(j.span(), "run.jobs", e))?
+            }
+            (None, None) => default_jobs(),
+        };
+
+        let lock_timeout = match &raw.run.lock_timeout {
+            Some(v) => {
+                let s = ctx.expand(v, "run.lock_timeout")?;
+                parse_duration(&s).map_err(|e| ctx.err_at(v.span(), "run.lock_timeout", e))?
+            }
+            None => DEFAULT_LOCK_TIMEOUT,
+        };
+        let statement_timeout = match &raw.run.statement_timeout {
+            Some(v) => {
+                let s = ctx.expand(v, "run.statement_timeout")?;
+                let d = parse_duration(&s)
+                    .map_err(|e| ctx.err_at(v.span(), "run.statement_timeout", e))?;
+                (!d.is_zero()).then_some(d)
+            }
+            None => None,
+        };
+
+        Ok(Settings {
+            config_path: path.to_path_buf(),
+            database_url,
+            display_url,
+            control_schema,
+            migrations_dir,
+            schema_prefix,
+            jobs,
+            lock_timeout,
+            statement_timeout,
+        })
+    }
+}
+
+fn check_jobs(j: i64) -> Result<usize, String> {
+    if (1..=MAX_JOBS as i64).contains(&j) {
+        Ok(j as usize)
+    } else {
+        Err(format!(
+            "{j} is out of range; use a number from 1 to {MAX_JOBS}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_str(
+            Path::new("/etc/app/tenants.toml"),
+            text,
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn expands_variables() {
+        let env = |n: &str| (n == "HOST").then(|| "db1".to_string());
+        assert_eq!(expand_env("a ${HOST} b", env).unwrap(), "a db1 b");
+        assert_eq!(expand_env("${PORT:-5432}", env).unwrap(), "5432");
+        assert_eq!(expand_env("$$5 and $x", env).unwrap(), "$5 and $x");
+        assert!(expand_env("${NOPE}", env)
+            .unwrap_err()
+            .contains("NOPE is not set"));
+        assert!(expand_env("${HOST", env).is_err());
+        assert!(expand_env("${}", env).is_err());
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let s = load("[database]\nurl = \"postgres://u@localhost/db\"\n").unwrap();
+        assert_eq!(s.control_schema, "tenantctl");
+        assert_eq!(s.schema_prefix, "tenant_");
+        assert_eq!(s.migrations_dir, Path::new("/etc/app/migrations"));
+        assert_eq!(s.jobs, default_jobs());
+        assert_eq!(s.lock_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = load("[database]\nurl = \"postgres://u@h/db\"\nurll = 1\n").unwrap_err();
+        assert!(e.0.contains("/etc/app/tenants.toml"), "{e}");
+        assert!(e.0.contains("urll"), "{e}");
+        assert!(e.0.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_line_and_key() {
+        let e = load("[database]\nurl = \"postgres://u@h/db\"\n[run]\njobs = 0\n").unwrap_err();
+        assert!(e.0.contains("line 4") && e.0.contains("run.jobs"), "{e}");
+        let e = load("[database]\nurl = \"postgres://u@h/db\"\n[run]\nlock_timeout = \"soon\"\n")
+            .unwrap_err();
+        assert!(
+            e.0.contains("run.lock_timeout") && e.0.contains("\"5s\""),
+            "{e}"
+        );
+        let e =
+            load("[database]\nurl = \"postgres://u@h/db\"\n[tenants]\nschema_prefix = \"Bad-\"\n")
+                .unwrap_err();
+        assert!(
+            e.0.contains("tenants.schema_prefix") && e.0.contains("line 4"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unset_variable_is_an_error() {
+        let e = load("[database]\nurl = \"${TENANTCTL_SURELY_UNSET_VAR}\"\n").unwrap_err();
+        assert!(
+            e.0.contains("TENANTCTL_SURELY_UNSET_VAR is not set") && e.0.contains("database.url"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_url_does_not_print_password() {
+        let e =
+            load("[database]\nurl = \"postgres://u:hunter2secret@h:notaport/db\"\n").unwrap_err();
+        assert!(!e.0.contains("hunter2secret"), "{e}");
+        assert!(e.0.contains("database.url"), "{e}");
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../tenants.toml");
+        let s = Settings::from_str(
+            Path::new("tenants.toml"),
+            text,
+            &Overrides {
+                database_url: Some("postgres://localhost/x".into()),
+                jobs: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.schema_prefix, "tenant_");
+    }
+}

@@ -1,0 +1,497 @@
+//! One schema, one transaction, exactly once. refinery's own checks, SQL and history inserts
+//! run through [`SchemaTx`], a small implementation of refinery's driver traits over a
+//! connection on which *we* opened the transaction. In that one transaction: a per-schema
+//! advisory lock, `SET LOCAL` search_path and timeouts, refinery's work, the registry's
+//! version and the ledger row. Commit = done; anything else = nothing happened.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures::{pin_mut, StreamExt};
+use refinery::error::Kind;
+use refinery::{AsyncMigrate, Migration, Target};
+use refinery_core::traits::r#async::{AsyncQuery, AsyncTransaction};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio_postgres::error::{ErrorPosition, SqlState};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::control::{Control, LOCK_NAMESPACE};
+use crate::db::describe;
+use crate::migrations::MigrationSet;
+use crate::tenant::{quote_ident, quote_literal, Tenant};
+
+/// refinery's history table, kept inside each tenant schema.
+pub const HISTORY_TABLE: &str = "refinery_schema_history";
+
+/// Column name of the marker rows that tell which statement of a batch completed.
+const STEP_MARKER: &str = "tenantctl_step_done";
+
+/// What every schema transaction of a run shares.
+pub struct ApplyCtx<'a> {
+    pub migrations: &'a MigrationSet,
+    pub control: &'a Control,
+    pub run_id: i64,
+    pub target: Option<i32>,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Create the schema and register the tenant in the same transaction.
+    Create,
+    /// Apply pending migrations to a registered tenant.
+    Migrate,
+}
+
+/// A schema that committed.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub before: Option<i32>,
+    pub after: Option<i32>,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A migration's SQL failed.
+    Migration,
+    /// `tenant create` of an id that is already registered.
+    AlreadyExists,
+    /// `tenant create` where a schema of that name exists but is not registered.
+    SchemaExists,
+    /// The schema's history disagrees with the files.
+    Drift,
+    /// lock_timeout expired: something else holds a lock in this schema.
+    LockTimeout,
+    /// statement_timeout expired.
+    StatementTimeout,
+    /// The connection broke or the server went away.
+    Connection,
+    Other,
+}
+
+/// A schema that did not commit. Its transaction was rolled back (or never reached COMMIT).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// `V7__add_invoices` when a migration is to blame.
+    pub migration: Option<String>,
+    /// Line within that migration file, when PostgreSQL reported a position.
+    pub line: Option<usize>,
+    /// PostgreSQL's own message, or what was wrong.
+    pub message: String,
+    /// The version the schema is still at.
+    pub still_at: Option<i32>,
+    /// Whether the connection is unusable and must not go back to the pool.
+    pub broken_connection: bool,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, message: String, still_at: Option<i32>) -> Failure {
+        Failure {
+            kind,
+            migration: None,
+            line: None,
+            message,
+            still_at,
+            broken_connection: false,
+        }
+    }
+
+    /// The part of the message that is the same for every tenant hit by the same problem.
+    pub fn headline(&self) -> String {
+        let what = match (&self.migration, self.line) {
+            (Some(m), Some(l)) => format!("{m} failed at line {l}: "),
+            (Some(m), None) => format!("{m} failed: "),
+            (None, _) => String::new(),
+        };
+        format!("{what}{}", self.message)
+    }
+
+    fn version_text(&self) -> String {
+        match self.still_at {
+            Some(v) => format!("still at V{v}"),
+            None => "no migration applied".into(),
+        }
+    }
+
+    /// What state was left behind and what to do next.
+    pub fn aftermath(&self) -> String {
+        let at = self.version_text();
+        match self.kind {
+            FailureKind::Migration => format!("rolled back, {at}; fix the migration and re-run"),
+            FailureKind::AlreadyExists => {
+                "already registered, nothing changed; pass --if-not-exists to skip existing tenants".into()
+            }
+            FailureKind::SchemaExists => "nothing changed; the schema exists but is not a registered tenant: drop or rename it, or pick another id".into(),
+            FailureKind::Drift => format!("not touched, {at}; restore the migration files that were applied, or repair the schema's history"),
+            FailureKind::LockTimeout => format!(
+                "rolled back, {at}; another session holds a lock in this schema: re-run when it is released, or raise [run] lock_timeout"
+            ),
+            FailureKind::StatementTimeout => format!(
+                "rolled back, {at}; a statement ran past [run] statement_timeout: raise it or make the migration cheaper"
+            ),
+            FailureKind::Connection => format!(
+                "the transaction did not commit, so PostgreSQL rolled it back ({at}); re-run once the server is reachable"
+            ),
+            FailureKind::Other => format!("rolled back, {at}; re-run after fixing the cause"),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} — {}", self.headline(), self.aftermath())
+    }
+}
+
+/// The statement that failed inside a batch, and where.
+#[derive(Debug, Clone)]
+struct FailedStep {
+    query: String,
+    line: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    #[error("{}", describe(.0))]
+    Pg(tokio_postgres::Error),
+    #[error("{0}")]
+    History(String),
+}
+
+/// refinery's view of our open transaction.
+struct SchemaTx<'a> {
+    client: &'a Client,
+    history: Option<Vec<Migration>>,
+    failed: Option<FailedStep>,
+}
+
+impl SchemaTx<'_> {
+    /// Runs statements as one simple-query batch (one round trip), with a marker row after
+    /// each so that, on error, we know which statement failed and at which line.
+    async fn run_batch(&mut self, queries: &[&str]) -> Result<usize, TxError> {
+        let mut batch = String::new();
+        let mut starts = Vec::with_capacity(queries.len());
+        let mut chars = 0usize;
+        for (i, q) in queries.iter().enumerate() {
+            starts.push(chars);
+            batch.push_str(q);
+            let marker = format!("\n;\nSELECT {i} AS {STEP_MARKER};\n");
+            chars += q.chars().count() + marker.chars().count();
+            batch.push_str(&marker);
+        }
+        let mut done = 0usize;
+        let outcome = match self.client.simple_query_raw(&batch).await {
+            Ok(stream) => {
+                pin_mut!(stream);
+                let mut err = None;
+                while let Some(msg) = stream.next().await {
+                    match msg {
+                        Ok(SimpleQueryMessage::Row(row))
+                            if row.columns().first().map(|c| c.name()) == Some(STEP_MARKER) =>
+                        {
+                            done += 1;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                err.map_or(Ok(()), Err)
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => Ok(queries.len()),
+            Err(e) => {
+                if let Some(query) = queries.get(done) {
+                    let line = match e.as_db_error().and_then(|d| d.position()) {
+                        Some(ErrorPosition::Original(pos)) => {
+                            let offset = (*pos as usize).saturating_sub(1);
+                            offset.checked_sub(starts[done]).and_then(|rel| {
+                                let mut it = query.chars();
+                                let prefix: String = it.by_ref().take(rel).collect();
+                                (prefix.chars().count() == rel && it.next().is_some())
+                                    .then(|| prefix.matches('\n').count() + 1)
+                            })
+                        }
+                        _ => None,
+                    };
+                    self.failed = Some(FailedStep {
+                        query: (*query).to_string(),
+                        line,
+                    });
+                }
+                Err(TxError::Pg(e))
+            }
+        }
+    }
+}
+
+impl AsyncTransaction for SchemaTx<'_> {
+    type Error = TxError;
+
+    async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
+        &mut self,
+        queries: T,
+    ) -> Result<usize, Self::Error> {
+        let queries: Vec<&str> = queries.collect();
+        self.run_batch(&queries).await
+    }
+}
+
+impl AsyncQuery<Vec<Migration>> for SchemaTx<'_> {
+    async fn query(&mut self, query: &str) -> Result<Vec<Migration>, Self::Error> {
+        let messages = self.client.simple_query(query).await.map_err(TxError::Pg)?;
+        let mut applied = Vec::new();
+        for msg in messages {
+            let SimpleQueryMessage::Row(row) = msg else {
+                continue;
+            };
+            let bad = |what: &str| {
+                TxError::History(format!(
+                    "{HISTORY_TABLE} has a row with an unreadable {what} ({:?}); repair the history table",
+                    row.get(0)
+                ))
+            };
+            let version: i32 = row
+                .get(0)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("version"))?;
+            let name = row.get(1).unwrap_or_default().to_string();
+            let applied_on = row
+                .get(2)
+                .and_then(|v| OffsetDateTime::parse(v, &Rfc3339).ok())
+                .ok_or_else(|| bad("applied_on"))?;
+            let checksum: u64 = row
+                .get(3)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("checksum"))?;
+            applied.push(Migration::applied(version, name, applied_on, checksum));
+        }
+        self.history = Some(applied.clone());
+        Ok(applied)
+    }
+}
+
+impl AsyncMigrate for SchemaTx<'_> {}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// Classifies a driver error into a failure that tells the operator what happened.
+fn failure_from_pg(e: &tokio_postgres::Error, still_at: Option<i32>) -> Failure {
+    let kind = match e.code() {
+        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => FailureKind::LockTimeout,
+        Some(c) if *c == SqlState::QUERY_CANCELED => FailureKind::StatementTimeout,
+        Some(c)
+            if c.code().starts_with("08")
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN =>
+        {
+            FailureKind::Connection
+        }
+        Some(_) => FailureKind::Other,
+        None => FailureKind::Connection,
+    };
+    let mut f = Failure::new(kind, describe(e), still_at);
+    f.broken_connection = e.is_closed() || kind == FailureKind::Connection;
+    f
+}
+
+/// Applies pending migrations (or creates the tenant) in one transaction on `client`.
+pub async fn apply_schema(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    mode: Mode,
+    registry_version: Option<i32>,
+) -> Result<Applied, Failure> {
+    let result = run_transaction(client, ctx, tenant, mode, registry_version).await;
+    if let Err(failure) = &result {
+        // Anything but a COMMIT is a rollback; if even ROLLBACK cannot be sent, the
+        // connection is dead and PostgreSQL discards the transaction with it.
+        if !failure.broken_connection && client.batch_execute("ROLLBACK").await.is_err() {
+            let mut f = failure.clone();
+            f.broken_connection = true;
+            return Err(f);
+        }
+    }
+    result
+}
+
+async fn run_transaction(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    mode: Mode,
+    registry_version: Option<i32>,
+) -> Result<Applied, Failure> {
+    let schema_q = tenant.quoted_schema();
+    let schema_lit = quote_literal(tenant.schema());
+    let id_lit = quote_literal(tenant.id());
+    let statement_timeout = ctx.statement_timeout.map_or(0, millis);
+    let mut preamble = format!(
+        "BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement_timeout}; \
+         SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, hashtext({schema_lit})); \
+         SET LOCAL search_path TO {schema_q}; SET LOCAL client_min_messages = warning;",
+        lock = millis(ctx.lock_timeout),
+    );
+    if mode == Mode::Create {
+        preamble.push_str(&format!(
+            " INSERT INTO {} (id, schema_name) VALUES ({id_lit}, {schema_lit}) ON CONFLICT DO NOTHING;",
+            ctx.control.table("tenants")
+        ));
+    }
+    let messages = client
+        .simple_query(&preamble)
+        .await
+        .map_err(|e| failure_from_pg(&e, registry_version))?;
+    if mode == Mode::Create {
+        let inserted = messages
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0);
+        if inserted == 0 {
+            return Err(Failure::new(
+                FailureKind::AlreadyExists,
+                "is already registered".into(),
+                registry_version,
+            ));
+        }
+        if let Err(e) = client
+            .batch_execute(&format!("CREATE SCHEMA {schema_q}"))
+            .await
+        {
+            let mut f = failure_from_pg(&e, None);
+            if e.code() == Some(&SqlState::DUPLICATE_SCHEMA) {
+                f.kind = FailureKind::SchemaExists;
+            }
+            return Err(f);
+        }
+    }
+
+    let table = format!("{schema_q}.{HISTORY_TABLE}");
+    let target = ctx.target.map_or(Target::Latest, Target::Version);
+    let mut tx = SchemaTx {
+        client,
+        history: None,
+        failed: None,
+    };
+    let report = AsyncMigrate::migrate(
+        &mut tx,
+        ctx.migrations.refinery(),
+        true,
+        true,
+        true,
+        target,
+        &table,
+    )
+    .await;
+    let before = tx
+        .history
+        .as_ref()
+        .map(|h| h.last().map(Migration::version))
+        .unwrap_or(registry_version);
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(failure_from_refinery(
+                &e,
+                tx.failed.take(),
+                ctx.migrations,
+                before,
+            ))
+        }
+    };
+    let applied: Vec<i32> = report
+        .applied_migrations()
+        .iter()
+        .map(Migration::version)
+        .collect();
+    let after = applied.last().copied().or(before);
+    let version_sql = after.map_or("NULL".to_string(), |v| v.to_string());
+    let finish = format!(
+        "UPDATE {tenants} SET version = {version_sql}, updated_at = now() WHERE id = {id_lit}; \
+         UPDATE {ledger} SET state = 'succeeded', version_after = {version_sql}, attempts = attempts + 1, \
+             started_at = now(), finished_at = clock_timestamp(), error = NULL, failed_migration = NULL \
+         WHERE run_id = {run} AND tenant_id = {id_lit}; COMMIT;",
+        tenants = ctx.control.table("tenants"),
+        ledger = ctx.control.table("run_schemas"),
+        run = ctx.run_id,
+    );
+    if let Err(e) = client.batch_execute(&finish).await {
+        let mut f = failure_from_pg(&e, before);
+        if f.kind == FailureKind::Connection {
+            f.message = format!(
+                "{}; the connection broke while committing, so the outcome is not known: `tenantctl status` shows it and a re-run finishes the job without applying anything twice",
+                f.message
+            );
+        }
+        return Err(f);
+    }
+    Ok(Applied {
+        before,
+        after,
+        count: applied.len(),
+    })
+}
+
+fn failure_from_refinery(
+    e: &refinery::Error,
+    failed: Option<FailedStep>,
+    set: &MigrationSet,
+    before: Option<i32>,
+) -> Failure {
+    match e.kind() {
+        Kind::Connection(_, source) => {
+            let mut f = match source.downcast_ref::<TxError>() {
+                Some(TxError::Pg(pg)) => failure_from_pg(pg, before),
+                Some(TxError::History(msg)) => Failure::new(FailureKind::Drift, msg.clone(), before),
+                None => Failure::new(FailureKind::Other, e.to_string(), before),
+            };
+            if let Some(step) = failed {
+                if let Some(file) = set.files().iter().find(|m| m.sql == step.query) {
+                    f.migration = Some(file.label());
+                    f.line = step.line;
+                    if f.kind == FailureKind::Other {
+                        f.kind = FailureKind::Migration;
+                    }
+                }
+            }
+            f
+        }
+        Kind::DivergentVersion(applied, file) => Failure::new(
+            FailureKind::Drift,
+            format!(
+                "applied migration {applied} differs from the file {file} (its checksum or name changed after it was applied)"
+            ),
+            before,
+        ),
+        Kind::MissingVersion(m) => {
+            let on_disk = set.get(m.version()).is_some();
+            let msg = if on_disk {
+                format!("migration {m} is on disk but was never applied here, and the schema is already past it (V{}); give the new migration a version above the latest", before.unwrap_or_default())
+            } else {
+                format!("migration {m} is applied in this schema but its file is missing from {}", set.dir.display())
+            };
+            Failure::new(FailureKind::Drift, msg, before)
+        }
+        _ => Failure::new(FailureKind::Other, e.to_string(), before),
+    }
+}
+
+/// Quoted `"schema".refinery_schema_history`, for queries outside a schema transaction.
+pub fn history_table(tenant: &Tenant) -> String {
+    format!("{}.{HISTORY_TABLE}", quote_ident(tenant.schema()))
+}

@@ -1,0 +1,30 @@
+//! Named exit codes, so CI can tell what happened.
+
+/// Everything requested succeeded.
+pub const SUCCESS: i32 = 0;
+/// One or more tenants failed (the others are done), or the database could not be reached.
+pub const FAILED: i32 = 1;
+/// Usage, configuration or migration-set error: nothing was touched.
+pub const USAGE: i32 = 2;
+/// Interrupted by SIGINT/SIGTERM: in-flight schemas finished or rolled back, the rest not started.
+pub const INTERRUPTED: i32 = 130;
+
+/// A problem with what the user asked for (bad id, unknown tenant, unreadable file):
+/// exit code 2, nothing touched.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Maps an error to its exit code: input problems are 2, everything else is 1.
+pub fn code_for(err: &anyhow::Error) -> i32 {
+    let usage = err.chain().any(|e| {
+        e.is::<UsageError>()
+            || e.is::<crate::config::ConfigError>()
+            || e.is::<crate::migrations::MigrationSetError>()
+    });
+    if usage {
+        USAGE
+    } else {
+        FAILED
+    }
+}

@@ -1,0 +1,58 @@
+//! tenantctl: provision and migrate PostgreSQL tenants in the schema-per-tenant model.
+//! `run` resolves the command line and config once, then hands off to a command.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod db;
+pub mod engine;
+pub mod exit;
+pub mod migrations;
+pub mod redact;
+pub mod report;
+pub mod tenant;
+
+use cli::{Cli, Command, TenantCommand};
+use config::{Overrides, Settings};
+
+/// Panics print through the scrubber too, so not even a bug can print a password.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "tenantctl crashed (a bug; please report it): {}",
+            redact::scrub(&info.to_string())
+        );
+    }));
+}
+
+/// Runs the parsed command line and returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let jobs = match &cli.command {
+        Command::Migrate(a) => a.run.jobs,
+        Command::Tenant(TenantCommand::Create(a)) => a.run.jobs,
+        _ => None,
+    };
+    let overrides = Overrides {
+        database_url: cli.global.database_url.clone(),
+        jobs: jobs.map(usize::from),
+    };
+    let settings = Settings::load(&cli.global.config, &overrides)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let quiet = cli.global.quiet;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Tenant(TenantCommand::Create(args)) => {
+                commands::tenant::create(&settings, args, quiet).await
+            }
+            Command::Tenant(TenantCommand::List(args)) => {
+                commands::tenant::list(&settings, args).await
+            }
+            Command::Migrate(args) => commands::migrate::migrate(&settings, args, quiet).await,
+            Command::Status(args) => commands::status::status(&settings, args).await,
+        }
+    })
+}

@@ -1,0 +1,70 @@
+//! Reporters draw the engine's events: an indicatif bar on a terminal, plain lines in CI
+//! logs (no escape codes), nothing with `--quiet`. Progress goes to stderr; results and
+//! `--json` go to stdout (see [`summary`]).
+
+pub mod plain;
+pub mod progress;
+pub mod summary;
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use crate::engine::apply::{Applied, Failure};
+use crate::tenant::Tenant;
+
+/// What the engine tells the reporter.
+pub enum Event<'a> {
+    RunStarted {
+        command: &'a str,
+        run_id: i64,
+        /// Schemas in scope.
+        total: usize,
+        /// Schemas that need work.
+        todo: usize,
+        jobs: usize,
+    },
+    SchemaStarted {
+        tenant: &'a Tenant,
+    },
+    SchemaSucceeded {
+        tenant: &'a Tenant,
+        applied: &'a Applied,
+        elapsed: Duration,
+    },
+    SchemaFailed {
+        tenant: &'a Tenant,
+        failure: &'a Failure,
+    },
+    /// A signal arrived: no new schemas start, in-flight ones finish.
+    Interrupting {
+        signal: &'a str,
+    },
+    RunFinished,
+}
+
+pub trait Reporter: Send + Sync {
+    fn event(&self, event: &Event<'_>);
+}
+
+/// Draws nothing.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn event(&self, _: &Event<'_>) {}
+}
+
+/// The reporter for this process: a bar when stderr is a terminal, plain lines otherwise.
+pub fn for_stderr(quiet: bool) -> std::sync::Arc<dyn Reporter> {
+    if quiet {
+        std::sync::Arc::new(Silent)
+    } else if std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() {
+        std::sync::Arc::new(progress::Bar::new())
+    } else {
+        std::sync::Arc::new(plain::Plain::new())
+    }
+}
+
+/// One line for a failed schema, as shown live and in summaries.
+pub fn failure_line(tenant: &Tenant, failure: &Failure) -> String {
+    crate::redact::scrub(&format!("{tenant}: {failure}"))
+}

@@ -1,0 +1,112 @@
+//! Plain progress lines for CI logs: one line per schema on small runs, a progress line
+//! every few seconds on large ones, and every failure at once.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{failure_line, Event, Reporter};
+
+/// Runs with at most this many schemas get one line per schema.
+const PER_SCHEMA_LINES_UP_TO: usize = 50;
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+struct State {
+    command: String,
+    todo: usize,
+    done: usize,
+    failed: usize,
+    started: Instant,
+    last_line: Instant,
+}
+
+pub struct Plain {
+    state: Mutex<State>,
+}
+
+impl Plain {
+    pub fn new() -> Plain {
+        Plain {
+            state: Mutex::new(State {
+                command: String::new(),
+                todo: 0,
+                done: 0,
+                failed: 0,
+                started: Instant::now(),
+                last_line: Instant::now(),
+            }),
+        }
+    }
+}
+
+impl Default for Plain {
+    fn default() -> Self {
+        Plain::new()
+    }
+}
+
+fn version(v: Option<i32>) -> String {
+    v.map_or("none".into(), |v| format!("V{v}"))
+}
+
+impl Reporter for Plain {
+    fn event(&self, event: &Event<'_>) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::RunStarted {
+                command,
+                run_id,
+                total,
+                todo,
+                jobs,
+            } => {
+                s.command = command.to_string();
+                s.todo = *todo;
+                s.started = Instant::now();
+                s.last_line = Instant::now();
+                eprintln!(
+                    "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} already current; {jobs} at a time",
+                    total - todo
+                );
+            }
+            Event::SchemaStarted { .. } => {}
+            Event::SchemaSucceeded {
+                tenant,
+                applied,
+                elapsed,
+            } => {
+                s.done += 1;
+                if s.todo <= PER_SCHEMA_LINES_UP_TO {
+                    eprintln!(
+                        "{}: ok   {tenant}: {} -> {} ({} migration(s), {} ms)",
+                        s.command,
+                        version(applied.before),
+                        version(applied.after),
+                        applied.count,
+                        elapsed.as_millis()
+                    );
+                } else if s.last_line.elapsed() >= PROGRESS_EVERY {
+                    s.last_line = Instant::now();
+                    eprintln!(
+                        "{}: {}/{} done, {} failed, {:.1}s elapsed",
+                        s.command,
+                        s.done + s.failed,
+                        s.todo,
+                        s.failed,
+                        s.started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            Event::SchemaFailed { tenant, failure } => {
+                s.failed += 1;
+                eprintln!("{}: FAIL {}", s.command, failure_line(tenant, failure));
+            }
+            Event::Interrupting { signal } => {
+                eprintln!(
+                    "{}: {signal} received: starting no new schemas, letting in-flight ones finish; send it again to stop at once",
+                    s.command
+                );
+            }
+            Event::RunFinished => {}
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The terminal reporter: an indicatif bar on stderr with done/failed counts and ETA.
+//! Failures print above the bar as they happen.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{failure_line, Event, Reporter};
+
+pub struct Bar {
+    bar: ProgressBar,
+    ok: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+impl Bar {
+    pub fn new() -> Bar {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:.bold} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg} ETA {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        Bar {
+            bar,
+            ok: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+        }
+    }
+
+    fn update_msg(&self) {
+        self.bar.set_message(format!(
+            "ok {} failed {}",
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed)
+        ));
+    }
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Bar::new()
+    }
+}
+
+impl Reporter for Bar {
+    fn event(&self, event: &Event<'_>) {
+        match event {
+            Event::RunStarted {
+                command,
+                run_id,
+                total,
+                todo,
+                jobs,
+            } => {
+                self.bar.set_prefix(command.to_string());
+                self.bar.set_length(*todo as u64);
+                self.bar.println(format!(
+                    "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} already current; {jobs} at a time",
+                    total - todo
+                ));
+                self.update_msg();
+            }
+            Event::SchemaStarted { .. } => {}
+            Event::SchemaSucceeded { .. } => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                self.update_msg();
+                self.bar.inc(1);
+            }
+            Event::SchemaFailed { tenant, failure } => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.bar
+                    .println(format!("FAIL {}", failure_line(tenant, failure)));
+                self.update_msg();
+                self.bar.inc(1);
+            }
+            Event::Interrupting { signal } => {
+                self.bar.println(format!(
+                    "{signal} received: starting no new schemas, letting in-flight ones finish; press Ctrl-C again to stop at once"
+                ));
+            }
+            Event::RunFinished => self.bar.finish_and_clear(),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The result of a fleet run, for stdout: text for people (identical failures grouped, so a
+//! migration broken for everyone is reported once, not ten thousand times) or one JSON object.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use crate::engine::fleet::FleetOutcome;
+
+/// Groups with more tenants than this print as one entry with a tenant list.
+const GROUP_FROM: usize = 4;
+const LIST_AT_MOST: usize = 10;
+
+pub struct RunSummary<'a> {
+    pub command: &'a str,
+    pub run_id: i64,
+    pub state: &'a str,
+    pub target: Option<i32>,
+    pub skipped: usize,
+    pub outcome: &'a FleetOutcome,
+}
+
+impl RunSummary<'_> {
+    fn verbs(&self) -> (&'static str, &'static str) {
+        if self.command == "tenant create" {
+            ("created", "already existed")
+        } else {
+            ("migrated", "already current")
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let o = self.outcome;
+        let (done, skipped) = self.verbs();
+        let mut out = format!(
+            "{} run {} {} in {:.2}s: {} {done}, {} failed, {} {skipped}",
+            self.command,
+            self.run_id,
+            self.state,
+            o.elapsed.as_secs_f64(),
+            o.succeeded.len(),
+            o.failed.len(),
+            self.skipped,
+        );
+        if !o.not_started.is_empty() {
+            let why = if o.interrupted {
+                "interrupted"
+            } else {
+                "--fail-fast"
+            };
+            let _ = write!(
+                out,
+                ", {} not started ({why}; re-run to continue)",
+                o.not_started.len()
+            );
+        }
+        out.push('\n');
+        if o.failed.is_empty() {
+            return out;
+        }
+        // Group by what went wrong, independent of the tenant.
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (tenant, failure) in &o.failed {
+            groups
+                .entry(failure.to_string())
+                .or_default()
+                .push(format!("{tenant}"));
+        }
+        out.push_str("failed:\n");
+        for (problem, tenants) in &groups {
+            if tenants.len() < GROUP_FROM {
+                for t in tenants {
+                    let _ = writeln!(out, "  {t}: {problem}");
+                }
+            } else {
+                let shown: Vec<&str> = tenants
+                    .iter()
+                    .take(LIST_AT_MOST)
+                    .map(String::as_str)
+                    .collect();
+                let more = tenants.len().saturating_sub(LIST_AT_MOST);
+                let _ = writeln!(out, "  {} tenants: {problem}", tenants.len());
+                let _ = writeln!(
+                    out,
+                    "    {}{}",
+                    shown.join(", "),
+                    if more > 0 {
+                        format!(", … and {more} more (--json lists all)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let o = self.outcome;
+        json!({
+            "command": self.command,
+            "run_id": self.run_id,
+            "state": self.state,
+            "target_version": self.target,
+            "elapsed_ms": o.elapsed.as_millis() as u64,
+            "succeeded": o.succeeded.iter().map(|(t, a)| json!({
+                "id": t.id(), "schema": t.schema(), "version_before": a.before, "version": a.after, "applied": a.count,
+            })).collect::<Vec<_>>(),
+            "failed": o.failed.iter().map(|(t, f)| json!({
+                "id": t.id(), "schema": t.schema(), "migration": f.migration, "line": f.line,
+                "error": f.message, "version": f.still_at, "message": f.to_string(),
+            })).collect::<Vec<_>>(),
+            "skipped": self.skipped,
+            "not_started": o.not_started.iter().map(|t| t.id()).collect::<Vec<_>>(),
+            "interrupted": o.interrupted,
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `tenantctl` binary against a real PostgreSQL that the suite
+//! starts itself (see support). Every test gets its own database; tests run in parallel.
+
+mod support;
+
+mod bad_input;
+mod create;
+mod migrate;
+mod status;

@@ -1,0 +1,311 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::*;
+use predicates::prelude::*;
+
+#[test]
+fn migrates_200_schemas_then_a_new_migration_then_nothing() {
+    let p = Project::new("migrate_200", 4);
+    let ids = p.create_tenants(200);
+    p.copy_migrations(5, 8);
+    p.cmd()
+        .args(["migrate", "--all", "--jobs", "8"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("200 migrated, 0 failed"));
+    let mut db = p.db();
+    // Every schema: full history, the objects of V5..V8, registry at V8.
+    let rows = db
+        .query(
+            "SELECT n.nspname,
+                    (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname IN ('users','projects','tasks','roles','project_summary')),
+                    (SELECT count(*) FROM pg_proc f WHERE f.pronamespace = n.oid AND f.proname = 'touch_updated_at'),
+                    (SELECT count(*) FROM pg_constraint k WHERE k.connamespace = n.oid AND k.conname = 'tasks_status_check')
+             FROM pg_namespace n WHERE n.nspname LIKE 'tenant\\_%' ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 200);
+    for r in &rows {
+        let schema: String = r.get(0);
+        assert_eq!(
+            (r.get::<_, i64>(1), r.get::<_, i64>(2), r.get::<_, i64>(3)),
+            (5, 1, 1),
+            "{schema}"
+        );
+    }
+    let histories: Vec<(String, i64, i32)> = ids
+        .iter()
+        .map(|id| {
+            let r = db
+                .query_one(
+                    &format!(
+                        "SELECT count(*), max(version) FROM tenant_{id}.refinery_schema_history"
+                    ),
+                    &[],
+                )
+                .unwrap();
+            (id.clone(), r.get(0), r.get(1))
+        })
+        .collect();
+    assert!(
+        histories.iter().all(|(_, n, v)| *n == 8 && *v == 8),
+        "{histories:?}"
+    );
+    assert!(p.versions().values().all(|v| *v == Some(8)));
+    let succeeded: i64 = db
+        .query_one(
+            "SELECT count(*) FROM tenantctl.run_schemas WHERE run_id = (SELECT max(id) FROM tenantctl.runs) AND state = 'succeeded' AND version_before = 4 AND version_after = 8",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(succeeded, 200);
+
+    // A new migration: applied everywhere, once.
+    p.add_migration("V9__add_task_priority.sql", "ALTER TABLE tasks ADD COLUMN priority int NOT NULL DEFAULT 0;\nINSERT INTO roles VALUES ('guest', 'Guest', false);\n");
+    p.cmd()
+        .args(["migrate", "--all"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("200 migrated"));
+    for id in ids.iter().step_by(17) {
+        assert_eq!(
+            p.history(&format!("tenant_{id}")),
+            (1..=9).collect::<Vec<_>>()
+        );
+        let guests: i64 = db
+            .query_one(
+                &format!("SELECT count(*) FROM tenant_{id}.roles WHERE name = 'guest'"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(guests, 1);
+    }
+    // Nothing left to do: nothing touched.
+    let before = p.fingerprint();
+    p.cmd()
+        .args(["migrate", "--all"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "0 migrated, 0 failed, 200 already current",
+        ));
+    let after = p.fingerprint();
+    let strip = |s: &str| s.lines().take(4).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        strip(&before),
+        strip(&after),
+        "a no-op run changes no schema"
+    );
+}
+
+#[test]
+fn one_failing_tenant_does_not_stop_the_others() {
+    let p = Project::new("migrate_one_fails", 8);
+    p.create_tenants(20);
+    p.db()
+        .batch_execute("CREATE TABLE tenant_t0007.invoices (legacy int)")
+        .unwrap();
+    p.add_migration(
+        "V9__create_invoices.sql",
+        "ALTER TABLE tasks ADD COLUMN billed boolean NOT NULL DEFAULT false;\nCREATE TABLE invoices (id bigint PRIMARY KEY, task_id bigint REFERENCES tasks (id));\n",
+    );
+    let out = p
+        .cmd()
+        .args(["migrate", "--all", "--jobs", "4"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = stdout(&out);
+    assert!(text.contains("19 migrated, 1 failed"), "{text}");
+    assert!(
+        text.contains("tenant t0007 (schema tenant_t0007): V9__create_invoices failed")
+            && text.contains("relation \"invoices\" already exists")
+            && text.contains("still at V8"),
+        "{text}"
+    );
+    let versions = p.versions();
+    for (id, v) in &versions {
+        let want = if id == "t0007" { 8 } else { 9 };
+        assert_eq!(*v, Some(want), "{id}");
+    }
+    // The failed tenant is untouched: no V9 history row, no half-applied column.
+    assert_eq!(p.history("tenant_t0007"), (1..=8).collect::<Vec<_>>());
+    let billed: i64 = p
+        .db()
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'tenant_t0007' AND column_name = 'billed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        billed, 0,
+        "the first statement of the failed migration was rolled back"
+    );
+    // The ledger says so too.
+    let (state, migration): (String, String) = p
+        .db()
+        .query_one("SELECT state, failed_migration FROM tenantctl.run_schemas WHERE tenant_id = 't0007' AND run_id = (SELECT max(id) FROM tenantctl.runs)", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        (state.as_str(), migration.as_str()),
+        ("failed", "V9__create_invoices")
+    );
+    // --json carries the same facts.
+    let out = p
+        .cmd()
+        .args(["migrate", "--all", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed"][0]["id"], "t0007");
+    assert_eq!(v["failed"][0]["migration"], "V9__create_invoices");
+    assert_eq!(v["failed"][0]["version"], 8);
+    assert_eq!(v["skipped"], 19);
+}
+
+#[test]
+fn fail_fast_stops_scheduling() {
+    let p = Project::new("migrate_fail_fast", 8);
+    p.create_tenants(10);
+    // Every tenant fails: with --fail-fast and one job, only the first is attempted.
+    p.add_migration("V9__broken.sql", "SELECT 1/0;");
+    let out = p
+        .cmd()
+        .args(["migrate", "--all", "--jobs", "1", "--fail-fast"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = stdout(&out);
+    assert!(
+        text.contains("0 migrated, 1 failed") && text.contains("9 not started (--fail-fast"),
+        "{text}"
+    );
+    assert!(text.contains("division by zero"), "{text}");
+    let attempted: i64 = p
+        .db()
+        .query_one("SELECT count(*) FROM tenantctl.run_schemas WHERE run_id = (SELECT max(id) FROM tenantctl.runs) AND state <> 'pending'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(attempted, 1);
+    // Without --fail-fast every tenant is attempted, and the same error is reported once.
+    let out = p
+        .cmd()
+        .args(["migrate", "--all"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = stdout(&out);
+    assert!(
+        text.contains("0 migrated, 10 failed") && text.contains("10 tenants: V9__broken failed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn migrate_selected_tenants_only() {
+    let p = Project::new("migrate_selected", 6);
+    p.create_tenants(3);
+    p.copy_migrations(7, 8);
+    p.cmd()
+        .args(["migrate", "--tenant", "t0001", "--tenant", "t0002"])
+        .assert()
+        .success();
+    let v = p.versions();
+    assert_eq!(
+        (v["t0000"], v["t0001"], v["t0002"]),
+        (Some(6), Some(8), Some(8))
+    );
+    let before = p.fingerprint();
+    p.cmd()
+        .args(["migrate", "--tenant", "t0000", "--tenant", "nobody"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not registered: nobody"));
+    assert_eq!(before, p.fingerprint(), "nothing changed");
+    p.cmd()
+        .args(["migrate"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--all"));
+}
+
+#[test]
+fn search_path_is_the_tenant_schema_for_each_transaction() {
+    let p = Project::new("migrate_search_path", 8);
+    p.create_tenants(12);
+    p.add_migration(
+        "V9__record_search_path.sql",
+        "CREATE TABLE seen AS SELECT current_setting('search_path') AS sp, current_schema() AS cs;",
+    );
+    p.cmd()
+        .args(["migrate", "--all", "--jobs", "2"])
+        .assert()
+        .success();
+    let mut db = p.db();
+    for i in 0..12 {
+        let schema = format!("tenant_t{i:04}");
+        let (sp, cs): (String, String) = db
+            .query_one(&format!("SELECT sp, cs FROM {schema}.seen"), &[])
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
+        assert_eq!(cs, schema);
+        assert_eq!(sp, schema, "search_path holds only the tenant schema");
+    }
+    let sp: String = db.query_one("SHOW search_path", &[]).unwrap().get(0);
+    assert_eq!(sp, "\"$user\", public", "session default untouched");
+}
+
+#[test]
+fn connections_never_exceed_jobs_plus_one() {
+    let p = Project::new("migrate_connections", 2);
+    p.create_tenants(150);
+    p.copy_migrations(3, 8);
+    let db_name = p.url.rsplit('/').next().unwrap().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let url = p.url.clone();
+        std::thread::spawn(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut max = 0i64;
+            let mut samples = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let n: i64 = db
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'tenantctl'",
+                        &[&db_name],
+                    )
+                    .unwrap()
+                    .get(0);
+                max = max.max(n);
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (max, samples)
+        })
+    };
+    p.cmd()
+        .args(["migrate", "--all", "--jobs", "3"])
+        .assert()
+        .success();
+    stop.store(true, Ordering::SeqCst);
+    let (max, samples) = sampler.join().unwrap();
+    assert!(samples > 10, "sampled {samples} times");
+    assert!(max <= 4, "saw {max} connections with --jobs 3");
+    assert!(
+        max >= 2,
+        "saw only {max} connections: the sampler missed the run"
+    );
+    assert!(p.versions().values().all(|v| *v == Some(8)));
+}

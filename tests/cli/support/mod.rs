@@ -1,0 +1,408 @@
+//! Test support: a throwaway PostgreSQL cluster for the whole test binary, one fresh database
+//! per test, and a temp project (config + migrations) to run the real binary against.
+//!
+//! The cluster is started with initdb + postgres in a temp dir on a free port, trust auth, as
+//! the `postgres` OS user when the tests run as root. A guardian shell stops it and deletes its
+//! files when this process exits (its stdin pipe closes). Set TENANTCTL_TEST_DATABASE_URL to use
+//! an existing server instead (the role needs CREATEDB).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const REPO_MIGRATIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+
+/// A running server: where to connect as a superuser.
+pub struct Server {
+    /// `postgres://postgres@127.0.0.1:PORT` (no database).
+    pub base_url: String,
+    pub port: u16,
+    pub data_dir: Option<PathBuf>,
+    pub bin_dir: Option<PathBuf>,
+    // Kept open for the life of the process: closing it stops the cluster.
+    _guardian: Option<Mutex<(Child, ChildStdin)>>,
+}
+
+/// The PostgreSQL server binaries: TENANTCTL_PG_BIN, else `initdb` on PATH, else the newest
+/// /usr/lib/postgresql/<ver>/bin.
+pub fn pg_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TENANTCTL_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
+                return dir;
+            }
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let ver: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((ver, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, p)| p)
+        .expect("PostgreSQL server binaries not found: install postgresql (initdb, postgres) or set TENANTCTL_PG_BIN or TENANTCTL_TEST_DATABASE_URL")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a new throwaway cluster (used once per binary, and by fault tests that need their own).
+pub fn start_cluster(extra_conf: &[&str]) -> Server {
+    let bin = pg_bin_dir();
+    for attempt in 0..5 {
+        let port = free_port();
+        let mut conf = vec![
+            "listen_addresses=127.0.0.1".to_string(),
+            "max_connections=400".to_string(),
+            "fsync=off".to_string(),
+            "synchronous_commit=off".to_string(),
+            "full_page_writes=off".to_string(),
+            "shared_buffers=128MB".to_string(),
+            "max_locks_per_transaction=256".to_string(),
+        ];
+        conf.extend(extra_conf.iter().map(|s| s.to_string()));
+        let conf_args: String = conf.iter().map(|c| format!(" -c {c}")).collect();
+        let script = format!(
+            r#"set -e
+dir=$(mktemp -d /tmp/tenantctl-test-pg.XXXXXX)
+"{bin}/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || {{ cat "$dir/initdb.log" >&2; exit 1; }}
+"{bin}/postgres" -D "$dir/data" -p {port} -k "$dir"{conf_args} >"$dir/server.log" 2>&1 &
+pid=$!
+echo "$dir"
+read _ || true
+kill -INT $pid 2>/dev/null || true
+wait $pid 2>/dev/null || true
+rm -rf "$dir"
+"#,
+            bin = bin.display()
+        );
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", &script]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning the test cluster");
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let dir = PathBuf::from(line.trim());
+        let base_url = format!("postgres://postgres@127.0.0.1:{port}");
+        let server = Server {
+            base_url,
+            port,
+            data_dir: Some(dir.join("data")),
+            bin_dir: Some(bin.clone()),
+            _guardian: Some(Mutex::new((child, stdin))),
+        };
+        if wait_ready(&server.url("postgres"), Duration::from_secs(30)) {
+            return server;
+        }
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        eprintln!("test cluster on port {port} did not start (attempt {attempt}):\n{log}");
+    }
+    panic!("could not start a throwaway PostgreSQL cluster");
+}
+
+pub fn wait_ready(url: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if postgres::Client::connect(url, postgres::NoTls).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+impl Server {
+    pub fn url(&self, db: &str) -> String {
+        format!("{}/{db}", self.base_url)
+    }
+
+    /// Runs pg_ctl against this cluster (as the postgres user when root), e.g. restart.
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let bin = self.bin_dir.as_ref().expect("own cluster");
+        let data = self.data_dir.as_ref().expect("own cluster");
+        let pg_ctl = bin.join("pg_ctl");
+        let mut all: Vec<String> = vec![
+            pg_ctl.display().to_string(),
+            "-D".into(),
+            data.display().to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let status = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(&all)
+                .status()
+        } else {
+            Command::new(&all[0]).args(&all[1..]).status()
+        }
+        .expect("running pg_ctl");
+        assert!(status.success(), "pg_ctl {args:?} failed");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(g) = self._guardian.take() {
+            let (mut child, stdin) = g.into_inner().unwrap();
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The shared server for this test binary.
+pub fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| match std::env::var("TENANTCTL_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            let base_url = url
+                .trim_end_matches('/')
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or(url.clone());
+            Server {
+                base_url,
+                port: 0,
+                data_dir: None,
+                bin_dir: None,
+                _guardian: None,
+            }
+        }
+        _ => start_cluster(&[]),
+    })
+}
+
+/// A fresh database on `server`, named after the test.
+pub fn fresh_db(server: &Server, name: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let db = format!(
+        "t_{}_{}_{}",
+        name,
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut admin = postgres::Client::connect(&server.url("postgres"), postgres::NoTls)
+        .expect("connect to test server");
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+        .expect("create test database");
+    server.url(&db)
+}
+
+/// A temp project: tenants.toml + a migrations folder, pointing at its own database.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Project {
+    /// A project on the shared server with a fresh database and the repo's migrations V1..=`upto`.
+    pub fn new(name: &str, upto: i32) -> Project {
+        Project::on(server(), name, upto)
+    }
+
+    pub fn on(server: &Server, name: &str, upto: i32) -> Project {
+        let url = fresh_db(server, name);
+        let dir = tempfile::tempdir().unwrap();
+        let p = Project { dir, url };
+        std::fs::create_dir(p.migrations_dir()).unwrap();
+        p.write_config("");
+        p.copy_migrations(1, upto);
+        p
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn migrations_dir(&self) -> PathBuf {
+        self.path().join("migrations")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("tenants.toml")
+    }
+
+    /// Writes tenants.toml with the database URL from $TEST_DB_URL and `extra` appended.
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "[database]\nurl = \"${{TEST_DB_URL}}\"\n[migrations]\ndir = \"migrations\"\n{extra}\n"
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Copies the repo's migrations with versions in from..=to (up and down files).
+    pub fn copy_migrations(&self, from: i32, to: i32) {
+        for entry in std::fs::read_dir(REPO_MIGRATIONS).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            let v: i32 = name[1..name.find("__").unwrap()].parse().unwrap();
+            if (from..=to).contains(&v) {
+                std::fs::copy(entry.path(), self.migrations_dir().join(&name)).unwrap();
+            }
+        }
+    }
+
+    pub fn add_migration(&self, file: &str, sql: &str) {
+        std::fs::write(self.migrations_dir().join(file), sql).unwrap();
+    }
+
+    /// The real binary, run in the project folder with its config and database.
+    pub fn cmd(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::cargo_bin("tenantctl").unwrap();
+        c.current_dir(self.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("TENANTCTL_DATABASE_URL")
+            .env_remove("TENANTCTL_CONFIG")
+            .env_remove("CI")
+            .env("TEST_DB_URL", &self.url)
+            .timeout(Duration::from_secs(300));
+        c
+    }
+
+    /// A std Command for the binary (for tests that signal or sample while it runs).
+    pub fn std_cmd(&self) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("tenantctl"));
+        c.current_dir(self.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("TENANTCTL_DATABASE_URL")
+            .env_remove("TENANTCTL_CONFIG")
+            .env_remove("CI")
+            .env("TEST_DB_URL", &self.url);
+        c
+    }
+
+    pub fn db(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to test database")
+    }
+
+    /// Writes ids to a file in the project and returns its path.
+    pub fn id_file(&self, ids: &[String]) -> PathBuf {
+        let p = self.path().join("ids.txt");
+        let mut f = std::fs::File::create(&p).unwrap();
+        for id in ids {
+            writeln!(f, "{id}").unwrap();
+        }
+        p
+    }
+
+    /// Creates `n` tenants t0000.. with one command.
+    pub fn create_tenants(&self, n: usize) -> Vec<String> {
+        let ids: Vec<String> = (0..n).map(|i| format!("t{i:04}")).collect();
+        let file = self.id_file(&ids);
+        self.cmd()
+            .args(["tenant", "create", "--from-file"])
+            .arg(&file)
+            .assert()
+            .success();
+        ids
+    }
+
+    /// A fingerprint of everything in the database outside pg_catalog: schemas, relations,
+    /// columns, functions, and the control tables' rows. Equal before/after = nothing changed.
+    pub fn fingerprint(&self) -> String {
+        let mut db = self.db();
+        let mut out = String::new();
+        for q in [
+            "SELECT string_agg(nspname::text, ',' ORDER BY nspname) FROM pg_namespace",
+            "SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text AS x FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')) s",
+            "SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT table_schema || '.' || table_name || '.' || column_name || ':' || data_type AS x FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema')) s",
+            "SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT n.nspname || '.' || p.proname || ':' || md5(p.prosrc) AS x FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')) s",
+        ] {
+            let v: Option<String> = db.query_one(q, &[]).unwrap().get(0);
+            out.push_str(&v.unwrap_or_default());
+            out.push('\n');
+        }
+        let has_control: bool = db
+            .query_one("SELECT to_regclass('tenantctl.runs') IS NOT NULL", &[])
+            .unwrap()
+            .get(0);
+        if has_control {
+            for q in [
+                "SELECT coalesce(string_agg(t::text, ';' ORDER BY id), '') FROM tenantctl.tenants t",
+                "SELECT coalesce(string_agg(r::text, ';' ORDER BY id), '') FROM tenantctl.runs r",
+                "SELECT coalesce(string_agg(rs::text, ';' ORDER BY run_id, tenant_id), '') FROM tenantctl.run_schemas rs",
+            ] {
+                let v: String = db.query_one(q, &[]).unwrap().get(0);
+                out.push_str(&v);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Registry version per tenant.
+    pub fn versions(&self) -> std::collections::BTreeMap<String, Option<i32>> {
+        self.db()
+            .query("SELECT id, version FROM tenantctl.tenants", &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// Versions in a schema's own history table.
+    pub fn history(&self, schema: &str) -> Vec<i32> {
+        self.db()
+            .query(
+                &format!(
+                    "SELECT version FROM \"{schema}\".refinery_schema_history ORDER BY version"
+                ),
+                &[],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
+
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
