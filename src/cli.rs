@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
 /// a failing tenant never stops the others, and progress is recorded in the database.
 ///
 /// Exit codes: 0 success; 1 one or more tenants failed (or the database was unreachable);
-/// 2 usage, configuration or migration-set error (nothing was touched); 130 interrupted.
+/// 2 usage, configuration or migration-set error (nothing was touched); 3 another
+/// migrate/rollback is running on this database; 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "tenantctl", version, max_term_width = 100)]
 pub struct Cli {
@@ -62,6 +63,11 @@ pub enum Command {
     /// Each tenant schema migrates in its own transaction, at most --jobs at once. A tenant whose
     /// migration fails is rolled back to where it was and reported; the others carry on (unless
     /// --fail-fast). Tenants already at the latest version are not touched.
+    ///
+    /// Every run is recorded in the control schema. If the last run was interrupted (Ctrl-C,
+    /// a killed CI job), the next one with the same migrations and tenants resumes it. Only
+    /// one migrate runs per database at a time: a second one exits with code 3, or waits
+    /// with --wait. A schema that hits lock_timeout or loses its connection is retried.
     ///
     /// Examples:
     ///   tenantctl migrate --all
@@ -151,6 +157,16 @@ pub struct MigrateArgs {
     /// Migrate only this tenant (repeatable).
     #[arg(long, value_name = "ID")]
     pub tenant: Vec<String>,
+
+    /// If another migrate/rollback is running on this database, wait up to this long for it
+    /// (e.g. 30s, 10m) instead of exiting with code 3.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait: Option<std::time::Duration>,
+
+    /// Start a new run even if the last one was interrupted (by default an interrupted run
+    /// with the same migrations and tenants is resumed).
+    #[arg(long)]
+    pub fresh: bool,
 
     #[command(flatten)]
     pub run: RunOpts,

@@ -57,6 +57,9 @@ struct RawRun {
     jobs: Option<Spanned<i64>>,
     lock_timeout: Option<Spanned<String>>,
     statement_timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<i64>>,
+    retry_delay: Option<Spanned<String>>,
+    grace_period: Option<Spanned<String>>,
 }
 
 /// Everything a command needs, resolved once from the CLI and the config file.
@@ -73,11 +76,20 @@ pub struct Settings {
     pub jobs: usize,
     pub lock_timeout: Duration,
     pub statement_timeout: Option<Duration>,
+    /// Extra attempts for a schema that hit lock_timeout or lost its connection.
+    pub retries: u32,
+    /// First delay before a retry; doubles on each further attempt.
+    pub retry_delay: Duration,
+    /// After SIGINT/SIGTERM, how long in-flight schemas may take before they are cancelled.
+    pub grace_period: Duration,
 }
 
 pub const DEFAULT_CONTROL_SCHEMA: &str = "tenantctl";
 pub const DEFAULT_PREFIX: &str = "tenant_";
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_RETRIES: u32 = 3;
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
 /// The default concurrency: a few connections per server core is what saturates PostgreSQL
 /// for DDL-heavy transactions; see README "Choosing --jobs".
@@ -299,22 +311,47 @@ impl Settings {
             (None, None) => default_jobs(),
         };
 
-        let lock_timeout = match &raw.run.lock_timeout {
-            Some(v) => {
-                let s = ctx.expand(v, "run.lock_timeout")?;
-                parse_duration(&s).map_err(|e| ctx.err_at(v.span(), "run.lock_timeout", e))?
+        let retries = match &raw.run.retries {
+            Some(r) if (0..=20).contains(r.get_ref()) => *r.get_ref() as u32,
+            Some(r) => {
+                return Err(ctx.err_at(
+                    r.span(),
+                    "run.retries",
+                    format!("{} is out of range; use 0 to 20", r.get_ref()),
+                ))
             }
-            None => DEFAULT_LOCK_TIMEOUT,
+            None => DEFAULT_RETRIES,
         };
-        let statement_timeout = match &raw.run.statement_timeout {
-            Some(v) => {
-                let s = ctx.expand(v, "run.statement_timeout")?;
-                let d = parse_duration(&s)
-                    .map_err(|e| ctx.err_at(v.span(), "run.statement_timeout", e))?;
-                (!d.is_zero()).then_some(d)
+        let duration_key = |v: &Option<Spanned<String>>,
+                            key: &str,
+                            default: Duration|
+         -> Result<Duration, ConfigError> {
+            match v {
+                Some(v) => {
+                    let s = ctx.expand(v, key)?;
+                    parse_duration(&s).map_err(|e| ctx.err_at(v.span(), key, e))
+                }
+                None => Ok(default),
             }
-            None => None,
         };
+        let lock_timeout = duration_key(
+            &raw.run.lock_timeout,
+            "run.lock_timeout",
+            DEFAULT_LOCK_TIMEOUT,
+        )?;
+        let statement_timeout = duration_key(
+            &raw.run.statement_timeout,
+            "run.statement_timeout",
+            Duration::ZERO,
+        )?;
+        let statement_timeout = (!statement_timeout.is_zero()).then_some(statement_timeout);
+        let retry_delay =
+            duration_key(&raw.run.retry_delay, "run.retry_delay", DEFAULT_RETRY_DELAY)?;
+        let grace_period = duration_key(
+            &raw.run.grace_period,
+            "run.grace_period",
+            DEFAULT_GRACE_PERIOD,
+        )?;
 
         Ok(Settings {
             config_path: path.to_path_buf(),
@@ -326,6 +363,9 @@ impl Settings {
             jobs,
             lock_timeout,
             statement_timeout,
+            retries,
+            retry_delay,
+            grace_period,
         })
     }
 }

@@ -1,16 +1,27 @@
 //! The control schema: tenantctl's own bookkeeping inside the database. `tenants` is the
 //! registry (with each tenant's current version, kept in the same transaction as its
 //! migrations, so fleet status is one query); `runs` and `run_schemas` are the run ledger.
+//!
+//! Liveness without a human: every run's coordinator holds a session advisory lock keyed by
+//! the run id for its whole life, so a `running` row whose lock nobody holds belongs to a
+//! process that died, and is marked `interrupted`. Fleet commands (migrate, rollback) also
+//! hold one fleet lock per control schema, so two of them never run at once.
 
-use anyhow::Context as _;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::db::describe;
 use crate::tenant::{quote_ident, quote_literal, Tenant};
 
-/// First half of every advisory-lock key tenantctl takes ("tnt" in ASCII); the second
-/// half identifies the object (a schema's `hashtext`, or 0 for the control schema itself).
+/// First half of the per-schema advisory lock key ("tnt" in ASCII); the second half is the
+/// schema's `hashtext`. Also the key of the bootstrap lock (second half 0).
 pub const LOCK_NAMESPACE: i32 = 0x0074_6e74;
+/// Fleet lock: one migrate/rollback at a time per control schema.
+const LOCK_FLEET: i32 = LOCK_NAMESPACE + 1;
+/// Run lock: held by a run's coordinator for the run's life; key = run id.
+const LOCK_RUN: i32 = LOCK_NAMESPACE + 2;
+
+/// Bumped whenever the DDL below changes; stored as the control schema's comment.
+const CONTROL_VERSION: &str = "tenantctl control schema v2";
 
 /// The control schema, with its name validated and quoted once.
 #[derive(Debug, Clone)]
@@ -28,14 +39,69 @@ pub struct TenantRow {
     pub created_at: String,
 }
 
-/// What a run row records about who started it.
+/// What a run row records.
 #[derive(Debug, Clone)]
 pub struct RunInfo<'a> {
     pub command: &'a str,
     pub target: Option<i32>,
     pub digest: &'a str,
+    /// `all`, or a fingerprint of the tenant list, so only the same request resumes a run.
+    pub scope: &'a str,
     pub total: usize,
 }
+
+/// A run as `status` and the busy message show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub command: String,
+    pub target_version: Option<i32>,
+    pub state: String,
+    pub actor: String,
+    pub host: String,
+    pub pid: i32,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub total: i32,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub pending: i64,
+    pub skipped: i64,
+}
+
+impl RunRow {
+    pub fn describe(&self) -> String {
+        let target = self
+            .target_version
+            .map_or("latest".into(), |v| format!("V{v}"));
+        format!(
+            "run {} ({} to {target}) started by {} on {} (pid {}) at {}",
+            self.id, self.command, self.actor, self.host, self.pid, self.started_at
+        )
+    }
+}
+
+/// One failed schema of a run, for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailedRow {
+    pub id: String,
+    pub schema: String,
+    pub migration: Option<String>,
+    pub error: Option<String>,
+}
+
+fn run_error(what: &str, e: &tokio_postgres::Error) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", describe(e))
+}
+
+fn first_value(messages: &[SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    })
+}
+
+const TS: &str = "'YYYY-MM-DD HH24:MI:SS \"UTC\"'";
 
 impl Control {
     pub fn new(name: &str) -> Control {
@@ -56,6 +122,7 @@ impl Control {
 
     fn ddl(&self) -> String {
         let q = &self.q;
+        let comment = quote_literal(CONTROL_VERSION);
         format!(
             r#"
 CREATE SCHEMA IF NOT EXISTS {q};
@@ -72,15 +139,20 @@ CREATE TABLE IF NOT EXISTS {q}.runs (
     command        text NOT NULL,
     target_version integer,
     digest         text NOT NULL,
+    scope          text NOT NULL DEFAULT 'all',
     state          text NOT NULL CHECK (state IN ('running', 'succeeded', 'failed', 'interrupted')),
     actor          text NOT NULL,
     host           text NOT NULL,
     pid            integer NOT NULL,
     backend_pid    integer NOT NULL DEFAULT pg_backend_pid(),
     total          integer NOT NULL,
+    attempts       integer NOT NULL DEFAULT 1,
     started_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at    timestamptz
 );
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'all';
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1;
+CREATE INDEX IF NOT EXISTS runs_running_idx ON {q}.runs (id) WHERE state = 'running';
 CREATE TABLE IF NOT EXISTS {q}.run_schemas (
     run_id           bigint NOT NULL REFERENCES {q}.runs (id) ON DELETE CASCADE,
     tenant_id        text NOT NULL,
@@ -95,34 +167,32 @@ CREATE TABLE IF NOT EXISTS {q}.run_schemas (
     finished_at      timestamptz,
     PRIMARY KEY (run_id, tenant_id)
 );
+COMMENT ON SCHEMA {q} IS {comment};
 "#
         )
     }
 
     /// Whether the control schema has been created (read-only commands do not create it).
     pub async fn exists(&self, client: &Client) -> anyhow::Result<bool> {
-        let probe = format!(
-            "SELECT to_regclass({})::text",
-            quote_literal(&format!("{}.run_schemas", self.q))
-        );
-        Ok(client
-            .simple_query(&probe)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "checking the control schema {}: {}",
-                    self.name,
-                    describe(&e)
-                )
-            })?
-            .iter()
-            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0).is_some())))
+        Ok(self.installed_version(client).await?.is_some())
     }
 
-    /// Creates the control schema on first use. Concurrent first runs serialise on an
-    /// advisory lock, so two of them never race on `CREATE SCHEMA`.
+    async fn installed_version(&self, client: &Client) -> anyhow::Result<Option<String>> {
+        let probe = format!(
+            "SELECT coalesce(obj_description(oid, 'pg_namespace'), '') FROM pg_namespace WHERE nspname = {}",
+            quote_literal(&self.name)
+        );
+        let messages = client
+            .simple_query(&probe)
+            .await
+            .map_err(|e| run_error(&format!("checking the control schema {}", self.name), &e))?;
+        Ok(first_value(&messages))
+    }
+
+    /// Creates (or upgrades) the control schema on first use. Concurrent first runs
+    /// serialise on an advisory lock, so two of them never race on `CREATE SCHEMA`.
     pub async fn bootstrap(&self, client: &Client) -> anyhow::Result<()> {
-        if self.exists(client).await? {
+        if self.installed_version(client).await?.as_deref() == Some(CONTROL_VERSION) {
             return Ok(());
         }
         let sql = format!(
@@ -155,7 +225,7 @@ CREATE TABLE IF NOT EXISTS {q}.run_schemas (
         let rows = client
             .query(&sql, &[&ids])
             .await
-            .map_err(|e| anyhow::anyhow!("reading the tenant registry: {}", describe(&e)))?;
+            .map_err(|e| run_error("reading the tenant registry", &e))?;
         Ok(rows
             .into_iter()
             .map(|r| TenantRow {
@@ -167,34 +237,225 @@ CREATE TABLE IF NOT EXISTS {q}.run_schemas (
             .collect())
     }
 
-    /// Opens a run in the ledger and returns its id.
-    pub async fn start_run(&self, client: &Client, info: &RunInfo<'_>) -> anyhow::Result<i64> {
+    /// Marks runs whose coordinator is gone (nobody holds their run lock) as interrupted.
+    pub async fn reap_dead_runs(&self, client: &Client) -> anyhow::Result<u64> {
         let sql = format!(
-            "INSERT INTO {} (command, target_version, digest, state, actor, host, pid, total) \
-             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7) RETURNING id",
+            "UPDATE {runs} r SET state = 'interrupted', finished_at = coalesce(finished_at, clock_timestamp()) \
+             WHERE r.state = 'running' AND NOT EXISTS ( \
+                 SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                   AND l.classid = {LOCK_RUN}::oid AND l.objid = r.id::oid AND l.objsubid = 2)",
+            runs = self.table("runs")
+        );
+        client
+            .execute(&sql, &[])
+            .await
+            .map_err(|e| run_error("checking for runs whose process died", &e))
+    }
+
+    /// Whether a run's coordinator is alive (holds the run's lock).
+    pub async fn run_is_live(&self, client: &Client, run_id: i64) -> anyhow::Result<bool> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND l.classid = {LOCK_RUN}::oid AND l.objid = {run_id}::oid AND l.objsubid = 2)::text"
+        );
+        let messages = client
+            .simple_query(&sql)
+            .await
+            .map_err(|e| run_error("checking whether a run is alive", &e))?;
+        Ok(first_value(&messages).as_deref() == Some("true"))
+    }
+
+    /// Takes the fleet lock without waiting. False: another fleet run holds it.
+    pub async fn try_fleet_lock(&self, client: &Client) -> anyhow::Result<bool> {
+        let sql = format!(
+            "SELECT pg_try_advisory_lock({LOCK_FLEET}, hashtext({}))::text",
+            quote_literal(&self.name)
+        );
+        let messages = client
+            .simple_query(&sql)
+            .await
+            .map_err(|e| run_error("taking the fleet lock", &e))?;
+        Ok(first_value(&messages).as_deref() == Some("true"))
+    }
+
+    /// The run currently holding the fleet lock, if it can be seen.
+    pub async fn running_fleet_run(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
+        Ok(self
+            .runs_where(
+                client,
+                "r.state = 'running' AND r.command IN ('migrate', 'rollback')",
+            )
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// The newest run of any command.
+    pub async fn last_run(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
+        Ok(self.runs_where(client, "true").await?.into_iter().next())
+    }
+
+    /// The newest run of `command`, if it is unfinished and asked for the same thing.
+    pub async fn resumable_run(
+        &self,
+        client: &Client,
+        info: &RunInfo<'_>,
+    ) -> anyhow::Result<Option<RunRow>> {
+        let latest = self
+            .runs_where(
+                client,
+                &format!("r.command = {}", quote_literal(info.command)),
+            )
+            .await?
+            .into_iter()
+            .next();
+        let Some(run) = latest else { return Ok(None) };
+        if run.state != "interrupted" || run.target_version != info.target {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT digest, scope FROM {} WHERE id = $1",
             self.table("runs")
         );
         let row = client
-            .query_one(
-                &sql,
-                &[
-                    &info.command,
-                    &info.target,
-                    &info.digest,
-                    &actor(),
-                    &hostname(),
-                    &(std::process::id() as i32),
-                    &(info.total as i32),
-                ],
-            )
+            .query_one(&sql, &[&run.id])
             .await
-            .map_err(|e| {
-                anyhow::anyhow!("recording the run in {}.runs: {}", self.name, describe(&e))
-            })?;
-        Ok(row.get(0))
+            .map_err(|e| run_error("reading the last run", &e))?;
+        let (digest, scope): (String, String) = (row.get(0), row.get(1));
+        Ok((digest == info.digest && scope == info.scope).then_some(run))
     }
 
-    /// Adds one ledger row per schema of a run, in one statement.
+    async fn runs_where(&self, client: &Client, filter: &str) -> anyhow::Result<Vec<RunRow>> {
+        let sql = format!(
+            "SELECT r.id, r.command, r.target_version, r.state, r.actor, r.host, r.pid, \
+                    to_char(r.started_at AT TIME ZONE 'UTC', {TS}), to_char(r.finished_at AT TIME ZONE 'UTC', {TS}), r.total, \
+                    count(*) FILTER (WHERE s.state = 'succeeded'), count(*) FILTER (WHERE s.state = 'failed'), \
+                    count(*) FILTER (WHERE s.state = 'pending'), count(*) FILTER (WHERE s.state = 'skipped') \
+             FROM (SELECT * FROM {runs} r WHERE {filter} ORDER BY id DESC LIMIT 1) r \
+             LEFT JOIN {rs} s ON s.run_id = r.id GROUP BY 1,2,3,4,5,6,7,8,9,10 ORDER BY r.id DESC",
+            runs = self.table("runs"),
+            rs = self.table("run_schemas"),
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| run_error("reading the run ledger", &e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RunRow {
+                id: r.get(0),
+                command: r.get(1),
+                target_version: r.get(2),
+                state: r.get(3),
+                actor: r.get(4),
+                host: r.get(5),
+                pid: r.get(6),
+                started_at: r.get(7),
+                finished_at: r.get(8),
+                total: r.get(9),
+                succeeded: r.get(10),
+                failed: r.get(11),
+                pending: r.get(12),
+                skipped: r.get(13),
+            })
+            .collect())
+    }
+
+    /// Failed schemas of a run (at most `limit`).
+    pub async fn failed_schemas(
+        &self,
+        client: &Client,
+        run_id: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<FailedRow>> {
+        let sql = format!(
+            "SELECT tenant_id, schema_name, failed_migration, error FROM {} \
+             WHERE run_id = $1 AND state = 'failed' ORDER BY tenant_id LIMIT $2",
+            self.table("run_schemas")
+        );
+        let rows = client
+            .query(&sql, &[&run_id, &limit])
+            .await
+            .map_err(|e| run_error("reading the run's failures", &e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| FailedRow {
+                id: r.get(0),
+                schema: r.get(1),
+                migration: r.get(2),
+                error: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Opens a run in the ledger and takes its run lock before anyone can see the row.
+    pub async fn start_run(&self, client: &Client, info: &RunInfo<'_>) -> anyhow::Result<i64> {
+        let sql = format!(
+            "BEGIN; \
+             INSERT INTO {} (command, target_version, digest, scope, state, actor, host, pid, total) \
+             VALUES ({}, {}, {}, {}, 'running', {}, {}, {}, {}) RETURNING id",
+            self.table("runs"),
+            quote_literal(info.command),
+            info.target.map_or("NULL".into(), |v| v.to_string()),
+            quote_literal(info.digest),
+            quote_literal(info.scope),
+            quote_literal(&actor()),
+            quote_literal(&hostname()),
+            std::process::id() as i32,
+            info.total,
+        );
+        let result = async {
+            let messages = client.simple_query(&sql).await?;
+            let id: i64 = first_value(&messages)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default();
+            client
+                .batch_execute(&format!(
+                    "SELECT pg_advisory_lock({LOCK_RUN}, {id}::int); COMMIT"
+                ))
+                .await?;
+            Ok::<i64, tokio_postgres::Error>(id)
+        }
+        .await;
+        match result {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(run_error(
+                    &format!("recording the run in {}.runs", self.name),
+                    &e,
+                ))
+            }
+        }
+    }
+
+    /// Takes over an interrupted run: this process becomes its coordinator.
+    pub async fn resume_run(
+        &self,
+        client: &Client,
+        run_id: i64,
+        total: usize,
+    ) -> anyhow::Result<()> {
+        let sql = format!(
+            "SELECT pg_advisory_lock({LOCK_RUN}, {run_id}::int); \
+             UPDATE {} SET state = 'running', finished_at = NULL, attempts = attempts + 1, \
+                 actor = {}, host = {}, pid = {}, backend_pid = pg_backend_pid(), total = {total} \
+             WHERE id = {run_id}",
+            self.table("runs"),
+            quote_literal(&actor()),
+            quote_literal(&hostname()),
+            std::process::id() as i32,
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| run_error(&format!("resuming run {run_id}"), &e))
+    }
+
+    /// Adds one ledger row per schema of a run, in one statement. On a resumed run, rows
+    /// already succeeded are kept as they are.
     pub async fn add_run_schemas(
         &self,
         client: &Client,
@@ -209,15 +470,18 @@ CREATE TABLE IF NOT EXISTS {q}.run_schemas (
         let versions: Vec<Option<i32>> = rows.iter().map(|r| r.1).collect();
         let states: Vec<&str> = rows.iter().map(|r| r.2).collect();
         let sql = format!(
-            "INSERT INTO {} (run_id, tenant_id, schema_name, version_before, version_after, state) \
+            "INSERT INTO {t} AS rs (run_id, tenant_id, schema_name, version_before, version_after, state) \
              SELECT $1, t.id, t.schema_name, t.v, CASE WHEN t.state = 'skipped' THEN t.v END, t.state \
-             FROM unnest($2::text[], $3::text[], $4::int4[], $5::text[]) AS t(id, schema_name, v, state)",
-            self.table("run_schemas")
+             FROM unnest($2::text[], $3::text[], $4::int4[], $5::text[]) AS t(id, schema_name, v, state) \
+             ON CONFLICT (run_id, tenant_id) DO UPDATE SET state = EXCLUDED.state, \
+                 version_before = EXCLUDED.version_before, version_after = EXCLUDED.version_after \
+             WHERE rs.state <> 'succeeded'",
+            t = self.table("run_schemas")
         );
         client
             .execute(&sql, &[&run_id, &ids, &schemas, &versions, &states])
             .await
-            .map_err(|e| anyhow::anyhow!("recording the run's schemas: {}", describe(&e)))?;
+            .map_err(|e| run_error("recording the run's schemas", &e))?;
         Ok(())
     }
 
@@ -226,7 +490,7 @@ CREATE TABLE IF NOT EXISTS {q}.run_schemas (
         &self,
         client: &Client,
         run_id: i64,
-        failures: &[(&str, Option<String>, String)],
+        failures: &[(&str, Option<String>, String, i32)],
     ) -> anyhow::Result<()> {
         if failures.is_empty() {
             return Ok(());
@@ -234,21 +498,22 @@ CREATE TABLE IF NOT EXISTS {q}.run_schemas (
         let ids: Vec<&str> = failures.iter().map(|f| f.0).collect();
         let migrations: Vec<Option<&str>> = failures.iter().map(|f| f.1.as_deref()).collect();
         let errors: Vec<&str> = failures.iter().map(|f| f.2.as_str()).collect();
+        let attempts: Vec<i32> = failures.iter().map(|f| f.3).collect();
         let sql = format!(
             "UPDATE {} rs SET state = 'failed', failed_migration = f.m, error = f.e, \
-                 attempts = rs.attempts + 1, finished_at = clock_timestamp() \
-             FROM unnest($2::text[], $3::text[], $4::text[]) AS f(id, m, e) \
+                 attempts = rs.attempts + f.a, finished_at = clock_timestamp() \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[]) AS f(id, m, e, a) \
              WHERE rs.run_id = $1 AND rs.tenant_id = f.id AND rs.state <> 'succeeded'",
             self.table("run_schemas")
         );
         client
-            .execute(&sql, &[&run_id, &ids, &migrations, &errors])
+            .execute(&sql, &[&run_id, &ids, &migrations, &errors, &attempts])
             .await
-            .map_err(|e| anyhow::anyhow!("recording failed schemas: {}", describe(&e)))?;
+            .map_err(|e| run_error("recording failed schemas", &e))?;
         Ok(())
     }
 
-    /// Closes a run with its final state.
+    /// Closes a run with its final state and releases its run lock.
     pub async fn finish_run(
         &self,
         client: &Client,
@@ -256,15 +521,15 @@ CREATE TABLE IF NOT EXISTS {q}.run_schemas (
         state: &str,
     ) -> anyhow::Result<()> {
         let sql = format!(
-            "UPDATE {} SET state = $2, finished_at = clock_timestamp() WHERE id = $1",
-            self.table("runs")
+            "UPDATE {} SET state = {}, finished_at = clock_timestamp() WHERE id = {run_id}; \
+             SELECT pg_advisory_unlock({LOCK_RUN}, {run_id}::int)",
+            self.table("runs"),
+            quote_literal(state)
         );
         client
-            .execute(&sql, &[&run_id, &state])
+            .batch_execute(&sql)
             .await
-            .map_err(|e| anyhow::anyhow!("closing run {run_id}: {}", describe(&e)))
-            .context("the run's schemas are recorded; only its final state is missing")?;
-        Ok(())
+            .map_err(|e| run_error(&format!("closing run {run_id}"), &e))
     }
 }
 
@@ -273,7 +538,25 @@ pub fn actor() -> String {
     ["TENANTCTL_ACTOR", "USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .or_else(os_user)
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The login name of this process's uid, from /proc and /etc/passwd (no environment needed).
+fn os_user() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
 }
 
 /// Where tenantctl runs.

@@ -6,6 +6,8 @@ pub const SUCCESS: i32 = 0;
 pub const FAILED: i32 = 1;
 /// Usage, configuration or migration-set error: nothing was touched.
 pub const USAGE: i32 = 2;
+/// Another migrate/rollback run holds this database (and --wait was not given or ran out).
+pub const BUSY: i32 = 3;
 /// Interrupted by SIGINT/SIGTERM: in-flight schemas finished or rolled back, the rest not started.
 pub const INTERRUPTED: i32 = 130;
 
@@ -15,8 +17,16 @@ pub const INTERRUPTED: i32 = 130;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Maps an error to its exit code: input problems are 2, everything else is 1.
+/// Another fleet run is in progress: exit code 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BusyError(pub String);
+
+/// Maps an error to its exit code: input problems are 2, busy is 3, everything else is 1.
 pub fn code_for(err: &anyhow::Error) -> i32 {
+    if err.chain().any(|e| e.is::<BusyError>()) {
+        return BUSY;
+    }
     let usage = err.chain().any(|e| {
         e.is::<UsageError>()
             || e.is::<crate::config::ConfigError>()

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod db;
+pub mod digest;
 pub mod engine;
 pub mod exit;
 pub mod migrations;

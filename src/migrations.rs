@@ -273,20 +273,14 @@ fn duplicate(version: i32, a: &Path, b: &Path) -> MigrationSetError {
     ))
 }
 
-/// FNV-1a over refinery's per-migration checksums, as 16 hex digits.
+/// A fingerprint of refinery's per-migration versions and checksums.
 fn digest(migrations: &[Migration]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for m in migrations {
-        for b in (m.version() as i64)
+    crate::digest::fnv1a_hex(migrations.iter().flat_map(|m| {
+        (m.version() as i64)
             .to_le_bytes()
             .into_iter()
             .chain(m.checksum().to_le_bytes())
-        {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
+    }))
 }
 
 #[cfg(test)]

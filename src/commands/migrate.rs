@@ -5,27 +5,26 @@ use crate::config::Settings;
 use crate::engine::apply::Mode;
 use crate::exit::UsageError;
 
-use super::{load_migrations, parse_ids, run_schemas, RunRequest, Session};
+use super::{load_migrations, parse_ids, run_schemas, scope_of, RunRequest, Session};
 
 pub async fn migrate(settings: &Settings, args: MigrateArgs, quiet: bool) -> anyhow::Result<i32> {
     let migrations = load_migrations(settings)?;
     let wanted = if args.all {
         None
     } else {
-        let tenants = parse_ids(settings, &args.tenant)?;
-        Some(
-            tenants
-                .iter()
-                .map(|t| t.id().to_string())
-                .collect::<Vec<_>>(),
-        )
+        Some(parse_ids(settings, &args.tenant)?)
     };
-    let session = Session::open(settings, true).await?;
+    let wanted_ids: Option<Vec<String>> = wanted
+        .as_ref()
+        .map(|ts| ts.iter().map(|t| t.id().to_string()).collect());
+    let mut session = Session::open(settings, true).await?;
+    let reporter = crate::report::for_stderr(quiet);
+    session.fleet_lock(args.wait, reporter.as_ref()).await?;
     let rows = session
         .control
-        .tenants(&session.client, wanted.as_deref())
+        .tenants(&session.client, wanted_ids.as_deref())
         .await?;
-    if let Some(wanted) = &wanted {
+    if let Some(wanted) = &wanted_ids {
         let missing: Vec<&str> = wanted
             .iter()
             .filter(|id| {
@@ -44,7 +43,7 @@ pub async fn migrate(settings: &Settings, args: MigrateArgs, quiet: bool) -> any
         }
     }
     let target = migrations.latest();
-    let scope = rows
+    let tenants = rows
         .into_iter()
         .filter(|r| r.state == "active")
         .map(|r| {
@@ -53,19 +52,21 @@ pub async fn migrate(settings: &Settings, args: MigrateArgs, quiet: bool) -> any
         })
         .collect();
     run_schemas(
-        &session,
+        &mut session,
         RunRequest {
             command: "migrate",
             mode: Mode::Migrate,
             migrations: &migrations,
             target,
-            scope,
+            scope: scope_of(wanted.as_deref()),
+            tenants,
             refused: Vec::new(),
+            resume: !args.fresh,
             jobs: settings.jobs,
             fail_fast: args.run.fail_fast,
             json: args.run.json,
-            quiet,
         },
+        reporter,
     )
     .await
 }

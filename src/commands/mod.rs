@@ -1,6 +1,6 @@
 //! Thin glue between the command line and the engine. [`run_schemas`] is the shared shape of
-//! every fleet command: open a run in the ledger, drive the fleet, record the outcome,
-//! print the summary, pick the exit code.
+//! every fleet command: open (or resume) a run in the ledger, drive the fleet, record the
+//! outcome, print the summary, pick the exit code.
 
 pub mod migrate;
 pub mod status;
@@ -8,6 +8,7 @@ pub mod tenant;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio_postgres::Client;
@@ -17,9 +18,9 @@ use crate::control::{Control, RunInfo};
 use crate::db;
 use crate::engine::apply::{ApplyCtx, Failure, Mode};
 use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, SchemaJob};
-use crate::exit::{self, UsageError};
+use crate::exit::{self, BusyError, UsageError};
 use crate::migrations::MigrationSet;
-use crate::report::{self, summary, Event, Reporter};
+use crate::report::{summary, Event, Reporter};
 use crate::tenant::Tenant;
 
 /// A coordinator connection, the control schema, and the settings.
@@ -49,6 +50,82 @@ impl<'a> Session<'a> {
 
     fn pool(&self, jobs: usize) -> anyhow::Result<Pool> {
         db::pool(self.pg.clone(), jobs)
+    }
+
+    /// After the coordinator's connection broke (a server restart, say): connect again,
+    /// retrying with backoff for up to ~15 s.
+    async fn reconnect(&mut self) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(250);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match db::connect(&self.pg, &self.settings.display_url).await {
+                Ok(c) => {
+                    self.client = c;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(4));
+                }
+            }
+        }
+    }
+
+    /// Takes the fleet lock (one migrate/rollback per control schema at a time). Without
+    /// `wait`, or when it runs out, fails with exit code 3 naming the run in progress.
+    pub async fn fleet_lock(
+        &self,
+        wait: Option<Duration>,
+        reporter: &dyn Reporter,
+    ) -> anyhow::Result<()> {
+        let deadline = wait.map(|w| Instant::now() + w);
+        let mut announced = false;
+        loop {
+            if self.control.try_fleet_lock(&self.client).await? {
+                return Ok(());
+            }
+            let holder = self.control.running_fleet_run(&self.client).await?;
+            let who = holder.map_or_else(
+                || "another tenantctl migrate/rollback (its run is not visible yet)".to_string(),
+                |r| r.describe(),
+            );
+            match deadline {
+                Some(d) if Instant::now() < d => {
+                    if !announced {
+                        reporter.event(&Event::Waiting { what: &who });
+                        announced = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Some(_) => {
+                    return Err(BusyError(format!(
+                        "gave up waiting: {who} is still in progress; nothing was changed"
+                    ))
+                    .into())
+                }
+                None => {
+                    return Err(BusyError(format!(
+                        "{who} is in progress on this database; nothing was changed. Wait for it with --wait 10m, or re-run when it has finished"
+                    ))
+                    .into())
+                }
+            }
+        }
+    }
+
+    /// How many more connections the server accepts now (for ordinary roles).
+    async fn free_slots(&self) -> anyhow::Result<i64> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int \
+                        - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+                &[],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the server's connection limits: {}", db::describe(&e)))?;
+        Ok(row.get::<_, i64>(0).max(0))
     }
 }
 
@@ -91,9 +168,14 @@ pub fn load_migrations(settings: &Settings) -> anyhow::Result<MigrationSet> {
     Ok(MigrationSet::load(&settings.migrations_dir)?)
 }
 
-/// Installs SIGINT/SIGTERM handling for a run: the first signal cancels scheduling, the
-/// second exits at once (PostgreSQL rolls back the open transactions).
-fn watch_signals(cancel: Cancel, reporter: Arc<dyn Reporter>) -> tokio::task::JoinHandle<()> {
+/// Installs SIGINT/SIGTERM handling for a run: the first signal stops scheduling and, after
+/// the grace period, cancels in-flight statements (they roll back); the second exits at once
+/// (PostgreSQL rolls back the open transactions).
+fn watch_signals(
+    cancel: Cancel,
+    reporter: Arc<dyn Reporter>,
+    grace: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut term =
@@ -113,7 +195,15 @@ fn watch_signals(cancel: Cancel, reporter: Arc<dyn Reporter>) -> tokio::task::Jo
             count += 1;
             if count == 1 {
                 cancel.cancel();
-                reporter.event(&Event::Interrupting { signal: name });
+                reporter.event(&Event::Interrupting {
+                    signal: name,
+                    grace,
+                });
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    cancel.abort_in_flight().await;
+                });
             } else {
                 eprintln!(
                     "{name} again: stopping now; open transactions are rolled back by PostgreSQL"
@@ -130,42 +220,81 @@ pub struct RunRequest<'a> {
     pub mode: Mode,
     pub migrations: &'a MigrationSet,
     pub target: Option<i32>,
+    /// `all`, or a fingerprint of the tenant list (see [`scope_of`]).
+    pub scope: String,
     /// Everything in scope: (tenant, registry version, needs work).
-    pub scope: Vec<(Tenant, Option<i32>, bool)>,
+    pub tenants: Vec<(Tenant, Option<i32>, bool)>,
     /// Tenants refused before any work (e.g. already exist), reported as failed.
     pub refused: Vec<(Tenant, Failure)>,
+    /// Continue an interrupted run of the same command, target, files and scope.
+    pub resume: bool,
     pub jobs: usize,
     pub fail_fast: bool,
     pub json: bool,
-    pub quiet: bool,
+}
+
+/// The scope of a run over an explicit tenant list: a fingerprint of the sorted ids.
+pub fn scope_of(tenants: Option<&[Tenant]>) -> String {
+    match tenants {
+        None => "all".into(),
+        Some(list) => {
+            let mut ids: Vec<&str> = list.iter().map(Tenant::id).collect();
+            ids.sort_unstable();
+            format!(
+                "tenants:{}:{}",
+                ids.len(),
+                crate::digest::fnv1a_hex(ids.join(",").into_bytes())
+            )
+        }
+    }
 }
 
 /// Runs a fleet command end to end and returns its exit code.
-pub async fn run_schemas(session: &Session<'_>, req: RunRequest<'_>) -> anyhow::Result<i32> {
-    let control = &session.control;
-    let total = req.scope.len() + req.refused.len();
-    let run_id = control
-        .start_run(
-            &session.client,
-            &RunInfo {
-                command: req.command,
-                target: req.target,
-                digest: req.migrations.digest(),
-                total,
-            },
-        )
-        .await?;
+pub async fn run_schemas(
+    session: &mut Session<'_>,
+    req: RunRequest<'_>,
+    reporter: Arc<dyn Reporter>,
+) -> anyhow::Result<i32> {
+    let total = req.tenants.len() + req.refused.len();
+    let info = RunInfo {
+        command: req.command,
+        target: req.target,
+        digest: req.migrations.digest(),
+        scope: &req.scope,
+        total,
+    };
+    session.control.reap_dead_runs(&session.client).await?;
+    let resumed = if req.resume {
+        session
+            .control
+            .resumable_run(&session.client, &info)
+            .await?
+    } else {
+        None
+    };
+    let run_id = match &resumed {
+        Some(run) => {
+            session
+                .control
+                .resume_run(&session.client, run.id, total)
+                .await?;
+            reporter.event(&Event::Resuming { run });
+            run.id
+        }
+        None => session.control.start_run(&session.client, &info).await?,
+    };
     let ledger_rows: Vec<(&Tenant, Option<i32>, &str)> = req
-        .scope
+        .tenants
         .iter()
         .map(|(t, v, todo)| (t, *v, if *todo { "pending" } else { "skipped" }))
         .collect();
-    control
+    session
+        .control
         .add_run_schemas(&session.client, run_id, &ledger_rows)
         .await?;
 
     let jobs: Vec<SchemaJob> = req
-        .scope
+        .tenants
         .iter()
         .filter(|(_, _, todo)| *todo)
         .map(|(t, v, _)| SchemaJob {
@@ -173,12 +302,35 @@ pub async fn run_schemas(session: &Session<'_>, req: RunRequest<'_>) -> anyhow::
             version: *v,
         })
         .collect();
-    let skipped = req.scope.len() - jobs.len();
-    let workers = req.jobs.min(jobs.len()).max(1);
+    let skipped = req.tenants.len() - jobs.len();
+    let mut workers = req.jobs.min(jobs.len()).max(1);
+    if !jobs.is_empty() {
+        let free = session.free_slots().await?;
+        if free < 1 {
+            session
+                .control
+                .finish_run(&session.client, run_id, "failed")
+                .await?;
+            anyhow::bail!(
+                "the server has no free connection slots (max_connections is used up); nothing was changed. Free some connections or raise max_connections, then re-run"
+            );
+        }
+        if (free as usize) < workers {
+            reporter.event(&Event::Warning {
+                message: &format!(
+                    "the server has only {free} free connection slot(s): running {free} at a time instead of {workers}"
+                ),
+            });
+            workers = free as usize;
+        }
+    }
     let pool = session.pool(workers)?;
-    let reporter: Arc<dyn Reporter> = report::for_stderr(req.quiet);
     let cancel = Cancel::default();
-    let signals = watch_signals(cancel.clone(), reporter.clone());
+    let signals = watch_signals(
+        cancel.clone(),
+        reporter.clone(),
+        session.settings.grace_period,
+    );
 
     reporter.event(&Event::RunStarted {
         command: req.command,
@@ -192,7 +344,7 @@ pub async fn run_schemas(session: &Session<'_>, req: RunRequest<'_>) -> anyhow::
     }
     let ctx = ApplyCtx {
         migrations: req.migrations,
-        control,
+        control: &session.control,
         run_id,
         target: req.target,
         lock_timeout: session.settings.lock_timeout,
@@ -202,6 +354,8 @@ pub async fn run_schemas(session: &Session<'_>, req: RunRequest<'_>) -> anyhow::
         mode: req.mode,
         jobs: workers,
         fail_fast: req.fail_fast,
+        retries: session.settings.retries,
+        retry_delay: session.settings.retry_delay,
     };
     let mut outcome = run_fleet(&pool, &ctx, jobs, &opts, reporter.as_ref(), &cancel).await;
     reporter.event(&Event::RunFinished);
@@ -209,14 +363,6 @@ pub async fn run_schemas(session: &Session<'_>, req: RunRequest<'_>) -> anyhow::
     pool.close();
     outcome.failed.splice(0..0, req.refused);
 
-    let failures: Vec<(&str, Option<String>, String)> = outcome
-        .failed
-        .iter()
-        .map(|(t, f)| (t.id(), f.migration.clone(), f.to_string()))
-        .collect();
-    control
-        .record_failures(&session.client, run_id, &failures)
-        .await?;
     let state = if outcome.interrupted {
         "interrupted"
     } else if outcome.failed.is_empty() && outcome.not_started.is_empty() {
@@ -224,7 +370,7 @@ pub async fn run_schemas(session: &Session<'_>, req: RunRequest<'_>) -> anyhow::
     } else {
         "failed"
     };
-    control.finish_run(&session.client, run_id, state).await?;
+    let ledger_note = record_outcome(session, run_id, &outcome.failed, state).await;
 
     let result = summary::RunSummary {
         command: req.command,
@@ -233,6 +379,8 @@ pub async fn run_schemas(session: &Session<'_>, req: RunRequest<'_>) -> anyhow::
         target: req.target,
         skipped,
         outcome: &outcome,
+        resumed_from: resumed.as_ref().map(|r| r.succeeded as usize),
+        ledger_note: ledger_note.as_deref(),
     };
     if req.json {
         println!("{}", redact_json(&result.to_json()));
@@ -245,6 +393,56 @@ pub async fn run_schemas(session: &Session<'_>, req: RunRequest<'_>) -> anyhow::
         exit::SUCCESS
     } else {
         exit::FAILED
+    })
+}
+
+/// Writes failures and the run's final state. If the coordinator's connection died (the
+/// server restarted), reconnects once; if that fails too, says what is missing instead of
+/// failing the command: every succeeded schema is already recorded in its own transaction.
+async fn record_outcome(
+    session: &mut Session<'_>,
+    run_id: i64,
+    failed: &[(Tenant, Failure)],
+    state: &str,
+) -> Option<String> {
+    let rows: Vec<(&str, Option<String>, String, i32)> = failed
+        .iter()
+        .map(|(t, f)| {
+            (
+                t.id(),
+                f.migration.clone(),
+                f.to_string(),
+                f.attempts as i32,
+            )
+        })
+        .collect();
+    let mut last_err = None;
+    for round in 0..2 {
+        if round == 1 {
+            if let Err(e) = session.reconnect().await {
+                last_err = Some(e);
+                break;
+            }
+        }
+        let write = async {
+            session
+                .control
+                .record_failures(&session.client, run_id, &rows)
+                .await?;
+            session
+                .control
+                .finish_run(&session.client, run_id, state)
+                .await
+        };
+        match write.await {
+            Ok(()) => return None,
+            Err(e) => last_err = Some(e),
+        }
+    }
+    last_err.map(|e| {
+        format!(
+            "could not record the end of run {run_id} in the ledger ({e:#}); succeeded schemas are recorded, and the next run will see this one as interrupted"
+        )
     })
 }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::StatusArgs;
 use crate::config::Settings;
-use crate::control::TenantRow;
+use crate::control::{FailedRow, RunRow, TenantRow};
 use crate::exit::{UsageError, SUCCESS};
 use crate::migrations::MigrationSet;
 
@@ -15,6 +15,42 @@ use super::{load_migrations, parse_ids, redact_json, Session};
 
 /// Tenants behind the latest version listed by name in the text output.
 const BEHIND_LISTED: usize = 20;
+/// Failed tenants of the last run shown.
+const FAILED_LISTED: i64 = 20;
+
+fn last_run_text(run: &RunRow, failed: &[FailedRow]) -> String {
+    let mut out = format!(
+        "\nlast run:   {}: {}\n            {} succeeded, {} failed, {} pending, {} skipped of {}{}\n",
+        run.describe(),
+        run.state,
+        run.succeeded,
+        run.failed,
+        run.pending,
+        run.skipped,
+        run.total,
+        run.finished_at
+            .as_ref()
+            .map_or(String::new(), |f| format!("; finished {f}")),
+    );
+    if run.state == "interrupted" {
+        out.push_str("            `tenantctl migrate --all` resumes it\n");
+    }
+    for f in failed {
+        out.push_str(&format!(
+            "  failed: tenant {} (schema {}): {}\n",
+            f.id,
+            f.schema,
+            f.error.as_deref().unwrap_or("(no error recorded)")
+        ));
+    }
+    if (failed.len() as i64) < run.failed {
+        out.push_str(&format!(
+            "  … and {} more failed (--json)\n",
+            run.failed - failed.len() as i64
+        ));
+    }
+    out
+}
 
 fn vtext(v: Option<i32>) -> String {
     v.map_or("none".into(), |v| format!("V{v}"))
@@ -33,13 +69,24 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32
         )
     };
     let session = Session::open(settings, false).await?;
-    let rows = if session.control.exists(&session.client).await? {
-        session
-            .control
-            .tenants(&session.client, wanted.as_deref())
-            .await?
+    let (rows, last_run) = if session.control.exists(&session.client).await? {
+        let control = &session.control;
+        let rows = control.tenants(&session.client, wanted.as_deref()).await?;
+        let last = match control.last_run(&session.client).await? {
+            Some(mut run) => {
+                if run.state == "running" && !control.run_is_live(&session.client, run.id).await? {
+                    run.state = "interrupted".into();
+                }
+                let failed = control
+                    .failed_schemas(&session.client, run.id, FAILED_LISTED)
+                    .await?;
+                Some((run, failed))
+            }
+            None => None,
+        };
+        (rows, last)
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     if let Some(wanted) = &wanted {
         let missing: Vec<&str> = wanted
@@ -53,12 +100,22 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32
     }
     let rows: Vec<TenantRow> = rows.into_iter().filter(|r| r.state == "active").collect();
     if args.json {
-        println!("{}", redact_json(&to_json(&migrations, &rows)));
+        let mut v = to_json(&migrations, &rows);
+        v["last_run"] = match &last_run {
+            Some((run, failed)) => {
+                let mut r = serde_json::to_value(run)?;
+                r["failures"] = serde_json::to_value(failed)?;
+                r
+            }
+            None => serde_json::Value::Null,
+        };
+        println!("{}", redact_json(&v));
     } else {
-        print!(
-            "{}",
-            to_text(settings, &migrations, &rows, wanted.is_some())
-        );
+        let mut text = to_text(settings, &migrations, &rows, wanted.is_some());
+        if let Some((run, failed)) = &last_run {
+            text.push_str(&last_run_text(run, failed));
+        }
+        print!("{}", crate::redact::scrub(&text));
     }
     Ok(SUCCESS)
 }

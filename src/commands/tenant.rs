@@ -49,7 +49,7 @@ pub async fn create(settings: &Settings, args: CreateArgs, quiet: bool) -> anyho
         .into());
     }
     let tenants = parse_ids(settings, &ids)?;
-    let session = Session::open(settings, true).await?;
+    let mut session = Session::open(settings, true).await?;
     let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
     let existing: HashMap<String, Option<i32>> = session
         .control
@@ -58,39 +58,39 @@ pub async fn create(settings: &Settings, args: CreateArgs, quiet: bool) -> anyho
         .into_iter()
         .map(|r| (r.tenant.id().to_string(), r.version))
         .collect();
-    let mut scope = Vec::new();
+    let scope = super::scope_of(Some(&tenants));
+    let mut in_scope = Vec::new();
     let mut refused = Vec::new();
     for t in tenants {
         match existing.get(t.id()) {
-            None => scope.push((t, None, true)),
-            Some(v) if args.if_not_exists => scope.push((t, *v, false)),
+            None => in_scope.push((t, None, true)),
+            Some(v) if args.if_not_exists => in_scope.push((t, *v, false)),
             Some(v) => refused.push((
                 t,
-                Failure {
-                    kind: FailureKind::AlreadyExists,
-                    migration: None,
-                    line: None,
-                    message: "is already registered".into(),
-                    still_at: *v,
-                    broken_connection: false,
-                },
+                Failure::plain(
+                    FailureKind::AlreadyExists,
+                    "is already registered".into(),
+                    *v,
+                ),
             )),
         }
     }
     run_schemas(
-        &session,
+        &mut session,
         RunRequest {
             command: "tenant create",
             mode: Mode::Create,
             migrations: &migrations,
             target: migrations.latest(),
             scope,
+            tenants: in_scope,
             refused,
+            resume: false,
             jobs: settings.jobs,
             fail_fast: args.run.fail_fast,
             json: args.run.json,
-            quiet,
         },
+        crate::report::for_stderr(quiet),
     )
     .await
 }

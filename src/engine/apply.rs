@@ -69,7 +69,16 @@ pub enum FailureKind {
     StatementTimeout,
     /// The connection broke or the server went away.
     Connection,
+    /// Cancelled after SIGINT/SIGTERM when the grace period ran out.
+    Interrupted,
     Other,
+}
+
+impl FailureKind {
+    /// Worth another attempt after a pause: the cause is outside the migration.
+    pub fn is_transient(self) -> bool {
+        matches!(self, FailureKind::LockTimeout | FailureKind::Connection)
+    }
 }
 
 /// A schema that did not commit. Its transaction was rolled back (or never reached COMMIT).
@@ -86,6 +95,8 @@ pub struct Failure {
     pub still_at: Option<i32>,
     /// Whether the connection is unusable and must not go back to the pool.
     pub broken_connection: bool,
+    /// How many times the schema was tried (retries after lock timeouts and lost connections).
+    pub attempts: u32,
 }
 
 impl Failure {
@@ -97,7 +108,13 @@ impl Failure {
             message,
             still_at,
             broken_connection: false,
+            attempts: 1,
         }
+    }
+
+    /// A failure that is not about any migration (connection, refusal).
+    pub fn plain(kind: FailureKind, message: String, still_at: Option<i32>) -> Failure {
+        Failure::new(kind, message, still_at)
     }
 
     /// The part of the message that is the same for every tenant hit by the same problem.
@@ -107,7 +124,12 @@ impl Failure {
             (Some(m), None) => format!("{m} failed: "),
             (None, _) => String::new(),
         };
-        format!("{what}{}", self.message)
+        let tries = if self.attempts > 1 {
+            format!(" (after {} attempts)", self.attempts)
+        } else {
+            String::new()
+        };
+        format!("{what}{}{tries}", self.message)
     }
 
     fn version_text(&self) -> String {
@@ -136,6 +158,7 @@ impl Failure {
             FailureKind::Connection => format!(
                 "the transaction did not commit, so PostgreSQL rolled it back ({at}); re-run once the server is reachable"
             ),
+            FailureKind::Interrupted => format!("interrupted and rolled back, {at}; re-run to continue"),
             FailureKind::Other => format!("rolled back, {at}; re-run after fixing the cause"),
         }
     }
@@ -286,7 +309,7 @@ fn millis(d: Duration) -> u128 {
 }
 
 /// Classifies a driver error into a failure that tells the operator what happened.
-fn failure_from_pg(e: &tokio_postgres::Error, still_at: Option<i32>) -> Failure {
+pub fn failure_from_pg(e: &tokio_postgres::Error, still_at: Option<i32>) -> Failure {
     let kind = match e.code() {
         Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => FailureKind::LockTimeout,
         Some(c) if *c == SqlState::QUERY_CANCELED => FailureKind::StatementTimeout,

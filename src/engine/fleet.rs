@@ -3,12 +3,14 @@
 //! spawned per tenant. A failed schema never stops the others unless `fail_fast`; an
 //! interrupt stops scheduling and lets in-flight transactions finish.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool, PoolError};
 use futures::{stream, StreamExt};
+use tokio_postgres::{CancelToken, NoTls};
 
 use crate::db::describe;
 use crate::engine::apply::{apply_schema, Applied, ApplyCtx, Failure, FailureKind, Mode};
@@ -22,17 +24,52 @@ pub struct SchemaJob {
     pub version: Option<i32>,
 }
 
-/// Set by the signal handler: stop scheduling new schemas.
-#[derive(Debug, Default, Clone)]
-pub struct Cancel(Arc<AtomicBool>);
+/// Shared between the signal handler and the fleet: `cancel` stops scheduling new schemas;
+/// `abort` (after the grace period) cancels the statements of in-flight schemas, which then
+/// roll back.
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<CancelState>);
+
+#[derive(Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    aborted: AtomicBool,
+    in_flight: Mutex<HashMap<usize, CancelToken>>,
+}
 
 impl Cancel {
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.cancelled.store(true, Ordering::SeqCst);
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.0.aborted.load(Ordering::SeqCst)
+    }
+
+    /// Cancels the running statement of every in-flight schema; returns how many.
+    pub async fn abort_in_flight(&self) -> usize {
+        self.0.aborted.store(true, Ordering::SeqCst);
+        let tokens: Vec<CancelToken> = self.lock().values().cloned().collect();
+        for t in &tokens {
+            let _ = t.cancel_query(NoTls).await;
+        }
+        tokens.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, CancelToken>> {
+        self.0.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn track(&self, slot: usize, token: CancelToken) {
+        self.lock().insert(slot, token);
+    }
+
+    fn untrack(&self, slot: usize) {
+        self.lock().remove(&slot);
     }
 }
 
@@ -44,6 +81,9 @@ pub struct FleetOutcome {
     /// Never started: `--fail-fast` tripped or the run was interrupted.
     pub not_started: Vec<Tenant>,
     pub interrupted: bool,
+    /// Set when a schema still could not reach the database after its retries: the run
+    /// stopped scheduling rather than fail every remaining tenant slowly.
+    pub database_down: Option<String>,
     pub elapsed: Duration,
 }
 
@@ -51,6 +91,17 @@ pub struct FleetOpts {
     pub mode: Mode,
     pub jobs: usize,
     pub fail_fast: bool,
+    /// Extra attempts for transient failures (lock timeout, lost connection).
+    pub retries: u32,
+    /// First pause before a retry; doubles each time, at most 30 s.
+    pub retry_delay: Duration,
+}
+
+/// The pause before attempt `attempt + 1`.
+fn backoff(first: Duration, attempt: u32) -> Duration {
+    first
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(10))
+        .min(Duration::from_secs(30))
 }
 
 /// Gets a worker connection, with a failure that names the cause.
@@ -60,32 +111,69 @@ async fn checkout(pool: &Pool, still_at: Option<i32>) -> Result<Object, Failure>
             PoolError::Backend(pg) => describe(pg),
             other => crate::redact::scrub(&other.to_string()),
         };
-        Failure {
-            kind: FailureKind::Connection,
-            migration: None,
-            line: None,
-            message: format!("could not get a database connection: {message}"),
+        let mut f = Failure::plain(
+            FailureKind::Connection,
+            format!("could not get a database connection: {message}"),
             still_at,
-            broken_connection: true,
-        }
+        );
+        f.broken_connection = true;
+        f
     })
 }
 
-async fn one_schema(
+/// One attempt: a connection from the pool, one transaction.
+async fn attempt(
     pool: &Pool,
     ctx: &ApplyCtx<'_>,
     mode: Mode,
     job: &SchemaJob,
+    slot: usize,
+    cancel: &Cancel,
 ) -> Result<Applied, Failure> {
     let conn = checkout(pool, job.version).await?;
-    let result = apply_schema(&conn, ctx, &job.tenant, mode, job.version).await;
-    if let Err(f) = &result {
+    cancel.track(slot, conn.cancel_token());
+    let mut result = apply_schema(&conn, ctx, &job.tenant, mode, job.version).await;
+    cancel.untrack(slot);
+    if let Err(f) = &mut result {
+        if cancel.is_aborted()
+            && matches!(f.kind, FailureKind::StatementTimeout | FailureKind::Other)
+        {
+            f.kind = FailureKind::Interrupted;
+        }
         if f.broken_connection {
             // Never hand a connection in an unknown state to the next schema.
             drop(Object::take(conn));
         }
     }
     result
+}
+
+/// A schema with retries: lock timeouts and lost connections are tried again after a
+/// growing pause (the connection goes back to the pool meanwhile), everything else fails
+/// at once. Safe to repeat: each attempt re-reads the schema's history under its lock.
+async fn one_schema(
+    pool: &Pool,
+    ctx: &ApplyCtx<'_>,
+    opts: &FleetOpts,
+    job: &SchemaJob,
+    slot: usize,
+    cancel: &Cancel,
+) -> Result<Applied, Failure> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt(pool, ctx, opts.mode, job, slot, cancel).await {
+            Ok(applied) => return Ok(applied),
+            Err(mut f) => {
+                if f.kind.is_transient() && tries <= opts.retries && !cancel.is_cancelled() {
+                    tokio::time::sleep(backoff(opts.retry_delay, tries)).await;
+                    continue;
+                }
+                f.attempts = tries;
+                return Err(f);
+            }
+        }
+    }
 }
 
 /// Runs `jobs` through the pool, at most `opts.jobs` at once, reporting as it goes.
@@ -115,7 +203,7 @@ pub async fn run_fleet(
                         tenant: &job.tenant,
                     });
                     let t0 = Instant::now();
-                    let r = one_schema(pool, ctx, opts.mode, job).await;
+                    let r = one_schema(pool, ctx, opts, job, i, cancel).await;
                     (job, r, t0.elapsed())
                 }
             })
@@ -135,6 +223,12 @@ pub async fn run_fleet(
                         tenant: &job.tenant,
                         failure: &failure,
                     });
+                    if failure.kind == FailureKind::Connection && outcome.database_down.is_none() {
+                        // Retries are spent: the database is not coming back soon. Stop
+                        // rather than fail every remaining tenant one slow attempt at a time.
+                        outcome.database_down = Some(failure.message.clone());
+                        stop.store(true, Ordering::SeqCst);
+                    }
                     outcome.failed.push((job.tenant.clone(), failure));
                     if opts.fail_fast {
                         stop.store(true, Ordering::SeqCst);
@@ -149,7 +243,12 @@ pub async fn run_fleet(
         .filter(|(_, s)| !**s)
         .map(|(j, _)| j.tenant.clone())
         .collect();
-    outcome.interrupted = cancel.is_cancelled() && !outcome.not_started.is_empty();
+    outcome.interrupted = cancel.is_cancelled()
+        && (!outcome.not_started.is_empty()
+            || outcome
+                .failed
+                .iter()
+                .any(|(_, f)| f.kind == FailureKind::Interrupted));
     outcome.elapsed = started.elapsed();
     outcome
 }

@@ -35,9 +35,21 @@ pub enum Event<'a> {
         tenant: &'a Tenant,
         failure: &'a Failure,
     },
-    /// A signal arrived: no new schemas start, in-flight ones finish.
+    /// A signal arrived: no new schemas start, in-flight ones get `grace` to finish.
     Interrupting {
         signal: &'a str,
+        grace: Duration,
+    },
+    /// Another fleet run holds the database; waiting for it (--wait).
+    Waiting {
+        what: &'a str,
+    },
+    /// Continuing an interrupted run.
+    Resuming {
+        run: &'a crate::control::RunRow,
+    },
+    Warning {
+        message: &'a str,
     },
     RunFinished,
 }
@@ -61,6 +73,26 @@ pub fn for_stderr(quiet: bool) -> std::sync::Arc<dyn Reporter> {
         std::sync::Arc::new(progress::Bar::new())
     } else {
         std::sync::Arc::new(plain::Plain::new())
+    }
+}
+
+/// The lines shared by every reporter for the non-schema events, or None for schema events.
+pub fn notice(event: &Event<'_>) -> Option<String> {
+    match event {
+        Event::Interrupting { signal, grace } => Some(format!(
+            "{signal} received: starting no new schemas; in-flight ones get {} to finish, then are cancelled and rolled back. Send it again to stop at once",
+            humantime::format_duration(*grace)
+        )),
+        Event::Waiting { what } => Some(format!("waiting for {what} to finish")),
+        Event::Resuming { run } => Some(format!(
+            "resuming run {} ({}): {} of {} schemas done",
+            run.id,
+            run.state,
+            run.succeeded + run.skipped,
+            run.total
+        )),
+        Event::Warning { message } => Some(format!("warning: {message}")),
+        _ => None,
     }
 }
 

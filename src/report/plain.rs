@@ -100,13 +100,12 @@ impl Reporter for Plain {
                 s.failed += 1;
                 eprintln!("{}: FAIL {}", s.command, failure_line(tenant, failure));
             }
-            Event::Interrupting { signal } => {
-                eprintln!(
-                    "{}: {signal} received: starting no new schemas, letting in-flight ones finish; send it again to stop at once",
-                    s.command
-                );
-            }
             Event::RunFinished => {}
+            other => {
+                if let Some(line) = super::notice(other) {
+                    eprintln!("{line}");
+                }
+            }
         }
     }
 }

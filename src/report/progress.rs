@@ -65,22 +65,22 @@ impl Reporter for Bar {
             Event::SchemaStarted { .. } => {}
             Event::SchemaSucceeded { .. } => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
-                self.update_msg();
                 self.bar.inc(1);
+                self.update_msg();
             }
             Event::SchemaFailed { tenant, failure } => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.bar
                     .println(format!("FAIL {}", failure_line(tenant, failure)));
-                self.update_msg();
                 self.bar.inc(1);
-            }
-            Event::Interrupting { signal } => {
-                self.bar.println(format!(
-                    "{signal} received: starting no new schemas, letting in-flight ones finish; press Ctrl-C again to stop at once"
-                ));
+                self.update_msg();
             }
             Event::RunFinished => self.bar.finish_and_clear(),
+            other => {
+                if let Some(line) = super::notice(other) {
+                    self.bar.println(line);
+                }
+            }
         }
     }
 }

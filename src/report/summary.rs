@@ -19,6 +19,10 @@ pub struct RunSummary<'a> {
     pub target: Option<i32>,
     pub skipped: usize,
     pub outcome: &'a FleetOutcome,
+    /// When this run continued an interrupted one: schemas it had already done.
+    pub resumed_from: Option<usize>,
+    /// Set when the ledger could not be updated at the end.
+    pub ledger_note: Option<&'a str>,
 }
 
 impl RunSummary<'_> {
@@ -55,7 +59,19 @@ impl RunSummary<'_> {
                 o.not_started.len()
             );
         }
+        if let Some(done) = self.resumed_from {
+            let _ = write!(out, " (resumed; {done} done before)");
+        }
         out.push('\n');
+        if let Some(why) = &o.database_down {
+            let _ = writeln!(
+                out,
+                "stopped early: the database could not be reached after retries ({why}); re-run once it is back, finished schemas are kept"
+            );
+        }
+        if let Some(note) = self.ledger_note {
+            let _ = writeln!(out, "warning: {note}");
+        }
         if o.failed.is_empty() {
             return out;
         }
@@ -109,11 +125,14 @@ impl RunSummary<'_> {
             })).collect::<Vec<_>>(),
             "failed": o.failed.iter().map(|(t, f)| json!({
                 "id": t.id(), "schema": t.schema(), "migration": f.migration, "line": f.line,
-                "error": f.message, "version": f.still_at, "message": f.to_string(),
+                "error": f.message, "version": f.still_at, "attempts": f.attempts, "message": f.to_string(),
             })).collect::<Vec<_>>(),
             "skipped": self.skipped,
             "not_started": o.not_started.iter().map(|t| t.id()).collect::<Vec<_>>(),
             "interrupted": o.interrupted,
+            "resumed": self.resumed_from.is_some(),
+            "database_down": o.database_down,
+            "ledger_warning": self.ledger_note,
         })
     }
 }

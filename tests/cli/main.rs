@@ -5,5 +5,6 @@ mod support;
 
 mod bad_input;
 mod create;
+mod faults;
 mod migrate;
 mod status;

@@ -24,6 +24,8 @@ pub struct Server {
     pub port: u16,
     pub data_dir: Option<PathBuf>,
     pub bin_dir: Option<PathBuf>,
+    /// The server options (`-o` of pg_ctl), to start it again the same way.
+    start_opts: String,
     // Kept open for the life of the process: closing it stops the cluster.
     _guardian: Option<Mutex<(Child, ChildStdin)>>,
 }
@@ -94,12 +96,10 @@ pub fn start_cluster(extra_conf: &[&str]) -> Server {
             r#"set -e
 dir=$(mktemp -d /tmp/tenantctl-test-pg.XXXXXX)
 "{bin}/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || {{ cat "$dir/initdb.log" >&2; exit 1; }}
-"{bin}/postgres" -D "$dir/data" -p {port} -k "$dir"{conf_args} >"$dir/server.log" 2>&1 &
-pid=$!
+"{bin}/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "-p {port} -k $dir{conf_args}" start >/dev/null 2>&1 || {{ cat "$dir/server.log" >&2; echo "FAILED"; rm -rf "$dir"; exit 1; }}
 echo "$dir"
 read _ || true
-kill -INT $pid 2>/dev/null || true
-wait $pid 2>/dev/null || true
+"{bin}/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
 rm -rf "$dir"
 "#,
             bin = bin.display()
@@ -124,6 +124,11 @@ rm -rf "$dir"
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
+        if line.trim() == "FAILED" || line.trim().is_empty() {
+            let _ = child.wait();
+            eprintln!("test cluster on port {port} did not start (attempt {attempt}); trying another port");
+            continue;
+        }
         let dir = PathBuf::from(line.trim());
         let base_url = format!("postgres://postgres@127.0.0.1:{port}");
         let server = Server {
@@ -131,6 +136,7 @@ rm -rf "$dir"
             port,
             data_dir: Some(dir.join("data")),
             bin_dir: Some(bin.clone()),
+            start_opts: format!("-p {port} -k {}{conf_args}", dir.display()),
             _guardian: Some(Mutex::new((child, stdin))),
         };
         if wait_ready(&server.url("postgres"), Duration::from_secs(30)) {
@@ -158,27 +164,45 @@ impl Server {
         format!("{}/{db}", self.base_url)
     }
 
-    /// Runs pg_ctl against this cluster (as the postgres user when root), e.g. restart.
+    /// Runs pg_ctl against this cluster (as the postgres user when root): `stop`, `start`
+    /// and `restart` with the options and log file it was first started with.
     pub fn pg_ctl(&self, args: &[&str]) {
         let bin = self.bin_dir.as_ref().expect("own cluster");
         let data = self.data_dir.as_ref().expect("own cluster");
         let pg_ctl = bin.join("pg_ctl");
+        let log = data.parent().unwrap().join("server.log");
         let mut all: Vec<String> = vec![
             pg_ctl.display().to_string(),
             "-D".into(),
             data.display().to_string(),
+            "-l".into(),
+            log.display().to_string(),
+            "-o".into(),
+            self.start_opts.clone(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
-        let status = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .args(&all)
-                .status()
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).args(&all);
+            c
         } else {
-            Command::new(&all[0]).args(&all[1..]).status()
+            let mut c = Command::new(&all[0]);
+            c.args(&all[1..]);
+            c
+        };
+        let status = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running pg_ctl");
+        if !status.success() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            panic!(
+                "pg_ctl {args:?} failed; server log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
-        .expect("running pg_ctl");
-        assert!(status.success(), "pg_ctl {args:?} failed");
     }
 }
 
@@ -207,6 +231,7 @@ pub fn server() -> &'static Server {
                 port: 0,
                 data_dir: None,
                 bin_dir: None,
+                start_opts: String::new(),
                 _guardian: None,
             }
         }
@@ -405,4 +430,102 @@ pub fn stdout(out: &std::process::Output) -> String {
 
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Sends a signal (e.g. "INT", "KILL") to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Waits for a child with a deadline; panics (after killing it) when it runs over.
+pub fn wait_with_deadline(mut child: Child, limit: Duration) -> std::process::Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "tenantctl ran over {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                stdout(&out),
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Project {
+    /// Starts the binary in the background with piped output.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.std_cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Every tenant schema: (history rows, distinct versions, max version). Exactly-once
+    /// means rows == distinct == the expected count everywhere.
+    pub fn history_counts(&self) -> Vec<(String, i64, i64, Option<i32>)> {
+        let mut db = self.db();
+        let schemas: Vec<String> = db
+            .query("SELECT schema_name FROM tenantctl.tenants ORDER BY 1", &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        schemas
+            .into_iter()
+            .map(|s| {
+                let r = db
+                    .query_one(
+                        &format!("SELECT count(*), count(DISTINCT version), max(version) FROM \"{s}\".refinery_schema_history"),
+                        &[],
+                    )
+                    .unwrap();
+                (s, r.get(0), r.get(1), r.get(2))
+            })
+            .collect()
+    }
+
+    /// Asserts every tenant is at `version` with exactly one history row per version, and the
+    /// registry agrees.
+    pub fn assert_converged(&self, version: i32) {
+        let counts = self.history_counts();
+        assert!(!counts.is_empty());
+        for (schema, rows, distinct, max) in &counts {
+            assert_eq!(
+                (*rows, *distinct, *max),
+                (version as i64, version as i64, Some(version)),
+                "{schema}: history rows, distinct versions, max version"
+            );
+        }
+        let versions = self.versions();
+        assert!(
+            versions.values().all(|v| *v == Some(version)),
+            "registry: {versions:?}"
+        );
+    }
+
+    /// The newest run's state in the ledger.
+    pub fn last_run_state(&self) -> (i64, String) {
+        let r = self
+            .db()
+            .query_one(
+                "SELECT id, state FROM tenantctl.runs ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    }
 }
