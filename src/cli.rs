@@ -1,6 +1,7 @@
 //! The command line (clap derive). Doc comments here are the `--help` text.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -27,24 +28,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
     /// Configuration file. Relative paths inside it resolve from its folder.
-    #[arg(
-        long,
-        global = true,
-        env = "TENANTCTL_CONFIG",
-        default_value = "tenants.toml",
-        value_name = "PATH"
-    )]
+    #[arg(long, global = true, env = "TENANTCTL_CONFIG", default_value = "tenants.toml", value_name = "PATH")]
     pub config: PathBuf,
 
     /// PostgreSQL URL (postgres://user:password@host:port/db); overrides `database.url`.
     /// The password is never printed.
-    #[arg(
-        long,
-        global = true,
-        env = "TENANTCTL_DATABASE_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
+    #[arg(long, global = true, env = "TENANTCTL_DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
 
     /// No progress output on stderr (results still go to stdout).
@@ -54,7 +43,7 @@ pub struct GlobalOpts {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create, list and inspect tenants.
+    /// Create, adopt and list tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
 
@@ -62,24 +51,42 @@ pub enum Command {
     ///
     /// Each tenant schema migrates in its own transaction, at most --jobs at once. A tenant whose
     /// migration fails is rolled back to where it was and reported; the others carry on (unless
-    /// --fail-fast). Tenants already at the latest version are not touched.
+    /// --fail-fast). Tenants already at the target version are not touched. Before a schema is
+    /// changed its history is compared with the files: a schema whose applied migrations were
+    /// edited, deleted, or that is ahead of the files is not touched and is reported as drift.
     ///
     /// Every run is recorded in the control schema. If the last run was interrupted (Ctrl-C,
     /// a killed CI job), the next one with the same migrations and tenants resumes it. Only
-    /// one migrate runs per database at a time: a second one exits with code 3, or waits
-    /// with --wait. A schema that hits lock_timeout or loses its connection is retried.
+    /// one migrate/rollback runs per database at a time: a second one exits with code 3, or
+    /// waits with --wait. A schema that hits lock_timeout or loses its connection is retried.
     ///
     /// Examples:
     ///   tenantctl migrate --all
-    ///   tenantctl migrate --all --jobs 16 --fail-fast
-    ///   tenantctl migrate --tenant acme --tenant globex
+    ///   tenantctl migrate --all --dry-run
+    ///   tenantctl migrate --all --jobs 16 --fail-fast --wait 10m
+    ///   tenantctl migrate --tenant acme --tenant globex --to 7
     #[command(verbatim_doc_comment)]
     Migrate(MigrateArgs),
+
+    /// Revert migrations down to a version with their .down.sql scripts.
+    ///
+    /// For each tenant, in one transaction: the down scripts of every applied version above
+    /// --to, newest first, with their history rows; the tenant is either fully at --to or
+    /// untouched. Refuses (exit 2, nothing touched) when a needed V<n>__<name>.down.sql is
+    /// missing, listing every one. Recorded, resumable and parallel like migrate.
+    ///
+    /// Examples:
+    ///   tenantctl rollback --to 7 --all --dry-run
+    ///   tenantctl rollback --to 7 --tenant acme
+    ///   tenantctl rollback --to 0 --tenant scratch     (revert everything)
+    #[command(verbatim_doc_comment)]
+    Rollback(RollbackArgs),
 
     /// Show the latest version on disk and where every tenant stands.
     ///
     /// Reads the registry in one query, so it stays fast and readable at 10,000 tenants: a
-    /// summary by version, then the tenants that are behind. --json prints everything.
+    /// summary by version, the tenants that are behind or drifted, and the last run.
+    /// --verify also reads every schema's own history and reports disagreements (exit 1).
     Status(StatusArgs),
 }
 
@@ -101,8 +108,28 @@ pub enum TenantCommand {
     #[command(verbatim_doc_comment)]
     Create(CreateArgs),
 
+    /// Register existing schemas (made by another tool) as tenants.
+    ///
+    /// For each id, checks that its schema exists, registers it, and records the migrations up
+    /// to --baseline as applied without running them. Later migrations then apply normally.
+    ///
+    /// Example:
+    ///   tenantctl tenant adopt acme globex --baseline 5 && tenantctl migrate --all
+    #[command(verbatim_doc_comment)]
+    Adopt(AdoptArgs),
+
     /// List registered tenants.
     List(ListArgs),
+}
+
+/// Parses `7` or `V7`.
+pub fn parse_version(s: &str) -> Result<i32, String> {
+    let digits = s.strip_prefix(['V', 'v']).unwrap_or(s);
+    digits
+        .parse::<i32>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| format!("{s:?} is not a migration version; write a number such as 7 (or V7)"))
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +148,28 @@ pub struct RunOpts {
     pub json: bool,
 }
 
+/// Options of the commands that change many tenants under the fleet lock.
+#[derive(Debug, Args)]
+pub struct FleetOpts {
+    /// Print the plan (which versions apply or revert, per tenant, grouped) and change
+    /// nothing, not even the run ledger. With --json, the full per-tenant list.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// If another migrate/rollback is running on this database, wait up to this long for it
+    /// (e.g. 30s, 10m) instead of exiting with code 3.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+
+    /// Start a new run even if the last one was interrupted (by default an interrupted run
+    /// with the same migrations, target and tenants is resumed).
+    #[arg(long)]
+    pub fresh: bool,
+
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Tenant ids to create.
@@ -135,6 +184,25 @@ pub struct CreateArgs {
     /// Skip tenants that already exist instead of failing on them.
     #[arg(long)]
     pub if_not_exists: bool,
+
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// Tenant ids whose schemas (prefix + id) already exist.
+    #[arg(value_name = "ID", required_unless_present = "from_file")]
+    pub ids: Vec<String>,
+
+    /// Read tenant ids from a file, one per line (`-` for stdin).
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+
+    /// The version the schemas are already at: migrations up to it are recorded as applied
+    /// without running them.
+    #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+    pub baseline: i32,
 
     #[command(flatten)]
     pub run: RunOpts,
@@ -158,18 +226,31 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "ID")]
     pub tenant: Vec<String>,
 
-    /// If another migrate/rollback is running on this database, wait up to this long for it
-    /// (e.g. 30s, 10m) instead of exiting with code 3.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub wait: Option<std::time::Duration>,
-
-    /// Start a new run even if the last one was interrupted (by default an interrupted run
-    /// with the same migrations and tenants is resumed).
-    #[arg(long)]
-    pub fresh: bool,
+    /// Apply forward only up to this version (default: the latest on disk).
+    #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+    pub to: Option<i32>,
 
     #[command(flatten)]
-    pub run: RunOpts,
+    pub fleet: FleetOpts,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["all", "tenant"])))]
+pub struct RollbackArgs {
+    /// The version to go back to (0 reverts everything).
+    #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+    pub to: i32,
+
+    /// Roll back every registered tenant.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Roll back only this tenant (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub tenant: Vec<String>,
+
+    #[command(flatten)]
+    pub fleet: FleetOpts,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +258,12 @@ pub struct StatusArgs {
     /// Show only these tenants (repeatable).
     #[arg(long, value_name = "ID")]
     pub tenant: Vec<String>,
+
+    /// Also read every tenant schema's own history table and report where the registry
+    /// disagrees with it, drifted schemas, registered tenants whose schema is gone, and
+    /// schemas with the prefix that are not registered. Exit 1 when anything is found.
+    #[arg(long)]
+    pub verify: bool,
 
     /// Print one JSON object on stdout: latest_version, tenants[{id, schema, version, pending}], summary.
     #[arg(long)]

@@ -21,7 +21,7 @@ const LOCK_FLEET: i32 = LOCK_NAMESPACE + 1;
 const LOCK_RUN: i32 = LOCK_NAMESPACE + 2;
 
 /// Bumped whenever the DDL below changes; stored as the control schema's comment.
-const CONTROL_VERSION: &str = "tenantctl control schema v2";
+const CONTROL_VERSION: &str = "tenantctl control schema v3";
 
 /// The control schema, with its name validated and quoted once.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct TenantRow {
     pub state: String,
     pub version: Option<i32>,
     pub created_at: String,
+    /// Why the last run refused to touch this schema (see drift detection), if it did.
+    pub drift: Option<String>,
 }
 
 /// What a run row records.
@@ -48,6 +50,16 @@ pub struct RunInfo<'a> {
     /// `all`, or a fingerprint of the tenant list, so only the same request resumes a run.
     pub scope: &'a str,
     pub total: usize,
+}
+
+/// One failed schema, as the ledger records it.
+pub struct FailureRecord<'a> {
+    pub id: &'a str,
+    pub migration: Option<&'a str>,
+    pub error: String,
+    pub attempts: i32,
+    /// Set for drift: the registry keeps it until the schema migrates cleanly again.
+    pub drift: Option<&'a str>,
 }
 
 /// A run as `status` and the busy message show it.
@@ -131,6 +143,7 @@ CREATE TABLE IF NOT EXISTS {q}.tenants (
     schema_name text NOT NULL UNIQUE,
     state       text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'dropped')),
     version     integer,
+    drift       text,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -150,6 +163,7 @@ CREATE TABLE IF NOT EXISTS {q}.runs (
     started_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at    timestamptz
 );
+ALTER TABLE {q}.tenants ADD COLUMN IF NOT EXISTS drift text;
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'all';
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1;
 CREATE INDEX IF NOT EXISTS runs_running_idx ON {q}.runs (id) WHERE state = 'running';
@@ -217,7 +231,7 @@ COMMENT ON SCHEMA {q} IS {comment};
         ids: Option<&[String]>,
     ) -> anyhow::Result<Vec<TenantRow>> {
         let sql = format!(
-            "SELECT id, schema_name, state, version, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+            "SELECT id, schema_name, state, version, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), drift \
              FROM {} WHERE ($1::text[] IS NULL OR id = ANY($1)) ORDER BY id",
             self.table("tenants")
         );
@@ -233,6 +247,7 @@ COMMENT ON SCHEMA {q} IS {comment};
                 state: r.get(2),
                 version: r.get(3),
                 created_at: r.get(4),
+                drift: r.get(5),
             })
             .collect())
     }
@@ -485,29 +500,28 @@ COMMENT ON SCHEMA {q} IS {comment};
         Ok(())
     }
 
-    /// Records failed schemas (their transactions rolled back) in one statement.
-    pub async fn record_failures(
-        &self,
-        client: &Client,
-        run_id: i64,
-        failures: &[(&str, Option<String>, String, i32)],
-    ) -> anyhow::Result<()> {
+    /// Records failed schemas (their transactions rolled back) in one statement, and marks
+    /// drifted tenants in the registry so that `status` shows them.
+    pub async fn record_failures(&self, client: &Client, run_id: i64, failures: &[FailureRecord<'_>]) -> anyhow::Result<()> {
         if failures.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = failures.iter().map(|f| f.0).collect();
-        let migrations: Vec<Option<&str>> = failures.iter().map(|f| f.1.as_deref()).collect();
-        let errors: Vec<&str> = failures.iter().map(|f| f.2.as_str()).collect();
-        let attempts: Vec<i32> = failures.iter().map(|f| f.3).collect();
+        let ids: Vec<&str> = failures.iter().map(|f| f.id).collect();
+        let migrations: Vec<Option<&str>> = failures.iter().map(|f| f.migration).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        let attempts: Vec<i32> = failures.iter().map(|f| f.attempts).collect();
+        let drift: Vec<Option<&str>> = failures.iter().map(|f| f.drift).collect();
         let sql = format!(
-            "UPDATE {} rs SET state = 'failed', failed_migration = f.m, error = f.e, \
+            "WITH f AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[], $6::text[]) AS f(id, m, e, a, d)), \
+                  marked AS (UPDATE {tenants} t SET drift = f.d FROM f WHERE t.id = f.id AND f.d IS NOT NULL) \
+             UPDATE {rs} rs SET state = 'failed', failed_migration = f.m, error = f.e, \
                  attempts = rs.attempts + f.a, finished_at = clock_timestamp() \
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[]) AS f(id, m, e, a) \
-             WHERE rs.run_id = $1 AND rs.tenant_id = f.id AND rs.state <> 'succeeded'",
-            self.table("run_schemas")
+             FROM f WHERE rs.run_id = $1 AND rs.tenant_id = f.id AND rs.state <> 'succeeded'",
+            tenants = self.table("tenants"),
+            rs = self.table("run_schemas")
         );
         client
-            .execute(&sql, &[&run_id, &ids, &migrations, &errors, &attempts])
+            .execute(&sql, &[&run_id, &ids, &migrations, &errors, &attempts, &drift])
             .await
             .map_err(|e| run_error("recording failed schemas", &e))?;
         Ok(())

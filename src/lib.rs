@@ -30,8 +30,10 @@ pub fn install_panic_hook() {
 /// Runs the parsed command line and returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let jobs = match &cli.command {
-        Command::Migrate(a) => a.run.jobs,
+        Command::Migrate(a) => a.fleet.run.jobs,
+        Command::Rollback(a) => a.fleet.run.jobs,
         Command::Tenant(TenantCommand::Create(a)) => a.run.jobs,
+        Command::Tenant(TenantCommand::Adopt(a)) => a.run.jobs,
         _ => None,
     };
     let overrides = Overrides {
@@ -46,13 +48,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let quiet = cli.global.quiet;
     runtime.block_on(async move {
         match cli.command {
-            Command::Tenant(TenantCommand::Create(args)) => {
-                commands::tenant::create(&settings, args, quiet).await
-            }
-            Command::Tenant(TenantCommand::List(args)) => {
-                commands::tenant::list(&settings, args).await
-            }
+            Command::Tenant(TenantCommand::Create(args)) => commands::tenant::create(&settings, args, quiet).await,
+            Command::Tenant(TenantCommand::Adopt(args)) => commands::tenant::adopt(&settings, args, quiet).await,
+            Command::Tenant(TenantCommand::List(args)) => commands::tenant::list(&settings, args).await,
             Command::Migrate(args) => commands::migrate::migrate(&settings, args, quiet).await,
+            Command::Rollback(args) => commands::rollback::rollback(&settings, args, quiet).await,
             Command::Status(args) => commands::status::status(&settings, args).await,
         }
     })

@@ -3,6 +3,7 @@
 //! outcome, print the summary, pick the exit code.
 
 pub mod migrate;
+pub mod rollback;
 pub mod status;
 pub mod tenant;
 
@@ -14,9 +15,9 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Client;
 
 use crate::config::Settings;
-use crate::control::{Control, RunInfo};
+use crate::control::{Control, FailureRecord, RunInfo};
 use crate::db;
-use crate::engine::apply::{ApplyCtx, Failure, Mode};
+use crate::engine::apply::{ApplyCtx, Failure, FailureKind, Mode};
 use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, SchemaJob};
 use crate::exit::{self, BusyError, UsageError};
 use crate::migrations::MigrationSet;
@@ -405,15 +406,14 @@ async fn record_outcome(
     failed: &[(Tenant, Failure)],
     state: &str,
 ) -> Option<String> {
-    let rows: Vec<(&str, Option<String>, String, i32)> = failed
+    let rows: Vec<FailureRecord<'_>> = failed
         .iter()
-        .map(|(t, f)| {
-            (
-                t.id(),
-                f.migration.clone(),
-                f.to_string(),
-                f.attempts as i32,
-            )
+        .map(|(t, f)| FailureRecord {
+            id: t.id(),
+            migration: f.migration.as_deref(),
+            error: f.to_string(),
+            attempts: f.attempts as i32,
+            drift: (f.kind == FailureKind::Drift).then_some(f.message.as_str()),
         })
         .collect();
     let mut last_err = None;

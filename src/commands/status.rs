@@ -18,6 +18,25 @@ const BEHIND_LISTED: usize = 20;
 /// Failed tenants of the last run shown.
 const FAILED_LISTED: i64 = 20;
 
+/// Problems listed by `status --verify` in text (all are in --json).
+const PROBLEMS_LISTED: usize = 50;
+
+fn verify_text(v: &crate::engine::verify::Verification) -> String {
+    let mut out = format!(
+        "\nverify:     {} tenant schema(s) read: {}\n",
+        v.checked,
+        if v.problems.is_empty() { "registry, histories and files agree".to_string() } else { format!("{} problem(s)", v.problems.len()) }
+    );
+    for p in v.problems.iter().take(PROBLEMS_LISTED) {
+        let who = p.id.as_ref().map_or(format!("schema {}", p.schema), |id| format!("tenant {id} (schema {})", p.schema));
+        out.push_str(&format!("  {who}: {}\n", p.problem));
+    }
+    if v.problems.len() > PROBLEMS_LISTED {
+        out.push_str(&format!("  … and {} more (--json lists all)\n", v.problems.len() - PROBLEMS_LISTED));
+    }
+    out
+}
+
 fn last_run_text(run: &RunRow, failed: &[FailedRow]) -> String {
     let mut out = format!(
         "\nlast run:   {}: {}\n            {} succeeded, {} failed, {} pending, {} skipped of {}{}\n",
@@ -99,8 +118,25 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32
         }
     }
     let rows: Vec<TenantRow> = rows.into_iter().filter(|r| r.state == "active").collect();
+    let verification = if args.verify {
+        Some(
+            crate::engine::verify::verify(
+                &session.client,
+                &migrations,
+                &rows,
+                &settings.schema_prefix,
+                &settings.control_schema,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     if args.json {
         let mut v = to_json(&migrations, &rows);
+        if let Some(ver) = &verification {
+            v["verify"] = serde_json::to_value(ver)?;
+        }
         v["last_run"] = match &last_run {
             Some((run, failed)) => {
                 let mut r = serde_json::to_value(run)?;
@@ -115,9 +151,15 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32
         if let Some((run, failed)) = &last_run {
             text.push_str(&last_run_text(run, failed));
         }
+        if let Some(ver) = &verification {
+            text.push_str(&verify_text(ver));
+        }
         print!("{}", crate::redact::scrub(&text));
     }
-    Ok(SUCCESS)
+    Ok(match &verification {
+        Some(v) if !v.problems.is_empty() => crate::exit::FAILED,
+        _ => SUCCESS,
+    })
 }
 
 /// Tenants per version (None = nothing applied), highest first.
@@ -139,6 +181,7 @@ fn to_json(migrations: &MigrationSet, rows: &[TenantRow]) -> serde_json::Value {
             "schema": r.tenant.schema(),
             "version": r.version,
             "pending": migrations.pending_count(r.version, None),
+            "drift": r.drift,
         })).collect::<Vec<_>>(),
         "summary": by_version(rows).into_iter().map(|(v, n)| json!({
             "version": v.0,
@@ -233,6 +276,28 @@ fn to_text(
                 String::new()
             }
         ));
+    }
+    let drifted: Vec<&TenantRow> = rows.iter().filter(|r| r.drift.is_some()).collect();
+    if !drifted.is_empty() {
+        // The same drift everywhere is one problem with the files: say it once.
+        let mut by_problem: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in &drifted {
+            by_problem.entry(r.drift.as_deref().unwrap_or_default()).or_default().push(r.tenant.id());
+        }
+        out.push_str(&format!(
+            "\nDRIFTED: {} tenant(s) were not touched by the last run because their history disagrees with the files:\n",
+            drifted.len()
+        ));
+        for (problem, ids) in by_problem {
+            let shown: Vec<&str> = ids.iter().take(BEHIND_LISTED).copied().collect();
+            let more = ids.len().saturating_sub(shown.len());
+            out.push_str(&format!(
+                "  {} tenant(s): {problem}\n    {}{}\n",
+                ids.len(),
+                shown.join(", "),
+                if more > 0 { format!(", … and {more} more") } else { String::new() }
+            ));
+        }
     }
     out
 }

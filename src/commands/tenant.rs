@@ -5,7 +5,8 @@ use std::io::Read as _;
 
 use serde_json::json;
 
-use crate::cli::{CreateArgs, ListArgs};
+use crate::cli::{AdoptArgs, CreateArgs, ListArgs, RunOpts};
+use crate::migrations::MigrationSet;
 use crate::config::Settings;
 use crate::engine::apply::{Failure, FailureKind, Mode};
 use crate::exit::{UsageError, SUCCESS};
@@ -38,15 +39,54 @@ fn read_id_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
 
 pub async fn create(settings: &Settings, args: CreateArgs, quiet: bool) -> anyhow::Result<i32> {
     let migrations = load_migrations(settings)?;
-    let mut ids = args.ids.clone();
-    if let Some(path) = &args.from_file {
+    let request = Registration {
+        command: "tenant create",
+        mode: Mode::Create,
+        target: migrations.latest(),
+        if_not_exists: args.if_not_exists,
+    };
+    register(settings, &migrations, &args.ids, args.from_file.as_deref(), request, &args.run, quiet).await
+}
+
+pub async fn adopt(settings: &Settings, args: AdoptArgs, quiet: bool) -> anyhow::Result<i32> {
+    let migrations = load_migrations(settings)?;
+    super::migrate::require_on_disk(&migrations, args.baseline, "--baseline")?;
+    let request = Registration {
+        command: "tenant adopt",
+        mode: Mode::Adopt {
+            baseline: args.baseline,
+        },
+        target: Some(args.baseline),
+        if_not_exists: false,
+    };
+    register(settings, &migrations, &args.ids, args.from_file.as_deref(), request, &args.run, quiet).await
+}
+
+/// What distinguishes create from adopt.
+struct Registration {
+    command: &'static str,
+    mode: Mode,
+    target: Option<i32>,
+    if_not_exists: bool,
+}
+
+/// create and adopt: validate every id first, then register each tenant in its own
+/// transaction, in parallel; ids already registered are refused (or skipped).
+async fn register(
+    settings: &Settings,
+    migrations: &MigrationSet,
+    args_ids: &[String],
+    from_file: Option<&std::path::Path>,
+    request: Registration,
+    run: &RunOpts,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    let mut ids = args_ids.to_vec();
+    if let Some(path) = from_file {
         ids.extend(read_id_file(path)?);
     }
     if ids.is_empty() {
-        return Err(UsageError(
-            "no tenant ids given; pass ids as arguments or with --from-file".into(),
-        )
-        .into());
+        return Err(UsageError("no tenant ids given; pass ids as arguments or with --from-file".into()).into());
     }
     let tenants = parse_ids(settings, &ids)?;
     let mut session = Session::open(settings, true).await?;
@@ -64,31 +104,27 @@ pub async fn create(settings: &Settings, args: CreateArgs, quiet: bool) -> anyho
     for t in tenants {
         match existing.get(t.id()) {
             None => in_scope.push((t, None, true)),
-            Some(v) if args.if_not_exists => in_scope.push((t, *v, false)),
+            Some(v) if request.if_not_exists => in_scope.push((t, *v, false)),
             Some(v) => refused.push((
                 t,
-                Failure::plain(
-                    FailureKind::AlreadyExists,
-                    "is already registered".into(),
-                    *v,
-                ),
+                Failure::plain(FailureKind::AlreadyExists, "is already registered".into(), *v),
             )),
         }
     }
     run_schemas(
         &mut session,
         RunRequest {
-            command: "tenant create",
-            mode: Mode::Create,
-            migrations: &migrations,
-            target: migrations.latest(),
+            command: request.command,
+            mode: request.mode,
+            migrations,
+            target: request.target,
             scope,
             tenants: in_scope,
             refused,
             resume: false,
             jobs: settings.jobs,
-            fail_fast: args.run.fail_fast,
-            json: args.run.json,
+            fail_fast: run.fail_fast,
+            json: run.json,
         },
         crate::report::for_stderr(quiet),
     )

@@ -41,8 +41,12 @@ pub struct ApplyCtx<'a> {
 pub enum Mode {
     /// Create the schema and register the tenant in the same transaction.
     Create,
-    /// Apply pending migrations to a registered tenant.
+    /// Apply pending migrations to a registered tenant (up to `ApplyCtx::target`).
     Migrate,
+    /// Revert applied migrations above `to` with their down scripts.
+    Rollback { to: i32 },
+    /// Register an existing schema and record versions up to `baseline` as applied.
+    Adopt { baseline: i32 },
 }
 
 /// A schema that committed.
@@ -61,6 +65,8 @@ pub enum FailureKind {
     AlreadyExists,
     /// `tenant create` where a schema of that name exists but is not registered.
     SchemaExists,
+    /// `tenant adopt` of a schema that does not exist.
+    SchemaMissing,
     /// The schema's history disagrees with the files.
     Drift,
     /// lock_timeout expired: something else holds a lock in this schema.
@@ -147,8 +153,9 @@ impl Failure {
             FailureKind::AlreadyExists => {
                 "already registered, nothing changed; pass --if-not-exists to skip existing tenants".into()
             }
-            FailureKind::SchemaExists => "nothing changed; the schema exists but is not a registered tenant: drop or rename it, or pick another id".into(),
-            FailureKind::Drift => format!("not touched, {at}; restore the migration files that were applied, or repair the schema's history"),
+            FailureKind::SchemaExists => "nothing changed; the schema exists but is not a registered tenant: adopt it with `tenantctl tenant adopt`, drop or rename it, or pick another id".into(),
+            FailureKind::SchemaMissing => "nothing changed; create new tenants with `tenantctl tenant create`".into(),
+            FailureKind::Drift => format!("not touched, {at}"),
             FailureKind::LockTimeout => format!(
                 "rolled back, {at}; another session holds a lock in this schema: re-run when it is released, or raise [run] lock_timeout"
             ),
@@ -356,27 +363,66 @@ async fn run_transaction(
     mode: Mode,
     registry_version: Option<i32>,
 ) -> Result<Applied, Failure> {
-    let schema_q = tenant.quoted_schema();
+    let registers = matches!(mode, Mode::Create | Mode::Adopt { .. });
+    begin(client, ctx, tenant, registers, registry_version).await?;
+    let mut tx = SchemaTx {
+        client,
+        history: None,
+        failed: None,
+    };
+    let table = history_table(tenant);
+    let (before, after, count) = match mode {
+        Mode::Create | Mode::Migrate => {
+            if mode == Mode::Create {
+                create_schema(client, tenant).await?;
+            }
+            let target = ctx.target.map_or(Target::Latest, Target::Version);
+            forward(&mut tx, ctx, &table, target, registry_version).await?
+        }
+        Mode::Adopt { baseline } => {
+            require_schema(client, tenant).await?;
+            forward(&mut tx, ctx, &table, Target::FakeVersion(baseline), registry_version).await?
+        }
+        Mode::Rollback { to } => backward(&mut tx, ctx, &table, to, registry_version).await?,
+    };
+    finish(client, ctx, tenant, before, after).await?;
+    Ok(Applied {
+        before,
+        after,
+        count,
+    })
+}
+
+/// BEGIN, timeouts, the schema's advisory lock, `search_path` for this transaction only, and
+/// for commands that register a tenant, its registry row (refused if it is already there).
+async fn begin(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    register: bool,
+    registry_version: Option<i32>,
+) -> Result<(), Failure> {
     let schema_lit = quote_literal(tenant.schema());
-    let id_lit = quote_literal(tenant.id());
     let statement_timeout = ctx.statement_timeout.map_or(0, millis);
     let mut preamble = format!(
         "BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement_timeout}; \
          SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, hashtext({schema_lit})); \
          SET LOCAL search_path TO {schema_q}; SET LOCAL client_min_messages = warning;",
         lock = millis(ctx.lock_timeout),
+        schema_q = tenant.quoted_schema(),
     );
-    if mode == Mode::Create {
+    if register {
         preamble.push_str(&format!(
-            " INSERT INTO {} (id, schema_name) VALUES ({id_lit}, {schema_lit}) ON CONFLICT DO NOTHING;",
-            ctx.control.table("tenants")
+            " INSERT INTO {} (id, schema_name) VALUES ({}, {schema_lit}) ON CONFLICT DO NOTHING;",
+            ctx.control.table("tenants"),
+            quote_literal(tenant.id()),
         ));
     }
     let messages = client
         .simple_query(&preamble)
         .await
         .map_err(|e| failure_from_pg(&e, registry_version))?;
-    if mode == Mode::Create {
+    if register {
         let inserted = messages
             .iter()
             .rev()
@@ -392,60 +438,179 @@ async fn run_transaction(
                 registry_version,
             ));
         }
-        if let Err(e) = client
-            .batch_execute(&format!("CREATE SCHEMA {schema_q}"))
-            .await
-        {
+    }
+    Ok(())
+}
+
+async fn create_schema(client: &Client, tenant: &Tenant) -> Result<(), Failure> {
+    client
+        .batch_execute(&format!("CREATE SCHEMA {}", tenant.quoted_schema()))
+        .await
+        .map_err(|e| {
             let mut f = failure_from_pg(&e, None);
             if e.code() == Some(&SqlState::DUPLICATE_SCHEMA) {
                 f.kind = FailureKind::SchemaExists;
             }
-            return Err(f);
-        }
-    }
+            f
+        })
+}
 
-    let table = format!("{schema_q}.{HISTORY_TABLE}");
-    let target = ctx.target.map_or(Target::Latest, Target::Version);
-    let mut tx = SchemaTx {
-        client,
-        history: None,
-        failed: None,
-    };
+/// `tenant adopt`: the schema must already be there.
+async fn require_schema(client: &Client, tenant: &Tenant) -> Result<(), Failure> {
+    let sql = format!(
+        "SELECT count(*) FROM pg_namespace WHERE nspname = {}",
+        quote_literal(tenant.schema())
+    );
+    let messages = client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| failure_from_pg(&e, None))?;
+    let found = messages.iter().any(|m| {
+        matches!(m, SimpleQueryMessage::Row(r) if r.get(0).is_some_and(|v| v != "0"))
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            FailureKind::SchemaMissing,
+            format!("schema {} does not exist", tenant.schema()),
+            None,
+        ))
+    }
+}
+
+/// refinery's run: verify history against the files, apply (or, for a fake target, record)
+/// what is pending. Returns (before, after, applied count).
+async fn forward(
+    tx: &mut SchemaTx<'_>,
+    ctx: &ApplyCtx<'_>,
+    table: &str,
+    target: Target,
+    registry_version: Option<i32>,
+) -> Result<(Option<i32>, Option<i32>, usize), Failure> {
     let report = AsyncMigrate::migrate(
-        &mut tx,
+        tx,
         ctx.migrations.refinery(),
         true,
         true,
         true,
         target,
-        &table,
+        table,
     )
     .await;
-    let before = tx
-        .history
+    let history = tx.history.take();
+    let before = history
         .as_ref()
         .map(|h| h.last().map(Migration::version))
         .unwrap_or(registry_version);
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(failure_from_refinery(
-                &e,
-                tx.failed.take(),
-                ctx.migrations,
-                before,
-            ))
-        }
+    let report = report.map_err(|e| failure_from_refinery(&e, tx.failed.take(), ctx.migrations, before))?;
+    let done: Vec<i32> = match target {
+        // refinery's fake run records versions without reporting them.
+        Target::FakeVersion(v) => ctx
+            .migrations
+            .files()
+            .iter()
+            .map(|f| f.version)
+            .filter(|x| *x <= v && before.is_none_or(|b| *x > b))
+            .collect(),
+        _ => report.applied_migrations().iter().map(Migration::version).collect(),
     };
-    let applied: Vec<i32> = report
-        .applied_migrations()
+    let after = done.last().copied().or(before);
+    Ok((before, after, done.len()))
+}
+
+/// Rollback: the down scripts of every applied version above `to`, newest first, each with
+/// the removal of its history row, all in this one transaction.
+async fn backward(
+    tx: &mut SchemaTx<'_>,
+    ctx: &ApplyCtx<'_>,
+    table: &str,
+    to: i32,
+    registry_version: Option<i32>,
+) -> Result<(Option<i32>, Option<i32>, usize), Failure> {
+    let set = ctx.migrations;
+    let probe = format!("SELECT to_regclass({})::text", quote_literal(table));
+    let has_history = tx
+        .client
+        .simple_query(&probe)
+        .await
+        .map_err(|e| failure_from_pg(&e, registry_version))?
         .iter()
-        .map(Migration::version)
-        .collect();
-    let after = applied.last().copied().or(before);
+        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0).is_some()));
+    let history = if has_history {
+        let query = format!("SELECT version, name, applied_on, checksum FROM {table} ORDER BY version ASC");
+        tx.query(&query).await.map_err(|e| match e {
+            TxError::Pg(pg) => failure_from_pg(&pg, registry_version),
+            TxError::History(msg) => Failure::new(FailureKind::Drift, msg, registry_version),
+        })?
+    } else {
+        Vec::new()
+    };
+    let before = history.last().map(Migration::version);
+    let by_version: std::collections::HashMap<i32, &Migration> =
+        set.refinery().iter().map(|m| (m.version(), m)).collect();
+    for applied in &history {
+        match by_version.get(&applied.version()) {
+            None => return Err(Failure::new(FailureKind::Drift, drift_no_file(applied, set), before)),
+            Some(file) if file.checksum() != applied.checksum() || file.name() != applied.name() => {
+                return Err(Failure::new(FailureKind::Drift, drift_edited(applied, file), before))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut queries = Vec::new();
+    let mut count = 0;
+    for applied in history.iter().rev().filter(|m| m.version() > to) {
+        let file = set.get(applied.version()).expect("checked above");
+        let Some((path, down)) = &file.down else {
+            return Err(Failure::new(
+                FailureKind::Other,
+                format!("{} has no rollback script {}.down.sql", file.label(), file.label()),
+                before,
+            ));
+        };
+        let _ = path;
+        queries.push(down.clone());
+        queries.push(format!("DELETE FROM {table} WHERE version = {}", file.version));
+        count += 1;
+    }
+    if !queries.is_empty() {
+        let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
+        if let Err(e) = tx.run_batch(&refs).await {
+            let TxError::Pg(pg) = &e else { unreachable!("run_batch only fails with PostgreSQL errors") };
+            let mut f = failure_from_pg(pg, before);
+            if let Some(step) = tx.failed.take() {
+                if let Some(file) = set
+                    .files()
+                    .iter()
+                    .find(|m| m.down.as_ref().is_some_and(|(_, sql)| *sql == step.query))
+                {
+                    f.migration = Some(format!("{}.down", file.label()));
+                    f.line = step.line;
+                    if f.kind == FailureKind::Other {
+                        f.kind = FailureKind::Migration;
+                    }
+                }
+            }
+            return Err(f);
+        }
+    }
+    let after = history.iter().map(Migration::version).filter(|v| *v <= to).max();
+    Ok((before, after, count))
+}
+
+/// The registry's version, the ledger row, COMMIT: one round trip.
+async fn finish(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    before: Option<i32>,
+    after: Option<i32>,
+) -> Result<(), Failure> {
+    let id_lit = quote_literal(tenant.id());
     let version_sql = after.map_or("NULL".to_string(), |v| v.to_string());
     let finish = format!(
-        "UPDATE {tenants} SET version = {version_sql}, updated_at = now() WHERE id = {id_lit}; \
+        "UPDATE {tenants} SET version = {version_sql}, drift = NULL, updated_at = now() WHERE id = {id_lit}; \
          UPDATE {ledger} SET state = 'succeeded', version_after = {version_sql}, attempts = attempts + 1, \
              started_at = now(), finished_at = clock_timestamp(), error = NULL, failed_migration = NULL \
          WHERE run_id = {run} AND tenant_id = {id_lit}; COMMIT;",
@@ -453,7 +618,7 @@ async fn run_transaction(
         ledger = ctx.control.table("run_schemas"),
         run = ctx.run_id,
     );
-    if let Err(e) = client.batch_execute(&finish).await {
+    client.batch_execute(&finish).await.map_err(|e| {
         let mut f = failure_from_pg(&e, before);
         if f.kind == FailureKind::Connection {
             f.message = format!(
@@ -461,13 +626,29 @@ async fn run_transaction(
                 f.message
             );
         }
-        return Err(f);
-    }
-    Ok(Applied {
-        before,
-        after,
-        count: applied.len(),
+        f
     })
+}
+
+fn drift_edited(applied: &Migration, file: &Migration) -> String {
+    format!(
+        "drift: {applied} was changed after it was applied here (applied checksum {}, file {file} has {}); restore the file as it was applied, and put the change in a new migration",
+        applied.checksum(),
+        file.checksum()
+    )
+}
+
+fn drift_no_file(applied: &Migration, set: &MigrationSet) -> String {
+    match set.latest() {
+        Some(latest) if applied.version() > latest => format!(
+            "drift: this schema is ahead of the files: {applied} is applied here, but the newest file is {}; use the checkout that has it, or roll back with the files that still have its .down.sql",
+            set.label(latest)
+        ),
+        _ => format!(
+            "drift: {applied} is applied here but its file is missing from {}; restore the file",
+            set.dir.display()
+        ),
+    }
 }
 
 fn failure_from_refinery(
@@ -494,19 +675,17 @@ fn failure_from_refinery(
             }
             f
         }
-        Kind::DivergentVersion(applied, file) => Failure::new(
-            FailureKind::Drift,
-            format!(
-                "applied migration {applied} differs from the file {file} (its checksum or name changed after it was applied)"
-            ),
-            before,
-        ),
+        Kind::DivergentVersion(applied, file) => {
+            Failure::new(FailureKind::Drift, drift_edited(applied, file), before)
+        }
         Kind::MissingVersion(m) => {
-            let on_disk = set.get(m.version()).is_some();
-            let msg = if on_disk {
-                format!("migration {m} is on disk but was never applied here, and the schema is already past it (V{}); give the new migration a version above the latest", before.unwrap_or_default())
+            let msg = if set.get(m.version()).is_some() {
+                format!(
+                    "drift: {m} is on disk but was never applied here, and this schema is already past it (at V{}); give that migration a version above the latest",
+                    before.unwrap_or_default()
+                )
             } else {
-                format!("migration {m} is applied in this schema but its file is missing from {}", set.dir.display())
+                drift_no_file(m, set)
             };
             Failure::new(FailureKind::Drift, msg, before)
         }
@@ -514,7 +693,7 @@ fn failure_from_refinery(
     }
 }
 
-/// Quoted `"schema".refinery_schema_history`, for queries outside a schema transaction.
+/// Quoted `"schema".refinery_schema_history`.
 pub fn history_table(tenant: &Tenant) -> String {
     format!("{}.{HISTORY_TABLE}", quote_ident(tenant.schema()))
 }

@@ -4,3 +4,5 @@
 
 pub mod apply;
 pub mod fleet;
+pub mod plan;
+pub mod verify;

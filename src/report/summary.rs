@@ -27,10 +27,11 @@ pub struct RunSummary<'a> {
 
 impl RunSummary<'_> {
     fn verbs(&self) -> (&'static str, &'static str) {
-        if self.command == "tenant create" {
-            ("created", "already existed")
-        } else {
-            ("migrated", "already current")
+        match self.command {
+            "tenant create" => ("created", "already existed"),
+            "tenant adopt" => ("adopted", "already registered"),
+            "rollback" => ("rolled back", "already at or below the target"),
+            _ => ("migrated", "already current"),
         }
     }
 
