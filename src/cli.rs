@@ -28,12 +28,24 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
     /// Configuration file. Relative paths inside it resolve from its folder.
-    #[arg(long, global = true, env = "TENANTCTL_CONFIG", default_value = "tenants.toml", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTCTL_CONFIG",
+        default_value = "tenants.toml",
+        value_name = "PATH"
+    )]
     pub config: PathBuf,
 
     /// PostgreSQL URL (postgres://user:password@host:port/db); overrides `database.url`.
     /// The password is never printed.
-    #[arg(long, global = true, env = "TENANTCTL_DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTCTL_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub database_url: Option<String>,
 
     /// No progress output on stderr (results still go to stdout).
@@ -129,7 +141,9 @@ pub fn parse_version(s: &str) -> Result<i32, String> {
         .parse::<i32>()
         .ok()
         .filter(|v| *v >= 0)
-        .ok_or_else(|| format!("{s:?} is not a migration version; write a number such as 7 (or V7)"))
+        .ok_or_else(|| {
+            format!("{s:?} is not a migration version; write a number such as 7 (or V7)")
+        })
 }
 
 #[derive(Debug, Args)]

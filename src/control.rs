@@ -502,7 +502,12 @@ COMMENT ON SCHEMA {q} IS {comment};
 
     /// Records failed schemas (their transactions rolled back) in one statement, and marks
     /// drifted tenants in the registry so that `status` shows them.
-    pub async fn record_failures(&self, client: &Client, run_id: i64, failures: &[FailureRecord<'_>]) -> anyhow::Result<()> {
+    pub async fn record_failures(
+        &self,
+        client: &Client,
+        run_id: i64,
+        failures: &[FailureRecord<'_>],
+    ) -> anyhow::Result<()> {
         if failures.is_empty() {
             return Ok(());
         }
@@ -521,7 +526,10 @@ COMMENT ON SCHEMA {q} IS {comment};
             rs = self.table("run_schemas")
         );
         client
-            .execute(&sql, &[&run_id, &ids, &migrations, &errors, &attempts, &drift])
+            .execute(
+                &sql,
+                &[&run_id, &ids, &migrations, &errors, &attempts, &drift],
+            )
             .await
             .map_err(|e| run_error("recording failed schemas", &e))?;
         Ok(())

@@ -48,9 +48,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let quiet = cli.global.quiet;
     runtime.block_on(async move {
         match cli.command {
-            Command::Tenant(TenantCommand::Create(args)) => commands::tenant::create(&settings, args, quiet).await,
-            Command::Tenant(TenantCommand::Adopt(args)) => commands::tenant::adopt(&settings, args, quiet).await,
-            Command::Tenant(TenantCommand::List(args)) => commands::tenant::list(&settings, args).await,
+            Command::Tenant(TenantCommand::Create(args)) => {
+                commands::tenant::create(&settings, args, quiet).await
+            }
+            Command::Tenant(TenantCommand::Adopt(args)) => {
+                commands::tenant::adopt(&settings, args, quiet).await
+            }
+            Command::Tenant(TenantCommand::List(args)) => {
+                commands::tenant::list(&settings, args).await
+            }
             Command::Migrate(args) => commands::migrate::migrate(&settings, args, quiet).await,
             Command::Rollback(args) => commands::rollback::rollback(&settings, args, quiet).await,
             Command::Status(args) => commands::status::status(&settings, args).await,

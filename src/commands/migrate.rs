@@ -24,7 +24,15 @@ pub async fn migrate(settings: &Settings, args: MigrateArgs, quiet: bool) -> any
         None => migrations.latest(),
     };
     let tenants = (!args.all).then_some(args.tenant.as_slice());
-    fleet_command(settings, &migrations, Direction::Forward { target }, tenants, args.fleet, quiet).await
+    fleet_command(
+        settings,
+        &migrations,
+        Direction::Forward { target },
+        tenants,
+        args.fleet,
+        quiet,
+    )
+    .await
 }
 
 /// `version` must be a migration on disk (or 0 where `allow_zero`).
@@ -63,12 +71,19 @@ pub async fn fleet_command(
     let rows = if opts.dry_run && !session.control.exists(&session.client).await? {
         Vec::new()
     } else {
-        session.control.tenants(&session.client, wanted_ids.as_deref()).await?
+        session
+            .control
+            .tenants(&session.client, wanted_ids.as_deref())
+            .await?
     };
     if let Some(wanted) = &wanted_ids {
         let missing: Vec<&str> = wanted
             .iter()
-            .filter(|id| !rows.iter().any(|r| r.tenant.id() == id.as_str() && r.state == "active"))
+            .filter(|id| {
+                !rows
+                    .iter()
+                    .any(|r| r.tenant.id() == id.as_str() && r.state == "active")
+            })
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
@@ -79,13 +94,14 @@ pub async fn fleet_command(
             .into());
         }
     }
-    let active: Vec<(Tenant, Option<i32>)> = rows
+    // (tenant, registry version, drift-marked by an earlier run)
+    let active: Vec<(Tenant, Option<i32>, bool)> = rows
         .into_iter()
         .filter(|r| r.state == "active")
-        .map(|r| (r.tenant, r.version))
+        .map(|r| (r.tenant, r.version, r.drift.is_some()))
         .collect();
     if let Direction::Backward { to } = direction {
-        let needs: Vec<Option<i32>> = active.iter().map(|(_, v)| *v).collect();
+        let needs: Vec<Option<i32>> = active.iter().map(|(_, v, _)| *v).collect();
         let missing = plan::missing_downs(migrations, needs, to);
         if !missing.is_empty() {
             return Err(UsageError(format!(
@@ -103,15 +119,18 @@ pub async fn fleet_command(
     if opts.dry_run {
         let steps: Vec<Step> = active
             .iter()
-            .filter_map(|(t, v)| plan::step(migrations, t, *v, direction))
+            .filter_map(|(t, v, _)| plan::step(migrations, t, *v, direction))
             .collect();
         print_plan(command, target, active.len(), &steps, opts.run.json);
         return Ok(SUCCESS);
     }
+    // A drift-marked tenant is looked at again even when it seems current: if its files were
+    // restored, the check passes and the mark clears; if not, it is reported again.
     let tenants = active
         .into_iter()
-        .map(|(t, v)| {
-            let todo = plan::needs_work(migrations, v, direction);
+        .map(|(t, v, drifted)| {
+            let todo = plan::needs_work(migrations, v, direction)
+                || (drifted && matches!(direction, Direction::Forward { .. }));
             (t, v, todo)
         })
         .collect();
@@ -144,7 +163,11 @@ const NAMES_PER_GROUP: usize = 10;
 
 fn print_plan(command: &str, target: Option<i32>, total: usize, steps: &[Step], json: bool) {
     let groups = plan::group(steps);
-    let verb = if command == "rollback" { "revert" } else { "apply" };
+    let verb = if command == "rollback" {
+        "revert"
+    } else {
+        "apply"
+    };
     if json {
         let v = json!({
             "command": command,
@@ -167,7 +190,12 @@ fn print_plan(command: &str, target: Option<i32>, total: usize, steps: &[Step], 
         total - steps.len()
     );
     for g in &groups {
-        let names: Vec<&str> = g.tenants.iter().take(NAMES_PER_GROUP).map(String::as_str).collect();
+        let names: Vec<&str> = g
+            .tenants
+            .iter()
+            .take(NAMES_PER_GROUP)
+            .map(String::as_str)
+            .collect();
         let more = g.tenants.len().saturating_sub(NAMES_PER_GROUP);
         println!(
             "  {} tenant(s) at {} -> {}: {verb} {}",
@@ -179,7 +207,11 @@ fn print_plan(command: &str, target: Option<i32>, total: usize, steps: &[Step], 
         println!(
             "    {}{}",
             names.join(", "),
-            if more > 0 { format!(", … and {more} more (--json lists all)") } else { String::new() }
+            if more > 0 {
+                format!(", … and {more} more (--json lists all)")
+            } else {
+                String::new()
+            }
         );
     }
 }

@@ -14,5 +14,13 @@ pub async fn rollback(settings: &Settings, args: RollbackArgs, quiet: bool) -> a
         require_on_disk(&migrations, args.to, "--to")?;
     }
     let tenants = (!args.all).then_some(args.tenant.as_slice());
-    fleet_command(settings, &migrations, Direction::Backward { to: args.to }, tenants, args.fleet, quiet).await
+    fleet_command(
+        settings,
+        &migrations,
+        Direction::Backward { to: args.to },
+        tenants,
+        args.fleet,
+        quiet,
+    )
+    .await
 }

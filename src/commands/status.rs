@@ -25,14 +25,23 @@ fn verify_text(v: &crate::engine::verify::Verification) -> String {
     let mut out = format!(
         "\nverify:     {} tenant schema(s) read: {}\n",
         v.checked,
-        if v.problems.is_empty() { "registry, histories and files agree".to_string() } else { format!("{} problem(s)", v.problems.len()) }
+        if v.problems.is_empty() {
+            "registry, histories and files agree".to_string()
+        } else {
+            format!("{} problem(s)", v.problems.len())
+        }
     );
     for p in v.problems.iter().take(PROBLEMS_LISTED) {
-        let who = p.id.as_ref().map_or(format!("schema {}", p.schema), |id| format!("tenant {id} (schema {})", p.schema));
+        let who = p.id.as_ref().map_or(format!("schema {}", p.schema), |id| {
+            format!("tenant {id} (schema {})", p.schema)
+        });
         out.push_str(&format!("  {who}: {}\n", p.problem));
     }
     if v.problems.len() > PROBLEMS_LISTED {
-        out.push_str(&format!("  … and {} more (--json lists all)\n", v.problems.len() - PROBLEMS_LISTED));
+        out.push_str(&format!(
+            "  … and {} more (--json lists all)\n",
+            v.problems.len() - PROBLEMS_LISTED
+        ));
     }
     out
 }
@@ -282,7 +291,10 @@ fn to_text(
         // The same drift everywhere is one problem with the files: say it once.
         let mut by_problem: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for r in &drifted {
-            by_problem.entry(r.drift.as_deref().unwrap_or_default()).or_default().push(r.tenant.id());
+            by_problem
+                .entry(r.drift.as_deref().unwrap_or_default())
+                .or_default()
+                .push(r.tenant.id());
         }
         out.push_str(&format!(
             "\nDRIFTED: {} tenant(s) were not touched by the last run because their history disagrees with the files:\n",
@@ -295,7 +307,11 @@ fn to_text(
                 "  {} tenant(s): {problem}\n    {}{}\n",
                 ids.len(),
                 shown.join(", "),
-                if more > 0 { format!(", … and {more} more") } else { String::new() }
+                if more > 0 {
+                    format!(", … and {more} more")
+                } else {
+                    String::new()
+                }
             ));
         }
     }

@@ -6,10 +6,10 @@ use std::io::Read as _;
 use serde_json::json;
 
 use crate::cli::{AdoptArgs, CreateArgs, ListArgs, RunOpts};
-use crate::migrations::MigrationSet;
 use crate::config::Settings;
 use crate::engine::apply::{Failure, FailureKind, Mode};
 use crate::exit::{UsageError, SUCCESS};
+use crate::migrations::MigrationSet;
 
 use super::{load_migrations, parse_ids, redact_json, run_schemas, RunRequest, Session};
 
@@ -45,7 +45,16 @@ pub async fn create(settings: &Settings, args: CreateArgs, quiet: bool) -> anyho
         target: migrations.latest(),
         if_not_exists: args.if_not_exists,
     };
-    register(settings, &migrations, &args.ids, args.from_file.as_deref(), request, &args.run, quiet).await
+    register(
+        settings,
+        &migrations,
+        &args.ids,
+        args.from_file.as_deref(),
+        request,
+        &args.run,
+        quiet,
+    )
+    .await
 }
 
 pub async fn adopt(settings: &Settings, args: AdoptArgs, quiet: bool) -> anyhow::Result<i32> {
@@ -59,7 +68,16 @@ pub async fn adopt(settings: &Settings, args: AdoptArgs, quiet: bool) -> anyhow:
         target: Some(args.baseline),
         if_not_exists: false,
     };
-    register(settings, &migrations, &args.ids, args.from_file.as_deref(), request, &args.run, quiet).await
+    register(
+        settings,
+        &migrations,
+        &args.ids,
+        args.from_file.as_deref(),
+        request,
+        &args.run,
+        quiet,
+    )
+    .await
 }
 
 /// What distinguishes create from adopt.
@@ -86,7 +104,10 @@ async fn register(
         ids.extend(read_id_file(path)?);
     }
     if ids.is_empty() {
-        return Err(UsageError("no tenant ids given; pass ids as arguments or with --from-file".into()).into());
+        return Err(UsageError(
+            "no tenant ids given; pass ids as arguments or with --from-file".into(),
+        )
+        .into());
     }
     let tenants = parse_ids(settings, &ids)?;
     let mut session = Session::open(settings, true).await?;
@@ -107,7 +128,11 @@ async fn register(
             Some(v) if request.if_not_exists => in_scope.push((t, *v, false)),
             Some(v) => refused.push((
                 t,
-                Failure::plain(FailureKind::AlreadyExists, "is already registered".into(), *v),
+                Failure::plain(
+                    FailureKind::AlreadyExists,
+                    "is already registered".into(),
+                    *v,
+                ),
             )),
         }
     }

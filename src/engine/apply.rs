@@ -381,7 +381,14 @@ async fn run_transaction(
         }
         Mode::Adopt { baseline } => {
             require_schema(client, tenant).await?;
-            forward(&mut tx, ctx, &table, Target::FakeVersion(baseline), registry_version).await?
+            forward(
+                &mut tx,
+                ctx,
+                &table,
+                Target::FakeVersion(baseline),
+                registry_version,
+            )
+            .await?
         }
         Mode::Rollback { to } => backward(&mut tx, ctx, &table, to, registry_version).await?,
     };
@@ -465,9 +472,9 @@ async fn require_schema(client: &Client, tenant: &Tenant) -> Result<(), Failure>
         .simple_query(&sql)
         .await
         .map_err(|e| failure_from_pg(&e, None))?;
-    let found = messages.iter().any(|m| {
-        matches!(m, SimpleQueryMessage::Row(r) if r.get(0).is_some_and(|v| v != "0"))
-    });
+    let found = messages
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0).is_some_and(|v| v != "0")));
     if found {
         Ok(())
     } else {
@@ -503,7 +510,8 @@ async fn forward(
         .as_ref()
         .map(|h| h.last().map(Migration::version))
         .unwrap_or(registry_version);
-    let report = report.map_err(|e| failure_from_refinery(&e, tx.failed.take(), ctx.migrations, before))?;
+    let report =
+        report.map_err(|e| failure_from_refinery(&e, tx.failed.take(), ctx.migrations, before))?;
     let done: Vec<i32> = match target {
         // refinery's fake run records versions without reporting them.
         Target::FakeVersion(v) => ctx
@@ -513,7 +521,11 @@ async fn forward(
             .map(|f| f.version)
             .filter(|x| *x <= v && before.is_none_or(|b| *x > b))
             .collect(),
-        _ => report.applied_migrations().iter().map(Migration::version).collect(),
+        _ => report
+            .applied_migrations()
+            .iter()
+            .map(Migration::version)
+            .collect(),
     };
     let after = done.last().copied().or(before);
     Ok((before, after, done.len()))
@@ -538,7 +550,8 @@ async fn backward(
         .iter()
         .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0).is_some()));
     let history = if has_history {
-        let query = format!("SELECT version, name, applied_on, checksum FROM {table} ORDER BY version ASC");
+        let query =
+            format!("SELECT version, name, applied_on, checksum FROM {table} ORDER BY version ASC");
         tx.query(&query).await.map_err(|e| match e {
             TxError::Pg(pg) => failure_from_pg(&pg, registry_version),
             TxError::History(msg) => Failure::new(FailureKind::Drift, msg, registry_version),
@@ -551,9 +564,21 @@ async fn backward(
         set.refinery().iter().map(|m| (m.version(), m)).collect();
     for applied in &history {
         match by_version.get(&applied.version()) {
-            None => return Err(Failure::new(FailureKind::Drift, drift_no_file(applied, set), before)),
-            Some(file) if file.checksum() != applied.checksum() || file.name() != applied.name() => {
-                return Err(Failure::new(FailureKind::Drift, drift_edited(applied, file), before))
+            None => {
+                return Err(Failure::new(
+                    FailureKind::Drift,
+                    drift_no_file(applied, set),
+                    before,
+                ))
+            }
+            Some(file)
+                if file.checksum() != applied.checksum() || file.name() != applied.name() =>
+            {
+                return Err(Failure::new(
+                    FailureKind::Drift,
+                    drift_edited(applied, file),
+                    before,
+                ))
             }
             Some(_) => {}
         }
@@ -565,19 +590,28 @@ async fn backward(
         let Some((path, down)) = &file.down else {
             return Err(Failure::new(
                 FailureKind::Other,
-                format!("{} has no rollback script {}.down.sql", file.label(), file.label()),
+                format!(
+                    "{} has no rollback script {}.down.sql",
+                    file.label(),
+                    file.label()
+                ),
                 before,
             ));
         };
         let _ = path;
         queries.push(down.clone());
-        queries.push(format!("DELETE FROM {table} WHERE version = {}", file.version));
+        queries.push(format!(
+            "DELETE FROM {table} WHERE version = {}",
+            file.version
+        ));
         count += 1;
     }
     if !queries.is_empty() {
         let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
         if let Err(e) = tx.run_batch(&refs).await {
-            let TxError::Pg(pg) = &e else { unreachable!("run_batch only fails with PostgreSQL errors") };
+            let TxError::Pg(pg) = &e else {
+                unreachable!("run_batch only fails with PostgreSQL errors")
+            };
             let mut f = failure_from_pg(pg, before);
             if let Some(step) = tx.failed.take() {
                 if let Some(file) = set
@@ -595,7 +629,11 @@ async fn backward(
             return Err(f);
         }
     }
-    let after = history.iter().map(Migration::version).filter(|v| *v <= to).max();
+    let after = history
+        .iter()
+        .map(Migration::version)
+        .filter(|v| *v <= to)
+        .max();
     Ok((before, after, count))
 }
 
@@ -661,7 +699,9 @@ fn failure_from_refinery(
         Kind::Connection(_, source) => {
             let mut f = match source.downcast_ref::<TxError>() {
                 Some(TxError::Pg(pg)) => failure_from_pg(pg, before),
-                Some(TxError::History(msg)) => Failure::new(FailureKind::Drift, msg.clone(), before),
+                Some(TxError::History(msg)) => {
+                    Failure::new(FailureKind::Drift, msg.clone(), before)
+                }
                 None => Failure::new(FailureKind::Other, e.to_string(), before),
             };
             if let Some(step) = failed {

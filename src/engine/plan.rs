@@ -40,7 +40,12 @@ pub fn needs_work(set: &MigrationSet, version: Option<i32>, direction: Direction
 }
 
 /// The step for one tenant, or None when it has nothing to do.
-pub fn step(set: &MigrationSet, tenant: &Tenant, version: Option<i32>, direction: Direction) -> Option<Step> {
+pub fn step(
+    set: &MigrationSet,
+    tenant: &Tenant,
+    version: Option<i32>,
+    direction: Direction,
+) -> Option<Step> {
     if !needs_work(set, version, direction) {
         return None;
     }
@@ -49,7 +54,9 @@ pub fn step(set: &MigrationSet, tenant: &Tenant, version: Option<i32>, direction
             let labels: Vec<String> = set
                 .files()
                 .iter()
-                .filter(|f| version.is_none_or(|v| f.version > v) && target.is_none_or(|t| f.version <= t))
+                .filter(|f| {
+                    version.is_none_or(|v| f.version > v) && target.is_none_or(|t| f.version <= t)
+                })
                 .map(|f| f.label())
                 .collect();
             (target, labels)
@@ -62,7 +69,12 @@ pub fn step(set: &MigrationSet, tenant: &Tenant, version: Option<i32>, direction
                 .filter(|f| f.version > to && version.is_some_and(|v| f.version <= v))
                 .map(|f| f.label())
                 .collect();
-            let below = set.files().iter().map(|f| f.version).filter(|v| *v <= to).max();
+            let below = set
+                .files()
+                .iter()
+                .map(|f| f.version)
+                .filter(|v| *v <= to)
+                .max();
             (below, labels)
         }
     };
@@ -76,7 +88,11 @@ pub fn step(set: &MigrationSet, tenant: &Tenant, version: Option<i32>, direction
 
 /// Rollback scripts a rollback to `to` needs for tenants at `versions`, and does not have:
 /// the expected `.down.sql` paths.
-pub fn missing_downs(set: &MigrationSet, versions: impl IntoIterator<Item = Option<i32>>, to: i32) -> Vec<String> {
+pub fn missing_downs(
+    set: &MigrationSet,
+    versions: impl IntoIterator<Item = Option<i32>>,
+    to: i32,
+) -> Vec<String> {
     let Some(highest) = versions.into_iter().flatten().max() else {
         return Vec::new();
     };
@@ -101,8 +117,11 @@ pub struct Group {
     pub tenants: Vec<String>,
 }
 
+/// What makes tenants alike in a plan: from, to, and the migrations in between.
+type GroupKey = (Option<i32>, Option<i32>, Vec<String>);
+
 pub fn group(steps: &[Step]) -> Vec<Group> {
-    let mut groups: BTreeMap<(Option<i32>, Option<i32>, Vec<String>), Vec<String>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Vec<String>> = BTreeMap::new();
     for s in steps {
         groups
             .entry((s.from, s.to, s.migrations.clone()))
@@ -144,14 +163,23 @@ mod tests {
     fn forward_steps() {
         let (_d, s) = set(&[("V1__a", true), ("V2__b", true), ("V3__c", true)]);
         let latest = Direction::Forward { target: Some(3) };
-        assert_eq!(step(&s, &t("a"), Some(1), latest).unwrap().migrations, ["V2__b", "V3__c"]);
+        assert_eq!(
+            step(&s, &t("a"), Some(1), latest).unwrap().migrations,
+            ["V2__b", "V3__c"]
+        );
         assert_eq!(step(&s, &t("a"), None, latest).unwrap().migrations.len(), 3);
         assert!(step(&s, &t("a"), Some(3), latest).is_none());
         // Ahead of the files: planned, so refinery reports the drift.
         assert!(needs_work(&s, Some(4), latest));
         let to2 = Direction::Forward { target: Some(2) };
-        assert_eq!(step(&s, &t("a"), Some(1), to2).unwrap().migrations, ["V2__b"]);
-        assert!(step(&s, &t("a"), Some(3), to2).is_none(), "--to never goes down");
+        assert_eq!(
+            step(&s, &t("a"), Some(1), to2).unwrap().migrations,
+            ["V2__b"]
+        );
+        assert!(
+            step(&s, &t("a"), Some(3), to2).is_none(),
+            "--to never goes down"
+        );
     }
 
     #[test]
@@ -168,7 +196,12 @@ mod tests {
 
     #[test]
     fn missing_downs_only_for_the_range_in_use() {
-        let (_d, s) = set(&[("V1__a", false), ("V2__b", false), ("V3__c", true), ("V4__d", false)]);
+        let (_d, s) = set(&[
+            ("V1__a", false),
+            ("V2__b", false),
+            ("V3__c", true),
+            ("V4__d", false),
+        ]);
         let missing = missing_downs(&s, [Some(3), Some(2)], 1);
         assert_eq!(missing.len(), 1);
         assert!(missing[0].ends_with("V2__b.down.sql"), "{missing:?}");

@@ -41,7 +41,10 @@ pub async fn verify(
     // Every schema that looks like a tenant's, and whether it has a history table.
     let like = format!(
         "{}%",
-        prefix.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%")
+        prefix
+            .replace('\\', "\\\\")
+            .replace('_', "\\_")
+            .replace('%', "\\%")
     );
     let catalog = client
         .query(
@@ -53,7 +56,8 @@ pub async fn verify(
         )
         .await
         .map_err(|e| anyhow::anyhow!("listing schemas: {}", describe(&e)))?;
-    let schemas: HashMap<String, bool> = catalog.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    let schemas: HashMap<String, bool> =
+        catalog.into_iter().map(|r| (r.get(0), r.get(1))).collect();
 
     let with_history: Vec<&str> = rows
         .iter()
@@ -78,17 +82,23 @@ pub async fn verify(
             .await
             .map_err(|e| anyhow::anyhow!("reading history tables: {}", describe(&e)))?;
         for r in found {
-            histories
-                .entry(r.get(0))
-                .or_default()
-                .push((r.get(1), r.get::<_, Option<String>>(2).unwrap_or_default(), r.get::<_, Option<String>>(3).unwrap_or_default()));
+            histories.entry(r.get(0)).or_default().push((
+                r.get(1),
+                r.get::<_, Option<String>>(2).unwrap_or_default(),
+                r.get::<_, Option<String>>(3).unwrap_or_default(),
+            ));
         }
     }
 
     let files: BTreeMap<i32, (String, String)> = set
         .refinery()
         .iter()
-        .map(|m| (m.version(), (m.name().to_string(), m.checksum().to_string())))
+        .map(|m| {
+            (
+                m.version(),
+                (m.name().to_string(), m.checksum().to_string()),
+            )
+        })
         .collect();
     let mut problems = Vec::new();
     let mut push = |id: Option<&str>, schema: &str, problem: String| {
@@ -102,12 +112,23 @@ pub async fn verify(
         let (id, schema) = (r.tenant.id(), r.tenant.schema());
         match schemas.get(schema) {
             None => {
-                push(Some(id), schema, "registered, but its schema does not exist".into());
+                push(
+                    Some(id),
+                    schema,
+                    "registered, but its schema does not exist".into(),
+                );
                 continue;
             }
             Some(false) => {
                 if r.version.is_some() {
-                    push(Some(id), schema, format!("registry says V{}, but the schema has no {HISTORY_TABLE} table", r.version.unwrap_or_default()));
+                    push(
+                        Some(id),
+                        schema,
+                        format!(
+                            "registry says V{}, but the schema has no {HISTORY_TABLE} table",
+                            r.version.unwrap_or_default()
+                        ),
+                    );
                 }
                 continue;
             }
@@ -121,7 +142,8 @@ pub async fn verify(
                 schema,
                 format!(
                     "registry says {}, the schema's history says {}",
-                    r.version.map_or("nothing applied".into(), |v| format!("V{v}")),
+                    r.version
+                        .map_or("nothing applied".into(), |v| format!("V{v}")),
                     history_version.map_or("nothing applied".into(), |v| format!("V{v}"))
                 ),
             );
@@ -144,12 +166,23 @@ pub async fn verify(
                 .map(|(v, (n, _))| format!("V{v}__{n}"))
                 .collect();
             if !gaps.is_empty() {
-                push(Some(id), schema, format!("drift: never applied but below the schema's version V{top}: {}", gaps.join(", ")));
+                push(
+                    Some(id),
+                    schema,
+                    format!(
+                        "drift: never applied but below the schema's version V{top}: {}",
+                        gaps.join(", ")
+                    ),
+                );
             }
         }
     }
-    let registered: std::collections::HashSet<&str> = rows.iter().map(|r| r.tenant.schema()).collect();
-    let mut strays: Vec<&String> = schemas.keys().filter(|s| !registered.contains(s.as_str())).collect();
+    let registered: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r.tenant.schema()).collect();
+    let mut strays: Vec<&String> = schemas
+        .keys()
+        .filter(|s| !registered.contains(s.as_str()))
+        .collect();
     strays.sort();
     for s in strays {
         push(None, s, format!("schema has the tenant prefix {prefix:?} but is not a registered tenant (adopt it with `tenantctl tenant adopt`, or drop it)"));

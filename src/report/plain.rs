@@ -64,7 +64,7 @@ impl Reporter for Plain {
                 s.started = Instant::now();
                 s.last_line = Instant::now();
                 eprintln!(
-                    "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} already current; {jobs} at a time",
+                    "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} with nothing to do; {jobs} at a time",
                     total - todo
                 );
             }

@@ -57,7 +57,7 @@ impl Reporter for Bar {
                 self.bar.set_prefix(command.to_string());
                 self.bar.set_length(*todo as u64);
                 self.bar.println(format!(
-                    "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} already current; {jobs} at a time",
+                    "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} with nothing to do; {jobs} at a time",
                     total - todo
                 ));
                 self.update_msg();

@@ -38,15 +38,21 @@ impl RunSummary<'_> {
     pub fn to_text(&self) -> String {
         let o = self.outcome;
         let (done, skipped) = self.verbs();
+        // A migrate/rollback success that changed nothing (a re-checked schema) is "current".
+        let unchanged = if matches!(self.command, "migrate" | "rollback") {
+            o.succeeded.iter().filter(|(_, a)| a.count == 0).count()
+        } else {
+            0
+        };
         let mut out = format!(
             "{} run {} {} in {:.2}s: {} {done}, {} failed, {} {skipped}",
             self.command,
             self.run_id,
             self.state,
             o.elapsed.as_secs_f64(),
-            o.succeeded.len(),
+            o.succeeded.len() - unchanged,
             o.failed.len(),
-            self.skipped,
+            self.skipped + unchanged,
         );
         if !o.not_started.is_empty() {
             let why = if o.interrupted {

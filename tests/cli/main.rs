@@ -7,4 +7,5 @@ mod bad_input;
 mod create;
 mod faults;
 mod migrate;
+mod rollback;
 mod status;
