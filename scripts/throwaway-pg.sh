@@ -4,6 +4,7 @@
 #   scripts/throwaway-pg.sh stop DIR     stops it and deletes DIR
 # Server binaries: $TENANTCTL_PG_BIN, else initdb on PATH, else the newest
 # /usr/lib/postgresql/<ver>/bin. As root, the server runs as the `postgres` OS user.
+# Extra server options: TENANTCTL_PG_EXTRA (e.g. "-c shared_preload_libraries=pg_stat_statements").
 set -euo pipefail
 
 pg_bin() {
@@ -33,7 +34,7 @@ case "${1:-}" in
     for _ in 1 2 3 4 5 6 7 8; do
       port=$((20000 + RANDOM % 30000))
       if as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-          -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB -c max_locks_per_transaction=256" \
+          -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB -c max_locks_per_transaction=256 ${TENANTCTL_PG_EXTRA:-}" \
           start >/dev/null 2>&1; then
         echo "$dir postgres://postgres@127.0.0.1:$port/postgres"
         exit 0

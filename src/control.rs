@@ -347,7 +347,8 @@ COMMENT ON SCHEMA {q} IS {comment};
             "SELECT r.id, r.command, r.target_version, r.state, r.actor, r.host, r.pid, \
                     to_char(r.started_at AT TIME ZONE 'UTC', {TS}), to_char(r.finished_at AT TIME ZONE 'UTC', {TS}), r.total, \
                     count(*) FILTER (WHERE s.state = 'succeeded'), count(*) FILTER (WHERE s.state = 'failed'), \
-                    count(*) FILTER (WHERE s.state = 'pending'), count(*) FILTER (WHERE s.state = 'skipped') \
+                    count(*) FILTER (WHERE s.state = 'pending'), \
+                    r.total - count(s.run_id) + count(*) FILTER (WHERE s.state = 'skipped') \
              FROM (SELECT * FROM {runs} r WHERE {filter} ORDER BY id DESC LIMIT 1) r \
              LEFT JOIN {rs} s ON s.run_id = r.id GROUP BY 1,2,3,4,5,6,7,8,9,10 ORDER BY r.id DESC",
             runs = self.table("runs"),

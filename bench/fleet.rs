@@ -1,0 +1,523 @@
+//! Fleet benchmark: tenantctl against the physical limit measured in the same run on the same
+//! server (the same SQL fed by `psql` in J sessions, one transaction per schema with
+//! `SET LOCAL search_path`, no bookkeeping). Prints a Markdown table.
+//!
+//!   cargo bench --bench fleet                 # N = 1,000 and 10,000
+//!   cargo bench --bench fleet -- --quick      # N = 200 and 1,000, fewer repetitions
+//!   cargo bench --bench fleet -- --n 500 --jobs 4 --runs 5 --url postgres://...
+//!   cargo bench --bench fleet -- --jobs-sweep  # migrate at N = 1,000 for J = 1, 2, 4, 8, 16
+//!
+//! Without --url (or BENCH_DATABASE_URL) it starts a throwaway cluster with
+//! scripts/throwaway-pg.sh and removes it afterwards. Timings are medians; machines are shared
+//! and noisy, so the ratio to the same-run psql limit is the figure that counts.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tenantctl");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+struct Opts {
+    sizes: Vec<usize>,
+    jobs: usize,
+    runs: usize,
+    url: Option<String>,
+    sweep: bool,
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        sizes: vec![1000, 10_000],
+        jobs: 4,
+        runs: 3,
+        url: std::env::var("BENCH_DATABASE_URL")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        sweep: false,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let val = |i: usize| args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--quick" => {
+                o.sizes = vec![200, 1000];
+                o.runs = 3;
+            }
+            "--n" => {
+                o.sizes = val(i)
+                    .split(',')
+                    .map(|s| s.parse().expect("--n takes numbers"))
+                    .collect();
+                i += 1;
+            }
+            "--jobs" => {
+                o.jobs = val(i).parse().expect("--jobs takes a number");
+                i += 1;
+            }
+            "--runs" => {
+                o.runs = val(i).parse().expect("--runs takes a number");
+                i += 1;
+            }
+            "--url" => {
+                o.url = Some(val(i));
+                i += 1;
+            }
+            "--jobs-sweep" => o.sweep = true,
+            "--bench" => {}
+            other => panic!("unknown argument {other}; see bench/fleet.rs for usage"),
+        }
+        i += 1;
+    }
+    o
+}
+
+/// A database server for the benchmark: given, or a throwaway cluster.
+struct Server {
+    base: String,
+    dir: Option<String>,
+}
+
+impl Server {
+    fn start(url: Option<String>) -> Server {
+        if let Some(url) = url {
+            let base = url
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or(url);
+            return Server { base, dir: None };
+        }
+        let out = Command::new(format!("{ROOT}/scripts/throwaway-pg.sh"))
+            .arg("start")
+            .env(
+                "TENANTCTL_PG_EXTRA",
+                "-c shared_preload_libraries=pg_stat_statements",
+            )
+            .output()
+            .expect("running scripts/throwaway-pg.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (dir, url) = line.split_once(' ').expect("DIR URL");
+        let base = url.rsplit_once('/').unwrap().0.to_string();
+        Server {
+            base,
+            dir: Some(dir.to_string()),
+        }
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("{}/{db}", self.base)
+    }
+
+    fn fresh_db(&self, name: &str) -> String {
+        let mut admin = postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        self.url(name)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = Command::new(format!("{ROOT}/scripts/throwaway-pg.sh"))
+                .args(["stop", dir])
+                .status();
+        }
+    }
+}
+
+fn psql_bin() -> String {
+    if Command::new("psql").arg("--version").output().is_ok() {
+        return "psql".into();
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/psql"))
+        .filter(|p| p.exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("psql not found").display().to_string()
+}
+
+/// A project folder: tenants.toml and a migrations folder we can fill or empty.
+struct Project {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Project {
+    fn new(url: &str, jobs: usize) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("migrations")).unwrap();
+        std::fs::write(
+            dir.path().join("tenants.toml"),
+            format!("[database]\nurl = \"{url}\"\n[run]\njobs = {jobs}\n"),
+        )
+        .unwrap();
+        Project {
+            dir,
+            url: url.to_string(),
+        }
+    }
+
+    fn set_migrations(&self, full: bool) {
+        let m = self.dir.path().join("migrations");
+        for e in std::fs::read_dir(&m).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        if full {
+            for e in std::fs::read_dir(format!("{ROOT}/migrations")).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), m.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.dir.path())
+            .args(args)
+            .arg("--quiet")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Runs a command to completion; returns wall time and peak RSS in KiB.
+    fn timed(&self, args: &[&str]) -> (Duration, u64) {
+        let t0 = Instant::now();
+        let mut child = self.cmd(args).spawn().unwrap();
+        let pid = child.id();
+        let mut peak = 0;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(kb) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    peak = peak.max(kb);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let elapsed = t0.elapsed();
+        if !status.success() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("tenantctl {args:?} failed: {err}");
+        }
+        (elapsed, peak)
+    }
+
+    fn db(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+/// Samples how many connections tenantctl holds, until stopped.
+struct ConnSampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicI64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConnSampler {
+    fn start(url: &str) -> ConnSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicI64::new(0));
+        let (s, m, url) = (stop.clone(), max.clone(), url.to_string());
+        let handle = std::thread::spawn(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            while !s.load(Ordering::SeqCst) {
+                let n: i64 = db
+                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantctl'", &[])
+                    .unwrap()
+                    .get(0);
+                m.fetch_max(n, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        ConnSampler {
+            stop,
+            max,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> i64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap();
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+/// The limit: the example set's SQL fed by psql in `jobs` sessions, one transaction per
+/// schema, into `n` fresh schemas. Returns the wall time of the psql part only.
+fn psql_limit(url: &str, n: usize, jobs: usize, work: &Path) -> Duration {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    db.batch_execute("DROP SCHEMA IF EXISTS psql_bench_0 CASCADE")
+        .ok();
+    let mut drop = String::new();
+    for i in 0..n {
+        drop.push_str(&format!(
+            "DROP SCHEMA IF EXISTS psql_{i} CASCADE; CREATE SCHEMA psql_{i};\n"
+        ));
+    }
+    db.batch_execute(&drop).unwrap();
+    let mut ups: Vec<(i32, String)> = std::fs::read_dir(format!("{ROOT}/migrations"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if name.ends_with(".down.sql") {
+                return None;
+            }
+            let v: i32 = name[1..name.find("__")?].parse().ok()?;
+            Some((v, std::fs::read_to_string(e.path()).ok()?))
+        })
+        .collect();
+    ups.sort();
+    let body: String = ups.iter().map(|(_, sql)| format!("{sql}\n")).collect();
+    let files: Vec<PathBuf> = (0..jobs)
+        .map(|j| {
+            let p = work.join(format!("psql_{j}.sql"));
+            let mut f = std::fs::File::create(&p).unwrap();
+            for i in (j..n).step_by(jobs) {
+                writeln!(
+                    f,
+                    "BEGIN;\nSET LOCAL search_path TO psql_{i};\n{body}COMMIT;"
+                )
+                .unwrap();
+            }
+            p
+        })
+        .collect();
+    let psql = psql_bin();
+    let t0 = Instant::now();
+    let children: Vec<_> = files
+        .iter()
+        .map(|f| {
+            Command::new(&psql)
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f"])
+                .arg(f)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "psql failed");
+    }
+    t0.elapsed()
+}
+
+/// Statements per migrated schema from pg_stat_statements, when the server has it.
+fn statements_per_schema(p: &Project, n: usize) -> Option<f64> {
+    let mut db = p.db();
+    db.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .ok()?;
+    db.batch_execute("SELECT pg_stat_statements_reset()").ok()?;
+    p.timed(&["migrate", "--all"]);
+    let calls: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query NOT ILIKE '%pg_stat_statements%'",
+            &[],
+        )
+        .ok()?
+        .get(0);
+    Some(calls as f64 / n as f64)
+}
+
+struct Row {
+    n: usize,
+    migrate: Duration,
+    limit: Duration,
+    noop: Duration,
+    status: Duration,
+    status_json: Duration,
+    create_one: Duration,
+    create_1000: Duration,
+    rss_kib: u64,
+    max_conns: i64,
+    stmts: Option<f64>,
+}
+
+fn bench_size(server: &Server, n: usize, jobs: usize, runs: usize) -> Row {
+    let url = server.fresh_db(&format!("bench_{n}"));
+    let p = Project::new(&url, jobs);
+    let ids: String = (0..n).map(|i| format!("t{i:05}\n")).collect();
+    std::fs::write(p.dir.path().join("ids.txt"), ids).unwrap();
+    // N registered, empty tenant schemas.
+    p.set_migrations(false);
+    p.timed(&["tenant", "create", "--from-file", "ids.txt"]);
+    p.set_migrations(true);
+
+    let mut migrate = Vec::new();
+    let mut limit = Vec::new();
+    let mut rss = 0;
+    let mut max_conns = 0;
+    for r in 0..runs {
+        if r > 0 {
+            p.timed(&["rollback", "--to", "0", "--all"]);
+        }
+        let sampler = ConnSampler::start(&url);
+        let (t, kib) = p.timed(&["migrate", "--all", "--jobs", &jobs.to_string()]);
+        max_conns = max_conns.max(sampler.finish());
+        rss = rss.max(kib);
+        migrate.push(t);
+        limit.push(psql_limit(&url, n, jobs, p.dir.path()));
+    }
+    let noop = median(
+        (0..runs)
+            .map(|_| p.timed(&["migrate", "--all"]).0)
+            .collect(),
+    );
+    let status = median((0..runs).map(|_| p.timed(&["status"]).0).collect());
+    let status_json = median(
+        (0..runs)
+            .map(|_| p.timed(&["status", "--json"]).0)
+            .collect(),
+    );
+    let create_one = median(
+        (0..runs.max(5))
+            .map(|i| p.timed(&["tenant", "create", &format!("one_{i}")]).0)
+            .collect(),
+    );
+    let bulk: String = (0..1000).map(|i| format!("bulk_{i}\n")).collect();
+    std::fs::write(p.dir.path().join("bulk.txt"), bulk).unwrap();
+    let (create_1000, kib) = p.timed(&["tenant", "create", "--from-file", "bulk.txt"]);
+    rss = rss.max(kib);
+    p.timed(&["rollback", "--to", "0", "--all"]);
+    let stmts = statements_per_schema(&p, n + 1000 + runs.max(5));
+    Row {
+        n,
+        migrate: median(migrate),
+        limit: median(limit),
+        noop,
+        status,
+        status_json,
+        create_one,
+        create_1000,
+        rss_kib: rss,
+        max_conns,
+        stmts,
+    }
+}
+
+fn main() {
+    let o = parse_args();
+    let server = Server::start(o.url.clone());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "tenantctl fleet benchmark: {cpus} CPU(s), jobs {}, median of {} run(s)\n",
+        o.jobs, o.runs
+    );
+    if o.sweep {
+        let n = *o.sizes.last().unwrap();
+        println!("| jobs | migrate N={n} | psql limit | ratio |");
+        println!("|---:|---:|---:|---:|");
+        for j in [1, 2, 4, 8, 16] {
+            let url = server.fresh_db("bench_sweep");
+            let p = Project::new(&url, j);
+            let ids: String = (0..n).map(|i| format!("t{i:05}\n")).collect();
+            std::fs::write(p.dir.path().join("ids.txt"), ids).unwrap();
+            p.set_migrations(false);
+            p.timed(&["tenant", "create", "--from-file", "ids.txt"]);
+            p.set_migrations(true);
+            let mut ours = Vec::new();
+            let mut lim = Vec::new();
+            for r in 0..o.runs {
+                if r > 0 {
+                    p.timed(&["rollback", "--to", "0", "--all"]);
+                }
+                ours.push(p.timed(&["migrate", "--all", "--jobs", &j.to_string()]).0);
+                lim.push(psql_limit(&url, n, j, p.dir.path()));
+            }
+            let (a, b) = (median(ours), median(lim));
+            println!(
+                "| {j} | {} | {} | {:.2} |",
+                secs(a),
+                secs(b),
+                a.as_secs_f64() / b.as_secs_f64()
+            );
+        }
+        return;
+    }
+    let rows: Vec<Row> = o
+        .sizes
+        .iter()
+        .map(|n| bench_size(&server, *n, o.jobs, o.runs))
+        .collect();
+    println!("| N | migrate | psql limit | ratio | no-op migrate | status | status --json | create 1 | create 1,000 | peak RSS | max conns | statements/schema |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {:.1} MB | {} | {} |",
+            r.n,
+            secs(r.migrate),
+            secs(r.limit),
+            r.migrate.as_secs_f64() / r.limit.as_secs_f64(),
+            secs(r.noop),
+            secs(r.status),
+            secs(r.status_json),
+            secs(r.create_one),
+            secs(r.create_1000),
+            r.rss_kib as f64 / 1024.0,
+            r.max_conns,
+            r.stmts.map_or("n/a".into(), |s| format!("{s:.1}")),
+        );
+    }
+    if rows.len() >= 2 {
+        let (a, b) = (&rows[0], &rows[rows.len() - 1]);
+        let k = b.n as f64 / a.n as f64;
+        let g = |x: Duration, y: Duration| y.as_secs_f64() / x.as_secs_f64();
+        println!(
+            "\nscale {}→{} (×{k:.0} tenants): migrate ×{:.1}, psql limit ×{:.1}, no-op ×{:.1}, status ×{:.1}, peak RSS ×{:.1}",
+            a.n,
+            b.n,
+            g(a.migrate, b.migrate),
+            g(a.limit, b.limit),
+            g(a.noop, b.noop),
+            g(a.status, b.status),
+            b.rss_kib as f64 / a.rss_kib.max(1) as f64
+        );
+    }
+}
