@@ -51,6 +51,11 @@ pub struct GlobalOpts {
     /// No progress output on stderr (results still go to stdout).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+
+    /// Who to record as running this command in the audit trail (default: $TENANTCTL_ACTOR,
+    /// else the OS user). Useful in CI: --actor "deploy-bot (pipeline 4242)".
+    #[arg(long, global = true, value_name = "NAME")]
+    pub actor: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +105,30 @@ pub enum Command {
     /// summary by version, the tenants that are behind or drifted, and the last run.
     /// --verify also reads every schema's own history and reports disagreements (exit 1).
     Status(StatusArgs),
+
+    /// Show the audit trail: every create, adopt, migrate, rollback and drop, who ran it
+    /// (OS user or --actor), where, the command line (secrets redacted), when, and the outcome.
+    ///
+    /// Examples:
+    ///   tenantctl audit --since 24h
+    ///   tenantctl audit --json --limit 1000
+    #[command(verbatim_doc_comment)]
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only runs started within this long ago (e.g. 24h, 7d, 30m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+
+    /// At most this many runs (the newest).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: i64,
+
+    /// Print a JSON array on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +161,36 @@ pub enum TenantCommand {
 
     /// List registered tenants.
     List(ListArgs),
+
+    /// Drop tenants: their schema (and role) go, the registry marks them dropped.
+    ///
+    /// Needs --yes, or the confirmation typed on a terminal. --archive renames the schema out
+    /// of the way (<schema>__arch_<UTC timestamp>) instead of DROP SCHEMA ... CASCADE, so
+    /// the data can still be recovered. Recorded in the audit trail.
+    ///
+    /// Examples:
+    ///   tenantctl tenant drop acme --archive --yes
+    ///   tenantctl tenant drop trial_42 trial_43 --yes
+    #[command(verbatim_doc_comment)]
+    Drop(DropArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DropArgs {
+    /// Tenant ids to drop.
+    #[arg(value_name = "ID", required = true)]
+    pub ids: Vec<String>,
+
+    /// Rename the schema out of the way instead of dropping it (the safe choice).
+    #[arg(long)]
+    pub archive: bool,
+
+    /// Do not ask: required when not on a terminal.
+    #[arg(long)]
+    pub yes: bool,
+
+    #[command(flatten)]
+    pub run: RunOpts,
 }
 
 /// Parses `7` or `V7`.

@@ -49,6 +49,7 @@ struct RawMigrations {
 #[serde(deny_unknown_fields)]
 struct RawTenants {
     schema_prefix: Option<Spanned<String>>,
+    role: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +74,8 @@ pub struct Settings {
     pub control_schema: String,
     pub migrations_dir: PathBuf,
     pub schema_prefix: String,
+    /// Role-per-tenant template (`{schema}` / `{id}`), off when None.
+    pub role_template: Option<String>,
     pub jobs: usize,
     pub lock_timeout: Duration,
     pub statement_timeout: Option<Duration>,
@@ -82,6 +85,8 @@ pub struct Settings {
     pub retry_delay: Duration,
     /// After SIGINT/SIGTERM, how long in-flight schemas may take before they are cancelled.
     pub grace_period: Duration,
+    /// Who is recorded as running the commands (--actor, $TENANTCTL_ACTOR, or the OS user).
+    pub actor: String,
 }
 
 pub const DEFAULT_CONTROL_SCHEMA: &str = "tenantctl";
@@ -102,6 +107,7 @@ pub fn default_jobs() -> usize {
 pub struct Overrides {
     pub database_url: Option<String>,
     pub jobs: Option<usize>,
+    pub actor: Option<String>,
 }
 
 struct Ctx<'a> {
@@ -290,6 +296,15 @@ impl Settings {
             // still checked against reserved names in `Tenant::parse`.
         }
 
+        let role_template = match &raw.tenants.role {
+            Some(v) => {
+                let t = ctx.expand(v, "tenants.role")?;
+                check_role_template(&t).map_err(|e| ctx.err_at(v.span(), "tenants.role", e))?;
+                Some(t)
+            }
+            None => None,
+        };
+
         let migrations_dir = match &raw.migrations.dir {
             Some(v) => {
                 let s = ctx.expand(v, "migrations.dir")?;
@@ -360,13 +375,47 @@ impl Settings {
             control_schema,
             migrations_dir,
             schema_prefix,
+            role_template,
             jobs,
             lock_timeout,
             statement_timeout,
             retries,
             retry_delay,
             grace_period,
+            actor: crate::control::actor(overrides.actor.as_deref()),
         })
+    }
+}
+
+/// A role template may use `{schema}` and `{id}`; the rest must be identifier characters.
+fn check_role_template(t: &str) -> Result<(), String> {
+    let literal = t.replace("{schema}", "").replace("{id}", "");
+    if let Some(bad) = literal
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        let hint = if bad == '{' || bad == '}' {
+            format!("{t:?} has an unknown placeholder; use {{schema}} or {{id}}")
+        } else {
+            format!("{t:?} contains {bad:?}; use lowercase letters, digits, underscores, {{schema}} and {{id}}")
+        };
+        return Err(hint);
+    }
+    if !t.contains("{schema}") && !t.contains("{id}") {
+        return Err(format!("{t:?} names one role for every tenant; include {{schema}} or {{id}}, e.g. \"{{schema}}_app\""));
+    }
+    if t.starts_with("pg_") || t.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("{t:?} must not start with pg_ or a digit"));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// The tenant's role under the role-per-tenant option.
+    pub fn role_for(&self, tenant: &crate::tenant::Tenant) -> Option<String> {
+        self.role_template
+            .as_deref()
+            .map(|t| crate::tenant::role_name(t, tenant))
     }
 }
 
@@ -467,7 +516,7 @@ mod tests {
             text,
             &Overrides {
                 database_url: Some("postgres://localhost/x".into()),
-                jobs: None,
+                ..Overrides::default()
             },
         )
         .unwrap();

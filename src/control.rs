@@ -21,7 +21,7 @@ const LOCK_FLEET: i32 = LOCK_NAMESPACE + 1;
 const LOCK_RUN: i32 = LOCK_NAMESPACE + 2;
 
 /// Bumped whenever the DDL below changes; stored as the control schema's comment.
-const CONTROL_VERSION: &str = "tenantctl control schema v3";
+const CONTROL_VERSION: &str = "tenantctl control schema v4";
 
 /// The control schema, with its name validated and quoted once.
 #[derive(Debug, Clone)]
@@ -50,6 +50,10 @@ pub struct RunInfo<'a> {
     /// `all`, or a fingerprint of the tenant list, so only the same request resumes a run.
     pub scope: &'a str,
     pub total: usize,
+    /// Who: --actor, $TENANTCTL_ACTOR, or the OS user.
+    pub actor: &'a str,
+    /// The command line, secrets redacted.
+    pub argv: &'a str,
 }
 
 /// One failed schema, as the ledger records it.
@@ -91,6 +95,24 @@ impl RunRow {
             self.id, self.command, self.actor, self.host, self.pid, self.started_at
         )
     }
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditRow {
+    pub run: i64,
+    pub command: String,
+    pub command_line: String,
+    pub actor: String,
+    pub host: String,
+    pub pid: i32,
+    pub outcome: String,
+    pub target_version: Option<i32>,
+    pub tenants: i32,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub succeeded: i64,
+    pub failed: i64,
 }
 
 /// One failed schema of a run, for `status`.
@@ -164,6 +186,10 @@ CREATE TABLE IF NOT EXISTS {q}.runs (
     finished_at    timestamptz
 );
 ALTER TABLE {q}.tenants ADD COLUMN IF NOT EXISTS drift text;
+ALTER TABLE {q}.tenants ADD COLUMN IF NOT EXISTS role text;
+ALTER TABLE {q}.tenants ADD COLUMN IF NOT EXISTS archived_as text;
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS argv text NOT NULL DEFAULT '';
+REVOKE ALL ON SCHEMA {q} FROM PUBLIC;
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'all';
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1;
 CREATE INDEX IF NOT EXISTS runs_running_idx ON {q}.runs (id) WHERE state = 'running';
@@ -379,6 +405,47 @@ COMMENT ON SCHEMA {q} IS {comment};
             .collect())
     }
 
+    /// The audit trail: runs started since `since` (seconds ago; all when None), oldest first.
+    pub async fn audit(
+        &self,
+        client: &Client,
+        since_secs: Option<f64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<AuditRow>> {
+        let sql = format!(
+            "SELECT r.id, r.command, r.argv, r.actor, r.host, r.pid, r.state, r.target_version, r.total, \
+                    to_char(r.started_at AT TIME ZONE 'UTC', {TS}), to_char(r.finished_at AT TIME ZONE 'UTC', {TS}), \
+                    (SELECT count(*) FROM {rs} s WHERE s.run_id = r.id AND s.state = 'succeeded'), \
+                    (SELECT count(*) FROM {rs} s WHERE s.run_id = r.id AND s.state = 'failed') \
+             FROM (SELECT * FROM {runs} WHERE $1::float8 IS NULL OR started_at >= now() - make_interval(secs => $1::float8) \
+                   ORDER BY id DESC LIMIT $2) r ORDER BY r.id",
+            runs = self.table("runs"),
+            rs = self.table("run_schemas"),
+        );
+        let rows = client
+            .query(&sql, &[&since_secs, &limit])
+            .await
+            .map_err(|e| run_error("reading the audit trail", &e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditRow {
+                run: r.get(0),
+                command: r.get(1),
+                command_line: r.get(2),
+                actor: r.get(3),
+                host: r.get(4),
+                pid: r.get(5),
+                outcome: r.get(6),
+                target_version: r.get(7),
+                tenants: r.get(8),
+                started_at: r.get(9),
+                finished_at: r.get(10),
+                succeeded: r.get(11),
+                failed: r.get(12),
+            })
+            .collect())
+    }
+
     /// Failed schemas of a run (at most `limit`).
     pub async fn failed_schemas(
         &self,
@@ -410,14 +477,15 @@ COMMENT ON SCHEMA {q} IS {comment};
     pub async fn start_run(&self, client: &Client, info: &RunInfo<'_>) -> anyhow::Result<i64> {
         let sql = format!(
             "BEGIN; \
-             INSERT INTO {} (command, target_version, digest, scope, state, actor, host, pid, total) \
-             VALUES ({}, {}, {}, {}, 'running', {}, {}, {}, {}) RETURNING id",
+             INSERT INTO {} (command, target_version, digest, scope, state, actor, argv, host, pid, total) \
+             VALUES ({}, {}, {}, {}, 'running', {}, {}, {}, {}, {}) RETURNING id",
             self.table("runs"),
             quote_literal(info.command),
             info.target.map_or("NULL".into(), |v| v.to_string()),
             quote_literal(info.digest),
             quote_literal(info.scope),
-            quote_literal(&actor()),
+            quote_literal(info.actor),
+            quote_literal(info.argv),
             quote_literal(&hostname()),
             std::process::id() as i32,
             info.total,
@@ -452,15 +520,17 @@ COMMENT ON SCHEMA {q} IS {comment};
         &self,
         client: &Client,
         run_id: i64,
-        total: usize,
+        info: &RunInfo<'_>,
     ) -> anyhow::Result<()> {
+        let total = info.total;
         let sql = format!(
             "SELECT pg_advisory_lock({LOCK_RUN}, {run_id}::int); \
              UPDATE {} SET state = 'running', finished_at = NULL, attempts = attempts + 1, \
-                 actor = {}, host = {}, pid = {}, backend_pid = pg_backend_pid(), total = {total} \
+                 actor = {}, argv = {}, host = {}, pid = {}, backend_pid = pg_backend_pid(), total = {total} \
              WHERE id = {run_id}",
             self.table("runs"),
-            quote_literal(&actor()),
+            quote_literal(info.actor),
+            quote_literal(info.argv),
             quote_literal(&hostname()),
             std::process::id() as i32,
         );
@@ -556,8 +626,11 @@ COMMENT ON SCHEMA {q} IS {comment};
     }
 }
 
-/// Who is running tenantctl: `TENANTCTL_ACTOR`, else the OS user.
-pub fn actor() -> String {
+/// Who is running tenantctl: `--actor`, else `TENANTCTL_ACTOR`, else the OS user.
+pub fn actor(flag: Option<&str>) -> String {
+    if let Some(a) = flag.filter(|a| !a.is_empty()) {
+        return a.to_string();
+    }
     ["TENANTCTL_ACTOR", "USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))

@@ -34,11 +34,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rollback(a) => a.fleet.run.jobs,
         Command::Tenant(TenantCommand::Create(a)) => a.run.jobs,
         Command::Tenant(TenantCommand::Adopt(a)) => a.run.jobs,
+        Command::Tenant(TenantCommand::Drop(a)) => a.run.jobs,
         _ => None,
     };
     let overrides = Overrides {
         database_url: cli.global.database_url.clone(),
         jobs: jobs.map(usize::from),
+        actor: cli.global.actor.clone(),
     };
     let settings = Settings::load(&cli.global.config, &overrides)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -60,6 +62,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Migrate(args) => commands::migrate::migrate(&settings, args, quiet).await,
             Command::Rollback(args) => commands::rollback::rollback(&settings, args, quiet).await,
             Command::Status(args) => commands::status::status(&settings, args).await,
+            Command::Audit(args) => commands::audit::audit(&settings, args).await,
+            Command::Tenant(TenantCommand::Drop(args)) => {
+                commands::tenant::drop(&settings, args, quiet).await
+            }
         }
     })
 }

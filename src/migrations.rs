@@ -218,6 +218,16 @@ impl MigrationSet {
         })
     }
 
+    /// A set with no migrations (for commands that do not need the files, like drop).
+    pub fn empty(dir: &Path) -> MigrationSet {
+        MigrationSet {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            refinery: Vec::new(),
+            digest: digest(&[]),
+        }
+    }
+
     pub fn files(&self) -> &[MigrationFile] {
         &self.files
     }

@@ -21,6 +21,8 @@ pub enum IdError {
         schema: String,
         len: usize,
     },
+    #[error("tenant id {0:?} is invalid: a double underscore is reserved for tenantctl's own names (archived schemas); use single underscores")]
+    DoubleUnderscore(String),
     #[error("tenant id {id:?} is reserved: its schema name {schema:?} {why}")]
     Reserved {
         id: String,
@@ -70,6 +72,9 @@ impl Tenant {
         }
         if !first.is_ascii_lowercase() {
             return Err(IdError::BadStart(id.to_string()));
+        }
+        if id.contains("__") {
+            return Err(IdError::DoubleUnderscore(id.to_string()));
         }
         let schema = format!("{prefix}{id}");
         if schema.len() > MAX_IDENT_BYTES {
@@ -147,6 +152,13 @@ pub fn validate_schema_word(value: &str, allow_empty: bool) -> Result<(), String
     Ok(())
 }
 
+/// The tenant's role name under a role template (`{schema}` and `{id}` placeholders).
+pub fn role_name(template: &str, tenant: &Tenant) -> String {
+    template
+        .replace("{schema}", tenant.schema())
+        .replace("{id}", tenant.id())
+}
+
 /// Quotes an identifier for SQL: `"name"`, doubling any embedded quote.
 pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -219,6 +231,35 @@ mod tests {
         assert!(validate_schema_word("pg_x", true).is_err());
         assert!(validate_schema_word("Bad", true).is_err());
         assert!(validate_schema_word("9x", true).is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever the input, an accepted id gives a schema name that PostgreSQL stores
+        /// exactly as written: ASCII lowercase/digits/underscore (so quoting changes nothing
+        /// and case folding cannot apply), at most 63 bytes (no silent truncation), never a
+        /// reserved name, and distinct ids give distinct schemas.
+        #[test]
+        fn accepted_ids_are_safe_identifiers(
+            id in proptest::prop_oneof!["\\PC{0,70}", "[a-z_][a-zA-Z0-9_]{0,70}"],
+            other in "[a-z][a-z0-9_]{0,60}",
+        ) {
+            if let Ok(t) = parse(&id) {
+                proptest::prop_assert_eq!(t.id(), id.as_str());
+                proptest::prop_assert_eq!(t.schema(), format!("tenant_{id}"));
+                proptest::prop_assert!(t.schema().len() <= MAX_IDENT_BYTES);
+                proptest::prop_assert!(t.schema().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+                proptest::prop_assert_eq!(quote_ident(t.schema()), format!("\"{}\"", t.schema()));
+                proptest::prop_assert!(reserved_reason(t.schema(), "tenantctl").is_none());
+                if let Ok(o) = parse(&other) {
+                    proptest::prop_assert_eq!(o.schema() == t.schema(), other == id);
+                }
+            }
+        }
+
+        #[test]
+        fn structured_garbage_is_refused(id in "[a-z][a-z0-9_]{0,10}[^a-z0-9_][\\PC]{0,5}") {
+            proptest::prop_assert!(parse(&id).is_err());
+        }
     }
 
     #[test]

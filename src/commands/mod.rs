@@ -2,6 +2,7 @@
 //! every fleet command: open (or resume) a run in the ledger, drive the fleet, record the
 //! outcome, print the summary, pick the exit code.
 
+pub mod audit;
 pub mod migrate;
 pub mod rollback;
 pub mod status;
@@ -137,6 +138,16 @@ pub fn parse_ids(settings: &Settings, ids: &[String]) -> anyhow::Result<Vec<Tena
     let mut tenants = Vec::with_capacity(ids.len());
     for id in ids {
         match Tenant::parse(id, &settings.schema_prefix, &settings.control_schema) {
+            Ok(t)
+                if settings
+                    .role_for(&t)
+                    .is_some_and(|r| r.len() > crate::tenant::MAX_IDENT_BYTES) =>
+            {
+                errors.push(format!(
+                    "tenant id {id:?} is too long for its role name {:?} (at most 63 bytes; see [tenants] role)",
+                    settings.role_for(&t).unwrap_or_default()
+                ));
+            }
             Ok(t) => {
                 if !seen.insert(t.id().to_string()) {
                     errors.push(format!("tenant id {id:?} is given more than once"));
@@ -257,12 +268,15 @@ pub async fn run_schemas(
     reporter: Arc<dyn Reporter>,
 ) -> anyhow::Result<i32> {
     let total = req.tenants.len() + req.refused.len();
+    let argv = command_line();
     let info = RunInfo {
         command: req.command,
         target: req.target,
         digest: req.migrations.digest(),
         scope: &req.scope,
         total,
+        actor: &session.settings.actor,
+        argv: &argv,
     };
     session.control.reap_dead_runs(&session.client).await?;
     let resumed = if req.resume {
@@ -277,7 +291,7 @@ pub async fn run_schemas(
         Some(run) => {
             session
                 .control
-                .resume_run(&session.client, run.id, total)
+                .resume_run(&session.client, run.id, &info)
                 .await?;
             reporter.event(&Event::Resuming { run });
             run.id
@@ -353,6 +367,7 @@ pub async fn run_schemas(
         target: req.target,
         lock_timeout: session.settings.lock_timeout,
         statement_timeout: session.settings.statement_timeout,
+        role_template: session.settings.role_template.as_deref(),
     };
     let opts = FleetOpts {
         mode: req.mode,
@@ -447,6 +462,26 @@ async fn record_outcome(
             "could not record the end of run {run_id} in the ledger ({e:#}); succeeded schemas are recorded, and the next run will see this one as interrupted"
         )
     })
+}
+
+/// This process's command line for the audit trail: shell-quoted where needed, passwords
+/// scrubbed (the URL's password was registered when the settings were resolved).
+pub fn command_line() -> String {
+    let words: Vec<String> = std::env::args()
+        .enumerate()
+        .map(|(i, a)| {
+            let a = if i == 0 { "tenantctl".to_string() } else { a };
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect();
+    crate::redact::scrub(&words.join(" "))
 }
 
 /// Serialises JSON with every registered secret scrubbed.

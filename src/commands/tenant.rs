@@ -5,7 +5,7 @@ use std::io::Read as _;
 
 use serde_json::json;
 
-use crate::cli::{AdoptArgs, CreateArgs, ListArgs, RunOpts};
+use crate::cli::{AdoptArgs, CreateArgs, DropArgs, ListArgs, RunOpts};
 use crate::config::Settings;
 use crate::engine::apply::{Failure, FailureKind, Mode};
 use crate::exit::{UsageError, SUCCESS};
@@ -117,6 +117,7 @@ async fn register(
         .tenants(&session.client, Some(&id_list))
         .await?
         .into_iter()
+        .filter(|r| r.state == "active")
         .map(|r| (r.tenant.id().to_string(), r.version))
         .collect();
     let scope = super::scope_of(Some(&tenants));
@@ -154,6 +155,96 @@ async fn register(
         crate::report::for_stderr(quiet),
     )
     .await
+}
+
+pub async fn drop(settings: &Settings, args: DropArgs, quiet: bool) -> anyhow::Result<i32> {
+    let migrations =
+        load_migrations(settings).unwrap_or_else(|_| MigrationSet::empty(&settings.migrations_dir));
+    let tenants = parse_ids(settings, &args.ids)?;
+    if !args.yes {
+        confirm_drop(&tenants, args.archive)?;
+    }
+    let mut session = Session::open(settings, true).await?;
+    let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
+    let rows = session
+        .control
+        .tenants(&session.client, Some(&id_list))
+        .await?;
+    let mut in_scope = Vec::new();
+    let mut missing = Vec::new();
+    for t in tenants {
+        match rows
+            .iter()
+            .find(|r| r.tenant.id() == t.id() && r.state == "active")
+        {
+            Some(r) => in_scope.push((t, r.version, true)),
+            None => missing.push(t.id().to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(UsageError(format!(
+            "not registered (or already dropped): {}; nothing was changed",
+            missing.join(", ")
+        ))
+        .into());
+    }
+    run_schemas(
+        &mut session,
+        RunRequest {
+            command: if args.archive {
+                "tenant drop --archive"
+            } else {
+                "tenant drop"
+            },
+            mode: Mode::Drop {
+                archive: args.archive,
+            },
+            migrations: &migrations,
+            target: None,
+            scope: super::scope_of(Some(
+                &in_scope.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+            )),
+            tenants: in_scope,
+            refused: Vec::new(),
+            resume: false,
+            jobs: settings.jobs,
+            fail_fast: args.run.fail_fast,
+            json: args.run.json,
+        },
+        crate::report::for_stderr(quiet),
+    )
+    .await
+}
+
+/// Without --yes: on a terminal, the operator types `drop <n>`; elsewhere, refuse.
+fn confirm_drop(tenants: &[crate::tenant::Tenant], archive: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError(
+            "refusing to drop tenants without --yes (no terminal to confirm on); nothing was changed".into(),
+        )
+        .into());
+    }
+    let names: Vec<&str> = tenants.iter().map(|t| t.schema()).take(10).collect();
+    let what = if archive {
+        "rename (archive) the schemas"
+    } else {
+        "DELETE the schemas and all their data"
+    };
+    let expected = format!("drop {}", tenants.len());
+    eprint!(
+        "This will {what} of {} tenant(s): {}{}.\nType `{expected}` to confirm: ",
+        tenants.len(),
+        names.join(", "),
+        if tenants.len() > 10 { ", …" } else { "" }
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != expected {
+        return Err(UsageError("not confirmed; nothing was changed".into()).into());
+    }
+    Ok(())
 }
 
 pub async fn list(settings: &Settings, args: ListArgs) -> anyhow::Result<i32> {

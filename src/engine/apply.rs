@@ -19,7 +19,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use crate::control::{Control, LOCK_NAMESPACE};
 use crate::db::describe;
 use crate::migrations::MigrationSet;
-use crate::tenant::{quote_ident, quote_literal, Tenant};
+use crate::tenant::{quote_ident, quote_literal, role_name, Tenant};
 
 /// refinery's history table, kept inside each tenant schema.
 pub const HISTORY_TABLE: &str = "refinery_schema_history";
@@ -35,6 +35,8 @@ pub struct ApplyCtx<'a> {
     pub target: Option<i32>,
     pub lock_timeout: Duration,
     pub statement_timeout: Option<Duration>,
+    /// Role-per-tenant template, when that option is on.
+    pub role_template: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,9 @@ pub enum Mode {
     Rollback { to: i32 },
     /// Register an existing schema and record versions up to `baseline` as applied.
     Adopt { baseline: i32 },
+    /// Drop the schema (or, with `archive`, rename it out of the way) and its role, and mark
+    /// the tenant dropped.
+    Drop { archive: bool },
 }
 
 /// A schema that committed.
@@ -371,27 +376,50 @@ async fn run_transaction(
         failed: None,
     };
     let table = history_table(tenant);
+    let role = ctx.role_template.map(|t| role_name(t, tenant));
     let (before, after, count) = match mode {
         Mode::Create | Mode::Migrate => {
             if mode == Mode::Create {
                 create_schema(client, tenant).await?;
+                if let Some(role) = &role {
+                    create_role(client, tenant, role).await?;
+                }
             }
             let target = ctx.target.map_or(Target::Latest, Target::Version);
             forward(&mut tx, ctx, &table, target, registry_version).await?
         }
         Mode::Adopt { baseline } => {
             require_schema(client, tenant).await?;
-            forward(
-                &mut tx,
-                ctx,
-                &table,
-                Target::FakeVersion(baseline),
-                registry_version,
-            )
-            .await?
+            if let Some(role) = &role {
+                create_role(client, tenant, role).await?;
+            }
+            let target = Target::FakeVersion(baseline);
+            forward(&mut tx, ctx, &table, target, registry_version).await?
         }
         Mode::Rollback { to } => backward(&mut tx, ctx, &table, to, registry_version).await?,
+        Mode::Drop { archive } => {
+            drop_tenant(client, ctx, tenant, archive, registry_version).await?;
+            (registry_version, None, 0)
+        }
     };
+    if let (Some(role), Mode::Create | Mode::Adopt { .. }) = (&role, mode) {
+        // Tables that already existed (adopt) get the grants too; the history table never:
+        // a tenant's role must not be able to rewrite what is applied.
+        let q = quote_ident(role);
+        let schema_q = tenant.quoted_schema();
+        client
+            .batch_execute(&format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema_q} TO {q}; \
+                 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema_q} TO {q}; \
+                 REVOKE ALL ON {table} FROM {q}; \
+                 UPDATE {tenants} SET role = {lit} WHERE id = {id}",
+                tenants = ctx.control.table("tenants"),
+                lit = quote_literal(role),
+                id = quote_literal(tenant.id()),
+            ))
+            .await
+            .map_err(|e| failure_from_pg(&e, None))?;
+    }
     finish(client, ctx, tenant, before, after).await?;
     Ok(Applied {
         before,
@@ -420,9 +448,11 @@ async fn begin(
     );
     if register {
         preamble.push_str(&format!(
-            " INSERT INTO {} (id, schema_name) VALUES ({}, {schema_lit}) ON CONFLICT DO NOTHING;",
-            ctx.control.table("tenants"),
+            " INSERT INTO {t} AS t (id, schema_name) VALUES ({}, {schema_lit}) \
+              ON CONFLICT (id) DO UPDATE SET state = 'active', version = NULL, drift = NULL, archived_as = NULL, \
+                  role = NULL, created_at = now(), updated_at = now() WHERE t.state = 'dropped';",
             quote_literal(tenant.id()),
+            t = ctx.control.table("tenants"),
         ));
     }
     let messages = client
@@ -460,6 +490,92 @@ async fn create_schema(client: &Client, tenant: &Tenant) -> Result<(), Failure> 
             }
             f
         })
+}
+
+/// Role per tenant: a login-less role with USAGE on its own schema and DML on its tables,
+/// now and for tables later migrations create (default privileges of the migrating role).
+/// No CREATE, nothing outside its schema.
+async fn create_role(client: &Client, tenant: &Tenant, role: &str) -> Result<(), Failure> {
+    let q = quote_ident(role);
+    let schema_q = tenant.quoted_schema();
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {q} NOLOGIN; \
+             GRANT USAGE ON SCHEMA {schema_q} TO {q}; \
+             ALTER DEFAULT PRIVILEGES IN SCHEMA {schema_q} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {q}; \
+             ALTER DEFAULT PRIVILEGES IN SCHEMA {schema_q} GRANT USAGE, SELECT ON SEQUENCES TO {q};"
+        ))
+        .await
+        .map_err(|e| {
+            let mut f = failure_from_pg(&e, None);
+            if e.code() == Some(&SqlState::DUPLICATE_OBJECT) {
+                f.message = format!(
+                    "{}; role names are shared by every database of the server: pick a [tenants] role template that includes something unique to this database",
+                    f.message
+                );
+            } else if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+                f.message = format!("{}; role per tenant needs the CREATEROLE privilege", f.message);
+            }
+            f
+        })
+}
+
+/// `tenant drop`: the schema goes (or is renamed out of the way), then the role.
+async fn drop_tenant(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    archive: bool,
+    registry_version: Option<i32>,
+) -> Result<(), Failure> {
+    let schema_q = tenant.quoted_schema();
+    let mut sql = String::new();
+    let archived_as = archive.then(|| archive_name(tenant.schema()));
+    match &archived_as {
+        Some(name) => sql.push_str(&format!(
+            "ALTER SCHEMA {schema_q} RENAME TO {};",
+            quote_ident(name)
+        )),
+        None => sql.push_str(&format!("DROP SCHEMA IF EXISTS {schema_q} CASCADE;")),
+    }
+    if let Some(role) = ctx.role_template.map(|t| role_name(t, tenant)) {
+        let q = quote_ident(&role);
+        // DROP OWNED BY revokes its grants and default privileges in this database.
+        sql.push_str(&format!(
+            " DO $tenantctl$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit}) THEN \
+                 EXECUTE 'DROP OWNED BY {qq}'; EXECUTE 'DROP ROLE {qq}'; END IF; END $tenantctl$;",
+            lit = quote_literal(&role),
+            qq = q.replace('\'', "''"),
+        ));
+    }
+    sql.push_str(&format!(
+        " UPDATE {} SET state = 'dropped', archived_as = {}, role = NULL WHERE id = {};",
+        ctx.control.table("tenants"),
+        archived_as.as_deref().map_or("NULL".into(), quote_literal),
+        quote_literal(tenant.id())
+    ));
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| failure_from_pg(&e, registry_version))
+}
+
+/// `<schema>__arch_<UTC yyyymmddhhmmss>`, cut to fit 63 bytes. Tenant ids cannot contain
+/// `__`, so an archived name never collides with a live tenant's schema.
+fn archive_name(schema: &str) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let suffix = format!("__arch_{stamp}");
+    let keep = crate::tenant::MAX_IDENT_BYTES - suffix.len();
+    format!("{}{suffix}", &schema[..schema.len().min(keep)])
 }
 
 /// `tenant adopt`: the schema must already be there.

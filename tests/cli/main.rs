@@ -8,4 +8,5 @@ mod create;
 mod faults;
 mod migrate;
 mod rollback;
+mod security;
 mod status;
