@@ -31,6 +31,7 @@ impl RunSummary<'_> {
             "tenant create" => ("created", "already existed"),
             "tenant adopt" => ("adopted", "already registered"),
             "rollback" => ("rolled back", "already at or below the target"),
+            c if c.starts_with("tenant drop") => ("dropped", "skipped"),
             _ => ("migrated", "already current"),
         }
     }
