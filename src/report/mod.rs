@@ -76,9 +76,20 @@ pub fn for_stderr(quiet: bool) -> std::sync::Arc<dyn Reporter> {
     }
 }
 
-/// The lines shared by every reporter for the non-schema events, or None for schema events.
+/// The lines every reporter prints the same way (run start, signals, waits, warnings);
+/// None for per-schema events, which each reporter draws its own way.
 pub fn notice(event: &Event<'_>) -> Option<String> {
     match event {
+        Event::RunStarted {
+            command,
+            run_id,
+            total,
+            todo,
+            jobs,
+        } => Some(format!(
+            "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} with nothing to do; {jobs} at a time",
+            total - todo
+        )),
         Event::Interrupting { signal, grace } => Some(format!(
             "{signal} received: starting no new schemas; in-flight ones get {} to finish, then are cancelled and rolled back. Send it again to stop at once",
             humantime::format_duration(*grace)

@@ -52,21 +52,14 @@ impl Reporter for Plain {
     fn event(&self, event: &Event<'_>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match event {
-            Event::RunStarted {
-                command,
-                run_id,
-                total,
-                todo,
-                jobs,
-            } => {
+            Event::RunStarted { command, todo, .. } => {
                 s.command = command.to_string();
                 s.todo = *todo;
                 s.started = Instant::now();
                 s.last_line = Instant::now();
-                eprintln!(
-                    "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} with nothing to do; {jobs} at a time",
-                    total - todo
-                );
+                if let Some(line) = super::notice(event) {
+                    eprintln!("{line}");
+                }
             }
             Event::SchemaStarted { .. } => {}
             Event::SchemaSucceeded {

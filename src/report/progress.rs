@@ -47,19 +47,12 @@ impl Default for Bar {
 impl Reporter for Bar {
     fn event(&self, event: &Event<'_>) {
         match event {
-            Event::RunStarted {
-                command,
-                run_id,
-                total,
-                todo,
-                jobs,
-            } => {
+            Event::RunStarted { command, todo, .. } => {
                 self.bar.set_prefix(command.to_string());
                 self.bar.set_length(*todo as u64);
-                self.bar.println(format!(
-                    "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} with nothing to do; {jobs} at a time",
-                    total - todo
-                ));
+                if let Some(line) = super::notice(event) {
+                    self.bar.println(line);
+                }
                 self.update_msg();
             }
             Event::SchemaStarted { .. } => {}
