@@ -298,13 +298,15 @@ pub async fn run_schemas(
         }
         None => session.control.start_run(&session.client, &info).await?,
     };
-    // Ledger rows only for schemas this run works on: a no-op deploy over 10,000 current
-    // tenants writes one run row, not 10,000 "skipped" rows (runs.total keeps the count).
+    // Ledger rows only for schemas this run works on (and those it refused, which are
+    // recorded as failed below): a no-op deploy over 10,000 current tenants writes one run
+    // row, not 10,000 "skipped" rows (runs.total keeps the count).
     let ledger_rows: Vec<(&Tenant, Option<i32>, &str)> = req
         .tenants
         .iter()
         .filter(|(_, _, todo)| *todo)
         .map(|(t, v, _)| (t, *v, "pending"))
+        .chain(req.refused.iter().map(|(t, f)| (t, f.still_at, "pending")))
         .collect();
     session
         .control

@@ -67,8 +67,18 @@ fn existing_tenant_is_an_error_unless_if_not_exists() {
         .stdout(predicate::str::contains(
             "tenant acme (schema tenant_acme): is already registered",
         ));
-    // The other tenant was still created; acme untouched.
+    // The other tenant was still created; acme untouched; the ledger says why.
     assert_eq!(p.versions().len(), 2);
+    let (state, error): (String, String) = p
+        .db()
+        .query_one(
+            "SELECT state, error FROM tenantctl.run_schemas WHERE tenant_id = 'acme' AND run_id = (SELECT max(id) FROM tenantctl.runs)",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(state, "failed");
+    assert!(error.contains("already registered"), "{error}");
     p.cmd()
         .args(["tenant", "create", "acme", "gamma", "--if-not-exists"])
         .assert()
