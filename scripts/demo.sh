@@ -42,7 +42,7 @@ dir = "migrations"
 [tenants]
 schema_prefix = "demo_"
 [run]
-jobs = 8
+jobs = 4
 TOML
 cp "$root"/migrations/V[1-4]__*.sql "$work/migrations/"
 for i in $(seq 1 "$tenants"); do printf 'customer_%05d\n' "$i"; done >"$work/ids.txt"

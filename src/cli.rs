@@ -208,7 +208,7 @@ pub fn parse_version(s: &str) -> Result<i32, String> {
 #[derive(Debug, Args)]
 pub struct RunOpts {
     /// How many tenant schemas to work on at once (connections: this + 1).
-    /// Default: `[run] jobs` in the config, else 8.
+    /// Default: `[run] jobs` in the config, else 4 (about 2 x the server's cores is fastest).
     #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=512))]
     pub jobs: Option<u16>,
 

@@ -96,10 +96,11 @@ pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
-/// The default concurrency: a few connections per server core is what saturates PostgreSQL
-/// for DDL-heavy transactions; see README "Choosing --jobs".
+/// The default concurrency. Migrations are DDL, bound by the server's CPU: measured with
+/// bench/ (`--jobs-sweep`) on a 2-core server, 2 to 4 sessions are fastest and 8 is about
+/// twice as slow; 4 also leaves headroom in max_connections. See README "Choosing --jobs".
 pub fn default_jobs() -> usize {
-    8
+    4
 }
 
 /// What the command line contributes to the settings.
