@@ -473,33 +473,58 @@ COMMENT ON SCHEMA {q} IS {comment};
             .collect())
     }
 
-    /// Opens a run in the ledger and takes its run lock before anyone can see the row.
-    pub async fn start_run(&self, client: &Client, info: &RunInfo<'_>) -> anyhow::Result<i64> {
-        let sql = format!(
-            "BEGIN; \
-             INSERT INTO {} (command, target_version, digest, scope, state, actor, argv, host, pid, total) \
-             VALUES ({}, {}, {}, {}, 'running', {}, {}, {}, {}, {}) RETURNING id",
-            self.table("runs"),
-            quote_literal(info.command),
-            info.target.map_or("NULL".into(), |v| v.to_string()),
-            quote_literal(info.digest),
-            quote_literal(info.scope),
-            quote_literal(info.actor),
-            quote_literal(info.argv),
-            quote_literal(&hostname()),
-            std::process::id() as i32,
-            info.total,
-        );
+    /// Opens a run (or takes over the interrupted run `resume`) and records the schemas it
+    /// will work on, in one transaction: the run lock is taken before anyone can see the
+    /// row, and a single commit covers the run and its rows.
+    pub async fn open_run(
+        &self,
+        client: &Client,
+        info: &RunInfo<'_>,
+        resume: Option<i64>,
+        rows: &[(&Tenant, Option<i32>, &str)],
+    ) -> anyhow::Result<i64> {
+        let first = match resume {
+            Some(run_id) => format!(
+                "BEGIN; SELECT pg_advisory_lock({LOCK_RUN}, {run_id}::int); \
+                 UPDATE {} SET state = 'running', finished_at = NULL, attempts = attempts + 1, \
+                     actor = {}, argv = {}, host = {}, pid = {}, backend_pid = pg_backend_pid(), total = {} \
+                 WHERE id = {run_id} RETURNING id",
+                self.table("runs"),
+                quote_literal(info.actor),
+                quote_literal(info.argv),
+                quote_literal(&hostname()),
+                std::process::id() as i32,
+                info.total,
+            ),
+            None => format!(
+                "BEGIN; WITH r AS ( \
+                   INSERT INTO {} (command, target_version, digest, scope, state, actor, argv, host, pid, total) \
+                   VALUES ({}, {}, {}, {}, 'running', {}, {}, {}, {}, {}) RETURNING id) \
+                 SELECT id, pg_advisory_lock({LOCK_RUN}, id::int) FROM r",
+                self.table("runs"),
+                quote_literal(info.command),
+                info.target.map_or("NULL".into(), |v| v.to_string()),
+                quote_literal(info.digest),
+                quote_literal(info.scope),
+                quote_literal(info.actor),
+                quote_literal(info.argv),
+                quote_literal(&hostname()),
+                std::process::id() as i32,
+                info.total,
+            ),
+        };
         let result = async {
-            let messages = client.simple_query(&sql).await?;
-            let id: i64 = first_value(&messages)
-                .and_then(|v| v.parse().ok())
+            let messages = client.simple_query(&first).await?;
+            let id: i64 = messages
+                .iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+                    _ => None,
+                })
+                .next()
                 .unwrap_or_default();
-            client
-                .batch_execute(&format!(
-                    "SELECT pg_advisory_lock({LOCK_RUN}, {id}::int); COMMIT"
-                ))
-                .await?;
+            self.add_run_schemas(client, id, rows).await?;
+            client.batch_execute("COMMIT").await?;
             Ok::<i64, tokio_postgres::Error>(id)
         }
         .await;
@@ -515,39 +540,14 @@ COMMENT ON SCHEMA {q} IS {comment};
         }
     }
 
-    /// Takes over an interrupted run: this process becomes its coordinator.
-    pub async fn resume_run(
-        &self,
-        client: &Client,
-        run_id: i64,
-        info: &RunInfo<'_>,
-    ) -> anyhow::Result<()> {
-        let total = info.total;
-        let sql = format!(
-            "SELECT pg_advisory_lock({LOCK_RUN}, {run_id}::int); \
-             UPDATE {} SET state = 'running', finished_at = NULL, attempts = attempts + 1, \
-                 actor = {}, argv = {}, host = {}, pid = {}, backend_pid = pg_backend_pid(), total = {total} \
-             WHERE id = {run_id}",
-            self.table("runs"),
-            quote_literal(info.actor),
-            quote_literal(info.argv),
-            quote_literal(&hostname()),
-            std::process::id() as i32,
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| run_error(&format!("resuming run {run_id}"), &e))
-    }
-
     /// Adds one ledger row per schema of a run, in one statement. On a resumed run, rows
     /// already succeeded are kept as they are.
-    pub async fn add_run_schemas(
+    async fn add_run_schemas(
         &self,
         client: &Client,
         run_id: i64,
         rows: &[(&Tenant, Option<i32>, &str)],
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), tokio_postgres::Error> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -567,8 +567,7 @@ COMMENT ON SCHEMA {q} IS {comment};
         client
             .execute(&sql, &[&run_id, &ids, &schemas, &versions, &states])
             .await
-            .map_err(|e| run_error("recording the run's schemas", &e))?;
-        Ok(())
+            .map(|_| ())
     }
 
     /// Records failed schemas (their transactions rolled back) in one statement, and marks

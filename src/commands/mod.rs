@@ -287,17 +287,6 @@ pub async fn run_schemas(
     } else {
         None
     };
-    let run_id = match &resumed {
-        Some(run) => {
-            session
-                .control
-                .resume_run(&session.client, run.id, &info)
-                .await?;
-            reporter.event(&Event::Resuming { run });
-            run.id
-        }
-        None => session.control.start_run(&session.client, &info).await?,
-    };
     // Ledger rows only for schemas this run works on (and those it refused, which are
     // recorded as failed below): a no-op deploy over 10,000 current tenants writes one run
     // row, not 10,000 "skipped" rows (runs.total keeps the count).
@@ -308,10 +297,18 @@ pub async fn run_schemas(
         .map(|(t, v, _)| (t, *v, "pending"))
         .chain(req.refused.iter().map(|(t, f)| (t, f.still_at, "pending")))
         .collect();
-    session
+    let run_id = session
         .control
-        .add_run_schemas(&session.client, run_id, &ledger_rows)
+        .open_run(
+            &session.client,
+            &info,
+            resumed.as_ref().map(|r| r.id),
+            &ledger_rows,
+        )
         .await?;
+    if let Some(run) = &resumed {
+        reporter.event(&Event::Resuming { run });
+    }
 
     let jobs: Vec<SchemaJob> = req
         .tenants
