@@ -275,6 +275,11 @@ impl MigrationSet {
     }
 }
 
+/// `V7`, or `none` when nothing is applied.
+pub fn version_label(version: Option<i32>) -> String {
+    version.map_or("none".into(), |v| format!("V{v}"))
+}
+
 fn duplicate(version: i32, a: &Path, b: &Path) -> MigrationSetError {
     MigrationSetError(format!(
         "duplicate migration version {version}: {} and {}; give one of them a new version",

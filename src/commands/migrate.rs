@@ -77,22 +77,7 @@ pub async fn fleet_command(
             .await?
     };
     if let Some(wanted) = &wanted_ids {
-        let missing: Vec<&str> = wanted
-            .iter()
-            .filter(|id| {
-                !rows
-                    .iter()
-                    .any(|r| r.tenant.id() == id.as_str() && r.state == "active")
-            })
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err(UsageError(format!(
-                "not registered: {}; nothing was changed (see `tenantctl tenant list`, or create them with `tenantctl tenant create`)",
-                missing.join(", ")
-            ))
-            .into());
-        }
+        super::require_registered(wanted, &rows)?;
     }
     // (tenant, registry version, drift-marked by an earlier run)
     let active: Vec<(Tenant, Option<i32>, bool)> = rows
@@ -154,10 +139,6 @@ pub async fn fleet_command(
     .await
 }
 
-fn vtext(v: Option<i32>) -> String {
-    v.map_or("nothing".into(), |v| format!("V{v}"))
-}
-
 /// Groups with more tenants than this list only the first ones by name.
 const NAMES_PER_GROUP: usize = 10;
 
@@ -200,8 +181,8 @@ fn print_plan(command: &str, target: Option<i32>, total: usize, steps: &[Step], 
         println!(
             "  {} tenant(s) at {} -> {}: {verb} {}",
             g.tenants.len(),
-            vtext(g.from),
-            vtext(g.to),
+            crate::migrations::version_label(g.from),
+            crate::migrations::version_label(g.to),
             g.migrations.join(", ")
         );
         println!(

@@ -175,6 +175,30 @@ pub fn parse_ids(settings: &Settings, ids: &[String]) -> anyhow::Result<Vec<Tena
     .into())
 }
 
+/// Refuses (exit 2) ids that are not active registered tenants, naming every one.
+pub fn require_registered(
+    wanted: &[String],
+    rows: &[crate::control::TenantRow],
+) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|id| {
+            !rows
+                .iter()
+                .any(|r| r.tenant.id() == id.as_str() && r.state == "active")
+        })
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "not registered (or dropped): {}; nothing was changed (see `tenantctl tenant list`, or create them with `tenantctl tenant create`)",
+        missing.join(", ")
+    ))
+    .into())
+}
+
 /// Loads the migration set, failing with exit code 2 before any database work.
 pub fn load_migrations(settings: &Settings) -> anyhow::Result<MigrationSet> {
     Ok(MigrationSet::load(&settings.migrations_dir)?)

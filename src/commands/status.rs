@@ -8,8 +8,8 @@ use serde_json::json;
 use crate::cli::StatusArgs;
 use crate::config::Settings;
 use crate::control::{FailedRow, RunRow, TenantRow};
-use crate::exit::{UsageError, SUCCESS};
-use crate::migrations::MigrationSet;
+use crate::exit::SUCCESS;
+use crate::migrations::{version_label, MigrationSet};
 
 use super::{load_migrations, parse_ids, redact_json, Session};
 
@@ -80,10 +80,6 @@ fn last_run_text(run: &RunRow, failed: &[FailedRow]) -> String {
     out
 }
 
-fn vtext(v: Option<i32>) -> String {
-    v.map_or("none".into(), |v| format!("V{v}"))
-}
-
 pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32> {
     let migrations = load_migrations(settings)?;
     let wanted = if args.tenant.is_empty() {
@@ -117,14 +113,7 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32
         (Vec::new(), None)
     };
     if let Some(wanted) = &wanted {
-        let missing: Vec<&str> = wanted
-            .iter()
-            .filter(|id| !rows.iter().any(|r| r.tenant.id() == id.as_str()))
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err(UsageError(format!("not registered: {}", missing.join(", "))).into());
-        }
+        super::require_registered(wanted, &rows)?;
     }
     let rows: Vec<TenantRow> = rows.into_iter().filter(|r| r.state == "active").collect();
     let verification = if args.verify {
@@ -245,9 +234,9 @@ fn to_text(
     ));
     for (v, n) in by_version(rows) {
         let label = if v.0 == latest {
-            format!("{} (latest)", vtext(v.0))
+            format!("{} (latest)", version_label(v.0))
         } else {
-            vtext(v.0)
+            version_label(v.0)
         };
         out.push_str(&format!(
             "{label:<12} {n:>8} {:>8}\n",
@@ -264,7 +253,7 @@ fn to_text(
                 "{:<24} {:<32} {:>8} {:>8}\n",
                 r.tenant.id(),
                 r.tenant.schema(),
-                vtext(r.version),
+                version_label(r.version),
                 migrations.pending_count(r.version, None)
             ));
         }
@@ -273,7 +262,7 @@ fn to_text(
             .iter()
             .filter(|r| r.version != latest)
             .take(BEHIND_LISTED)
-            .map(|r| format!("{} ({})", r.tenant.id(), vtext(r.version)))
+            .map(|r| format!("{} ({})", r.tenant.id(), version_label(r.version)))
             .collect();
         let more = (behind + ahead).saturating_sub(names.len());
         out.push_str(&format!(

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{failure_line, Event, Reporter};
+use crate::migrations::version_label;
 
 /// Runs with at most this many schemas get one line per schema.
 const PER_SCHEMA_LINES_UP_TO: usize = 50;
@@ -44,10 +45,6 @@ impl Default for Plain {
     }
 }
 
-fn version(v: Option<i32>) -> String {
-    v.map_or("none".into(), |v| format!("V{v}"))
-}
-
 impl Reporter for Plain {
     fn event(&self, event: &Event<'_>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -72,8 +69,8 @@ impl Reporter for Plain {
                     eprintln!(
                         "{}: ok   {tenant}: {} -> {} ({} migration(s), {} ms)",
                         s.command,
-                        version(applied.before),
-                        version(applied.after),
+                        version_label(applied.before),
+                        version_label(applied.after),
                         applied.count,
                         elapsed.as_millis()
                     );

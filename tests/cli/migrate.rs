@@ -231,7 +231,9 @@ fn migrate_selected_tenants_only() {
         .args(["migrate", "--tenant", "t0000", "--tenant", "nobody"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("not registered: nobody"));
+        .stderr(predicate::str::contains(
+            "not registered (or dropped): nobody",
+        ));
     assert_eq!(before, p.fingerprint(), "nothing changed");
     p.cmd()
         .args(["migrate"])
