@@ -60,7 +60,7 @@ pub struct GlobalOpts {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create, adopt and list tenants.
+    /// Create, adopt, list and drop tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
 
@@ -106,8 +106,10 @@ pub enum Command {
     /// --verify also reads every schema's own history and reports disagreements (exit 1).
     Status(StatusArgs),
 
-    /// Show the audit trail: every create, adopt, migrate, rollback and drop, who ran it
-    /// (OS user or --actor), where, the command line (secrets redacted), when, and the outcome.
+    /// Show the audit trail of every change: who, where, what, when, and the outcome.
+    ///
+    /// Every create, adopt, migrate, rollback and drop: who ran it (OS user or --actor), on
+    /// which host, the command line (secrets redacted), when, and the outcome with counts.
     ///
     /// Examples:
     ///   tenantctl audit --since 24h
