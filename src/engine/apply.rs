@@ -538,16 +538,17 @@ async fn drop_tenant(
         )),
         None => sql.push_str(&format!("DROP SCHEMA IF EXISTS {schema_q} CASCADE;")),
     }
-    if let Some(role) = ctx.role_template.map(|t| role_name(t, tenant)) {
-        let q = quote_ident(&role);
-        // DROP OWNED BY revokes its grants and default privileges in this database.
-        sql.push_str(&format!(
-            " DO $tenantctl$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit}) THEN \
-                 EXECUTE 'DROP OWNED BY {qq}'; EXECUTE 'DROP ROLE {qq}'; END IF; END $tenantctl$;",
-            lit = quote_literal(&role),
-            qq = q.replace('\'', "''"),
-        ));
-    }
+    // The role recorded when the tenant was created (the template may have changed since).
+    // DROP OWNED BY revokes its grants and default privileges in this database.
+    sql.push_str(&format!(
+        " DO $tenantctl$ DECLARE r text; BEGIN \
+             SELECT role INTO r FROM {} WHERE id = {}; \
+             IF r IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN \
+                 EXECUTE format('DROP OWNED BY %I', r); EXECUTE format('DROP ROLE %I', r); \
+             END IF; END $tenantctl$;",
+        ctx.control.table("tenants"),
+        quote_literal(tenant.id()),
+    ));
     sql.push_str(&format!(
         " UPDATE {} SET state = 'dropped', archived_as = {}, role = NULL WHERE id = {};",
         ctx.control.table("tenants"),

@@ -268,7 +268,9 @@ fn tenant_roles_get_exactly_their_own_tables() {
         .unwrap()
         .get(0);
     assert!(!login, "tenant roles cannot log in");
-    // Dropping the tenant drops its role.
+    // Dropping the tenant drops its role: the one recorded at creation, even if the template
+    // has changed since.
+    p.write_config(&format!("[tenants]\nrole = \"{tag}_renamed_{{id}}\""));
     p.cmd()
         .args(["tenant", "drop", "acme", "--yes"])
         .assert()
