@@ -97,13 +97,7 @@ fn failed_create_leaves_nothing_behind() {
         "V4__broken.sql",
         "CREATE TABLE ok_table (id int);\nSELECT * FROM no_such_table;\n",
     );
-    let out = p
-        .cmd()
-        .args(["tenant", "create", "acme"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["tenant", "create", "acme"], 1);
     let text = stdout(&out);
     assert!(text.contains("V4__broken failed at line 2"), "{text}");
     assert!(

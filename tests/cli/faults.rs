@@ -52,13 +52,7 @@ fn sigkill_at_several_points_then_rerun_converges() {
         "progress is kept: {done_before:?}"
     );
     // The killed run is recognised as interrupted and resumed.
-    let out = p
-        .cmd()
-        .args(["migrate", "--all"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all"], 0);
     let err = stderr(&out);
     assert!(err.contains("resuming run"), "{err}");
     p.assert_converged(9);
@@ -109,13 +103,7 @@ fn sigint_interrupts_and_the_next_run_resumes() {
         predicate::str::contains(format!("run {run_id} (migrate to V8)"))
             .and(predicate::str::contains("interrupted")),
     );
-    let out = p
-        .cmd()
-        .args(["migrate", "--all"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all"], 0);
     assert!(
         stderr(&out).contains(&format!("resuming run {run_id}")),
         "{}",
@@ -236,13 +224,7 @@ fn a_locked_tenant_is_retried_and_never_blocks_the_fleet() {
     tx.batch_execute("LOCK TABLE tenant_t0003.tasks IN ACCESS EXCLUSIVE MODE")
         .unwrap();
     let t0 = Instant::now();
-    let out = p
-        .cmd()
-        .args(["migrate", "--all", "--jobs", "4"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all", "--jobs", "4"], 1);
     let text = stdout(&out);
     assert!(text.contains("9 migrated, 1 failed"), "{text}");
     assert!(
@@ -371,13 +353,7 @@ fn terminated_backends_restarts_and_outages_converge() {
 
     // 4. Fewer free connection slots than --jobs: lowered with a warning, not a crash.
     p.add_migration("V12__last.sql", "CREATE TABLE last (n int);\n");
-    let out = p
-        .cmd()
-        .args(["migrate", "--all", "--jobs", "64"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all", "--jobs", "64"], 0);
     assert!(
         stderr(&out).contains("free connection slot"),
         "{}",

@@ -114,13 +114,7 @@ fn one_failing_tenant_does_not_stop_the_others() {
         "V9__create_invoices.sql",
         "ALTER TABLE tasks ADD COLUMN billed boolean NOT NULL DEFAULT false;\nCREATE TABLE invoices (id bigint PRIMARY KEY, task_id bigint REFERENCES tasks (id));\n",
     );
-    let out = p
-        .cmd()
-        .args(["migrate", "--all", "--jobs", "4"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all", "--jobs", "4"], 1);
     let text = stdout(&out);
     assert!(text.contains("19 migrated, 1 failed"), "{text}");
     assert!(
@@ -178,13 +172,7 @@ fn fail_fast_stops_scheduling() {
     p.create_tenants(10);
     // Every tenant fails: with --fail-fast and one job, only the first is attempted.
     p.add_migration("V9__broken.sql", "SELECT 1/0;");
-    let out = p
-        .cmd()
-        .args(["migrate", "--all", "--jobs", "1", "--fail-fast"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all", "--jobs", "1", "--fail-fast"], 1);
     let text = stdout(&out);
     assert!(
         text.contains("0 migrated, 1 failed") && text.contains("9 not started (--fail-fast"),
@@ -198,13 +186,7 @@ fn fail_fast_stops_scheduling() {
         .get(0);
     assert_eq!(attempted, 1);
     // Without --fail-fast every tenant is attempted, and the same error is reported once.
-    let out = p
-        .cmd()
-        .args(["migrate", "--all"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all"], 1);
     let text = stdout(&out);
     assert!(
         text.contains("0 migrated, 10 failed") && text.contains("10 tenants: V9__broken failed"),

@@ -69,13 +69,7 @@ fn a_failing_down_script_leaves_that_tenant_untouched() {
     p.create_tenants(10);
     // t0004 has something depending on roles: V8's down (DROP TABLE roles) fails there.
     p.db().batch_execute("CREATE VIEW tenant_t0004.admins AS SELECT name FROM tenant_t0004.roles WHERE can_admin").unwrap();
-    let out = p
-        .cmd()
-        .args(["rollback", "--to", "6", "--all"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["rollback", "--to", "6", "--all"], 1);
     let text = stdout(&out);
     assert!(text.contains("9 rolled back, 1 failed"), "{text}");
     assert!(
@@ -160,13 +154,7 @@ fn drift_is_detected_before_any_change() {
     )
     .unwrap();
     let before = schema_only(&p);
-    let out = p
-        .cmd()
-        .args(["migrate", "--all"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all"], 1);
     let text = stdout(&out);
     assert!(text.contains("0 migrated, 30 failed"), "{text}");
     assert!(
@@ -193,13 +181,7 @@ fn drift_is_detected_before_any_change() {
     let v2 = std::fs::read_to_string(p.migrations_dir().join("V2__create_projects.sql")).unwrap();
     std::fs::remove_file(p.migrations_dir().join("V2__create_projects.sql")).unwrap();
     std::fs::remove_file(p.migrations_dir().join("V2__create_projects.down.sql")).unwrap();
-    let out = p
-        .cmd()
-        .args(["migrate", "--all"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all"], 1);
     assert!(
         stdout(&out).contains("V2__create_projects is applied here but its file is missing"),
         "{}",
@@ -216,13 +198,7 @@ fn drift_is_detected_before_any_change() {
     assert_eq!(p.versions()["t0000"], Some(9));
     std::fs::remove_file(p.migrations_dir().join("V9__add_color.sql")).unwrap();
     let before = schema_only(&p);
-    let out = p
-        .cmd()
-        .args(["migrate", "--all"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all"], 1);
     let text = stdout(&out);
     assert!(
         text.contains("tenant t0000") && text.contains("ahead of the files"),
@@ -313,13 +289,7 @@ fn dry_runs_change_nothing_at_all() {
         .success();
     p.copy_migrations(6, 8);
     let before = p.fingerprint();
-    let out = p
-        .cmd()
-        .args(["migrate", "--all", "--dry-run"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
+    let out = p.run(&["migrate", "--all", "--dry-run"], 0);
     let text = stdout(&out);
     assert!(
         text.contains("30 would change") && text.contains("nothing was changed"),
@@ -411,13 +381,7 @@ fn status_verify_reports_what_disagrees() {
              DELETE FROM tenant_t0004.refinery_schema_history WHERE version = 6;",
         )
         .unwrap();
-    let out = p
-        .cmd()
-        .args(["status", "--verify"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
+    let out = p.run(&["status", "--verify"], 1);
     let text = stdout(&out);
     for expect in [
         "tenant t0001 (schema tenant_t0001): registry says V5, the schema's history says V8",

@@ -327,6 +327,20 @@ impl Project {
         c
     }
 
+    /// Runs the binary to completion, checks its exit code (showing both streams when it is
+    /// not the expected one), and returns the output for further checks.
+    pub fn run(&self, args: &[&str], code: i32) -> std::process::Output {
+        let out = self.cmd().args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "tenantctl {args:?}\nstdout:\n{}\nstderr:\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        out
+    }
+
     /// A std Command for the binary (for tests that signal or sample while it runs).
     pub fn std_cmd(&self) -> Command {
         let mut c = Command::new(assert_cmd::cargo::cargo_bin("tenantctl"));
