@@ -129,7 +129,7 @@ async fn register(
             Some(v) if request.if_not_exists => in_scope.push((t, *v, false)),
             Some(v) => refused.push((
                 t,
-                Failure::plain(
+                Failure::new(
                     FailureKind::AlreadyExists,
                     "is already registered".into(),
                     *v,

@@ -111,7 +111,8 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(kind: FailureKind, message: String, still_at: Option<i32>) -> Failure {
+    /// A failure not (yet) attributed to a migration; one attempt so far.
+    pub fn new(kind: FailureKind, message: String, still_at: Option<i32>) -> Failure {
         Failure {
             kind,
             migration: None,
@@ -121,11 +122,6 @@ impl Failure {
             broken_connection: false,
             attempts: 1,
         }
-    }
-
-    /// A failure that is not about any migration (connection, refusal).
-    pub fn plain(kind: FailureKind, message: String, still_at: Option<i32>) -> Failure {
-        Failure::new(kind, message, still_at)
     }
 
     /// The part of the message that is the same for every tenant hit by the same problem.
@@ -704,7 +700,7 @@ async fn backward(
     let mut count = 0;
     for applied in history.iter().rev().filter(|m| m.version() > to) {
         let file = set.get(applied.version()).expect("checked above");
-        let Some((path, down)) = &file.down else {
+        let Some((_, down)) = &file.down else {
             return Err(Failure::new(
                 FailureKind::Other,
                 format!(
@@ -715,7 +711,6 @@ async fn backward(
                 before,
             ));
         };
-        let _ = path;
         queries.push(down.clone());
         queries.push(format!(
             "DELETE FROM {table} WHERE version = {}",

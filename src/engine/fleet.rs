@@ -111,7 +111,7 @@ async fn checkout(pool: &Pool, still_at: Option<i32>) -> Result<Object, Failure>
             PoolError::Backend(pg) => describe(pg),
             other => crate::redact::scrub(&other.to_string()),
         };
-        let mut f = Failure::plain(
+        let mut f = Failure::new(
             FailureKind::Connection,
             format!("could not get a database connection: {message}"),
             still_at,
