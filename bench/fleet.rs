@@ -349,6 +349,44 @@ fn psql_limit(url: &str, n: usize, jobs: usize, work: &Path) -> Duration {
     t0.elapsed()
 }
 
+/// A fresh database with `n` registered tenants whose schemas are empty, and the example set
+/// in place to migrate them.
+fn empty_fleet(server: &Server, db: &str, n: usize, jobs: usize) -> (String, Project) {
+    let url = server.fresh_db(db);
+    let p = Project::new(&url, jobs);
+    let ids: String = (0..n).map(|i| format!("t{i:05}\n")).collect();
+    std::fs::write(p.dir.path().join("ids.txt"), ids).unwrap();
+    p.set_migrations(false);
+    p.timed(&["tenant", "create", "--from-file", "ids.txt"]);
+    p.set_migrations(true);
+    (url, p)
+}
+
+/// `runs` times: tenantctl migrates the empty fleet, then psql does the same work into fresh
+/// schemas (the limit); between runs the fleet is rolled back to empty. Returns the medians,
+/// the peak RSS in KiB and the most connections tenantctl held.
+fn migrate_vs_limit(
+    p: &Project,
+    url: &str,
+    n: usize,
+    jobs: usize,
+    runs: usize,
+) -> (Duration, Duration, u64, i64) {
+    let (mut ours, mut limit, mut rss, mut conns) = (Vec::new(), Vec::new(), 0, 0);
+    for r in 0..runs {
+        if r > 0 {
+            p.timed(&["rollback", "--to", "0", "--all"]);
+        }
+        let sampler = ConnSampler::start(url);
+        let (t, kib) = p.timed(&["migrate", "--all", "--jobs", &jobs.to_string()]);
+        conns = conns.max(sampler.finish());
+        rss = rss.max(kib);
+        ours.push(t);
+        limit.push(psql_limit(url, n, jobs, p.dir.path()));
+    }
+    (median(ours), median(limit), rss, conns)
+}
+
 /// Statements per migrated schema from pg_stat_statements, when the server has it.
 fn statements_per_schema(p: &Project, n: usize) -> Option<f64> {
     let mut db = p.db();
@@ -381,30 +419,8 @@ struct Row {
 }
 
 fn bench_size(server: &Server, n: usize, jobs: usize, runs: usize) -> Row {
-    let url = server.fresh_db(&format!("bench_{n}"));
-    let p = Project::new(&url, jobs);
-    let ids: String = (0..n).map(|i| format!("t{i:05}\n")).collect();
-    std::fs::write(p.dir.path().join("ids.txt"), ids).unwrap();
-    // N registered, empty tenant schemas.
-    p.set_migrations(false);
-    p.timed(&["tenant", "create", "--from-file", "ids.txt"]);
-    p.set_migrations(true);
-
-    let mut migrate = Vec::new();
-    let mut limit = Vec::new();
-    let mut rss = 0;
-    let mut max_conns = 0;
-    for r in 0..runs {
-        if r > 0 {
-            p.timed(&["rollback", "--to", "0", "--all"]);
-        }
-        let sampler = ConnSampler::start(&url);
-        let (t, kib) = p.timed(&["migrate", "--all", "--jobs", &jobs.to_string()]);
-        max_conns = max_conns.max(sampler.finish());
-        rss = rss.max(kib);
-        migrate.push(t);
-        limit.push(psql_limit(&url, n, jobs, p.dir.path()));
-    }
+    let (url, p) = empty_fleet(server, &format!("bench_{n}"), n, jobs);
+    let (migrate, limit, mut rss, max_conns) = migrate_vs_limit(&p, &url, n, jobs, runs);
     let noop = median(
         (0..runs)
             .map(|_| p.timed(&["migrate", "--all"]).0)
@@ -434,8 +450,8 @@ fn bench_size(server: &Server, n: usize, jobs: usize, runs: usize) -> Row {
     };
     Row {
         n,
-        migrate: median(migrate),
-        limit: median(limit),
+        migrate,
+        limit,
         noop,
         status,
         status_json,
@@ -460,23 +476,8 @@ fn main() {
         println!("| jobs | migrate N={n} | psql limit | ratio |");
         println!("|---:|---:|---:|---:|");
         for j in [1, 2, 4, 8, 16] {
-            let url = server.fresh_db("bench_sweep");
-            let p = Project::new(&url, j);
-            let ids: String = (0..n).map(|i| format!("t{i:05}\n")).collect();
-            std::fs::write(p.dir.path().join("ids.txt"), ids).unwrap();
-            p.set_migrations(false);
-            p.timed(&["tenant", "create", "--from-file", "ids.txt"]);
-            p.set_migrations(true);
-            let mut ours = Vec::new();
-            let mut lim = Vec::new();
-            for r in 0..o.runs {
-                if r > 0 {
-                    p.timed(&["rollback", "--to", "0", "--all"]);
-                }
-                ours.push(p.timed(&["migrate", "--all", "--jobs", &j.to_string()]).0);
-                lim.push(psql_limit(&url, n, j, p.dir.path()));
-            }
-            let (a, b) = (median(ours), median(lim));
+            let (url, p) = empty_fleet(&server, "bench_sweep", n, j);
+            let (a, b, _, _) = migrate_vs_limit(&p, &url, n, j, o.runs);
             println!(
                 "| {j} | {} | {} | {:.2} |",
                 secs(a),

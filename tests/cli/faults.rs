@@ -71,13 +71,16 @@ fn sigkill_at_several_points_then_rerun_converges() {
     assert_eq!(running, 0);
 }
 
-#[test]
-fn sigint_interrupts_and_the_next_run_resumes() {
-    let p = Project::new("sigint", 4);
-    p.create_tenants(300);
-    p.copy_migrations(5, 8);
-    let child = p.spawn(&["migrate", "--all", "--jobs", "2"]);
-    std::thread::sleep(Duration::from_millis(400));
+/// Starts `args`, sends SIGINT after `delay`, and checks the run ends with exit code 130.
+/// Returns the output and how long it took to stop after the signal.
+fn interrupt_after(
+    p: &Project,
+    args: &[&str],
+    delay: Duration,
+) -> (std::process::Output, Duration) {
+    let child = p.spawn(args);
+    std::thread::sleep(delay);
+    let t0 = Instant::now();
     signal(child.id(), "INT");
     let out = wait_with_deadline(child, Duration::from_secs(30));
     assert_eq!(
@@ -86,6 +89,19 @@ fn sigint_interrupts_and_the_next_run_resumes() {
         "{}{}",
         stdout(&out),
         stderr(&out)
+    );
+    (out, t0.elapsed())
+}
+
+#[test]
+fn sigint_interrupts_and_the_next_run_resumes() {
+    let p = Project::new("sigint", 4);
+    p.create_tenants(300);
+    p.copy_migrations(5, 8);
+    let (out, _) = interrupt_after(
+        &p,
+        &["migrate", "--all", "--jobs", "2"],
+        Duration::from_millis(400),
     );
     let text = stdout(&out);
     assert!(
@@ -127,23 +143,12 @@ fn grace_period_cancels_long_in_flight_schemas() {
         "V9__slow.sql",
         "CREATE TABLE slow (x int);\nSELECT pg_sleep(60);\n",
     );
-    let child = p.spawn(&["migrate", "--all", "--jobs", "3"]);
-    std::thread::sleep(Duration::from_millis(800));
-    let t0 = Instant::now();
-    signal(child.id(), "INT");
-    let out = wait_with_deadline(child, Duration::from_secs(30));
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
+    let (out, stopped_in) = interrupt_after(
+        &p,
+        &["migrate", "--all", "--jobs", "3"],
+        Duration::from_millis(800),
     );
-    assert!(
-        t0.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        t0.elapsed()
-    );
+    assert!(stopped_in < Duration::from_secs(15), "took {stopped_in:?}");
     assert!(
         stdout(&out).contains("interrupted and rolled back"),
         "{}",
