@@ -12,9 +12,14 @@ use clap::{Args, Parser, Subcommand};
 /// parallel: every schema migrates in one transaction (fully at the new version, or untouched),
 /// a failing tenant never stops the others, and progress is recorded in the database.
 ///
+/// Tenants may live on several PostgreSQL clusters (`[clusters.<name>]` in the config): every
+/// command then spans all of them at once, each cluster with its own control schema and
+/// concurrency bound; `--cluster NAME` narrows a command to some.
+///
 /// Exit codes: 0 success; 1 one or more tenants failed (or the database was unreachable);
 /// 2 usage, configuration or migration-set error (nothing was touched); 3 another
-/// migrate/rollback is running on this database; 130 interrupted.
+/// migrate/rollback is running on this database; 4 partial: one or more clusters could not
+/// be reached or stopped early while the others finished; 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "tenantctl", version, max_term_width = 100)]
 pub struct Cli {
@@ -47,6 +52,12 @@ pub struct GlobalOpts {
         value_name = "URL"
     )]
     pub database_url: Option<String>,
+
+    /// Work only on this cluster (repeatable; names are the `[clusters.<name>]` tables of the
+    /// config; the `[database]` form is the cluster `default`). With `tenant create`, the
+    /// new tenants are placed on it.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub cluster: Vec<String>,
 
     /// No progress output on stderr (results still go to stdout).
     #[arg(long, short, global = true)]
@@ -82,6 +93,13 @@ pub enum Command {
     ///   tenantctl migrate --all --dry-run
     ///   tenantctl migrate --all --jobs 16 --fail-fast --wait 10m
     ///   tenantctl migrate --tenant acme --tenant globex --to 7
+    ///   tenantctl migrate --all --cluster eu1            (one cluster of several)
+    ///   tenantctl migrate --shared-only                   (only migrations/shared)
+    ///
+    /// With several clusters, all of them migrate at once, each at most its own `jobs` at a
+    /// time. Shared migrations (migrations/shared/, if present) apply once per cluster into
+    /// the shared schema, in their own transaction, before that cluster's tenants; if they
+    /// fail, that cluster's tenants are not started.
     #[command(verbatim_doc_comment)]
     Migrate(MigrateArgs),
 
@@ -102,7 +120,9 @@ pub enum Command {
     /// Show the latest version on disk and where every tenant stands.
     ///
     /// Reads the registry in one query, so it stays fast and readable at 10,000 tenants: a
-    /// summary by version, the tenants that are behind or drifted, and the last run.
+    /// summary by version, the tenants that are behind or drifted, and the last run. With
+    /// several clusters: one section per cluster and an overall line (exit 4 if one cannot be
+    /// reached).
     /// --verify also reads every schema's own history and reports disagreements (exit 1).
     Status(StatusArgs),
 
@@ -143,8 +163,13 @@ pub enum TenantCommand {
     /// Tenant ids: lowercase letters, digits and underscores, starting with a letter; the
     /// schema name (prefix + id) must fit in 63 bytes.
     ///
+    /// With several clusters, ids are unique across all of them (every cluster is asked
+    /// first) and each new tenant goes to the selected cluster with the fewest tenants, or to
+    /// the one named with --cluster. Pending shared migrations of that cluster apply first.
+    ///
     /// Examples:
     ///   tenantctl tenant create acme
+    ///   tenantctl tenant create bigco --cluster bigco
     ///   tenantctl tenant create acme globex initech --if-not-exists
     ///   tenantctl tenant create --from-file new-tenants.txt
     ///   cat ids.txt | tenantctl tenant create --from-file -
@@ -291,7 +316,7 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("scope").required(true).args(["all", "tenant"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["all", "tenant", "shared_only"])))]
 pub struct MigrateArgs {
     /// Migrate every registered tenant.
     #[arg(long)]
@@ -300,6 +325,15 @@ pub struct MigrateArgs {
     /// Migrate only this tenant (repeatable).
     #[arg(long, value_name = "ID")]
     pub tenant: Vec<String>,
+
+    /// Apply only the shared migrations (`[migrations] shared_dir`, once per cluster into
+    /// `shared_schema`), no tenant migrations.
+    #[arg(long, conflicts_with_all = ["tenant", "tenants_only", "to"])]
+    pub shared_only: bool,
+
+    /// Apply only tenant migrations, not the shared ones.
+    #[arg(long)]
+    pub tenants_only: bool,
 
     /// Apply forward only up to this version (default: the latest on disk).
     #[arg(long, value_name = "VERSION", value_parser = parse_version)]

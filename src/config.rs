@@ -2,6 +2,7 @@
 //! `${VAR:-default}` are expanded from the environment, relative paths resolve from the config
 //! file's folder, and every error names the file, the line and the key, and says how to fix it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub struct ConfigError(pub String);
 struct RawConfig {
     #[serde(default)]
     database: RawDatabase,
+    clusters: Option<BTreeMap<String, RawCluster>>,
     #[serde(default)]
     migrations: RawMigrations,
     #[serde(default)]
@@ -39,10 +41,19 @@ struct RawDatabase {
     control_schema: Option<Spanned<String>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    url: Spanned<String>,
+    jobs: Option<Spanned<i64>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMigrations {
     dir: Option<Spanned<String>>,
+    shared_dir: Option<Spanned<String>>,
+    shared_schema: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,16 +74,44 @@ struct RawRun {
     grace_period: Option<Spanned<String>>,
 }
 
-/// Everything a command needs, resolved once from the CLI and the config file.
+/// One PostgreSQL cluster (server + database) holding a share of the tenants, with its own
+/// control schema, run ledger and concurrency bound.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// `default` for the single `[database]` form, else the `[clusters.<name>]` key.
+    pub name: String,
+    /// The connection string; contains the password.
+    pub url: String,
+    /// The connection string with its password replaced by `***`.
+    pub display_url: String,
+    pub jobs: usize,
+}
+
+/// Name of the single cluster of the `[database]` form.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// Everything a command needs, resolved once from the CLI and the config file. The
+/// connection fields describe one cluster: [`Settings::for_cluster`] gives each cluster its own.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub config_path: PathBuf,
+    /// Every configured cluster, sorted by name.
+    pub clusters: Vec<Cluster>,
+    /// True when the config uses `[clusters.<name>]` (output then names clusters).
+    pub multi_cluster: bool,
+    /// The cluster these connection fields belong to.
+    pub cluster: String,
     /// The connection string; contains the password. Print [`Settings::display_url`] instead.
     pub database_url: String,
     /// The connection string with its password replaced by `***`.
     pub display_url: String,
     pub control_schema: String,
     pub migrations_dir: PathBuf,
+    /// Migrations applied once per cluster into `shared_schema` (before tenant migrations).
+    pub shared_dir: PathBuf,
+    /// Whether `shared_dir` was configured (then it must exist).
+    pub shared_dir_configured: bool,
+    pub shared_schema: String,
     pub schema_prefix: String,
     /// Role-per-tenant template (`{schema}` / `{id}`), off when None.
     pub role_template: Option<String>,
@@ -90,6 +129,7 @@ pub struct Settings {
 }
 
 pub const DEFAULT_CONTROL_SCHEMA: &str = "tenantctl";
+pub const DEFAULT_SHARED_SCHEMA: &str = "public";
 pub const DEFAULT_PREFIX: &str = "tenant_";
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 3;
@@ -242,27 +282,65 @@ impl Settings {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
 
-        let database_url = match (&overrides.database_url, &raw.database.url) {
-            (Some(url), _) => url.clone(),
-            (None, Some(url)) => ctx.expand(url, "database.url")?,
-            (None, None) => {
+        let clusters = match (&raw.clusters, &raw.database.url) {
+            (Some(_), Some(url)) => {
+                return Err(ctx.err_at(
+                    url.span(),
+                    "database.url",
+                    "[database] url and [clusters.<name>] tables cannot be used together; move this URL into a [clusters.<name>] table (keep [database] for control_schema only)",
+                ))
+            }
+            (Some(_), None) if overrides.database_url.is_some() => {
                 return Err(ConfigError(format!(
-                    "{}: no database URL: set `url` under [database] (e.g. url = \"${{DATABASE_URL}}\") or pass --database-url",
+                    "--database-url (or TENANTCTL_DATABASE_URL) cannot be used with the [clusters.<name>] tables of {}; pick clusters with --cluster NAME instead",
                     path.display()
                 )))
             }
+            (Some(map), None) => {
+                if map.is_empty() {
+                    return Err(ConfigError(format!(
+                        "{}: [clusters] names no cluster; add [clusters.<name>] tables with a url each",
+                        path.display()
+                    )));
+                }
+                let mut out = Vec::with_capacity(map.len());
+                for (name, c) in map {
+                    check_cluster_name(name).map_err(|e| {
+                        ctx.err_at(c.url.span(), &format!("clusters.{name}"), e)
+                    })?;
+                    let key = format!("clusters.{name}.url");
+                    let url = ctx.expand(&c.url, &key)?;
+                    let display_url = check_url(&url).map_err(|e| ctx.err_at(c.url.span(), &key, e))?;
+                    let jobs = match &c.jobs {
+                        Some(j) => Some(check_jobs(*j.get_ref()).map_err(|e| {
+                            ctx.err_at(j.span(), &format!("clusters.{name}.jobs"), e)
+                        })?),
+                        None => None,
+                    };
+                    out.push((name.clone(), url, display_url, jobs));
+                }
+                out
+            }
+            (None, _) => {
+                let url = match (&overrides.database_url, &raw.database.url) {
+                    (Some(url), _) => url.clone(),
+                    (None, Some(url)) => ctx.expand(url, "database.url")?,
+                    (None, None) => {
+                        return Err(ConfigError(format!(
+                            "{}: no database URL: set `url` under [database] (e.g. url = \"${{DATABASE_URL}}\"), name clusters in [clusters.<name>] tables, or pass --database-url",
+                            path.display()
+                        )))
+                    }
+                };
+                let display_url = check_url(&url).map_err(|msg| {
+                    match (&overrides.database_url, &raw.database.url) {
+                        (None, Some(u)) => ctx.err_at(u.span(), "database.url", msg),
+                        _ => ConfigError(format!("--database-url: {msg}")),
+                    }
+                })?;
+                vec![(DEFAULT_CLUSTER.to_string(), url, display_url, None)]
+            }
         };
-        let display_url = redact::register_url(&database_url);
-        if let Err(e) = database_url.parse::<tokio_postgres::Config>() {
-            let msg = format!(
-                "{display_url:?} is not a valid PostgreSQL connection string ({}); expected postgres://user:password@host:port/dbname",
-                redact::scrub(&e.to_string())
-            );
-            return Err(match (&overrides.database_url, &raw.database.url) {
-                (None, Some(url)) => ctx.err_at(url.span(), "database.url", msg),
-                _ => ConfigError(format!("--database-url: {msg}")),
-            });
-        }
 
         let control_schema = match &raw.database.control_schema {
             Some(v) => {
@@ -306,18 +384,20 @@ impl Settings {
             None => None,
         };
 
-        let migrations_dir = match &raw.migrations.dir {
-            Some(v) => {
-                let s = ctx.expand(v, "migrations.dir")?;
+        // A folder, relative to the config file's folder.
+        let folder =
+            |v: &Option<Spanned<String>>, key: &str| -> Result<Option<PathBuf>, ConfigError> {
+                let Some(v) = v else { return Ok(None) };
+                let s = ctx.expand(v, key)?;
                 if s.trim().is_empty() {
-                    return Err(ctx.err_at(v.span(), "migrations.dir", "must not be empty"));
+                    return Err(ctx.err_at(v.span(), key, "must not be empty"));
                 }
-                base.join(s)
-            }
-            None => base.join("migrations"),
-        };
+                Ok(Some(base.join(s)))
+            };
+        let migrations_dir = folder(&raw.migrations.dir, "migrations.dir")?
+            .unwrap_or_else(|| base.join("migrations"));
 
-        let jobs = match (overrides.jobs, &raw.run.jobs) {
+        let default_jobs = match (overrides.jobs, &raw.run.jobs) {
             (Some(j), _) => {
                 check_jobs(j as i64).map_err(|e| ConfigError(format!("--jobs: {e}")))?
             }
@@ -326,6 +406,31 @@ impl Settings {
             }
             (None, None) => default_jobs(),
         };
+        // --jobs overrides every cluster; else a cluster's own `jobs`, else [run] jobs.
+        let clusters: Vec<Cluster> = clusters
+            .into_iter()
+            .map(|(name, url, display_url, jobs)| Cluster {
+                name,
+                url,
+                display_url,
+                jobs: match (overrides.jobs, jobs) {
+                    (None, Some(j)) => j,
+                    _ => default_jobs,
+                },
+            })
+            .collect();
+
+        let shared_schema = match &raw.migrations.shared_schema {
+            Some(v) => {
+                let s = ctx.expand(v, "migrations.shared_schema")?;
+                check_shared_schema(&s, &schema_prefix, &control_schema)
+                    .map_err(|e| ctx.err_at(v.span(), "migrations.shared_schema", e))?;
+                s
+            }
+            None => DEFAULT_SHARED_SCHEMA.to_string(),
+        };
+        let shared_dir = folder(&raw.migrations.shared_dir, "migrations.shared_dir")?
+            .unwrap_or_else(|| migrations_dir.join("shared"));
 
         let retries = match &raw.run.retries {
             Some(r) if (0..=20).contains(r.get_ref()) => *r.get_ref() as u32,
@@ -369,15 +474,22 @@ impl Settings {
             DEFAULT_GRACE_PERIOD,
         )?;
 
+        let first = clusters[0].clone();
         Ok(Settings {
             config_path: path.to_path_buf(),
-            database_url,
-            display_url,
+            multi_cluster: raw.clusters.is_some(),
+            clusters,
+            cluster: first.name,
+            database_url: first.url,
+            display_url: first.display_url,
             control_schema,
             migrations_dir,
+            shared_dir,
+            shared_dir_configured: raw.migrations.shared_dir.is_some(),
+            shared_schema,
             schema_prefix,
             role_template,
-            jobs,
+            jobs: first.jobs,
             lock_timeout,
             statement_timeout,
             retries,
@@ -385,6 +497,91 @@ impl Settings {
             grace_period,
             actor: crate::control::actor(overrides.actor.as_deref()),
         })
+    }
+}
+
+/// Checks that a connection string parses; returns it with the password hidden.
+fn check_url(url: &str) -> Result<String, String> {
+    let display_url = redact::register_url(url);
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(_) => Ok(display_url),
+        Err(e) => Err(format!(
+            "{display_url:?} is not a valid PostgreSQL connection string ({}); expected postgres://user:password@host:port/dbname",
+            redact::scrub(&e.to_string())
+        )),
+    }
+}
+
+/// Cluster names appear in output, JSON and `--cluster`: keep them plain.
+fn check_cluster_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "cluster name {name:?} is not allowed; use lowercase letters, digits, `_` and `-`, starting with a letter (e.g. [clusters.eu1])"
+        ))
+    }
+}
+
+/// The shared schema must not be a tenant's, the control schema, or a system schema.
+fn check_shared_schema(s: &str, prefix: &str, control: &str) -> Result<(), String> {
+    if s != "public" {
+        validate_schema_word(s, false)?;
+    }
+    if s == "information_schema" {
+        return Err(format!("{s:?} is a system schema; choose another name"));
+    }
+    if s == control {
+        return Err(format!(
+            "{s:?} is the control schema; shared tables need a schema of their own (default \"public\")"
+        ));
+    }
+    if !prefix.is_empty() && s.starts_with(prefix) {
+        return Err(format!(
+            "{s:?} starts with the tenant prefix {prefix:?}, so it would look like a tenant schema; choose another name"
+        ));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// These settings pointed at one cluster.
+    pub fn for_cluster(&self, cluster: &Cluster) -> Settings {
+        Settings {
+            cluster: cluster.name.clone(),
+            database_url: cluster.url.clone(),
+            display_url: cluster.display_url.clone(),
+            jobs: cluster.jobs,
+            ..self.clone()
+        }
+    }
+
+    /// The clusters a command works on: all, or those named with `--cluster`.
+    pub fn select(&self, names: &[String]) -> Result<Vec<Settings>, ConfigError> {
+        if names.is_empty() {
+            return Ok(self.clusters.iter().map(|c| self.for_cluster(c)).collect());
+        }
+        let mut out: Vec<Settings> = Vec::new();
+        for name in names {
+            let Some(c) = self.clusters.iter().find(|c| &c.name == name) else {
+                let known: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+                return Err(ConfigError(format!(
+                    "--cluster {name}: no such cluster in {} (clusters: {}); nothing was changed",
+                    self.config_path.display(),
+                    known.join(", ")
+                )));
+            };
+            if !out.iter().any(|s| &s.cluster == name) {
+                out.push(self.for_cluster(c));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -507,6 +704,93 @@ mod tests {
             load("[database]\nurl = \"postgres://u:hunter2secret@h:notaport/db\"\n").unwrap_err();
         assert!(!e.0.contains("hunter2secret"), "{e}");
         assert!(e.0.contains("database.url"), "{e}");
+    }
+
+    #[test]
+    fn clusters_resolve_with_their_own_jobs() {
+        let s = load(
+            "[clusters.eu2]\nurl = \"postgres://u:pw9secret@h2/db\"\njobs = 8\n[clusters.eu1]\nurl = \"postgres://u@h1/db\"\n[run]\njobs = 3\n",
+        )
+        .unwrap();
+        assert!(s.multi_cluster);
+        let names: Vec<(&str, usize)> = s
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.jobs))
+            .collect();
+        assert_eq!(names, [("eu1", 3), ("eu2", 8)]);
+        assert!(!s.clusters[1].display_url.contains("pw9secret"));
+        let eu2 = s.select(&["eu2".into()]).unwrap();
+        assert_eq!((eu2.len(), eu2[0].jobs), (1, 8));
+        assert_eq!(eu2[0].database_url, "postgres://u:pw9secret@h2/db");
+        let e = s.select(&["eu3".into()]).unwrap_err();
+        assert!(e.0.contains("eu3") && e.0.contains("eu1, eu2"), "{e}");
+        // --jobs overrides every cluster's.
+        let s = Settings::from_str(
+            Path::new("t.toml"),
+            "[clusters.a]\nurl = \"postgres://h/db\"\njobs = 8\n",
+            &Overrides {
+                jobs: Some(2),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.clusters[0].jobs, 2);
+    }
+
+    #[test]
+    fn cluster_config_errors_name_the_key() {
+        let e = load(
+            "[database]\nurl = \"postgres://h/db\"\n[clusters.a]\nurl = \"postgres://h/db\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("cannot be used together") && e.0.contains("line 2"),
+            "{e}"
+        );
+        let e = load("[clusters.Bad]\nurl = \"postgres://h/db\"\n").unwrap_err();
+        assert!(
+            e.0.contains("clusters.Bad") && e.0.contains("line 2"),
+            "{e}"
+        );
+        let e = load("[clusters.a]\nurl = \"postgres://h:nope/db\"\n").unwrap_err();
+        assert!(e.0.contains("clusters.a.url"), "{e}");
+        let e = load("[clusters.a]\nurl = \"postgres://h/db\"\njobs = 0\n").unwrap_err();
+        assert!(e.0.contains("clusters.a.jobs"), "{e}");
+        let e = load("[clusters.a]\njobs = 2\n").unwrap_err();
+        assert!(e.0.contains("url"), "{e}");
+        let e = Settings::from_str(
+            Path::new("t.toml"),
+            "[clusters.a]\nurl = \"postgres://h/db\"\n",
+            &Overrides {
+                database_url: Some("postgres://other/db".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.0.contains("--cluster NAME"), "{e}");
+    }
+
+    #[test]
+    fn shared_schema_and_dir() {
+        let s = load("[database]\nurl = \"postgres://h/db\"\n").unwrap();
+        assert_eq!(s.shared_schema, "public");
+        assert_eq!(s.shared_dir, Path::new("/etc/app/migrations/shared"));
+        assert!(!s.shared_dir_configured && !s.multi_cluster);
+        assert_eq!(s.clusters[0].name, DEFAULT_CLUSTER);
+        for bad in [
+            "tenantctl",
+            "tenant_shared",
+            "pg_x",
+            "information_schema",
+            "Sh",
+        ] {
+            let e = load(&format!(
+                "[database]\nurl = \"postgres://h/db\"\n[migrations]\nshared_schema = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.0.contains("migrations.shared_schema"), "{bad}: {e}");
+        }
     }
 
     #[test]

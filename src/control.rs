@@ -87,11 +87,14 @@ pub struct RunRow {
 
 impl RunRow {
     pub fn describe(&self) -> String {
-        let target = self
-            .target_version
-            .map_or("latest".into(), |v| format!("V{v}"));
+        // Only commands with a version to reach name one (a drop has none).
+        let target = match self.target_version {
+            Some(v) => format!(" to V{v}"),
+            None if self.command.starts_with("tenant drop") => String::new(),
+            None => " to latest".into(),
+        };
         format!(
-            "run {} ({} to {target}) started by {} on {} (pid {}) at {}",
+            "run {} ({}{target}) started by {} on {} (pid {}) at {}",
             self.id, self.command, self.actor, self.host, self.pid, self.started_at
         )
     }
@@ -248,6 +251,24 @@ COMMENT ON SCHEMA {q} IS {comment};
             );
         }
         Ok(())
+    }
+
+    /// How many active tenants this cluster holds (placement of new tenants).
+    pub async fn active_count(&self, client: &Client) -> anyhow::Result<i64> {
+        if !self.exists(client).await? {
+            return Ok(0);
+        }
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.tenants WHERE state = 'active'",
+                    self.q
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| run_error("counting tenants", &e))?;
+        Ok(row.get(0))
     }
 
     /// Registered tenants (all, or those with the given ids), ordered by id.

@@ -34,7 +34,7 @@ pub fn pg_config(settings: &Settings) -> anyhow::Result<Config> {
 pub async fn connect(cfg: &Config, display_url: &str) -> anyhow::Result<Client> {
     let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
         anyhow::anyhow!(
-            "cannot connect to {display_url}: {}; check that the server is running and the URL (database.url / --database-url) is right",
+            "cannot connect to {display_url}: {}; check that the server is running and that the URL is right (database.url, clusters.<name>.url or --database-url)",
             describe(&e)
         )
     })?;

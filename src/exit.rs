@@ -8,6 +8,9 @@ pub const FAILED: i32 = 1;
 pub const USAGE: i32 = 2;
 /// Another migrate/rollback run holds this database (and --wait was not given or ran out).
 pub const BUSY: i32 = 3;
+/// Partial: with several clusters, one or more could not be reached, were busy or stopped
+/// early, while the others finished. Re-run once they are back: done work is kept.
+pub const PARTIAL: i32 = 4;
 /// Interrupted by SIGINT/SIGTERM: in-flight schemas finished or rolled back, the rest not started.
 pub const INTERRUPTED: i32 = 130;
 

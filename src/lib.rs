@@ -43,29 +43,29 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         actor: cli.global.actor.clone(),
     };
     let settings = Settings::load(&cli.global.config, &overrides)?;
+    let clusters = settings.select(&cli.global.cluster)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let quiet = cli.global.quiet;
+    let ctx = commands::Ctx {
+        reporters: report::Reporters::new(cli.global.quiet, settings.multi_cluster),
+        clusters,
+        settings,
+    };
     runtime.block_on(async move {
+        let ctx = &ctx;
         match cli.command {
             Command::Tenant(TenantCommand::Create(args)) => {
-                commands::tenant::create(&settings, args, quiet).await
+                commands::tenant::create(ctx, args).await
             }
-            Command::Tenant(TenantCommand::Adopt(args)) => {
-                commands::tenant::adopt(&settings, args, quiet).await
-            }
-            Command::Tenant(TenantCommand::List(args)) => {
-                commands::tenant::list(&settings, args).await
-            }
-            Command::Migrate(args) => commands::migrate::migrate(&settings, args, quiet).await,
-            Command::Rollback(args) => commands::rollback::rollback(&settings, args, quiet).await,
-            Command::Status(args) => commands::status::status(&settings, args).await,
-            Command::Audit(args) => commands::audit::audit(&settings, args).await,
-            Command::Tenant(TenantCommand::Drop(args)) => {
-                commands::tenant::drop(&settings, args, quiet).await
-            }
+            Command::Tenant(TenantCommand::Adopt(args)) => commands::tenant::adopt(ctx, args).await,
+            Command::Tenant(TenantCommand::List(args)) => commands::tenant::list(ctx, args).await,
+            Command::Tenant(TenantCommand::Drop(args)) => commands::tenant::drop(ctx, args).await,
+            Command::Migrate(args) => commands::migrate::migrate(ctx, args).await,
+            Command::Rollback(args) => commands::rollback::rollback(ctx, args).await,
+            Command::Status(args) => commands::status::status(ctx, args).await,
+            Command::Audit(args) => commands::audit::audit(ctx, args).await,
         }
     })
 }

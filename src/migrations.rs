@@ -105,6 +105,13 @@ fn read_sql(path: &Path) -> Result<String, MigrationSetError> {
     Ok(sql)
 }
 
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// True when `dir` (recursively) holds any `.sql` file.
 fn holds_sql(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -123,6 +130,15 @@ fn holds_sql(dir: &Path) -> bool {
 impl MigrationSet {
     /// Reads and validates every migration in `dir`.
     pub fn load(dir: &Path) -> Result<MigrationSet, MigrationSetError> {
+        MigrationSet::load_skipping(dir, None)
+    }
+
+    /// Like [`MigrationSet::load`], but the subfolder `skip` (the shared migrations, which
+    /// live in `migrations/shared/` by default) is not part of this set.
+    pub fn load_skipping(
+        dir: &Path,
+        skip: Option<&Path>,
+    ) -> Result<MigrationSet, MigrationSetError> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
             MigrationSetError(format!(
                 "cannot read migrations directory {}: {e}; set [migrations] dir in the config (relative to the config file)",
@@ -142,6 +158,9 @@ impl MigrationSet {
                 continue;
             }
             if path.is_dir() {
+                if skip.is_some_and(|skip| same_dir(skip, &path)) {
+                    continue;
+                }
                 if holds_sql(&path) {
                     return Err(MigrationSetError(format!(
                         "{} is a subfolder holding .sql files; tenantctl reads migrations only from the top level of {}: move them up or out",

@@ -1,12 +1,19 @@
 //! `tenantctl audit`: the run ledger read as an audit trail.
 
+use std::fmt::Write as _;
+
 use crate::cli::AuditArgs;
 use crate::config::Settings;
-use crate::exit::SUCCESS;
 
-use super::{redact_json, Session};
+use super::clusters::{each, finish, Ctx, Done};
+use super::Session;
 
-pub async fn audit(settings: &Settings, args: AuditArgs) -> anyhow::Result<i32> {
+pub async fn audit(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<i32> {
+    let results = each(&ctx.clusters, |s| audit_one(s, &args)).await;
+    finish(ctx, results, args.json)
+}
+
+async fn audit_one(settings: &Settings, args: &AuditArgs) -> anyhow::Result<Done> {
     let session = Session::open(settings, false).await?;
     let rows = if session.control.exists(&session.client).await? {
         session
@@ -20,12 +27,15 @@ pub async fn audit(settings: &Settings, args: AuditArgs) -> anyhow::Result<i32> 
     } else {
         Vec::new()
     };
-    if args.json {
-        println!("{}", redact_json(&serde_json::to_value(&rows)?));
-        return Ok(SUCCESS);
-    }
+    let value = serde_json::to_value(&rows)?;
+    Ok(Done::either(args.json, || audit_text(&rows, args), value))
+}
+
+fn audit_text(rows: &[crate::control::AuditRow], args: &AuditArgs) -> String {
+    let mut out = String::new();
     if rows.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "no runs recorded{}",
             if args.since.is_some() {
                 " in that period"
@@ -33,13 +43,14 @@ pub async fn audit(settings: &Settings, args: AuditArgs) -> anyhow::Result<i32> 
                 ""
             }
         );
-        return Ok(SUCCESS);
+        return out;
     }
-    for r in &rows {
+    for r in rows {
         let target = r
             .target_version
             .map_or(String::new(), |v| format!(" to V{v}"));
-        println!(
+        let _ = writeln!(
+            out,
             "run {} {} {}{target}: {} ({} succeeded, {} failed of {}) by {} on {} (pid {}), {} – {}\n    $ {}",
             r.run,
             r.started_at,
@@ -56,5 +67,5 @@ pub async fn audit(settings: &Settings, args: AuditArgs) -> anyhow::Result<i32> 
             r.command_line
         );
     }
-    Ok(SUCCESS)
+    out
 }

@@ -2,20 +2,42 @@
 //! request against the files, plan, then either print the plan (--dry-run) or run it under
 //! the fleet lock.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use serde_json::json;
 
 use crate::cli::{FleetOpts, MigrateArgs};
 use crate::config::Settings;
-use crate::engine::apply::Mode;
+use crate::engine::apply::{apply_shared, shared_version, Mode};
 use crate::engine::plan::{self, Direction, Step};
-use crate::exit::{UsageError, SUCCESS};
-use crate::migrations::MigrationSet;
+use crate::exit::{self, UsageError};
+use crate::migrations::{version_label, MigrationSet};
+use crate::report::Reporter;
 use crate::tenant::Tenant;
 
-use super::{load_migrations, parse_ids, redact_json, run_schemas, scope_of, RunRequest, Session};
+use super::clusters::{failed_names, finish, single_error, Ctx, Done, Output};
+use super::{load_migrations, load_shared, parse_ids, run_schemas, scope_of, RunRequest, Session};
 
-pub async fn migrate(settings: &Settings, args: MigrateArgs, quiet: bool) -> anyhow::Result<i32> {
-    let migrations = load_migrations(settings)?;
+pub async fn migrate(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<i32> {
+    let settings = &ctx.settings;
+    let shared = if args.tenants_only {
+        None
+    } else {
+        load_shared(settings)?
+    };
+    if args.shared_only && shared.is_none() {
+        return Err(UsageError(format!(
+            "--shared-only: there are no shared migrations in {}; put V<n>__<name>.sql files there, or set [migrations] shared_dir",
+            settings.shared_dir.display()
+        ))
+        .into());
+    }
+    let migrations = if args.shared_only {
+        MigrationSet::empty(&settings.migrations_dir)
+    } else {
+        load_migrations(settings)?
+    };
     let target = match args.to {
         Some(v) => {
             require_on_disk(&migrations, v, "--to")?;
@@ -23,16 +45,34 @@ pub async fn migrate(settings: &Settings, args: MigrateArgs, quiet: bool) -> any
         }
         None => migrations.latest(),
     };
-    let tenants = (!args.all).then_some(args.tenant.as_slice());
+    let tenants = (!args.all && !args.shared_only).then_some(args.tenant.as_slice());
+    let sides = Sides {
+        shared: shared.as_ref(),
+        tenants: !args.shared_only,
+    };
     fleet_command(
-        settings,
+        ctx,
         &migrations,
         Direction::Forward { target },
         tenants,
         args.fleet,
-        quiet,
+        sides,
     )
     .await
+}
+
+/// Which sets a run applies: the shared set (once per cluster, first) and/or the tenants'.
+#[derive(Clone, Copy)]
+pub struct Sides<'a> {
+    pub shared: Option<&'a MigrationSet>,
+    pub tenants: bool,
+}
+
+impl Sides<'_> {
+    pub const TENANTS_ONLY: Sides<'static> = Sides {
+        shared: None,
+        tenants: true,
+    };
 }
 
 /// `version` must be a migration on disk (or 0 where `allow_zero`).
@@ -49,37 +89,96 @@ pub fn require_on_disk(set: &MigrationSet, version: i32, flag: &str) -> anyhow::
     .into())
 }
 
-/// migrate and rollback: everything after the command-specific checks.
+/// One cluster after phase 1: connected, fleet lock held, tenants read and checked.
+struct Prepared<'a> {
+    session: Session<'a>,
+    /// (tenant, registry version, drift-marked by an earlier run)
+    active: Vec<(Tenant, Option<i32>, bool)>,
+    reporter: Arc<dyn Reporter>,
+}
+
+/// migrate and rollback: everything after the command-specific checks. Phase 1 prepares
+/// every cluster (so that a request that is wrong anywhere changes nothing anywhere);
+/// phase 2 runs them all at once.
 pub async fn fleet_command(
-    settings: &Settings,
+    ctx: &Ctx,
     migrations: &MigrationSet,
     direction: Direction,
     tenant_ids: Option<&[String]>,
     opts: FleetOpts,
-    quiet: bool,
+    sides: Sides<'_>,
 ) -> anyhow::Result<i32> {
-    let wanted: Option<Vec<Tenant>> = tenant_ids.map(|ids| parse_ids(settings, ids)).transpose()?;
+    let wanted: Option<Vec<Tenant>> = tenant_ids
+        .map(|ids| parse_ids(&ctx.settings, ids))
+        .transpose()?;
     let wanted_ids: Option<Vec<String>> = wanted
         .as_ref()
         .map(|ts| ts.iter().map(|t| t.id().to_string()).collect());
+    let opts = &opts;
+    let mut prepared = futures::future::join_all(
+        ctx.clusters
+            .iter()
+            .map(|s| prepare(ctx, s, migrations, direction, wanted_ids.as_deref(), opts)),
+    )
+    .await;
+    if let Some(i) = prepared
+        .iter()
+        .position(|p| matches!(p, Err(e) if exit::code_for(e) == exit::USAGE))
+    {
+        return Err(prepared.swap_remove(i).err().expect("an error"));
+    }
+    single_error(ctx, &mut prepared)?;
+    if let Some(wanted) = &wanted_ids {
+        let found: BTreeSet<String> = prepared
+            .iter()
+            .flatten()
+            .flat_map(|p| p.active.iter().map(|(t, _, _)| t.id().to_string()))
+            .collect();
+        super::require_registered(wanted, &found, &failed_names(ctx, &prepared))?;
+    }
+    // With given tenants (every one found above), a cluster holding none of them is left
+    // out, reachable or not: ids are unique across clusters.
+    let explicit = wanted_ids.is_some();
+    let (clusters, prepared): (Vec<Settings>, Vec<_>) = ctx
+        .clusters
+        .iter()
+        .cloned()
+        .zip(prepared)
+        .filter(|(_, p)| !explicit || matches!(p, Ok(p) if !p.active.is_empty()))
+        .unzip();
+    let outcomes = futures::future::join_all(prepared.into_iter().map(|p| async move {
+        match p {
+            Ok(p) => execute(p, migrations, direction, explicit, opts, sides).await,
+            Err(e) => Err(e),
+        }
+    }))
+    .await;
+    finish(
+        ctx,
+        clusters.into_iter().zip(outcomes).collect(),
+        opts.run.json,
+    )
+}
+
+async fn prepare<'a>(
+    ctx: &Ctx,
+    settings: &'a Settings,
+    migrations: &MigrationSet,
+    direction: Direction,
+    wanted_ids: Option<&[String]>,
+    opts: &FleetOpts,
+) -> anyhow::Result<Prepared<'a>> {
     // A dry run changes nothing: it does not even create the control schema.
-    let mut session = Session::open(settings, !opts.dry_run).await?;
-    let reporter = crate::report::for_stderr(quiet);
+    let session = Session::open(settings, !opts.dry_run).await?;
+    let reporter = ctx.reporters.for_cluster(&settings.cluster);
     if !opts.dry_run {
         session.fleet_lock(opts.wait, reporter.as_ref()).await?;
     }
     let rows = if opts.dry_run && !session.control.exists(&session.client).await? {
         Vec::new()
     } else {
-        session
-            .control
-            .tenants(&session.client, wanted_ids.as_deref())
-            .await?
+        session.control.tenants(&session.client, wanted_ids).await?
     };
-    if let Some(wanted) = &wanted_ids {
-        super::require_registered(wanted, &rows)?;
-    }
-    // (tenant, registry version, drift-marked by an earlier run)
     let active: Vec<(Tenant, Option<i32>, bool)> = rows
         .into_iter()
         .filter(|r| r.state == "active")
@@ -97,6 +196,41 @@ pub async fn fleet_command(
             .into());
         }
     }
+    Ok(Prepared {
+        session,
+        active,
+        reporter,
+    })
+}
+
+async fn execute(
+    p: Prepared<'_>,
+    migrations: &MigrationSet,
+    direction: Direction,
+    explicit: bool,
+    opts: &FleetOpts,
+    sides: Sides<'_>,
+) -> anyhow::Result<Done> {
+    let Prepared {
+        mut session,
+        active,
+        reporter,
+    } = p;
+    let json = opts.run.json;
+    let shared = match sides.shared {
+        Some(set) => match shared_step(&session, set, opts.dry_run, json).await? {
+            Ok(step) => Some(step),
+            Err(failed) => return Ok(failed),
+        },
+        None => None,
+    };
+    let with_shared = |done: Done| match &shared {
+        Some((line, value)) => done.prepend(line, "shared", value.clone()),
+        None => done,
+    };
+    if !sides.tenants {
+        return Ok(with_shared(Done::either(json, String::new, json!({}))));
+    }
     let (command, mode, target) = match direction {
         Direction::Forward { target } => ("migrate", Mode::Migrate, target),
         Direction::Backward { to } => ("rollback", Mode::Rollback { to }, Some(to)),
@@ -106,9 +240,15 @@ pub async fn fleet_command(
             .iter()
             .filter_map(|(t, v, _)| plan::step(migrations, t, *v, direction))
             .collect();
-        print_plan(command, target, active.len(), &steps, opts.run.json);
-        return Ok(SUCCESS);
+        let out = plan_output(command, target, active.len(), &steps, json);
+        return Ok(with_shared(Done::new(exit::SUCCESS, out)));
     }
+    let scope = if explicit {
+        let list: Vec<Tenant> = active.iter().map(|(t, _, _)| t.clone()).collect();
+        scope_of(Some(&list))
+    } else {
+        scope_of(None)
+    };
     // A drift-marked tenant is looked at again even when it seems current: if its files were
     // restored, the check passes and the mark clears; if not, it is reported again.
     let tenants = active
@@ -119,30 +259,99 @@ pub async fn fleet_command(
             (t, v, todo)
         })
         .collect();
-    run_schemas(
+    let done = run_schemas(
         &mut session,
         RunRequest {
             command,
             mode,
             migrations,
             target,
-            scope: scope_of(wanted.as_deref()),
+            scope,
             tenants,
             refused: Vec::new(),
             resume: !opts.fresh,
-            jobs: settings.jobs,
             fail_fast: opts.run.fail_fast,
-            json: opts.run.json,
+            json,
         },
         reporter,
     )
+    .await?;
+    Ok(with_shared(done))
+}
+
+/// The shared set on one cluster: applied (or, in a dry run, planned) before its tenants.
+/// Ok((line, json)) to put before the cluster's result; Err(done) when it failed, in which
+/// case the cluster's tenants are not started.
+async fn shared_step(
+    session: &Session<'_>,
+    set: &MigrationSet,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<Result<(String, serde_json::Value), Done>> {
+    let s = session.settings;
+    let schema = &s.shared_schema;
+    if dry_run {
+        let at = shared_version(&session.client, schema).await?;
+        let pending = set.pending_count(at, None);
+        return Ok(Ok((
+            format!(
+                "shared: schema {schema} at {}, {pending} shared migration(s) would apply\n",
+                version_label(at)
+            ),
+            json!({ "schema": schema, "version": at, "pending": pending }),
+        )));
+    }
+    match apply_shared(
+        &session.client,
+        set,
+        schema,
+        s.lock_timeout,
+        s.statement_timeout,
+    )
     .await
+    {
+        Ok(a) => Ok(Ok((
+            if a.count == 0 {
+                format!(
+                    "shared: schema {schema} up to date at {}\n",
+                    version_label(a.after)
+                )
+            } else {
+                format!(
+                    "shared: schema {schema} {} -> {}: {} shared migration(s) applied\n",
+                    version_label(a.before),
+                    version_label(a.after),
+                    a.count
+                )
+            },
+            json!({ "schema": schema, "version_before": a.before, "version": a.after, "applied": a.count }),
+        ))),
+        Err(f) => {
+            let message = format!(
+                "shared migrations in schema {schema} failed: {f}. This cluster's tenants were not started (their migrations may need the shared tables); fix the shared migration and re-run\n"
+            );
+            let mut done = Done::either(
+                json,
+                || message.clone(),
+                json!({ "shared": { "schema": schema, "error": f.to_string(), "version": f.still_at } }),
+            );
+            done.code = exit::FAILED;
+            done.down = true;
+            Ok(Err(done))
+        }
+    }
 }
 
 /// Groups with more tenants than this list only the first ones by name.
 const NAMES_PER_GROUP: usize = 10;
 
-fn print_plan(command: &str, target: Option<i32>, total: usize, steps: &[Step], json: bool) {
+fn plan_output(
+    command: &str,
+    target: Option<i32>,
+    total: usize,
+    steps: &[Step],
+    json: bool,
+) -> Output {
     let groups = plan::group(steps);
     let verb = if command == "rollback" {
         "revert"
@@ -162,14 +371,14 @@ fn print_plan(command: &str, target: Option<i32>, total: usize, steps: &[Step], 
                 "from": g.from, "to": g.to, verb: g.migrations, "tenants": g.tenants.len(),
             })).collect::<Vec<_>>(),
         });
-        println!("{}", redact_json(&v));
-        return;
+        return Output::Json(v);
     }
-    println!(
+    let mut out = format!(
         "{command} --dry-run: {total} tenant(s) in scope, {} would change, {} would not; nothing was changed",
         steps.len(),
         total - steps.len()
     );
+    out.push('\n');
     for g in &groups {
         let names: Vec<&str> = g
             .tenants
@@ -178,21 +387,22 @@ fn print_plan(command: &str, target: Option<i32>, total: usize, steps: &[Step], 
             .map(String::as_str)
             .collect();
         let more = g.tenants.len().saturating_sub(NAMES_PER_GROUP);
-        println!(
-            "  {} tenant(s) at {} -> {}: {verb} {}",
+        out.push_str(&format!(
+            "  {} tenant(s) at {} -> {}: {verb} {}\n",
             g.tenants.len(),
             crate::migrations::version_label(g.from),
             crate::migrations::version_label(g.to),
             g.migrations.join(", ")
-        );
-        println!(
-            "    {}{}",
+        ));
+        out.push_str(&format!(
+            "    {}{}\n",
             names.join(", "),
             if more > 0 {
                 format!(", … and {more} more (--json lists all)")
             } else {
                 String::new()
             }
-        );
+        ));
     }
+    Output::Text(out)
 }

@@ -3,6 +3,7 @@
 //! outcome, print the summary, pick the exit code.
 
 pub mod audit;
+pub mod clusters;
 pub mod migrate;
 pub mod rollback;
 pub mod status;
@@ -24,6 +25,7 @@ use crate::exit::{self, BusyError, UsageError};
 use crate::migrations::MigrationSet;
 use crate::report::{summary, Event, Reporter};
 use crate::tenant::Tenant;
+pub use clusters::{Ctx, Done, Output};
 
 /// A coordinator connection, the control schema, and the settings.
 pub struct Session<'a> {
@@ -175,22 +177,27 @@ pub fn parse_ids(settings: &Settings, ids: &[String]) -> anyhow::Result<Vec<Tena
     .into())
 }
 
-/// Refuses (exit 2) ids that are not active registered tenants, naming every one.
+/// Refuses (exit 2) ids that are not active registered tenants on any cluster that answered,
+/// naming every one (and the clusters that could not be asked).
 pub fn require_registered(
     wanted: &[String],
-    rows: &[crate::control::TenantRow],
+    found: &BTreeSet<String>,
+    unreachable: &[String],
 ) -> anyhow::Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|id| {
-            !rows
-                .iter()
-                .any(|r| r.tenant.id() == id.as_str() && r.state == "active")
-        })
+        .filter(|id| !found.contains(id.as_str()))
         .map(String::as_str)
         .collect();
     if missing.is_empty() {
         return Ok(());
+    }
+    if !unreachable.is_empty() {
+        return Err(anyhow::anyhow!(
+            "not found on the clusters that answered: {}; nothing was changed, because these could not be asked: {}. Re-run once they are back, or narrow the command with --cluster",
+            missing.join(", "),
+            unreachable.join("; ")
+        ));
     }
     Err(UsageError(format!(
         "not registered (or dropped): {}; nothing was changed (see `tenantctl tenant list`, or create them with `tenantctl tenant create`)",
@@ -199,9 +206,27 @@ pub fn require_registered(
     .into())
 }
 
-/// Loads the migration set, failing with exit code 2 before any database work.
+/// Loads the tenant migration set, failing with exit code 2 before any database work.
 pub fn load_migrations(settings: &Settings) -> anyhow::Result<MigrationSet> {
-    Ok(MigrationSet::load(&settings.migrations_dir)?)
+    Ok(MigrationSet::load_skipping(
+        &settings.migrations_dir,
+        Some(&settings.shared_dir),
+    )?)
+}
+
+/// Loads the shared migration set: None when there is none (the default folder is absent or
+/// holds no migrations); a configured `shared_dir` must exist.
+pub fn load_shared(settings: &Settings) -> anyhow::Result<Option<MigrationSet>> {
+    if !settings.shared_dir.exists() && !settings.shared_dir_configured {
+        return Ok(None);
+    }
+    let set = MigrationSet::load(&settings.shared_dir).map_err(|e| {
+        crate::migrations::MigrationSetError(format!(
+            "shared migrations ([migrations] shared_dir): {}",
+            e.0
+        ))
+    })?;
+    Ok((!set.files().is_empty()).then_some(set))
 }
 
 /// Installs SIGINT/SIGTERM handling for a run: the first signal stops scheduling and, after
@@ -264,7 +289,6 @@ pub struct RunRequest<'a> {
     pub refused: Vec<(Tenant, Failure)>,
     /// Continue an interrupted run of the same command, target, files and scope.
     pub resume: bool,
-    pub jobs: usize,
     pub fail_fast: bool,
     pub json: bool,
 }
@@ -285,12 +309,12 @@ pub fn scope_of(tenants: Option<&[Tenant]>) -> String {
     }
 }
 
-/// Runs a fleet command end to end and returns its exit code.
+/// Runs a fleet command end to end on one cluster and returns its result.
 pub async fn run_schemas(
     session: &mut Session<'_>,
     req: RunRequest<'_>,
     reporter: Arc<dyn Reporter>,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Done> {
     let total = req.tenants.len() + req.refused.len();
     let argv = command_line();
     let info = RunInfo {
@@ -344,7 +368,7 @@ pub async fn run_schemas(
         })
         .collect();
     let skipped = req.tenants.len() - jobs.len();
-    let mut workers = req.jobs.min(jobs.len()).max(1);
+    let mut workers = session.settings.jobs.min(jobs.len()).max(1);
     if !jobs.is_empty() {
         let free = session.free_slots().await?;
         if free < 1 {
@@ -424,18 +448,21 @@ pub async fn run_schemas(
         resumed_from: resumed.as_ref().map(|r| r.succeeded as usize),
         ledger_note: ledger_note.as_deref(),
     };
-    if req.json {
-        println!("{}", redact_json(&result.to_json()));
-    } else {
-        print!("{}", crate::redact::scrub(&result.to_text()));
-    }
-    Ok(if outcome.interrupted {
+    let code = if outcome.interrupted {
         exit::INTERRUPTED
     } else if state == "succeeded" {
         exit::SUCCESS
     } else {
         exit::FAILED
-    })
+    };
+    let out = if req.json {
+        Output::Json(result.to_json())
+    } else {
+        Output::Text(result.to_text())
+    };
+    let mut done = Done::new(code, out).counts(result.counts());
+    done.down = outcome.database_down.is_some();
+    Ok(done)
 }
 
 /// Writes failures and the run's final state. If the coordinator's connection died (the

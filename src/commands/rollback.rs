@@ -2,25 +2,26 @@
 //! the shared run shape).
 
 use crate::cli::RollbackArgs;
-use crate::config::Settings;
 use crate::engine::plan::Direction;
 
 use super::load_migrations;
-use super::migrate::{fleet_command, require_on_disk};
+use super::migrate::{fleet_command, require_on_disk, Sides};
+use super::Ctx;
 
-pub async fn rollback(settings: &Settings, args: RollbackArgs, quiet: bool) -> anyhow::Result<i32> {
-    let migrations = load_migrations(settings)?;
+/// Shared migrations are forward-only: rollback reverts tenant schemas only.
+pub async fn rollback(ctx: &Ctx, args: RollbackArgs) -> anyhow::Result<i32> {
+    let migrations = load_migrations(&ctx.settings)?;
     if args.to != 0 {
         require_on_disk(&migrations, args.to, "--to")?;
     }
     let tenants = (!args.all).then_some(args.tenant.as_slice());
     fleet_command(
-        settings,
+        ctx,
         &migrations,
         Direction::Backward { to: args.to },
         tenants,
         args.fleet,
-        quiet,
+        Sides::TENANTS_ONLY,
     )
     .await
 }

@@ -1,17 +1,19 @@
 //! `tenantctl status`: the latest version on disk and where every tenant stands, from one
 //! registry query, summarised by version so it stays readable at 10,000 tenants.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
 use crate::cli::StatusArgs;
 use crate::config::Settings;
 use crate::control::{FailedRow, RunRow, TenantRow};
+use crate::engine::apply::shared_version;
 use crate::exit::SUCCESS;
 use crate::migrations::{version_label, MigrationSet};
 
-use super::{load_migrations, parse_ids, redact_json, Session};
+use super::clusters::{failed_names, finish, single_error, Ctx, Done, Output};
+use super::{load_migrations, load_shared, parse_ids, Session};
 
 /// Tenants behind the latest version listed by name in the text output.
 const BEHIND_LISTED: usize = 20;
@@ -80,8 +82,10 @@ fn last_run_text(run: &RunRow, failed: &[FailedRow]) -> String {
     out
 }
 
-pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32> {
+pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
+    let settings = &ctx.settings;
     let migrations = load_migrations(settings)?;
+    let shared = load_shared(settings)?;
     let wanted = if args.tenant.is_empty() {
         None
     } else {
@@ -92,10 +96,49 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32
                 .collect::<Vec<_>>(),
         )
     };
+    let (migrations, shared, wanted, args) =
+        (&migrations, shared.as_ref(), wanted.as_deref(), &args);
+    let mut outcomes = futures::future::join_all(
+        ctx.clusters
+            .iter()
+            .map(|s| status_one(s, migrations, shared, wanted, args)),
+    )
+    .await;
+    single_error(ctx, &mut outcomes)?;
+    if let Some(wanted) = wanted {
+        let found: BTreeSet<String> = outcomes
+            .iter()
+            .flatten()
+            .flat_map(|(ids, _)| ids.iter().cloned())
+            .collect();
+        super::require_registered(wanted, &found, &failed_names(ctx, &outcomes))?;
+    }
+    // With given tenants (every one found above), only the clusters holding them report.
+    let results = ctx
+        .clusters
+        .iter()
+        .cloned()
+        .zip(outcomes)
+        .filter(|(_, o)| {
+            wanted.is_none() || !ctx.multi() || matches!(o, Ok((ids, _)) if !ids.is_empty())
+        })
+        .map(|(s, o)| (s, o.map(|(_, done)| done)))
+        .collect();
+    finish(ctx, results, args.json)
+}
+
+/// One cluster's status: the ids of the given tenants found there, and its report.
+async fn status_one(
+    settings: &Settings,
+    migrations: &MigrationSet,
+    shared: Option<&MigrationSet>,
+    wanted: Option<&[String]>,
+    args: &StatusArgs,
+) -> anyhow::Result<(BTreeSet<String>, Done)> {
     let session = Session::open(settings, false).await?;
     let (rows, last_run) = if session.control.exists(&session.client).await? {
         let control = &session.control;
-        let rows = control.tenants(&session.client, wanted.as_deref()).await?;
+        let rows = control.tenants(&session.client, wanted).await?;
         let last = match control.last_run(&session.client).await? {
             Some(mut run) => {
                 if run.state == "running" && !control.run_is_live(&session.client, run.id).await? {
@@ -112,15 +155,17 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32
     } else {
         (Vec::new(), None)
     };
-    if let Some(wanted) = &wanted {
-        super::require_registered(wanted, &rows)?;
-    }
     let rows: Vec<TenantRow> = rows.into_iter().filter(|r| r.state == "active").collect();
+    let found: BTreeSet<String> = rows.iter().map(|r| r.tenant.id().to_string()).collect();
+    let shared_at = match shared {
+        Some(_) => Some(shared_version(&session.client, &settings.shared_schema).await?),
+        None => None,
+    };
     let verification = if args.verify {
         Some(
             crate::engine::verify::verify(
                 &session.client,
-                &migrations,
+                migrations,
                 &rows,
                 &settings.schema_prefix,
                 &settings.control_schema,
@@ -130,10 +175,39 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32
     } else {
         None
     };
-    if args.json {
-        let mut v = to_json(&migrations, &rows);
+    let latest = migrations.latest();
+    let current = rows.iter().filter(|r| r.version == latest).count();
+    let counts = vec![
+        ("registered", rows.len()),
+        ("up to date", current),
+        ("not at latest", rows.len() - current),
+        ("drifted", rows.iter().filter(|r| r.drift.is_some()).count()),
+    ];
+    let shared_line = match (shared, shared_at) {
+        (Some(set), Some(at)) => format!(
+            "shared:     schema {} at {}, {} of {} shared migration(s) pending ({})\n",
+            settings.shared_schema,
+            version_label(at),
+            set.pending_count(at, None),
+            set.files().len(),
+            set.dir.display()
+        ),
+        _ => String::new(),
+    };
+    let code = match &verification {
+        Some(v) if !v.problems.is_empty() => crate::exit::FAILED,
+        _ => SUCCESS,
+    };
+    let done = if args.json {
+        let mut v = to_json(migrations, &rows);
         if let Some(ver) = &verification {
             v["verify"] = serde_json::to_value(ver)?;
+        }
+        if let (Some(set), Some(at)) = (shared, shared_at) {
+            v["shared"] = json!({
+                "schema": settings.shared_schema, "version": at,
+                "latest_version": set.latest(), "pending": set.pending_count(at, None),
+            });
         }
         v["last_run"] = match &last_run {
             Some((run, failed)) => {
@@ -143,21 +217,19 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<i32
             }
             None => serde_json::Value::Null,
         };
-        println!("{}", redact_json(&v));
+        Done::new(code, Output::Json(v))
     } else {
-        let mut text = to_text(settings, &migrations, &rows, wanted.is_some());
+        let mut text = to_text(settings, migrations, &rows, wanted.is_some());
+        text.insert_str(text.find("tenants:").unwrap_or(text.len()), &shared_line);
         if let Some((run, failed)) = &last_run {
             text.push_str(&last_run_text(run, failed));
         }
         if let Some(ver) = &verification {
             text.push_str(&verify_text(ver));
         }
-        print!("{}", crate::redact::scrub(&text));
-    }
-    Ok(match &verification {
-        Some(v) if !v.problems.is_empty() => crate::exit::FAILED,
-        _ => SUCCESS,
-    })
+        Done::new(code, Output::Text(text))
+    };
+    Ok((found, done.counts(counts)))
 }
 
 /// Tenants per version (None = nothing applied), highest first.

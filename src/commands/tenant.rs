@@ -1,17 +1,19 @@
-//! `tenantctl tenant create|list`.
+//! `tenantctl tenant create|adopt|drop|list`, across clusters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read as _;
 
 use serde_json::json;
 
 use crate::cli::{AdoptArgs, CreateArgs, DropArgs, ListArgs, RunOpts};
 use crate::config::Settings;
-use crate::engine::apply::{Failure, FailureKind, Mode};
-use crate::exit::{UsageError, SUCCESS};
-use crate::migrations::MigrationSet;
+use crate::engine::apply::{apply_shared, Failure, FailureKind, Mode};
+use crate::exit::UsageError;
+use crate::migrations::{version_label, MigrationSet};
+use crate::tenant::Tenant;
 
-use super::{load_migrations, parse_ids, redact_json, run_schemas, RunRequest, Session};
+use super::clusters::{each, failed_names, finish, single_error, Ctx, Done};
+use super::{load_migrations, load_shared, parse_ids, run_schemas, RunRequest, Session};
 
 /// Reads ids from a file or stdin: one per line, blanks and `#` comments ignored.
 fn read_id_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
@@ -37,8 +39,8 @@ fn read_id_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-pub async fn create(settings: &Settings, args: CreateArgs, quiet: bool) -> anyhow::Result<i32> {
-    let migrations = load_migrations(settings)?;
+pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<i32> {
+    let migrations = load_migrations(&ctx.settings)?;
     let request = Registration {
         command: "tenant create",
         mode: Mode::Create,
@@ -46,20 +48,27 @@ pub async fn create(settings: &Settings, args: CreateArgs, quiet: bool) -> anyho
         if_not_exists: args.if_not_exists,
     };
     register(
-        settings,
+        ctx,
         &migrations,
         &args.ids,
         args.from_file.as_deref(),
         request,
         &args.run,
-        quiet,
     )
     .await
 }
 
-pub async fn adopt(settings: &Settings, args: AdoptArgs, quiet: bool) -> anyhow::Result<i32> {
-    let migrations = load_migrations(settings)?;
+pub async fn adopt(ctx: &Ctx, args: AdoptArgs) -> anyhow::Result<i32> {
+    let migrations = load_migrations(&ctx.settings)?;
     super::migrate::require_on_disk(&migrations, args.baseline, "--baseline")?;
+    if ctx.clusters.len() > 1 {
+        let names: Vec<&str> = ctx.clusters.iter().map(|s| s.cluster.as_str()).collect();
+        return Err(UsageError(format!(
+            "tenant adopt registers schemas that already exist on one cluster: name it with --cluster NAME (clusters: {}); nothing was changed",
+            names.join(", ")
+        ))
+        .into());
+    }
     let request = Registration {
         command: "tenant adopt",
         mode: Mode::Adopt {
@@ -69,13 +78,12 @@ pub async fn adopt(settings: &Settings, args: AdoptArgs, quiet: bool) -> anyhow:
         if_not_exists: false,
     };
     register(
-        settings,
+        ctx,
         &migrations,
         &args.ids,
         args.from_file.as_deref(),
         request,
         &args.run,
-        quiet,
     )
     .await
 }
@@ -88,17 +96,27 @@ struct Registration {
     if_not_exists: bool,
 }
 
-/// create and adopt: validate every id first, then register each tenant in its own
-/// transaction, in parallel; ids already registered are refused (or skipped).
+/// What one cluster knows about the ids being registered.
+struct Known<'a> {
+    session: Session<'a>,
+    /// The given ids already active here, with their version.
+    existing: HashMap<String, Option<i32>>,
+    active: i64,
+}
+
+/// create and adopt: validate every id first; ask every cluster which ids it already has
+/// (ids are unique across the fleet); place each new tenant on a selected cluster (the one
+/// with the fewest tenants, or the --cluster given); then register each tenant in its own
+/// transaction, in parallel, every cluster at once. Existing ids are refused (or skipped).
 async fn register(
-    settings: &Settings,
+    ctx: &Ctx,
     migrations: &MigrationSet,
     args_ids: &[String],
     from_file: Option<&std::path::Path>,
     request: Registration,
     run: &RunOpts,
-    quiet: bool,
 ) -> anyhow::Result<i32> {
+    let settings = &ctx.settings;
     let mut ids = args_ids.to_vec();
     if let Some(path) = from_file {
         ids.extend(read_id_file(path)?);
@@ -110,110 +128,248 @@ async fn register(
         .into());
     }
     let tenants = parse_ids(settings, &ids)?;
-    let mut session = Session::open(settings, true).await?;
+    let shared = if request.mode == Mode::Create {
+        load_shared(settings)?
+    } else {
+        None
+    };
     let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
-    let existing: HashMap<String, Option<i32>> = session
-        .control
-        .tenants(&session.client, Some(&id_list))
-        .await?
-        .into_iter()
-        .filter(|r| r.state == "active")
-        .map(|r| (r.tenant.id().to_string(), r.version))
-        .collect();
-    let scope = super::scope_of(Some(&tenants));
-    let mut in_scope = Vec::new();
-    let mut refused = Vec::new();
-    for t in tenants {
-        match existing.get(t.id()) {
-            None => in_scope.push((t, None, true)),
-            Some(v) if request.if_not_exists => in_scope.push((t, *v, false)),
-            Some(v) => refused.push((
-                t,
-                Failure::new(
-                    FailureKind::AlreadyExists,
-                    "is already registered".into(),
-                    *v,
-                ),
-            )),
+    // Every configured cluster is asked, not only the selected ones: an id must not exist
+    // twice in the fleet.
+    let all = settings.select(&[])?;
+    let selected = |s: &Settings| ctx.clusters.iter().any(|c| c.cluster == s.cluster);
+    let known = futures::future::join_all(all.iter().map(|s| {
+        let id_list = &id_list;
+        async move {
+            let session = Session::open(s, selected(s)).await?;
+            let existing = if session.control.exists(&session.client).await? {
+                session
+                    .control
+                    .tenants(&session.client, Some(id_list))
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.state == "active")
+                    .map(|r| (r.tenant.id().to_string(), r.version))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
+            let active = session.control.active_count(&session.client).await?;
+            anyhow::Ok(Known {
+                session,
+                existing,
+                active,
+            })
+        }
+    }))
+    .await;
+    let mut clusters: Vec<Known> = Vec::with_capacity(known.len());
+    for (s, k) in all.iter().zip(known) {
+        match k {
+            Ok(k) => clusters.push(k),
+            Err(e) if !ctx.multi() => return Err(e),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "cluster {} could not be asked whether these ids exist there; tenant ids are unique across clusters, so nothing was created. Re-run once it is back",
+                    s.cluster
+                )))
+            }
         }
     }
-    run_schemas(
-        &mut session,
-        RunRequest {
-            command: request.command,
-            mode: request.mode,
-            migrations,
-            target: request.target,
-            scope,
-            tenants: in_scope,
-            refused,
-            resume: false,
-            jobs: settings.jobs,
-            fail_fast: run.fail_fast,
-            json: run.json,
-        },
-        crate::report::for_stderr(quiet),
-    )
-    .await
+    // Placement: new ids go to the selected cluster with the fewest active tenants, one at
+    // a time (a batch spreads out); existing ids are refused on the cluster that has them.
+    let mut plan: Vec<Vec<(Tenant, Option<i32>, bool)>> = vec![Vec::new(); clusters.len()];
+    let mut refused: Vec<Vec<(Tenant, Failure)>> = vec![Vec::new(); clusters.len()];
+    let mut load: Vec<i64> = clusters.iter().map(|k| k.active).collect();
+    for t in tenants {
+        let home = clusters
+            .iter()
+            .position(|k| k.existing.contains_key(t.id()));
+        match home {
+            Some(i) => {
+                let v = clusters[i].existing[t.id()];
+                if request.if_not_exists {
+                    plan[i].push((t, v, false));
+                } else {
+                    let where_ = if ctx.multi() {
+                        format!(" (on cluster {})", all[i].cluster)
+                    } else {
+                        String::new()
+                    };
+                    let failure = Failure::new(
+                        FailureKind::AlreadyExists,
+                        format!("is already registered{where_}"),
+                        v,
+                    );
+                    refused[i].push((t, failure));
+                }
+            }
+            None => {
+                let i = (0..clusters.len())
+                    .filter(|i| selected(&all[*i]))
+                    .min_by_key(|i| load[*i])
+                    .expect("at least one cluster is selected");
+                load[i] += 1;
+                plan[i].push((t, None, true));
+            }
+        }
+    }
+    let scope = super::scope_of(Some(
+        &plan
+            .iter()
+            .flatten()
+            .map(|(t, _, _)| t.clone())
+            .chain(refused.iter().flatten().map(|(t, _)| t.clone()))
+            .collect::<Vec<_>>(),
+    ));
+    let request = &request;
+    let shared = shared.as_ref();
+    let work = clusters
+        .into_iter()
+        .zip(plan)
+        .zip(refused)
+        .map(|((k, in_scope), refused)| {
+            let scope = scope.clone();
+            async move {
+                if in_scope.is_empty() && refused.is_empty() {
+                    return None;
+                }
+                let mut session = k.session;
+                let reporter = ctx.reporters.for_cluster(&session.settings.cluster);
+                let mut shared_line = None;
+                if let (Some(set), true) = (shared, in_scope.iter().any(|(_, _, todo)| *todo)) {
+                    let s = session.settings;
+                    match apply_shared(&session.client, set, &s.shared_schema, s.lock_timeout, s.statement_timeout).await {
+                        Ok(a) if a.count > 0 => {
+                            shared_line = Some(format!(
+                                "shared: schema {} {} -> {}: {} shared migration(s) applied first\n",
+                                s.shared_schema,
+                                version_label(a.before),
+                                version_label(a.after),
+                                a.count
+                            ))
+                        }
+                        Ok(_) => {}
+                        Err(f) => {
+                            return Some(Err(anyhow::anyhow!(
+                                "shared migrations in schema {} failed: {f}; no tenant was created on this cluster (their migrations may need the shared tables)",
+                                s.shared_schema
+                            )))
+                        }
+                    }
+                }
+                let done = run_schemas(
+                    &mut session,
+                    RunRequest {
+                        command: request.command,
+                        mode: request.mode,
+                        migrations,
+                        target: request.target,
+                        scope,
+                        tenants: in_scope,
+                        refused,
+                        resume: false,
+                        fail_fast: run.fail_fast,
+                        json: run.json,
+                    },
+                    reporter,
+                )
+                .await;
+                Some(done.map(|d| match &shared_line {
+                    Some(line) => d.prepend(line, "shared_applied", serde_json::json!(true)),
+                    None => d,
+                }))
+            }
+        });
+    let outcomes = futures::future::join_all(work).await;
+    let results = all
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|(s, o)| o.map(|o| (s, o)))
+        .collect();
+    finish(ctx, results, run.json)
 }
 
-pub async fn drop(settings: &Settings, args: DropArgs, quiet: bool) -> anyhow::Result<i32> {
+pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
+    let settings = &ctx.settings;
     let migrations =
         load_migrations(settings).unwrap_or_else(|_| MigrationSet::empty(&settings.migrations_dir));
     let tenants = parse_ids(settings, &args.ids)?;
     if !args.yes {
         confirm_drop(&tenants, args.archive)?;
     }
-    let mut session = Session::open(settings, true).await?;
     let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
-    let rows = session
-        .control
-        .tenants(&session.client, Some(&id_list))
-        .await?;
-    let mut in_scope = Vec::new();
-    let mut missing = Vec::new();
-    for t in tenants {
-        match rows
-            .iter()
-            .find(|r| r.tenant.id() == t.id() && r.state == "active")
-        {
-            Some(r) => in_scope.push((t, r.version, true)),
-            None => missing.push(t.id().to_string()),
+    let id_list = &id_list;
+    let found = futures::future::join_all(ctx.clusters.iter().map(|s| async move {
+        let session = Session::open(s, true).await?;
+        let rows = session
+            .control
+            .tenants(&session.client, Some(id_list))
+            .await?;
+        let active: Vec<(Tenant, Option<i32>, bool)> = rows
+            .into_iter()
+            .filter(|r| r.state == "active")
+            .map(|r| (r.tenant, r.version, true))
+            .collect();
+        anyhow::Ok((session, active))
+    }))
+    .await;
+    let mut found = found;
+    single_error(ctx, &mut found)?;
+    let names: BTreeSet<String> = found
+        .iter()
+        .flatten()
+        .flat_map(|(_, active)| active.iter().map(|(t, _, _)| t.id().to_string()))
+        .collect();
+    super::require_registered(id_list, &names, &failed_names(ctx, &found))?;
+    let command = if args.archive {
+        "tenant drop --archive"
+    } else {
+        "tenant drop"
+    };
+    let migrations = &migrations;
+    let args = &args;
+    let outcomes = futures::future::join_all(found.into_iter().map(|f| async move {
+        // Every id was found above, so a cluster that did not answer holds none of them.
+        let (mut session, in_scope) = f.ok()?;
+        if in_scope.is_empty() {
+            return None;
         }
-    }
-    if !missing.is_empty() {
-        return Err(UsageError(format!(
-            "not registered (or already dropped): {}; nothing was changed",
-            missing.join(", ")
-        ))
-        .into());
-    }
-    run_schemas(
-        &mut session,
-        RunRequest {
-            command: if args.archive {
-                "tenant drop --archive"
-            } else {
-                "tenant drop"
-            },
-            mode: Mode::Drop {
-                archive: args.archive,
-            },
-            migrations: &migrations,
-            target: None,
-            scope: super::scope_of(Some(
-                &in_scope.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
-            )),
-            tenants: in_scope,
-            refused: Vec::new(),
-            resume: false,
-            jobs: settings.jobs,
-            fail_fast: args.run.fail_fast,
-            json: args.run.json,
-        },
-        crate::report::for_stderr(quiet),
-    )
-    .await
+        let reporter = ctx.reporters.for_cluster(&session.settings.cluster);
+        let scope = super::scope_of(Some(
+            &in_scope.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+        ));
+        Some(
+            run_schemas(
+                &mut session,
+                RunRequest {
+                    command,
+                    mode: Mode::Drop {
+                        archive: args.archive,
+                    },
+                    migrations,
+                    target: None,
+                    scope,
+                    tenants: in_scope,
+                    refused: Vec::new(),
+                    resume: false,
+                    fail_fast: args.run.fail_fast,
+                    json: args.run.json,
+                },
+                reporter,
+            )
+            .await,
+        )
+    }))
+    .await;
+    let results = ctx
+        .clusters
+        .iter()
+        .cloned()
+        .zip(outcomes)
+        .filter_map(|(s, o)| o.map(|o| (s, o)))
+        .collect();
+    finish(ctx, results, args.run.json)
 }
 
 /// Without --yes: on a terminal, the operator types `drop <n>`; elsewhere, refuse.
@@ -247,29 +403,37 @@ fn confirm_drop(tenants: &[crate::tenant::Tenant], archive: bool) -> anyhow::Res
     Ok(())
 }
 
-pub async fn list(settings: &Settings, args: ListArgs) -> anyhow::Result<i32> {
+pub async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<i32> {
+    let results = each(&ctx.clusters, |s| list_one(s, &args)).await;
+    finish(ctx, results, args.json)
+}
+
+async fn list_one(settings: &Settings, args: &ListArgs) -> anyhow::Result<Done> {
     let session = Session::open(settings, false).await?;
     let rows = if session.control.exists(&session.client).await? {
         session.control.tenants(&session.client, None).await?
     } else {
         Vec::new()
     };
-    if args.json {
-        let list: Vec<_> = rows
-            .iter()
+    let active = rows.iter().filter(|r| r.state == "active").count();
+    let counts = vec![("active", active), ("dropped", rows.len() - active)];
+    let value = serde_json::Value::Array(
+        rows.iter()
             .map(|r| {
                 json!({
                     "id": r.tenant.id(), "schema": r.tenant.schema(), "state": r.state,
                     "version": r.version, "created_at": r.created_at,
                 })
             })
-            .collect();
-        println!("{}", redact_json(&serde_json::Value::Array(list)));
-        return Ok(SUCCESS);
-    }
+            .collect(),
+    );
+    Ok(Done::either(args.json, || list_text(&rows), value).counts(counts))
+}
+
+fn list_text(rows: &[crate::control::TenantRow]) -> String {
+    use std::fmt::Write as _;
     if rows.is_empty() {
-        println!("no tenants registered (create one with `tenantctl tenant create <ID>`)");
-        return Ok(SUCCESS);
+        return "no tenants registered (create one with `tenantctl tenant create <ID>`)\n".into();
     }
     let w_id = rows
         .iter()
@@ -283,13 +447,16 @@ pub async fn list(settings: &Settings, args: ListArgs) -> anyhow::Result<i32> {
         .max()
         .unwrap_or(6)
         .max(6);
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  CREATED",
         "ID", "SCHEMA", "STATE", "VERSION"
     );
-    for r in &rows {
+    for r in rows {
         let v = r.version.map_or("-".to_string(), |v| format!("V{v}"));
-        println!(
+        let _ = writeln!(
+            out,
             "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {}",
             r.tenant.id(),
             r.tenant.schema(),
@@ -298,6 +465,6 @@ pub async fn list(settings: &Settings, args: ListArgs) -> anyhow::Result<i32> {
             r.created_at
         );
     }
-    println!("{} tenant(s)", rows.len());
-    Ok(SUCCESS)
+    let _ = writeln!(out, "{} tenant(s)", rows.len());
+    out
 }

@@ -382,7 +382,7 @@ async fn run_transaction(
                 }
             }
             let target = ctx.target.map_or(Target::Latest, Target::Version);
-            forward(&mut tx, ctx, &table, target, registry_version).await?
+            forward(&mut tx, ctx.migrations, &table, target, registry_version).await?
         }
         Mode::Adopt { baseline } => {
             require_schema(client, tenant).await?;
@@ -390,7 +390,7 @@ async fn run_transaction(
                 create_role(client, tenant, role).await?;
             }
             let target = Target::FakeVersion(baseline);
-            forward(&mut tx, ctx, &table, target, registry_version).await?
+            forward(&mut tx, ctx.migrations, &table, target, registry_version).await?
         }
         Mode::Rollback { to } => backward(&mut tx, ctx, &table, to, registry_version).await?,
         Mode::Drop { archive } => {
@@ -422,6 +422,93 @@ async fn run_transaction(
         after,
         count,
     })
+}
+
+/// History of the shared migrations, kept in the shared schema under a name of our own (an
+/// application may use refinery's default table name in `public` itself).
+pub const SHARED_HISTORY_TABLE: &str = "tenantctl_shared_history";
+
+/// Quoted `"shared".tenantctl_shared_history`.
+pub fn shared_history_table(schema: &str) -> String {
+    format!("{}.{SHARED_HISTORY_TABLE}", quote_ident(schema))
+}
+
+/// Applies the pending shared migrations of one cluster into `schema`, in one transaction
+/// under the same per-schema advisory lock as tenants: all of them or none, exactly once
+/// even when two runners race.
+pub async fn apply_shared(
+    client: &Client,
+    set: &MigrationSet,
+    schema: &str,
+    lock_timeout: Duration,
+    statement_timeout: Option<Duration>,
+) -> Result<Applied, Failure> {
+    let result: Result<Applied, Failure> = async {
+        let preamble = format!(
+            "BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {st}; \
+             SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, hashtext({lit})); \
+             SET LOCAL client_min_messages = warning; CREATE SCHEMA IF NOT EXISTS {q}; \
+             SET LOCAL search_path TO {q};",
+            lock = millis(lock_timeout),
+            st = statement_timeout.map_or(0, millis),
+            lit = quote_literal(schema),
+            q = quote_ident(schema),
+        );
+        client
+            .batch_execute(&preamble)
+            .await
+            .map_err(|e| failure_from_pg(&e, None))?;
+        let mut tx = SchemaTx {
+            client,
+            history: None,
+            failed: None,
+        };
+        let table = shared_history_table(schema);
+        let (before, after, count) = forward(&mut tx, set, &table, Target::Latest, None).await?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| failure_from_pg(&e, before))?;
+        Ok(Applied {
+            before,
+            after,
+            count,
+        })
+    }
+    .await;
+    if let Err(f) = &result {
+        if !f.broken_connection {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+    }
+    result
+}
+
+/// The newest shared migration applied in `schema` (None when none is, or no history yet).
+pub async fn shared_version(client: &Client, schema: &str) -> anyhow::Result<Option<i32>> {
+    let table = shared_history_table(schema);
+    let read = |e: tokio_postgres::Error| {
+        anyhow::anyhow!(
+            "reading the shared migrations' history {table}: {}",
+            describe(&e)
+        )
+    };
+    let exists: Option<String> = client
+        .query_one(
+            &format!("SELECT to_regclass({})::text", quote_literal(&table)),
+            &[],
+        )
+        .await
+        .map_err(read)?
+        .get(0);
+    if exists.is_none() {
+        return Ok(None);
+    }
+    Ok(client
+        .query_one(&format!("SELECT max(version) FROM {table}"), &[])
+        .await
+        .map_err(read)?
+        .get(0))
 }
 
 /// BEGIN, timeouts, the schema's advisory lock, `search_path` for this transaction only, and
@@ -603,32 +690,21 @@ async fn require_schema(client: &Client, tenant: &Tenant) -> Result<(), Failure>
 /// what is pending. Returns (before, after, applied count).
 async fn forward(
     tx: &mut SchemaTx<'_>,
-    ctx: &ApplyCtx<'_>,
+    set: &MigrationSet,
     table: &str,
     target: Target,
     registry_version: Option<i32>,
 ) -> Result<(Option<i32>, Option<i32>, usize), Failure> {
-    let report = AsyncMigrate::migrate(
-        tx,
-        ctx.migrations.refinery(),
-        true,
-        true,
-        true,
-        target,
-        table,
-    )
-    .await;
+    let report = AsyncMigrate::migrate(tx, set.refinery(), true, true, true, target, table).await;
     let history = tx.history.take();
     let before = history
         .as_ref()
         .map(|h| h.last().map(Migration::version))
         .unwrap_or(registry_version);
-    let report =
-        report.map_err(|e| failure_from_refinery(&e, tx.failed.take(), ctx.migrations, before))?;
+    let report = report.map_err(|e| failure_from_refinery(&e, tx.failed.take(), set, before))?;
     let done: Vec<i32> = match target {
         // refinery's fake run records versions without reporting them.
-        Target::FakeVersion(v) => ctx
-            .migrations
+        Target::FakeVersion(v) => set
             .files()
             .iter()
             .map(|f| f.version)

@@ -65,14 +65,37 @@ impl Reporter for Silent {
     fn event(&self, _: &Event<'_>) {}
 }
 
-/// The reporter for this process: a bar when stderr is a terminal, plain lines otherwise.
-pub fn for_stderr(quiet: bool) -> std::sync::Arc<dyn Reporter> {
-    if quiet {
-        std::sync::Arc::new(Silent)
-    } else if std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() {
-        std::sync::Arc::new(progress::Bar::new())
-    } else {
-        std::sync::Arc::new(plain::Plain::new())
+/// Hands out reporters: one per cluster, drawn together (one bar each under a shared
+/// `MultiProgress` on a terminal, plain lines prefixed with the cluster's name otherwise).
+pub struct Reporters {
+    quiet: bool,
+    /// Prefix output with the cluster's name (the config names clusters).
+    labeled: bool,
+    bars: Option<indicatif::MultiProgress>,
+}
+
+impl Reporters {
+    pub fn new(quiet: bool, labeled: bool) -> Reporters {
+        let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        Reporters {
+            quiet,
+            labeled,
+            bars: (tty && !quiet).then(indicatif::MultiProgress::new),
+        }
+    }
+
+    /// The reporter for one cluster's work.
+    pub fn for_cluster(&self, cluster: &str) -> std::sync::Arc<dyn Reporter> {
+        let label = if self.labeled {
+            format!("[{cluster}] ")
+        } else {
+            String::new()
+        };
+        match &self.bars {
+            _ if self.quiet => std::sync::Arc::new(Silent),
+            Some(multi) => std::sync::Arc::new(progress::Bar::new(label, multi)),
+            None => std::sync::Arc::new(plain::Plain::new(label)),
+        }
     }
 }
 

@@ -22,11 +22,14 @@ struct State {
 
 pub struct Plain {
     state: Mutex<State>,
+    /// `[cluster] ` when the config names clusters, else empty.
+    label: String,
 }
 
 impl Plain {
-    pub fn new() -> Plain {
+    pub fn new(label: String) -> Plain {
         Plain {
+            label,
             state: Mutex::new(State {
                 command: String::new(),
                 todo: 0,
@@ -36,12 +39,6 @@ impl Plain {
                 last_line: Instant::now(),
             }),
         }
-    }
-}
-
-impl Default for Plain {
-    fn default() -> Self {
-        Plain::new()
     }
 }
 
@@ -55,7 +52,7 @@ impl Reporter for Plain {
                 s.started = Instant::now();
                 s.last_line = Instant::now();
                 if let Some(line) = super::notice(event) {
-                    eprintln!("{line}");
+                    eprintln!("{}{line}", self.label);
                 }
             }
             Event::SchemaStarted { .. } => {}
@@ -67,7 +64,8 @@ impl Reporter for Plain {
                 s.done += 1;
                 if s.todo <= PER_SCHEMA_LINES_UP_TO {
                     eprintln!(
-                        "{}: ok   {tenant}: {} -> {} ({} migration(s), {} ms)",
+                        "{}{}: ok   {tenant}: {} -> {} ({} migration(s), {} ms)",
+                        self.label,
                         s.command,
                         version_label(applied.before),
                         version_label(applied.after),
@@ -77,7 +75,8 @@ impl Reporter for Plain {
                 } else if s.last_line.elapsed() >= PROGRESS_EVERY {
                     s.last_line = Instant::now();
                     eprintln!(
-                        "{}: {}/{} done, {} failed, {:.1}s elapsed",
+                        "{}{}: {}/{} done, {} failed, {:.1}s elapsed",
+                        self.label,
                         s.command,
                         s.done + s.failed,
                         s.todo,
@@ -88,12 +87,17 @@ impl Reporter for Plain {
             }
             Event::SchemaFailed { tenant, failure } => {
                 s.failed += 1;
-                eprintln!("{}: FAIL {}", s.command, failure_line(tenant, failure));
+                eprintln!(
+                    "{}{}: FAIL {}",
+                    self.label,
+                    s.command,
+                    failure_line(tenant, failure)
+                );
             }
             Event::RunFinished => {}
             other => {
                 if let Some(line) = super::notice(other) {
-                    eprintln!("{line}");
+                    eprintln!("{}{line}", self.label);
                 }
             }
         }

@@ -1,20 +1,23 @@
 //! The terminal reporter: an indicatif bar on stderr with done/failed counts and ETA.
 //! Failures print above the bar as they happen.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{failure_line, Event, Reporter};
 
 pub struct Bar {
     bar: ProgressBar,
+    /// `[cluster] ` when the config names clusters, else empty.
+    label: String,
     ok: AtomicUsize,
     failed: AtomicUsize,
 }
 
 impl Bar {
-    pub fn new() -> Bar {
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    /// A bar drawn under `multi` (which draws on stderr).
+    pub fn new(label: String, multi: &MultiProgress) -> Bar {
+        let bar = multi.add(ProgressBar::new(0));
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix:.bold} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg} ETA {eta}",
@@ -24,6 +27,7 @@ impl Bar {
         );
         Bar {
             bar,
+            label,
             ok: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
         }
@@ -38,20 +42,14 @@ impl Bar {
     }
 }
 
-impl Default for Bar {
-    fn default() -> Self {
-        Bar::new()
-    }
-}
-
 impl Reporter for Bar {
     fn event(&self, event: &Event<'_>) {
         match event {
             Event::RunStarted { command, todo, .. } => {
-                self.bar.set_prefix(command.to_string());
+                self.bar.set_prefix(format!("{}{command}", self.label));
                 self.bar.set_length(*todo as u64);
                 if let Some(line) = super::notice(event) {
-                    self.bar.println(line);
+                    self.bar.println(format!("{}{line}", self.label));
                 }
                 self.update_msg();
             }
@@ -63,15 +61,18 @@ impl Reporter for Bar {
             }
             Event::SchemaFailed { tenant, failure } => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                self.bar
-                    .println(format!("FAIL {}", failure_line(tenant, failure)));
+                self.bar.println(format!(
+                    "{}FAIL {}",
+                    self.label,
+                    failure_line(tenant, failure)
+                ));
                 self.bar.inc(1);
                 self.update_msg();
             }
             Event::RunFinished => self.bar.finish_and_clear(),
             other => {
                 if let Some(line) = super::notice(other) {
-                    self.bar.println(line);
+                    self.bar.println(format!("{}{line}", self.label));
                 }
             }
         }

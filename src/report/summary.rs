@@ -36,15 +36,36 @@ impl RunSummary<'_> {
         }
     }
 
+    /// Counts for the overall line across clusters.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        let o = self.outcome;
+        let (done, skipped) = self.verbs();
+        let unchanged = self.unchanged();
+        vec![
+            (done, o.succeeded.len() - unchanged),
+            ("failed", o.failed.len()),
+            (skipped, self.skipped + unchanged),
+            ("not started", o.not_started.len()),
+        ]
+    }
+
+    /// A migrate/rollback success that changed nothing (a re-checked schema) is "current".
+    fn unchanged(&self) -> usize {
+        if matches!(self.command, "migrate" | "rollback") {
+            self.outcome
+                .succeeded
+                .iter()
+                .filter(|(_, a)| a.count == 0)
+                .count()
+        } else {
+            0
+        }
+    }
+
     pub fn to_text(&self) -> String {
         let o = self.outcome;
         let (done, skipped) = self.verbs();
-        // A migrate/rollback success that changed nothing (a re-checked schema) is "current".
-        let unchanged = if matches!(self.command, "migrate" | "rollback") {
-            o.succeeded.iter().filter(|(_, a)| a.count == 0).count()
-        } else {
-            0
-        };
+        let unchanged = self.unchanged();
         let mut out = format!(
             "{} run {} {} in {:.2}s: {} {done}, {} failed, {} {skipped}",
             self.command,

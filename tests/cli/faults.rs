@@ -31,7 +31,12 @@ fn sigkill_at_several_points_then_rerun_converges() {
     let p = Project::new("sigkill", 4);
     p.create_tenants(500);
     p.copy_migrations(5, 8);
-    p.add_migration("V9__marker.sql", ONE_ROW);
+    // 20 ms a schema (500 x 20 ms / 4 jobs = 2.5 s a pass), so that even the third kill
+    // (1.85 s of runs in all) lands before the fleet is done, on any machine.
+    p.add_migration(
+        "V9__marker.sql",
+        &format!("SELECT pg_sleep(0.02);\n{ONE_ROW}"),
+    );
     let mut done_before = Vec::new();
     for delay_ms in [250u64, 600, 1000] {
         let child = p.spawn(&["migrate", "--all", "--jobs", "4"]);
@@ -327,7 +332,11 @@ fn terminated_backends_restarts_and_outages_converge() {
 
     // 3. The server goes away and stays away: the run stops within a bounded time, non-zero,
     //    with a clear message.
-    p.add_migration("V11__more.sql", "CREATE TABLE more (n int);\n");
+    // Slow enough (300 x 50 ms / 4 jobs) that the stop lands mid-run.
+    p.add_migration(
+        "V11__more.sql",
+        "SELECT pg_sleep(0.05);\nCREATE TABLE more (n int);\n",
+    );
     p.write_config("[run]\nretries = 2\nretry_delay = \"200ms\"");
     let child = p.spawn(&["migrate", "--all", "--jobs", "4"]);
     std::thread::sleep(Duration::from_millis(300));

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod clusters;
 mod create;
 mod faults;
 mod migrate;

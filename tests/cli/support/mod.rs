@@ -394,21 +394,7 @@ impl Project {
             out.push_str(&v.unwrap_or_default());
             out.push('\n');
         }
-        let has_control: bool = db
-            .query_one("SELECT to_regclass('tenantctl.runs') IS NOT NULL", &[])
-            .unwrap()
-            .get(0);
-        if has_control {
-            for q in [
-                "SELECT coalesce(string_agg(t::text, ';' ORDER BY id), '') FROM tenantctl.tenants t",
-                "SELECT coalesce(string_agg(r::text, ';' ORDER BY id), '') FROM tenantctl.runs r",
-                "SELECT coalesce(string_agg(rs::text, ';' ORDER BY run_id, tenant_id), '') FROM tenantctl.run_schemas rs",
-            ] {
-                let v: String = db.query_one(q, &[]).unwrap().get(0);
-                out.push_str(&v);
-                out.push('\n');
-            }
-        }
+        out.push_str(&ledger_fingerprint(&mut db));
         out
     }
 
@@ -491,25 +477,7 @@ impl Project {
     /// Every tenant schema: (history rows, distinct versions, max version). Exactly-once
     /// means rows == distinct == the expected count everywhere.
     pub fn history_counts(&self) -> Vec<(String, i64, i64, Option<i32>)> {
-        let mut db = self.db();
-        let schemas: Vec<String> = db
-            .query("SELECT schema_name FROM tenantctl.tenants ORDER BY 1", &[])
-            .unwrap()
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
-        schemas
-            .into_iter()
-            .map(|s| {
-                let r = db
-                    .query_one(
-                        &format!("SELECT count(*), count(DISTINCT version), max(version) FROM \"{s}\".refinery_schema_history"),
-                        &[],
-                    )
-                    .unwrap();
-                (s, r.get(0), r.get(1), r.get(2))
-            })
-            .collect()
+        history_counts_at(&self.url)
     }
 
     /// Asserts every tenant is at `version` with exactly one history row per version, and the
@@ -542,4 +510,49 @@ impl Project {
             .unwrap();
         (r.get(0), r.get(1))
     }
+}
+
+/// Every registered tenant schema in the database at `url`: (schema, history rows, distinct
+/// versions, max version).
+pub fn history_counts_at(url: &str) -> Vec<(String, i64, i64, Option<i32>)> {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    let schemas: Vec<String> = db
+        .query("SELECT schema_name FROM tenantctl.tenants ORDER BY 1", &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    schemas
+        .into_iter()
+        .map(|s| {
+            let r = db
+                .query_one(
+                    &format!("SELECT count(*), count(DISTINCT version), max(version) FROM \"{s}\".refinery_schema_history"),
+                    &[],
+                )
+                .unwrap();
+            (s, r.get(0), r.get(1), r.get(2))
+        })
+        .collect()
+}
+
+/// The registry, runs and ledger rows of a database's control schema ("" when it has none).
+pub fn ledger_fingerprint(db: &mut postgres::Client) -> String {
+    let has_control: bool = db
+        .query_one("SELECT to_regclass('tenantctl.runs') IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    let mut out = String::new();
+    if has_control {
+        for q in [
+            "SELECT coalesce(string_agg(t::text, ';' ORDER BY id), '') FROM tenantctl.tenants t",
+            "SELECT coalesce(string_agg(r::text, ';' ORDER BY id), '') FROM tenantctl.runs r",
+            "SELECT coalesce(string_agg(rs::text, ';' ORDER BY run_id, tenant_id), '') FROM tenantctl.run_schemas rs",
+        ] {
+            let v: String = db.query_one(q, &[]).unwrap().get(0);
+            out.push_str(&v);
+            out.push('\n');
+        }
+    }
+    out
 }
