@@ -303,7 +303,8 @@ impl Settings {
                         path.display()
                     )));
                 }
-                let mut out = Vec::with_capacity(map.len());
+                let mut out: Vec<(String, String, String, Option<usize>)> =
+                    Vec::with_capacity(map.len());
                 for (name, c) in map {
                     check_cluster_name(name).map_err(|e| {
                         ctx.err_at(c.url.span(), &format!("clusters.{name}"), e)
@@ -317,6 +318,13 @@ impl Settings {
                         })?),
                         None => None,
                     };
+                    if let Some((other, ..)) = out.iter().find(|(_, u, ..)| *u == url) {
+                        return Err(ctx.err_at(
+                            c.url.span(),
+                            &key,
+                            format!("the same URL as cluster {other}; each cluster must be a database of its own"),
+                        ));
+                    }
                     out.push((name.clone(), url, display_url, jobs));
                 }
                 out
@@ -757,6 +765,14 @@ mod tests {
         assert!(e.0.contains("clusters.a.url"), "{e}");
         let e = load("[clusters.a]\nurl = \"postgres://h/db\"\njobs = 0\n").unwrap_err();
         assert!(e.0.contains("clusters.a.jobs"), "{e}");
+        let e = load(
+            "[clusters.a]\nurl = \"postgres://h/db\"\n[clusters.b]\nurl = \"postgres://h/db\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("clusters.b.url") && e.0.contains("same URL as cluster a"),
+            "{e}"
+        );
         let e = load("[clusters.a]\njobs = 2\n").unwrap_err();
         assert!(e.0.contains("url"), "{e}");
         let e = Settings::from_str(

@@ -56,6 +56,14 @@ pub struct RunInfo<'a> {
     pub argv: &'a str,
 }
 
+/// How the shared migrations' step went, for [`Control::record_shared`].
+pub struct SharedOutcome<'a> {
+    pub before: Option<i32>,
+    pub after: Option<i32>,
+    pub migration: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
 /// One failed schema, as the ledger records it.
 pub struct FailureRecord<'a> {
     pub id: &'a str,
@@ -624,6 +632,54 @@ COMMENT ON SCHEMA {q} IS {comment};
             .await
             .map_err(|e| run_error("recording failed schemas", &e))?;
         Ok(())
+    }
+
+    /// Records the shared migrations' step of a cluster as a finished run of its own with one
+    /// ledger row, `(shared)` for the shared schema, so the audit trail shows who changed
+    /// the shared tables, when, and how it went.
+    pub async fn record_shared(
+        &self,
+        client: &Client,
+        info: &RunInfo<'_>,
+        schema: &str,
+        outcome: &SharedOutcome<'_>,
+    ) -> anyhow::Result<()> {
+        let opt = |v: Option<i32>| v.map_or("NULL".to_string(), |v| v.to_string());
+        let text = |v: Option<&str>| v.map_or("NULL".to_string(), quote_literal);
+        let state = if outcome.error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        let sql = format!(
+            "WITH r AS ( \
+               INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, finished_at) \
+               VALUES ({cmd}, {target}, {digest}, {scope}, {state_lit}, {actor}, {argv}, {host}, {pid}, 1, clock_timestamp()) RETURNING id) \
+             INSERT INTO {rs} (run_id, tenant_id, schema_name, state, version_before, version_after, failed_migration, error, attempts, started_at, finished_at) \
+             SELECT id, '(shared)', {schema}, {state_lit}, {before}, {after}, {migration}, {error}, 1, now(), clock_timestamp() FROM r",
+            runs = self.table("runs"),
+            rs = self.table("run_schemas"),
+            cmd = quote_literal(info.command),
+            target = opt(info.target),
+            digest = quote_literal(info.digest),
+            scope = quote_literal(info.scope),
+            state_lit = quote_literal(state),
+            actor = quote_literal(info.actor),
+            argv = quote_literal(info.argv),
+            host = quote_literal(&hostname()),
+            pid = std::process::id() as i32,
+            schema = quote_literal(schema),
+            before = opt(outcome.before),
+            after = opt(outcome.after),
+            migration = text(outcome.migration),
+            error = text(outcome.error),
+        );
+        client.batch_execute(&sql).await.map_err(|e| {
+            run_error(
+                &format!("recording the shared migrations in {}.runs", self.name),
+                &e,
+            )
+        })
     }
 
     /// Closes a run with its final state and releases its run lock.

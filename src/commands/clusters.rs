@@ -155,8 +155,10 @@ pub fn combine(outcomes: &[(i32, bool)]) -> i32 {
 /// Prints the results and returns the exit code. With the single `[database]` form this is
 /// exactly the one cluster's output (and its error, if any, goes back to `main`).
 pub fn finish(ctx: &Ctx, mut results: Results, json: bool) -> anyhow::Result<i32> {
-    if !ctx.multi() && results.len() == 1 {
-        let (_, result) = results.remove(0);
+    if !ctx.multi() {
+        let Some((_, result)) = results.pop() else {
+            return Ok(exit::SUCCESS);
+        };
         let done = result?;
         print_output(&done.out);
         return Ok(done.code);

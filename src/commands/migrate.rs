@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::cli::{FleetOpts, MigrateArgs};
 use crate::config::Settings;
-use crate::engine::apply::{apply_shared, shared_version, Mode};
+use crate::engine::apply::{shared_version, Mode};
 use crate::engine::plan::{self, Direction, Step};
 use crate::exit::{self, UsageError};
 use crate::migrations::{version_label, MigrationSet};
@@ -17,7 +17,10 @@ use crate::report::Reporter;
 use crate::tenant::Tenant;
 
 use super::clusters::{failed_names, finish, single_error, Ctx, Done, Output};
-use super::{load_migrations, load_shared, parse_ids, run_schemas, scope_of, RunRequest, Session};
+use super::{
+    apply_shared_recorded, load_migrations, load_shared, parse_ids, run_schemas, scope_of,
+    RunRequest, Session,
+};
 
 pub async fn migrate(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<i32> {
     let settings = &ctx.settings;
@@ -301,15 +304,7 @@ async fn shared_step(
             json!({ "schema": schema, "version": at, "pending": pending }),
         )));
     }
-    match apply_shared(
-        &session.client,
-        set,
-        schema,
-        s.lock_timeout,
-        s.statement_timeout,
-    )
-    .await
-    {
+    match apply_shared_recorded(session, set, "migrate (shared)").await {
         Ok(a) => Ok(Ok((
             if a.count == 0 {
                 format!(

@@ -17,9 +17,9 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Client;
 
 use crate::config::Settings;
-use crate::control::{Control, FailureRecord, RunInfo};
+use crate::control::{Control, FailureRecord, RunInfo, SharedOutcome};
 use crate::db;
-use crate::engine::apply::{ApplyCtx, Failure, FailureKind, Mode};
+use crate::engine::apply::{apply_shared, Applied, ApplyCtx, Failure, FailureKind, Mode};
 use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, SchemaJob};
 use crate::exit::{self, BusyError, UsageError};
 use crate::migrations::MigrationSet;
@@ -227,6 +227,60 @@ pub fn load_shared(settings: &Settings) -> anyhow::Result<Option<MigrationSet>> 
         ))
     })?;
     Ok((!set.files().is_empty()).then_some(set))
+}
+
+/// Applies the pending shared migrations on the session's cluster and, when anything was
+/// applied or it failed, records that in the cluster's ledger as a run of its own (`command`,
+/// e.g. `migrate (shared)`). The result is the shared transaction's, whatever the ledger
+/// write after it does.
+pub async fn apply_shared_recorded(
+    session: &Session<'_>,
+    set: &MigrationSet,
+    command: &str,
+) -> Result<Applied, Failure> {
+    let s = session.settings;
+    let result = apply_shared(
+        &session.client,
+        set,
+        &s.shared_schema,
+        s.lock_timeout,
+        s.statement_timeout,
+    )
+    .await;
+    let (before, after, migration, error) = match &result {
+        Ok(a) if a.count == 0 => return result,
+        Ok(a) => (a.before, a.after, None, None),
+        Err(f) if f.broken_connection => return result,
+        Err(f) => (
+            f.still_at,
+            f.still_at,
+            f.migration.as_deref(),
+            Some(f.to_string()),
+        ),
+    };
+    let argv = command_line();
+    let info = RunInfo {
+        command,
+        target: set.latest(),
+        digest: set.digest(),
+        scope: &format!("shared:{}", s.shared_schema),
+        total: 1,
+        actor: &s.actor,
+        argv: &argv,
+    };
+    let outcome = SharedOutcome {
+        before,
+        after,
+        migration,
+        error: error.as_deref(),
+    };
+    // The shared transaction has committed (or rolled back) already: a ledger write that
+    // fails here cannot change what happened, so it does not change the result either.
+    let _ = session
+        .control
+        .record_shared(&session.client, &info, &s.shared_schema, &outcome)
+        .await;
+    result
 }
 
 /// Installs SIGINT/SIGTERM handling for a run: the first signal stops scheduling and, after

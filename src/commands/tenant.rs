@@ -7,13 +7,16 @@ use serde_json::json;
 
 use crate::cli::{AdoptArgs, CreateArgs, DropArgs, ListArgs, RunOpts};
 use crate::config::Settings;
-use crate::engine::apply::{apply_shared, Failure, FailureKind, Mode};
+use crate::engine::apply::{Failure, FailureKind, Mode};
 use crate::exit::UsageError;
 use crate::migrations::{version_label, MigrationSet};
 use crate::tenant::Tenant;
 
 use super::clusters::{each, failed_names, finish, single_error, Ctx, Done};
-use super::{load_migrations, load_shared, parse_ids, run_schemas, RunRequest, Session};
+use super::{
+    apply_shared_recorded, load_migrations, load_shared, parse_ids, run_schemas, RunRequest,
+    Session,
+};
 
 /// Reads ids from a file or stdin: one per line, blanks and `#` comments ignored.
 fn read_id_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
@@ -154,7 +157,12 @@ async fn register(
             } else {
                 HashMap::new()
             };
-            let active = session.control.active_count(&session.client).await?;
+            // Placement needs the counts only when there is a choice.
+            let active = if ctx.clusters.len() > 1 && selected(s) {
+                session.control.active_count(&session.client).await?
+            } else {
+                0
+            };
             anyhow::Ok(Known {
                 session,
                 existing,
@@ -181,6 +189,7 @@ async fn register(
     let mut plan: Vec<Vec<(Tenant, Option<i32>, bool)>> = vec![Vec::new(); clusters.len()];
     let mut refused: Vec<Vec<(Tenant, Failure)>> = vec![Vec::new(); clusters.len()];
     let mut load: Vec<i64> = clusters.iter().map(|k| k.active).collect();
+    let eligible: Vec<bool> = all.iter().map(selected).collect();
     for t in tenants {
         let home = clusters
             .iter()
@@ -205,11 +214,7 @@ async fn register(
                 }
             }
             None => {
-                let i = (0..clusters.len())
-                    .filter(|i| selected(&all[*i]))
-                    .min_by_key(|i| load[*i])
-                    .expect("at least one cluster is selected");
-                load[i] += 1;
+                let i = place(&mut load, &eligible);
                 plan[i].push((t, None, true));
             }
         }
@@ -222,63 +227,22 @@ async fn register(
             .chain(refused.iter().flatten().map(|(t, _)| t.clone()))
             .collect::<Vec<_>>(),
     ));
-    let request = &request;
-    let shared = shared.as_ref();
+    let (request, shared) = (&request, shared.as_ref());
     let work = clusters
         .into_iter()
         .zip(plan)
         .zip(refused)
         .map(|((k, in_scope), refused)| {
-            let scope = scope.clone();
+            let todo = Work {
+                in_scope,
+                refused,
+                scope: scope.clone(),
+            };
             async move {
-                if in_scope.is_empty() && refused.is_empty() {
+                if todo.in_scope.is_empty() && todo.refused.is_empty() {
                     return None;
                 }
-                let mut session = k.session;
-                let reporter = ctx.reporters.for_cluster(&session.settings.cluster);
-                let mut shared_line = None;
-                if let (Some(set), true) = (shared, in_scope.iter().any(|(_, _, todo)| *todo)) {
-                    let s = session.settings;
-                    match apply_shared(&session.client, set, &s.shared_schema, s.lock_timeout, s.statement_timeout).await {
-                        Ok(a) if a.count > 0 => {
-                            shared_line = Some(format!(
-                                "shared: schema {} {} -> {}: {} shared migration(s) applied first\n",
-                                s.shared_schema,
-                                version_label(a.before),
-                                version_label(a.after),
-                                a.count
-                            ))
-                        }
-                        Ok(_) => {}
-                        Err(f) => {
-                            return Some(Err(anyhow::anyhow!(
-                                "shared migrations in schema {} failed: {f}; no tenant was created on this cluster (their migrations may need the shared tables)",
-                                s.shared_schema
-                            )))
-                        }
-                    }
-                }
-                let done = run_schemas(
-                    &mut session,
-                    RunRequest {
-                        command: request.command,
-                        mode: request.mode,
-                        migrations,
-                        target: request.target,
-                        scope,
-                        tenants: in_scope,
-                        refused,
-                        resume: false,
-                        fail_fast: run.fail_fast,
-                        json: run.json,
-                    },
-                    reporter,
-                )
-                .await;
-                Some(done.map(|d| match &shared_line {
-                    Some(line) => d.prepend(line, "shared_applied", serde_json::json!(true)),
-                    None => d,
-                }))
+                Some(register_on(ctx, k.session, migrations, shared, request, todo, run).await)
             }
         });
     let outcomes = futures::future::join_all(work).await;
@@ -288,6 +252,80 @@ async fn register(
         .filter_map(|(s, o)| o.map(|o| (s, o)))
         .collect();
     finish(ctx, results, run.json)
+}
+
+/// The cluster for one more new tenant: the eligible one with the fewest (the first of
+/// equals), whose count then grows by one.
+fn place(load: &mut [i64], eligible: &[bool]) -> usize {
+    let i = (0..load.len())
+        .filter(|i| eligible[*i])
+        .min_by_key(|i| load[*i])
+        .expect("at least one cluster is selected");
+    load[i] += 1;
+    i
+}
+
+/// What one cluster registers.
+struct Work {
+    in_scope: Vec<(Tenant, Option<i32>, bool)>,
+    refused: Vec<(Tenant, Failure)>,
+    scope: String,
+}
+
+/// One cluster's part of create/adopt: its pending shared migrations first (for new
+/// tenants), then its tenants, recorded as one run.
+async fn register_on(
+    ctx: &Ctx,
+    mut session: Session<'_>,
+    migrations: &MigrationSet,
+    shared: Option<&MigrationSet>,
+    request: &Registration,
+    work: Work,
+    run: &RunOpts,
+) -> anyhow::Result<Done> {
+    let s = session.settings;
+    let reporter = ctx.reporters.for_cluster(&s.cluster);
+    let mut shared_line = None;
+    let creates = work.in_scope.iter().any(|(_, _, todo)| *todo);
+    if let (Some(set), true) = (shared, creates) {
+        match apply_shared_recorded(&session, set, "tenant create (shared)").await {
+            Ok(a) if a.count > 0 => {
+                shared_line = Some(format!(
+                    "shared: schema {} {} -> {}: {} shared migration(s) applied first\n",
+                    s.shared_schema,
+                    version_label(a.before),
+                    version_label(a.after),
+                    a.count
+                ))
+            }
+            Ok(_) => {}
+            Err(f) => anyhow::bail!(
+                "shared migrations in schema {} failed: {f}; no tenant was created on this cluster (their migrations may need the shared tables)",
+                s.shared_schema
+            ),
+        }
+    }
+    let done = run_schemas(
+        &mut session,
+        RunRequest {
+            command: request.command,
+            mode: request.mode,
+            migrations,
+            target: request.target,
+            scope: work.scope,
+            tenants: work.in_scope,
+            refused: work.refused,
+            resume: false,
+            fail_fast: run.fail_fast,
+            json: run.json,
+        },
+        reporter,
+    )
+    .await?;
+    Ok(match &shared_line {
+        Some(line) => done.prepend(line, "shared_applied", serde_json::json!(true)),
+        None => done,
+    })
 }
 
 pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
@@ -467,4 +505,22 @@ fn list_text(rows: &[crate::control::TenantRow]) -> String {
     }
     let _ = writeln!(out, "{} tenant(s)", rows.len());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::place;
+
+    #[test]
+    fn new_tenants_go_where_there_are_fewest() {
+        let mut load = vec![10, 10, 11];
+        let all = [true, true, true];
+        let picks: Vec<usize> = (0..5).map(|_| place(&mut load, &all)).collect();
+        assert_eq!(picks, [0, 1, 0, 1, 2]);
+        assert_eq!(load, [12, 12, 12]);
+        // Only the selected clusters (--cluster) are eligible, however full.
+        let mut load = vec![0, 50, 9];
+        assert_eq!(place(&mut load, &[false, true, false]), 1);
+        assert_eq!(load, [0, 51, 9]);
+    }
 }

@@ -103,11 +103,20 @@ fn fleet_of_three_clusters_with_one_stopped_mid_run() {
     }
     // Every cluster keeps its own control schema: its tenants and its run ledger.
     for url in &urls {
-        let runs: i64 = connect(url)
-            .query_one("SELECT count(*) FROM tenantctl.runs", &[])
-            .unwrap()
-            .get(0);
-        assert_eq!(runs, 1, "{url}");
+        let (runs, tenants): (i64, i32) = {
+            let r = connect(url)
+                .query_one(
+                    "SELECT count(*), sum(total)::int FROM tenantctl.runs WHERE command = 'tenant create'",
+                    &[],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!(
+            (runs, tenants),
+            (1, 10),
+            "{url}: one run, its own 10 tenants"
+        );
     }
 
     // --cluster places a tenant; an id that exists on another cluster is refused.
@@ -142,7 +151,53 @@ fn fleet_of_three_clusters_with_one_stopped_mid_run() {
     for url in &urls {
         assert_cluster_at(url, 8);
         assert_eq!(shared_state(url), (2, 2, 2), "shared set once per cluster");
+        // The shared step is in each cluster's audit trail, as a run of its own.
+        let ledger: Vec<(String, String, Option<i32>, Option<i32>)> = connect(url)
+            .query(
+                "SELECT r.command, s.state, s.version_before, s.version_after FROM tenantctl.runs r \
+                 JOIN tenantctl.run_schemas s ON s.run_id = r.id WHERE s.tenant_id = '(shared)' ORDER BY r.id",
+                &[],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        assert_eq!(
+            ledger,
+            [
+                (
+                    "tenant create (shared)".into(),
+                    "succeeded".into(),
+                    None,
+                    Some(1)
+                ),
+                (
+                    "migrate (shared)".into(),
+                    "succeeded".into(),
+                    Some(1),
+                    Some(2)
+                ),
+            ],
+            "{url}"
+        );
     }
+    // The clusters worked at the same time: every cluster's run started before any ended.
+    let spans: Vec<(f64, f64)> = urls
+        .iter()
+        .map(|u| {
+            let r = connect(u)
+                .query_one(
+                    "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8 \
+                     FROM tenantctl.runs WHERE command = 'migrate' ORDER BY id DESC LIMIT 1",
+                    &[],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        })
+        .collect();
+    let last_start = spans.iter().map(|s| s.0).fold(f64::MIN, f64::max);
+    let first_end = spans.iter().map(|s| s.1).fold(f64::MAX, f64::min);
+    assert!(last_start < first_end, "runs did not overlap: {spans:?}");
     // A re-run applies nothing, shared or tenant.
     let out = p.run(&["migrate", "--all"], 0);
     assert!(
@@ -284,6 +339,18 @@ fn a_failing_shared_migration_stops_only_its_cluster() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "the failed shared transaction left nothing behind");
+    let (state, error): (String, String) = {
+        let r = connect(&urls[1])
+            .query_one(
+                "SELECT s.state, s.error FROM tenantctl.run_schemas s JOIN tenantctl.runs r ON r.id = s.run_id \
+                 WHERE r.command = 'migrate (shared)'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(state, "failed");
+    assert!(error.contains("already exists"), "{error}");
 
     // --tenants-only skips the shared set; --shared-only applies nothing else.
     p.run(&["migrate", "--all", "--tenants-only"], 0);
