@@ -25,10 +25,18 @@ pub struct UsageError(pub String);
 #[error("{0}")]
 pub struct BusyError(pub String);
 
+/// A signal arrived before this part of the work started: exit code 130.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InterruptedError(pub String);
+
 /// Maps an error to its exit code: input problems are 2, busy is 3, everything else is 1.
 pub fn code_for(err: &anyhow::Error) -> i32 {
     if err.chain().any(|e| e.is::<BusyError>()) {
         return BUSY;
+    }
+    if err.chain().any(|e| e.is::<InterruptedError>()) {
+        return INTERRUPTED;
     }
     let usage = err.chain().any(|e| {
         e.is::<UsageError>()

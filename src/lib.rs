@@ -48,13 +48,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let ctx = commands::Ctx {
-        reporters: report::Reporters::new(cli.global.quiet, settings.multi_cluster),
-        clusters,
-        settings,
-    };
     runtime.block_on(async move {
-        let ctx = &ctx;
+        let ctx = &commands::Ctx {
+            reporters: report::Reporters::new(cli.global.quiet, settings.multi_cluster),
+            signals: commands::Signals::install(),
+            clusters,
+            settings,
+        };
         match cli.command {
             Command::Tenant(TenantCommand::Create(args)) => {
                 commands::tenant::create(ctx, args).await

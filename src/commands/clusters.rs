@@ -19,6 +19,7 @@ pub struct Ctx {
     /// The selected clusters (`--cluster`, else all), each as its own settings.
     pub clusters: Vec<Settings>,
     pub reporters: Reporters,
+    pub signals: super::Signals,
 }
 
 impl Ctx {
@@ -236,6 +237,12 @@ pub fn finish(ctx: &Ctx, mut results: Results, json: bool) -> anyhow::Result<i32
         let _ = write!(text, "; tenants: {}", parts.join(", "));
     }
     text.push('\n');
+    if code == exit::INTERRUPTED {
+        let _ = writeln!(
+            text,
+            "interrupted: the same command again resumes each cluster's run where it stopped"
+        );
+    }
     if code == exit::PARTIAL {
         let _ = writeln!(
             text,

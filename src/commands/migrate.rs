@@ -151,7 +151,7 @@ pub async fn fleet_command(
         .unzip();
     let outcomes = futures::future::join_all(prepared.into_iter().map(|p| async move {
         match p {
-            Ok(p) => execute(p, migrations, direction, explicit, opts, sides).await,
+            Ok(p) => execute(ctx, p, migrations, direction, explicit, opts, sides).await,
             Err(e) => Err(e),
         }
     }))
@@ -175,7 +175,9 @@ async fn prepare<'a>(
     let session = Session::open(settings, !opts.dry_run).await?;
     let reporter = ctx.reporters.for_cluster(&settings.cluster);
     if !opts.dry_run {
-        session.fleet_lock(opts.wait, reporter.as_ref()).await?;
+        session
+            .fleet_lock(opts.wait, reporter.as_ref(), &ctx.signals)
+            .await?;
     }
     let rows = if opts.dry_run && !session.control.exists(&session.client).await? {
         Vec::new()
@@ -207,6 +209,7 @@ async fn prepare<'a>(
 }
 
 async fn execute(
+    ctx: &Ctx,
     p: Prepared<'_>,
     migrations: &MigrationSet,
     direction: Direction,
@@ -277,6 +280,7 @@ async fn execute(
             json,
         },
         reporter,
+        &ctx.signals,
     )
     .await?;
     Ok(with_shared(done))

@@ -21,7 +21,7 @@ use crate::control::{Control, FailureRecord, RunInfo, SharedOutcome};
 use crate::db;
 use crate::engine::apply::{apply_shared, Applied, ApplyCtx, Failure, FailureKind, Mode};
 use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, SchemaJob};
-use crate::exit::{self, BusyError, UsageError};
+use crate::exit::{self, BusyError, InterruptedError, UsageError};
 use crate::migrations::MigrationSet;
 use crate::report::{summary, Event, Reporter};
 use crate::tenant::Tenant;
@@ -82,10 +82,17 @@ impl<'a> Session<'a> {
         &self,
         wait: Option<Duration>,
         reporter: &dyn Reporter,
+        signals: &Signals,
     ) -> anyhow::Result<()> {
         let deadline = wait.map(|w| Instant::now() + w);
         let mut announced = false;
         loop {
+            if let Some(signal) = signals.received() {
+                return Err(InterruptedError(format!(
+                    "{signal} received while waiting for the fleet lock; nothing was started here"
+                ))
+                .into());
+            }
             if self.control.try_fleet_lock(&self.client).await? {
                 return Ok(());
             }
@@ -283,50 +290,100 @@ pub async fn apply_shared_recorded(
     result
 }
 
-/// Installs SIGINT/SIGTERM handling for a run: the first signal stops scheduling and, after
-/// the grace period, cancels in-flight statements (they roll back); the second exits at once
-/// (PostgreSQL rolls back the open transactions).
-fn watch_signals(
-    cancel: Cancel,
-    reporter: Arc<dyn Reporter>,
-    grace: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// SIGINT/SIGTERM for the whole process, shared by every cluster's run (so a signal reaches
+/// runs that start after it, too). The first signal stops scheduling in every run and, after
+/// the grace period, cancels in-flight statements (they roll back); with no run in flight it
+/// stops the process at once. The second signal exits at once (PostgreSQL rolls back the
+/// open transactions).
+#[derive(Clone)]
+pub struct Signals {
+    rx: tokio::sync::watch::Receiver<Option<&'static str>>,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Signals {
+    /// Starts listening; call inside the runtime, before any database work.
+    pub fn install() -> Signals {
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let in_flight = active.clone();
         #[cfg(unix)]
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let mut count = 0;
-        loop {
-            #[cfg(unix)]
-            let name = tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => "SIGTERM",
-            };
-            #[cfg(not(unix))]
-            let name = {
-                let _ = tokio::signal::ctrl_c().await;
-                "Ctrl-C"
-            };
-            count += 1;
-            if count == 1 {
-                cancel.cancel();
-                reporter.event(&Event::Interrupting {
-                    signal: name,
-                    grace,
-                });
-                let cancel = cancel.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    cancel.abort_in_flight().await;
-                });
-            } else {
-                eprintln!(
-                    "{name} again: stopping now; open transactions are rolled back by PostgreSQL"
-                );
-                std::process::exit(exit::INTERRUPTED);
+        tokio::spawn(async move {
+            let mut count = 0;
+            loop {
+                #[cfg(unix)]
+                let name = tokio::select! {
+                    _ = tokio::signal::ctrl_c() => "SIGINT",
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => "SIGTERM",
+                };
+                #[cfg(not(unix))]
+                let name = {
+                    let _ = tokio::signal::ctrl_c().await;
+                    "Ctrl-C"
+                };
+                count += 1;
+                if count == 1 && in_flight.load(Ordering::SeqCst) == 0 {
+                    eprintln!(
+                        "{name} received with no schema in flight: stopping; finished work is kept"
+                    );
+                    std::process::exit(exit::INTERRUPTED);
+                }
+                if count > 1 {
+                    eprintln!(
+                        "{name} again: stopping now; open transactions are rolled back by PostgreSQL"
+                    );
+                    std::process::exit(exit::INTERRUPTED);
+                }
+                let _ = tx.send(Some(name));
             }
+        });
+        Signals { rx, active }
+    }
+
+    /// The signal received so far, if any.
+    pub fn received(&self) -> Option<&'static str> {
+        *self.rx.borrow()
+    }
+
+    /// Ties one run to the signals: on the first one (even if it came before this run
+    /// started), `cancel` stops scheduling and, after `grace`, aborts in-flight statements.
+    /// Dropping the guard ends the tie.
+    fn watch_run(&self, cancel: Cancel, reporter: Arc<dyn Reporter>, grace: Duration) -> RunGuard {
+        use std::sync::atomic::Ordering;
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let mut rx = self.rx.clone();
+        let task = tokio::spawn(async move {
+            let signal = match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.unwrap_or("signal"),
+                Err(_) => return,
+            };
+            cancel.cancel();
+            reporter.event(&Event::Interrupting { signal, grace });
+            tokio::time::sleep(grace).await;
+            cancel.abort_in_flight().await;
+        });
+        RunGuard {
+            task,
+            active: self.active.clone(),
         }
-    })
+    }
+}
+
+/// One run's tie to [`Signals`].
+struct RunGuard {
+    task: tokio::task::JoinHandle<()>,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.active
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// What a fleet command asks for.
@@ -368,6 +425,7 @@ pub async fn run_schemas(
     session: &mut Session<'_>,
     req: RunRequest<'_>,
     reporter: Arc<dyn Reporter>,
+    signals: &Signals,
 ) -> anyhow::Result<Done> {
     let total = req.tenants.len() + req.refused.len();
     let argv = command_line();
@@ -445,7 +503,7 @@ pub async fn run_schemas(
     }
     let pool = session.pool(workers)?;
     let cancel = Cancel::default();
-    let signals = watch_signals(
+    let signal_guard = signals.watch_run(
         cancel.clone(),
         reporter.clone(),
         session.settings.grace_period,
@@ -479,7 +537,7 @@ pub async fn run_schemas(
     };
     let mut outcome = run_fleet(&pool, &ctx, jobs, &opts, reporter.as_ref(), &cancel).await;
     reporter.event(&Event::RunFinished);
-    signals.abort();
+    drop(signal_guard);
     pool.close();
     outcome.failed.splice(0..0, req.refused);
 

@@ -320,6 +320,7 @@ async fn register_on(
             json: run.json,
         },
         reporter,
+        &ctx.signals,
     )
     .await?;
     Ok(match &shared_line {
@@ -395,6 +396,7 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
                     json: args.run.json,
                 },
                 reporter,
+                &ctx.signals,
             )
             .await,
         )

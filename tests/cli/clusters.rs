@@ -285,14 +285,7 @@ fn fleet_of_three_clusters_with_one_stopped_mid_run() {
     assert!(text.contains("overall: 3 cluster(s), 3 ok"), "{text}");
     for url in &urls {
         assert_cluster_at(url, 9);
-        let mut db = connect(url);
-        for (schema, _, _, _) in history_counts_at(url) {
-            let n: i64 = db
-                .query_one(&format!("SELECT count(*) FROM \"{schema}\".marker"), &[])
-                .unwrap()
-                .get(0);
-            assert_eq!(n, 1, "{schema} on {url}");
-        }
+        assert_one_row_everywhere(url, "marker");
     }
 }
 
@@ -397,4 +390,89 @@ fn cluster_config_and_selection_errors_change_nothing() {
     // An id that is on no cluster is refused before anything runs.
     let out = p.run(&["migrate", "--tenant", "nobody"], 2);
     assert!(stderr(&out).contains("nobody"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_interrupted_fleet_run_resumes_on_every_cluster() {
+    let (p, urls) = fleet_on_shared_server("");
+    let ids: Vec<String> = (0..90).map(|i| format!("i{i:02}")).collect();
+    let file = p.id_file(&ids);
+    p.run(
+        &["tenant", "create", "--from-file", file.to_str().unwrap()],
+        0,
+    );
+    // 30 tenants a cluster x 50 ms / 2 jobs: about 0.75 s a cluster.
+    p.add_migration(
+        "V5__slow.sql",
+        "SELECT pg_sleep(0.05);\nCREATE TABLE slow (n int);\nINSERT INTO slow VALUES (1);\n",
+    );
+    let (out, _) = interrupt_after(&p, &["migrate", "--all"], Duration::from_millis(400));
+    let text = stdout(&out);
+    assert!(
+        text.contains("overall: 3 cluster(s)") && text.contains("interrupted: the same command"),
+        "{text}"
+    );
+    for url in &urls {
+        let state: String = connect(url)
+            .query_one(
+                "SELECT state FROM tenantctl.runs WHERE command = 'migrate' ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(state, "interrupted", "{url}: {text}");
+        let done = registry(url).values().filter(|v| **v == Some(5)).count();
+        assert!(
+            done < 30,
+            "{url}: the interrupt landed mid-run ({done} done)"
+        );
+    }
+    let out = p.run(&["migrate", "--all"], 0);
+    let err = stderr(&out);
+    for name in CLUSTERS {
+        assert!(
+            err.contains(&format!("[{name}] resuming run")),
+            "{name}: {err}"
+        );
+    }
+    for url in &urls {
+        assert_cluster_at(url, 5);
+        assert_one_row_everywhere(url, "slow");
+    }
+}
+
+#[test]
+fn a_busy_cluster_makes_the_run_partial_not_wrong() {
+    let (p, urls) = fleet_on_shared_server("");
+    p.run(&["tenant", "create", "b1", "b2", "b3", "b4", "b5", "b6"], 0);
+    p.add_migration(
+        "V5__slow.sql",
+        "SELECT pg_sleep(1.5);\nCREATE TABLE slow (n int);\n",
+    );
+    // A runner holds alpha's fleet lock; a fleet-wide run meanwhile does the rest.
+    let first = p.spawn(&["migrate", "--all", "--cluster", "alpha"]);
+    let started = Instant::now();
+    while connect(&urls[0])
+        .query_one(
+            "SELECT count(*) FROM tenantctl.runs WHERE command = 'migrate' AND state = 'running'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = p.run(&["migrate", "--all"], 4);
+    let text = stdout(&out);
+    assert!(
+        text.contains("is in progress on this database") && text.contains("failed (alpha)"),
+        "{text}"
+    );
+    let out = wait_with_deadline(first, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for url in &urls {
+        assert_cluster_at(url, 5);
+    }
 }

@@ -10,20 +10,7 @@ use predicates::prelude::*;
 const ONE_ROW: &str = "CREATE TABLE marker (n int NOT NULL);\nINSERT INTO marker VALUES (1);\n";
 
 fn assert_one_marker_row_everywhere(p: &Project) {
-    let mut db = p.db();
-    let schemas: Vec<String> = db
-        .query("SELECT schema_name FROM tenantctl.tenants", &[])
-        .unwrap()
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
-    for s in schemas {
-        let n: i64 = db
-            .query_one(&format!("SELECT count(*) FROM \"{s}\".marker"), &[])
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 1, "{s}.marker");
-    }
+    assert_one_row_everywhere(&p.url, "marker");
 }
 
 #[test]
@@ -74,28 +61,6 @@ fn sigkill_at_several_points_then_rerun_converges() {
         .unwrap()
         .get(0);
     assert_eq!(running, 0);
-}
-
-/// Starts `args`, sends SIGINT after `delay`, and checks the run ends with exit code 130.
-/// Returns the output and how long it took to stop after the signal.
-fn interrupt_after(
-    p: &Project,
-    args: &[&str],
-    delay: Duration,
-) -> (std::process::Output, Duration) {
-    let child = p.spawn(args);
-    std::thread::sleep(delay);
-    let t0 = Instant::now();
-    signal(child.id(), "INT");
-    let out = wait_with_deadline(child, Duration::from_secs(30));
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    (out, t0.elapsed())
 }
 
 #[test]

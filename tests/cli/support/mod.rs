@@ -556,3 +556,38 @@ pub fn ledger_fingerprint(db: &mut postgres::Client) -> String {
     }
     out
 }
+
+/// Starts `args`, sends SIGINT after `delay`, and checks the run ends with exit code 130.
+/// Returns the output and how long it took to stop after the signal.
+pub fn interrupt_after(
+    p: &Project,
+    args: &[&str],
+    delay: Duration,
+) -> (std::process::Output, Duration) {
+    let child = p.spawn(args);
+    std::thread::sleep(delay);
+    let t0 = Instant::now();
+    signal(child.id(), "INT");
+    let out = wait_with_deadline(child, Duration::from_secs(30));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    (out, t0.elapsed())
+}
+
+/// Every registered tenant schema at `url` has exactly one row in `table`: a migration that
+/// inserts one row was applied exactly once everywhere.
+pub fn assert_one_row_everywhere(url: &str, table: &str) {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    for (schema, ..) in history_counts_at(url) {
+        let n: i64 = db
+            .query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{schema}.{table} at {url}");
+    }
+}
