@@ -6,6 +6,7 @@
 //!   cargo bench --bench fleet -- --quick      # N = 200 and 1,000, fewer repetitions
 //!   cargo bench --bench fleet -- --n 500 --jobs 4 --runs 5 --url postgres://...
 //!   cargo bench --bench fleet -- --jobs-sweep  # migrate at N = 1,000 for J = 1, 2, 4, 8, 16
+//!   cargo bench --bench fleet -- --clusters 3 --n 900  # one cluster vs N spread over three
 //!
 //! Without --url (or BENCH_DATABASE_URL) it starts a throwaway cluster with
 //! scripts/throwaway-pg.sh and removes it afterwards. Timings are medians; machines are shared
@@ -27,6 +28,8 @@ struct Opts {
     runs: usize,
     url: Option<String>,
     sweep: bool,
+    /// Compare one cluster with N tenants spread over this many clusters.
+    clusters: usize,
 }
 
 fn parse_args() -> Opts {
@@ -38,6 +41,7 @@ fn parse_args() -> Opts {
             .ok()
             .filter(|s| !s.is_empty()),
         sweep: false,
+        clusters: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -68,6 +72,10 @@ fn parse_args() -> Opts {
                 i += 1;
             }
             "--jobs-sweep" => o.sweep = true,
+            "--clusters" => {
+                o.clusters = val(i).parse().expect("--clusters takes a number");
+                i += 1;
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}; see bench/fleet.rs for usage"),
         }
@@ -162,13 +170,17 @@ struct Project {
 
 impl Project {
     fn new(url: &str, jobs: usize) -> Project {
+        Project::with_config(
+            url,
+            &format!("[database]\nurl = \"{url}\"\n[run]\njobs = {jobs}\n"),
+        )
+    }
+
+    /// A project with this tenants.toml; `url` is the database [`Project::db`] opens.
+    fn with_config(url: &str, config: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("migrations")).unwrap();
-        std::fs::write(
-            dir.path().join("tenants.toml"),
-            format!("[database]\nurl = \"{url}\"\n[run]\njobs = {jobs}\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("tenants.toml"), config).unwrap();
         Project {
             dir,
             url: url.to_string(),
@@ -354,12 +366,73 @@ fn psql_limit(url: &str, n: usize, jobs: usize, work: &Path) -> Duration {
 fn empty_fleet(server: &Server, db: &str, n: usize, jobs: usize) -> (String, Project) {
     let url = server.fresh_db(db);
     let p = Project::new(&url, jobs);
+    register_empty(&p, n);
+    (url, p)
+}
+
+/// Registers `n` tenants with empty schemas (wherever the project places them), then puts
+/// the example set in place to migrate them.
+fn register_empty(p: &Project, n: usize) {
     let ids: String = (0..n).map(|i| format!("t{i:05}\n")).collect();
     std::fs::write(p.dir.path().join("ids.txt"), ids).unwrap();
     p.set_migrations(false);
     p.timed(&["tenant", "create", "--from-file", "ids.txt"]);
     p.set_migrations(true);
-    (url, p)
+}
+
+/// The median of `runs` timings of `migrate`, rolled back to empty before each.
+fn migrate_median(p: &Project, runs: usize, migrate: impl Fn() -> Duration) -> Duration {
+    median(
+        (0..runs)
+            .map(|_| {
+                p.timed(&["rollback", "--to", "0", "--all"]);
+                migrate()
+            })
+            .collect(),
+    )
+}
+
+/// N tenants on one cluster, against the same N spread over `k` clusters (each its own
+/// server unless --url is given), migrated by one command and cluster by cluster.
+fn bench_clusters(o: &Opts, k: usize) {
+    let n = *o.sizes.last().unwrap();
+    let servers: Vec<Server> = (0..k).map(|_| Server::start(o.url.clone())).collect();
+    let (_, one) = empty_fleet(&servers[0], "bench_one", n, o.jobs);
+    let urls: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.fresh_db(&format!("bench_c{i}")))
+        .collect();
+    let config: String = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| format!("[clusters.c{i}]\nurl = \"{u}\"\njobs = {}\n", o.jobs))
+        .collect();
+    let many = Project::with_config(&urls[0], &config);
+    register_empty(&many, n);
+    let t_one = migrate_median(&one, o.runs, || one.timed(&["migrate", "--all"]).0);
+    let t_all = migrate_median(&many, o.runs, || many.timed(&["migrate", "--all"]).0);
+    let t_each = migrate_median(&many, o.runs, || {
+        (0..k)
+            .map(|i| {
+                many.timed(&["migrate", "--all", "--cluster", &format!("c{i}")])
+                    .0
+            })
+            .sum()
+    });
+    let status = |p: &Project| median((0..o.runs).map(|_| p.timed(&["status"]).0).collect());
+    println!("| N | clusters | jobs each | 1 cluster | {k} clusters, one command | {k} clusters, one by one | one command / one by one | status 1 cluster | status {k} clusters |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {n} | {k} | {} | {} | {} | {} | {:.2} | {} | {} |",
+        o.jobs,
+        secs(t_one),
+        secs(t_all),
+        secs(t_each),
+        t_all.as_secs_f64() / t_each.as_secs_f64(),
+        secs(status(&one)),
+        secs(status(&many)),
+    );
 }
 
 /// `runs` times: tenantctl migrates the empty fleet, then psql does the same work into fresh
@@ -471,6 +544,10 @@ fn main() {
         "tenantctl fleet benchmark: {cpus} CPU(s), jobs {}, median of {} run(s)\n",
         o.jobs, o.runs
     );
+    if o.clusters > 0 {
+        bench_clusters(&o, o.clusters);
+        return;
+    }
     if o.sweep {
         let n = *o.sizes.last().unwrap();
         println!("| jobs | migrate N={n} | psql limit | ratio |");

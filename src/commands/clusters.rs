@@ -116,8 +116,8 @@ pub fn single_error<T>(ctx: &Ctx, outcomes: &mut Vec<anyhow::Result<T>>) -> anyh
 }
 
 /// The clusters whose step failed, each with its error.
-pub fn failed_names<T>(ctx: &Ctx, outcomes: &[anyhow::Result<T>]) -> Vec<String> {
-    ctx.clusters
+pub fn failed_names<T>(clusters: &[Settings], outcomes: &[anyhow::Result<T>]) -> Vec<String> {
+    clusters
         .iter()
         .zip(outcomes)
         .filter_map(|(s, o)| o.as_ref().err().map(|e| format!("{} ({e:#})", s.cluster)))

@@ -137,7 +137,7 @@ pub async fn fleet_command(
             .flatten()
             .flat_map(|p| p.active.iter().map(|(t, _, _)| t.id().to_string()))
             .collect();
-        super::require_registered(wanted, &found, &failed_names(ctx, &prepared))?;
+        super::require_registered(wanted, &found, &failed_names(&ctx.clusters, &prepared))?;
     }
     // With given tenants (every one found above), a cluster holding none of them is left
     // out, reachable or not: ids are unique across clusters.

@@ -111,7 +111,7 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
             .flatten()
             .flat_map(|(ids, _)| ids.iter().cloned())
             .collect();
-        super::require_registered(wanted, &found, &failed_names(ctx, &outcomes))?;
+        super::require_registered(wanted, &found, &failed_names(&ctx.clusters, &outcomes))?;
     }
     // With given tenants (every one found above), only the clusters holding them report.
     let results = ctx

@@ -171,19 +171,16 @@ async fn register(
         }
     }))
     .await;
-    let mut clusters: Vec<Known> = Vec::with_capacity(known.len());
-    for (s, k) in all.iter().zip(known) {
-        match k {
-            Ok(k) => clusters.push(k),
-            Err(e) if !ctx.multi() => return Err(e),
-            Err(e) => {
-                return Err(e.context(format!(
-                    "cluster {} could not be asked whether these ids exist there; tenant ids are unique across clusters, so nothing was created. Re-run once it is back",
-                    s.cluster
-                )))
-            }
-        }
+    let mut known = known;
+    single_error(ctx, &mut known)?;
+    let unreachable = failed_names(&all, &known);
+    if !unreachable.is_empty() {
+        anyhow::bail!(
+            "tenant ids are unique across clusters, and these could not be asked whether the ids exist there: {}; nothing was created. Re-run once they are back",
+            unreachable.join("; ")
+        );
     }
+    let clusters: Vec<Known> = known.into_iter().flatten().collect();
     // Placement: new ids go to the selected cluster with the fewest active tenants, one at
     // a time (a batch spreads out); existing ids are refused on the cluster that has them.
     let mut plan: Vec<Vec<(Tenant, Option<i32>, bool)>> = vec![Vec::new(); clusters.len()];
@@ -360,7 +357,7 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
         .flatten()
         .flat_map(|(_, active)| active.iter().map(|(t, _, _)| t.id().to_string()))
         .collect();
-    super::require_registered(id_list, &names, &failed_names(ctx, &found))?;
+    super::require_registered(id_list, &names, &failed_names(&ctx.clusters, &found))?;
     let command = if args.archive {
         "tenant drop --archive"
     } else {

@@ -476,3 +476,34 @@ fn a_busy_cluster_makes_the_run_partial_not_wrong() {
         assert_cluster_at(url, 5);
     }
 }
+
+#[test]
+fn cluster_passwords_are_never_printed() {
+    let p = Project::new("fleetpw", 4);
+    std::fs::write(
+        p.config_path(),
+        "[clusters.up]\nurl = \"postgres://u:Sup3rSecretPw@127.0.0.1:1/db\"\n\
+         [clusters.down]\nurl = \"postgres://v:An0therSecret@127.0.0.1:2/db\"\n",
+    )
+    .unwrap();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["migrate", "--all"],
+        &["tenant", "list", "--json"],
+        &["tenant", "create", "acme"],
+    ] {
+        let out = p.cmd().args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: both clusters unreachable"
+        );
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            !all.contains("Sup3rSecretPw") && !all.contains("An0therSecret"),
+            "{args:?}: {all}"
+        );
+        assert!(all.contains("u:***@127.0.0.1:1"), "{args:?}: {all}");
+    }
+}
