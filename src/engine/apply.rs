@@ -435,7 +435,9 @@ pub fn shared_history_table(schema: &str) -> String {
 
 /// Applies the pending shared migrations of one cluster into `schema`, in one transaction
 /// under the same per-schema advisory lock as tenants: all of them or none, exactly once
-/// even when two runners race.
+/// even when two runners race. The schema is created only when missing (`CREATE SCHEMA IF
+/// NOT EXISTS` would need CREATE on the database even when it exists, which a deploy role
+/// that only migrates may lack).
 pub async fn apply_shared(
     client: &Client,
     set: &MigrationSet,
@@ -447,7 +449,9 @@ pub async fn apply_shared(
         let preamble = format!(
             "BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {st}; \
              SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, hashtext({lit})); \
-             SET LOCAL client_min_messages = warning; CREATE SCHEMA IF NOT EXISTS {q}; \
+             SET LOCAL client_min_messages = warning; \
+             DO $tenantctl$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {lit}) \
+                 THEN CREATE SCHEMA {q}; END IF; END $tenantctl$; \
              SET LOCAL search_path TO {q};",
             lock = millis(lock_timeout),
             st = statement_timeout.map_or(0, millis),

@@ -507,3 +507,40 @@ fn cluster_passwords_are_never_printed() {
         assert!(all.contains("u:***@127.0.0.1:1"), "{args:?}: {all}");
     }
 }
+
+#[test]
+fn shared_migrations_need_no_create_on_the_database() {
+    // A deploy role that may create in `public` and write the control schema, but may not
+    // create schemas: the shared step must not try to (the schema is there).
+    let p = Project::new("shareddeploy", 4);
+    p.run(&["tenant", "create", "d1"], 0);
+    let role = format!("deployer_{}", std::process::id());
+    p.db()
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; REVOKE CREATE ON DATABASE \"{db}\" FROM PUBLIC; \
+             GRANT CREATE, USAGE ON SCHEMA public TO {role}; GRANT USAGE ON SCHEMA tenantctl TO {role}; \
+             GRANT ALL ON ALL TABLES IN SCHEMA tenantctl TO {role}; \
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA tenantctl TO {role};",
+            db = p.url.rsplit('/').next().unwrap(),
+        ))
+        .unwrap();
+    std::fs::create_dir(p.migrations_dir().join("shared")).unwrap();
+    shared_migration(&p, "V1__plans.sql", "CREATE TABLE plans (id int);\n");
+    let as_deployer = p.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(as_deployer, p.url, "the test URL names its user");
+    let out = p
+        .cmd()
+        .env("TEST_DB_URL", &as_deployer)
+        .args(["migrate", "--shared-only"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(shared_state_history(&p.url), 1);
+}
+
+fn shared_state_history(url: &str) -> i64 {
+    connect(url)
+        .query_one("SELECT count(*) FROM public.tenantctl_shared_history", &[])
+        .unwrap()
+        .get(0)
+}
