@@ -336,12 +336,17 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
     }
     let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
     let id_list = &id_list;
-    let found = futures::future::join_all(ctx.clusters.iter().map(|s| async move {
-        let session = Session::open(s, true).await?;
-        let rows = session
-            .control
-            .tenants(&session.client, Some(id_list))
-            .await?;
+    // Read-only until the tenants are found: a cluster without a control schema has none.
+    let mut found = futures::future::join_all(ctx.clusters.iter().map(|s| async move {
+        let session = Session::open(s, false).await?;
+        let rows = if session.control.exists(&session.client).await? {
+            session
+                .control
+                .tenants(&session.client, Some(id_list))
+                .await?
+        } else {
+            Vec::new()
+        };
         let active: Vec<(Tenant, Option<i32>, bool)> = rows
             .into_iter()
             .filter(|r| r.state == "active")
@@ -350,7 +355,6 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
         anyhow::Ok((session, active))
     }))
     .await;
-    let mut found = found;
     single_error(ctx, &mut found)?;
     let names: BTreeSet<String> = found
         .iter()
@@ -370,6 +374,10 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
         let (mut session, in_scope) = f.ok()?;
         if in_scope.is_empty() {
             return None;
+        }
+        // Brings an older control schema up to date before writing to it.
+        if let Err(e) = session.control.bootstrap(&session.client).await {
+            return Some(Err(e));
         }
         let reporter = ctx.reporters.for_cluster(&session.settings.cluster);
         let scope = super::scope_of(Some(
