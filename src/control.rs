@@ -263,9 +263,6 @@ COMMENT ON SCHEMA {q} IS {comment};
 
     /// How many active tenants this cluster holds (placement of new tenants).
     pub async fn active_count(&self, client: &Client) -> anyhow::Result<i64> {
-        if !self.exists(client).await? {
-            return Ok(0);
-        }
         let row = client
             .query_one(
                 &format!(

@@ -144,24 +144,27 @@ async fn register(
     let known = futures::future::join_all(all.iter().map(|s| {
         let id_list = &id_list;
         async move {
+            // Selected clusters get their control schema now (they may receive tenants).
             let session = Session::open(s, selected(s)).await?;
-            let existing = if session.control.exists(&session.client).await? {
-                session
+            let has_control = selected(s) || session.control.exists(&session.client).await?;
+            let (existing, active) = if has_control {
+                let existing = session
                     .control
                     .tenants(&session.client, Some(id_list))
                     .await?
                     .into_iter()
                     .filter(|r| r.state == "active")
                     .map(|r| (r.tenant.id().to_string(), r.version))
-                    .collect()
+                    .collect();
+                // Placement needs the counts only when there is a choice.
+                let active = if ctx.clusters.len() > 1 && selected(s) {
+                    session.control.active_count(&session.client).await?
+                } else {
+                    0
+                };
+                (existing, active)
             } else {
-                HashMap::new()
-            };
-            // Placement needs the counts only when there is a choice.
-            let active = if ctx.clusters.len() > 1 && selected(s) {
-                session.control.active_count(&session.client).await?
-            } else {
-                0
+                (HashMap::new(), 0)
             };
             anyhow::Ok(Known {
                 session,
