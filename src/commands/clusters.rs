@@ -56,10 +56,6 @@ impl Done {
         }
     }
 
-    pub fn text(text: String) -> Done {
-        Done::new(exit::SUCCESS, Output::Text(text))
-    }
-
     /// Text or JSON, as the command was asked.
     pub fn either(json: bool, text: impl FnOnce() -> String, value: serde_json::Value) -> Done {
         Done::new(

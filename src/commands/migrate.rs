@@ -2,7 +2,6 @@
 //! request against the files, plan, then either print the plan (--dry-run) or run it under
 //! the fleet lock.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -16,7 +15,7 @@ use crate::migrations::{version_label, MigrationSet};
 use crate::report::Reporter;
 use crate::tenant::Tenant;
 
-use super::clusters::{failed_names, finish, single_error, Ctx, Done, Output};
+use super::clusters::{finish, single_error, Ctx, Done, Output};
 use super::{
     apply_shared_recorded, load_migrations, load_shared, parse_ids, run_schemas, scope_of,
     RunRequest, Session,
@@ -132,12 +131,9 @@ pub async fn fleet_command(
     }
     single_error(ctx, &mut prepared)?;
     if let Some(wanted) = &wanted_ids {
-        let found: BTreeSet<String> = prepared
-            .iter()
-            .flatten()
-            .flat_map(|p| p.active.iter().map(|(t, _, _)| t.id().to_string()))
-            .collect();
-        super::require_registered(wanted, &found, &failed_names(&ctx.clusters, &prepared))?;
+        super::require_registered(wanted, &ctx.clusters, &prepared, |p, id| {
+            p.active.iter().any(|(t, _, _)| t.id() == id)
+        })?;
     }
     // With given tenants (every one found above), a cluster holding none of them is left
     // out, reachable or not: ids are unique across clusters.

@@ -184,21 +184,24 @@ pub fn parse_ids(settings: &Settings, ids: &[String]) -> anyhow::Result<Vec<Tena
     .into())
 }
 
-/// Refuses (exit 2) ids that are not active registered tenants on any cluster that answered,
-/// naming every one (and the clusters that could not be asked).
-pub fn require_registered(
+/// Refuses (exit 2) ids that no cluster holds as active tenants, naming every one; when some
+/// clusters could not be asked, says so instead (exit 1). `holds(outcome, id)` tells whether
+/// one cluster's lookup found the id.
+pub fn require_registered<T>(
     wanted: &[String],
-    found: &BTreeSet<String>,
-    unreachable: &[String],
+    clusters: &[Settings],
+    outcomes: &[anyhow::Result<T>],
+    holds: impl Fn(&T, &str) -> bool,
 ) -> anyhow::Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|id| !found.contains(id.as_str()))
         .map(String::as_str)
+        .filter(|id| !outcomes.iter().flatten().any(|o| holds(o, id)))
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
+    let unreachable = clusters::failed_names(clusters, outcomes);
     if !unreachable.is_empty() {
         return Err(anyhow::anyhow!(
             "not found on the clusters that answered: {}; nothing was changed, because these could not be asked: {}. Re-run once they are back, or narrow the command with --cluster",
@@ -644,9 +647,4 @@ pub fn command_line() -> String {
         })
         .collect();
     crate::redact::scrub(&words.join(" "))
-}
-
-/// Serialises JSON with every registered secret scrubbed.
-pub fn redact_json(value: &serde_json::Value) -> String {
-    crate::redact::scrub(&value.to_string())
 }

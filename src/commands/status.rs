@@ -12,7 +12,7 @@ use crate::engine::apply::shared_version;
 use crate::exit::SUCCESS;
 use crate::migrations::{version_label, MigrationSet};
 
-use super::clusters::{failed_names, finish, single_error, Ctx, Done, Output};
+use super::clusters::{finish, single_error, Ctx, Done, Output};
 use super::{load_migrations, load_shared, parse_ids, Session};
 
 /// Tenants behind the latest version listed by name in the text output.
@@ -106,12 +106,9 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
     .await;
     single_error(ctx, &mut outcomes)?;
     if let Some(wanted) = wanted {
-        let found: BTreeSet<String> = outcomes
-            .iter()
-            .flatten()
-            .flat_map(|(ids, _)| ids.iter().cloned())
-            .collect();
-        super::require_registered(wanted, &found, &failed_names(&ctx.clusters, &outcomes))?;
+        super::require_registered(wanted, &ctx.clusters, &outcomes, |(ids, _), id| {
+            ids.contains(id)
+        })?;
     }
     // With given tenants (every one found above), only the clusters holding them report.
     let results = ctx

@@ -1,6 +1,6 @@
 //! `tenantctl tenant create|adopt|drop|list`, across clusters.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::Read as _;
 
 use serde_json::json;
@@ -359,12 +359,9 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
     }))
     .await;
     single_error(ctx, &mut found)?;
-    let names: BTreeSet<String> = found
-        .iter()
-        .flatten()
-        .flat_map(|(_, active)| active.iter().map(|(t, _, _)| t.id().to_string()))
-        .collect();
-    super::require_registered(id_list, &names, &failed_names(&ctx.clusters, &found))?;
+    super::require_registered(id_list, &ctx.clusters, &found, |(_, active), id| {
+        active.iter().any(|(t, _, _)| t.id() == id)
+    })?;
     let command = if args.archive {
         "tenant drop --archive"
     } else {
