@@ -392,11 +392,7 @@ fn plan_output(
         out.push_str(&format!(
             "    {}{}\n",
             names.join(", "),
-            if more > 0 {
-                format!(", … and {more} more (--json lists all)")
-            } else {
-                String::new()
-            }
+            crate::report::and_more(more)
         ));
     }
     Output::Text(out)

@@ -337,11 +337,7 @@ fn to_text(
         out.push_str(&format!(
             "\nnot at latest: {}{}\nrun `tenantctl migrate --all` to bring them up to date\n",
             names.join(", "),
-            if more > 0 {
-                format!(", … and {more} more (--json lists all)")
-            } else {
-                String::new()
-            }
+            crate::report::and_more(more)
         ));
     }
     let drifted: Vec<&TenantRow> = rows.iter().filter(|r| r.drift.is_some()).collect();

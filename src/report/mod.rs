@@ -130,6 +130,15 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
     }
 }
 
+/// `, … and N more (--json lists all)` after a shortened list; empty when nothing was left out.
+pub fn and_more(more: usize) -> String {
+    if more > 0 {
+        format!(", … and {more} more (--json lists all)")
+    } else {
+        String::new()
+    }
+}
+
 /// One line for a failed schema, as shown live and in summaries.
 pub fn failure_line(tenant: &Tenant, failure: &Failure) -> String {
     crate::redact::scrub(&format!("{tenant}: {failure}"))

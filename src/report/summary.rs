@@ -130,11 +130,7 @@ impl RunSummary<'_> {
                     out,
                     "    {}{}",
                     shown.join(", "),
-                    if more > 0 {
-                        format!(", … and {more} more (--json lists all)")
-                    } else {
-                        String::new()
-                    }
+                    crate::report::and_more(more)
                 );
             }
         }
