@@ -382,20 +382,7 @@ impl Project {
     /// A fingerprint of everything in the database outside pg_catalog: schemas, relations,
     /// columns, functions, and the control tables' rows. Equal before/after = nothing changed.
     pub fn fingerprint(&self) -> String {
-        let mut db = self.db();
-        let mut out = String::new();
-        for q in [
-            "SELECT string_agg(nspname::text, ',' ORDER BY nspname) FROM pg_namespace",
-            "SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text AS x FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')) s",
-            "SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT table_schema || '.' || table_name || '.' || column_name || ':' || data_type AS x FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema')) s",
-            "SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT n.nspname || '.' || p.proname || ':' || md5(p.prosrc) AS x FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')) s",
-        ] {
-            let v: Option<String> = db.query_one(q, &[]).unwrap().get(0);
-            out.push_str(&v.unwrap_or_default());
-            out.push('\n');
-        }
-        out.push_str(&ledger_fingerprint(&mut db));
-        out
+        fingerprint_at(&self.url)
     }
 
     /// Registry version per tenant.
@@ -590,4 +577,24 @@ pub fn assert_one_row_everywhere(url: &str, table: &str) {
             .get(0);
         assert_eq!(n, 1, "{schema}.{table} at {url}");
     }
+}
+
+/// A fingerprint of everything in the database at `url` outside pg_catalog: schemas,
+/// relations, columns, functions, and the control tables' rows. Equal before/after = nothing
+/// changed.
+pub fn fingerprint_at(url: &str) -> String {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    let mut out = String::new();
+    for q in [
+        "SELECT string_agg(nspname::text, ',' ORDER BY nspname) FROM pg_namespace",
+        "SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text AS x FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')) s",
+        "SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT table_schema || '.' || table_name || '.' || column_name || ':' || data_type AS x FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema')) s",
+        "SELECT string_agg(x, ',' ORDER BY x) FROM (SELECT n.nspname || '.' || p.proname || ':' || md5(p.prosrc) AS x FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')) s",
+    ] {
+        let v: Option<String> = db.query_one(q, &[]).unwrap().get(0);
+        out.push_str(&v.unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&ledger_fingerprint(&mut db));
+    out
 }
