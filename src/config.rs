@@ -1,6 +1,10 @@
-//! `tenants.toml` → validated [`Settings`]. Strict: unknown keys are errors, `${VAR}` and
-//! `${VAR:-default}` are expanded from the environment, relative paths resolve from the config
-//! file's folder, and every error names the file, the line and the key, and says how to fix it.
+//! `tenants.toml` → a validated [`Config`] (the file) and, on demand, one [`Target`] per
+//! cluster (where to connect). Strict: unknown keys are errors, `${VAR}` and `${VAR:-default}`
+//! are expanded from the environment, relative paths resolve from the config file's folder, and
+//! every error names the file, the line and the key, and says how to fix it.
+//!
+//! A leaf: nothing here talks to a database. Database URLs are resolved only by
+//! [`Config::targets`], so commands that need no database never ask for one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::redact;
-use crate::tenant::validate_schema_word;
+use crate::tenant::{role_name, validate_schema_word, Tenant};
 
 /// Upper bound for `jobs`: beyond this a single server gains nothing and runs out of slots.
 pub const MAX_JOBS: usize = 512;
@@ -74,60 +78,8 @@ struct RawRun {
     grace_period: Option<Spanned<String>>,
 }
 
-/// One PostgreSQL cluster (server + database) holding a share of the tenants, with its own
-/// control schema, run ledger and concurrency bound.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    /// `default` for the single `[database]` form, else the `[clusters.<name>]` key.
-    pub name: String,
-    /// The connection string; contains the password.
-    pub url: String,
-    /// The connection string with its password replaced by `***`.
-    pub display_url: String,
-    pub jobs: usize,
-}
-
 /// Name of the single cluster of the `[database]` form.
 pub const DEFAULT_CLUSTER: &str = "default";
-
-/// Everything a command needs, resolved once from the CLI and the config file. The
-/// connection fields describe one cluster: [`Settings::for_cluster`] gives each cluster its own.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub config_path: PathBuf,
-    /// Every configured cluster, sorted by name.
-    pub clusters: Vec<Cluster>,
-    /// True when the config uses `[clusters.<name>]` (output then names clusters).
-    pub multi_cluster: bool,
-    /// The cluster these connection fields belong to.
-    pub cluster: String,
-    /// The connection string; contains the password. Print [`Settings::display_url`] instead.
-    pub database_url: String,
-    /// The connection string with its password replaced by `***`.
-    pub display_url: String,
-    pub control_schema: String,
-    pub migrations_dir: PathBuf,
-    /// Migrations applied once per cluster into `shared_schema` (before tenant migrations).
-    pub shared_dir: PathBuf,
-    /// Whether `shared_dir` was configured (then it must exist).
-    pub shared_dir_configured: bool,
-    pub shared_schema: String,
-    pub schema_prefix: String,
-    /// Role-per-tenant template (`{schema}` / `{id}`), off when None.
-    pub role_template: Option<String>,
-    pub jobs: usize,
-    pub lock_timeout: Duration,
-    pub statement_timeout: Option<Duration>,
-    /// Extra attempts for a schema that hit lock_timeout or lost its connection.
-    pub retries: u32,
-    /// First delay before a retry; doubles on each further attempt.
-    pub retry_delay: Duration,
-    /// After SIGINT/SIGTERM, how long in-flight schemas may take before they are cancelled.
-    pub grace_period: Duration,
-    /// Who is recorded as running the commands (--actor, $TENANTCTL_ACTOR, or the OS user).
-    pub actor: String,
-}
-
 pub const DEFAULT_CONTROL_SCHEMA: &str = "tenantctl";
 pub const DEFAULT_SHARED_SCHEMA: &str = "public";
 pub const DEFAULT_PREFIX: &str = "tenant_";
@@ -139,24 +91,114 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 /// The default concurrency. Migrations are DDL, bound by the server's CPU: measured with
 /// bench/ (`--jobs-sweep`) on a 2-core server, 2 to 4 sessions are fastest and 8 is about
 /// twice as slow; 4 also leaves headroom in max_connections. See README "Choosing --jobs".
-pub fn default_jobs() -> usize {
-    4
+pub const DEFAULT_JOBS: usize = 4;
+
+/// The whole configuration file, validated. Where to connect is asked separately, per
+/// cluster, with [`Config::targets`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    /// Schema of tenantctl's registry and run ledger, one per cluster.
+    pub control_schema: String,
+    pub migrations: MigrationsConfig,
+    pub tenants: TenantsConfig,
+    pub run: RunConfig,
+    /// True when the config uses `[clusters.<name>]` (output then names clusters).
+    pub multi_cluster: bool,
+    databases: Databases,
 }
 
-/// What the command line contributes to the settings.
+/// `[migrations]`.
+#[derive(Debug, Clone)]
+pub struct MigrationsConfig {
+    pub dir: PathBuf,
+    /// Migrations applied once per cluster into `shared_schema` (before tenant migrations).
+    pub shared_dir: PathBuf,
+    /// Whether `shared_dir` was configured (then it must exist).
+    pub shared_dir_configured: bool,
+    pub shared_schema: String,
+}
+
+/// `[tenants]`.
+#[derive(Debug, Clone)]
+pub struct TenantsConfig {
+    pub schema_prefix: String,
+    /// Role-per-tenant template (`{schema}` / `{id}`), off when None.
+    pub role_template: Option<String>,
+}
+
+impl TenantsConfig {
+    /// The tenant's role under the role-per-tenant option.
+    pub fn role_for(&self, tenant: &Tenant) -> Option<String> {
+        self.role_template.as_deref().map(|t| role_name(t, tenant))
+    }
+}
+
+/// `[run]`, with `--jobs` applied.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Concurrency of a cluster without its own `jobs` (and of every cluster with `--jobs`).
+    pub jobs: usize,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+    /// Extra attempts for a schema that hit lock_timeout or lost its connection.
+    pub retries: u32,
+    /// First delay before a retry; doubles on each further attempt.
+    pub retry_delay: Duration,
+    /// After SIGINT/SIGTERM, how long in-flight schemas may take before they are cancelled.
+    pub grace_period: Duration,
+}
+
+/// One PostgreSQL cluster (server + database) holding a share of the tenants, with its own
+/// control schema, run ledger and concurrency bound: where one connection goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `default` for the single `[database]` form, else the `[clusters.<name>]` key.
+    pub name: String,
+    /// The connection string; contains the password. Print `display_url` instead.
+    pub url: String,
+    /// The connection string with its password replaced by `***`.
+    pub display_url: String,
+    pub jobs: usize,
+}
+
+/// What the command line contributes to the configuration.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub database_url: Option<String>,
     pub jobs: Option<usize>,
-    pub actor: Option<String>,
 }
 
-struct Ctx<'a> {
+/// A string value and where it was written, kept for errors reported after parsing.
+#[derive(Debug, Clone)]
+struct Located {
+    value: String,
+    line: usize,
+}
+
+/// The database section(s), resolved into targets only when a command needs them.
+#[derive(Debug, Clone)]
+enum Databases {
+    /// `[database] url`, or `--database-url` / `$TENANTCTL_DATABASE_URL`.
+    Single {
+        url: Option<Located>,
+        flag: Option<String>,
+    },
+    /// `[clusters.<name>]`, sorted by name, with their `jobs` already resolved.
+    Clusters {
+        clusters: Vec<(String, Located, usize)>,
+        /// `--database-url` given anyway: refused when targets are asked for.
+        flag_given: bool,
+    },
+}
+
+/// The file being parsed: for line numbers and error messages.
+struct Source<'a> {
     path: &'a Path,
     text: &'a str,
 }
 
-impl Ctx<'_> {
+impl Source<'_> {
     fn line_of(&self, span: std::ops::Range<usize>) -> usize {
         self.text[..span.start.min(self.text.len())]
             .matches('\n')
@@ -170,11 +212,7 @@ impl Ctx<'_> {
         key: &str,
         msg: impl std::fmt::Display,
     ) -> ConfigError {
-        ConfigError(format!(
-            "{}, line {}: `{key}`: {msg}",
-            self.path.display(),
-            self.line_of(span)
-        ))
+        err_at_line(self.path, self.line_of(span), key, msg)
     }
 
     /// Expands `${VAR}` / `${VAR:-default}` in a string value.
@@ -182,6 +220,73 @@ impl Ctx<'_> {
         expand_env(value.get_ref(), |name| std::env::var(name).ok())
             .map_err(|e| self.err_at(value.span(), key, e))
     }
+
+    fn locate(&self, value: &Spanned<String>) -> Located {
+        Located {
+            value: value.get_ref().clone(),
+            line: self.line_of(value.span()),
+        }
+    }
+
+    /// An optional string key, expanded, or `default`.
+    fn string_or(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: &str,
+        check: impl Fn(&str) -> Result<(), String>,
+    ) -> Result<String, ConfigError> {
+        match value {
+            Some(v) => {
+                let s = self.expand(v, key)?;
+                check(&s).map_err(|e| self.err_at(v.span(), key, e))?;
+                Ok(s)
+            }
+            None => Ok(default.to_string()),
+        }
+    }
+
+    /// An optional duration key, or `default`.
+    fn duration_or(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            Some(v) => {
+                let s = self.expand(v, key)?;
+                parse_duration(&s).map_err(|e| self.err_at(v.span(), key, e))
+            }
+            None => Ok(default),
+        }
+    }
+
+    /// An optional folder, relative to the config file's folder.
+    fn folder(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(v) = value else { return Ok(None) };
+        let s = self.expand(v, key)?;
+        if s.trim().is_empty() {
+            return Err(self.err_at(v.span(), key, "must not be empty"));
+        }
+        Ok(Some(self.base().join(s)))
+    }
+
+    fn base(&self) -> PathBuf {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+fn err_at_line(path: &Path, line: usize, key: &str, msg: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{}, line {line}: `{key}`: {msg}", path.display()))
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
@@ -240,9 +345,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
-impl Settings {
+impl Config {
     /// Loads and validates the config file, then applies command-line overrides.
-    pub fn load(path: &Path, overrides: &Overrides) -> Result<Settings, ConfigError> {
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 ConfigError(format!(
@@ -260,14 +365,11 @@ impl Settings {
                 e.utf8_error().valid_up_to()
             ))
         })?;
-        Settings::from_str(path, &text, overrides)
+        Config::parse(path, &text, overrides)
     }
 
-    pub fn from_str(
-        path: &Path,
-        text: &str,
-        overrides: &Overrides,
-    ) -> Result<Settings, ConfigError> {
+    /// Validates the text of a config file found at `path`.
+    pub fn parse(path: &Path, text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             ConfigError(format!(
                 "{}: {}",
@@ -275,237 +377,285 @@ impl Settings {
                 redact::scrub(e.to_string().trim_end())
             ))
         })?;
-        let ctx = Ctx { path, text };
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-
-        let clusters = match (&raw.clusters, &raw.database.url) {
-            (Some(_), Some(url)) => {
-                return Err(ctx.err_at(
-                    url.span(),
-                    "database.url",
-                    "[database] url and [clusters.<name>] tables cannot be used together; move this URL into a [clusters.<name>] table (keep [database] for control_schema only)",
-                ))
-            }
-            (Some(_), None) if overrides.database_url.is_some() => {
-                return Err(ConfigError(format!(
-                    "--database-url (or TENANTCTL_DATABASE_URL) cannot be used with the [clusters.<name>] tables of {}; pick clusters with --cluster NAME instead",
-                    path.display()
-                )))
-            }
-            (Some(map), None) => {
-                if map.is_empty() {
-                    return Err(ConfigError(format!(
-                        "{}: [clusters] names no cluster; add [clusters.<name>] tables with a url each",
-                        path.display()
-                    )));
-                }
-                let mut out: Vec<(String, String, String, Option<usize>)> =
-                    Vec::with_capacity(map.len());
-                for (name, c) in map {
-                    check_cluster_name(name).map_err(|e| {
-                        ctx.err_at(c.url.span(), &format!("clusters.{name}"), e)
-                    })?;
-                    let key = format!("clusters.{name}.url");
-                    let url = ctx.expand(&c.url, &key)?;
-                    let display_url = check_url(&url).map_err(|e| ctx.err_at(c.url.span(), &key, e))?;
-                    let jobs = match &c.jobs {
-                        Some(j) => Some(check_jobs(*j.get_ref()).map_err(|e| {
-                            ctx.err_at(j.span(), &format!("clusters.{name}.jobs"), e)
-                        })?),
-                        None => None,
-                    };
-                    if let Some((other, ..)) = out.iter().find(|(_, u, ..)| *u == url) {
-                        return Err(ctx.err_at(
-                            c.url.span(),
-                            &key,
-                            format!("the same URL as cluster {other}; each cluster must be a database of its own"),
-                        ));
-                    }
-                    out.push((name.clone(), url, display_url, jobs));
-                }
-                out
-            }
-            (None, _) => {
-                let url = match (&overrides.database_url, &raw.database.url) {
-                    (Some(url), _) => url.clone(),
-                    (None, Some(url)) => ctx.expand(url, "database.url")?,
-                    (None, None) => {
-                        return Err(ConfigError(format!(
-                            "{}: no database URL: set `url` under [database] (e.g. url = \"${{DATABASE_URL}}\"), name clusters in [clusters.<name>] tables, or pass --database-url",
-                            path.display()
-                        )))
-                    }
-                };
-                let display_url = check_url(&url).map_err(|msg| {
-                    match (&overrides.database_url, &raw.database.url) {
-                        (None, Some(u)) => ctx.err_at(u.span(), "database.url", msg),
-                        _ => ConfigError(format!("--database-url: {msg}")),
-                    }
-                })?;
-                vec![(DEFAULT_CLUSTER.to_string(), url, display_url, None)]
-            }
-        };
-
-        let control_schema = match &raw.database.control_schema {
-            Some(v) => {
-                let s = ctx.expand(v, "database.control_schema")?;
-                validate_schema_word(&s, false)
-                    .map_err(|e| ctx.err_at(v.span(), "database.control_schema", e))?;
-                s
-            }
-            None => DEFAULT_CONTROL_SCHEMA.to_string(),
-        };
-
-        let schema_prefix = match &raw.tenants.schema_prefix {
-            Some(v) => {
-                let s = ctx.expand(v, "tenants.schema_prefix")?;
-                validate_schema_word(&s, true)
-                    .map_err(|e| ctx.err_at(v.span(), "tenants.schema_prefix", e))?;
-                if !s.is_empty() && control_schema.starts_with(&s) {
-                    return Err(ctx.err_at(
-                        v.span(),
-                        "tenants.schema_prefix",
-                        format!(
-                            "the control schema {control_schema:?} starts with the prefix {s:?}, so it would look like a tenant schema; choose another prefix or control_schema"
-                        ),
-                    ));
-                }
-                s
-            }
-            None => DEFAULT_PREFIX.to_string(),
-        };
-        if schema_prefix.is_empty() {
-            // An empty prefix is allowed, but then any schema could be a tenant's; ids are
-            // still checked against reserved names in `Tenant::parse`.
-        }
-
-        let role_template = match &raw.tenants.role {
-            Some(v) => {
-                let t = ctx.expand(v, "tenants.role")?;
-                check_role_template(&t).map_err(|e| ctx.err_at(v.span(), "tenants.role", e))?;
-                Some(t)
-            }
-            None => None,
-        };
-
-        // A folder, relative to the config file's folder.
-        let folder =
-            |v: &Option<Spanned<String>>, key: &str| -> Result<Option<PathBuf>, ConfigError> {
-                let Some(v) = v else { return Ok(None) };
-                let s = ctx.expand(v, key)?;
-                if s.trim().is_empty() {
-                    return Err(ctx.err_at(v.span(), key, "must not be empty"));
-                }
-                Ok(Some(base.join(s)))
-            };
-        let migrations_dir = folder(&raw.migrations.dir, "migrations.dir")?
-            .unwrap_or_else(|| base.join("migrations"));
-
-        let default_jobs = match (overrides.jobs, &raw.run.jobs) {
-            (Some(j), _) => {
-                check_jobs(j as i64).map_err(|e| ConfigError(format!("--jobs: {e}")))?
-            }
-            (None, Some(j)) => {
-                check_jobs(*j.get_ref()).map_err(|e| ctx.err_at(j.span(), "run.jobs", e))?
-            }
-            (None, None) => default_jobs(),
-        };
-        // --jobs overrides every cluster; else a cluster's own `jobs`, else [run] jobs.
-        let clusters: Vec<Cluster> = clusters
-            .into_iter()
-            .map(|(name, url, display_url, jobs)| Cluster {
-                name,
-                url,
-                display_url,
-                jobs: match (overrides.jobs, jobs) {
-                    (None, Some(j)) => j,
-                    _ => default_jobs,
-                },
-            })
-            .collect();
-
-        let shared_schema = match &raw.migrations.shared_schema {
-            Some(v) => {
-                let s = ctx.expand(v, "migrations.shared_schema")?;
-                check_shared_schema(&s, &schema_prefix, &control_schema)
-                    .map_err(|e| ctx.err_at(v.span(), "migrations.shared_schema", e))?;
-                s
-            }
-            None => DEFAULT_SHARED_SCHEMA.to_string(),
-        };
-        let shared_dir = folder(&raw.migrations.shared_dir, "migrations.shared_dir")?
-            .unwrap_or_else(|| migrations_dir.join("shared"));
-
-        let retries = match &raw.run.retries {
-            Some(r) if (0..=20).contains(r.get_ref()) => *r.get_ref() as u32,
-            Some(r) => {
-                return Err(ctx.err_at(
-                    r.span(),
-                    "run.retries",
-                    format!("{} is out of range; use 0 to 20", r.get_ref()),
-                ))
-            }
-            None => DEFAULT_RETRIES,
-        };
-        let duration_key = |v: &Option<Spanned<String>>,
-                            key: &str,
-                            default: Duration|
-         -> Result<Duration, ConfigError> {
-            match v {
-                Some(v) => {
-                    let s = ctx.expand(v, key)?;
-                    parse_duration(&s).map_err(|e| ctx.err_at(v.span(), key, e))
-                }
-                None => Ok(default),
-            }
-        };
-        let lock_timeout = duration_key(
-            &raw.run.lock_timeout,
-            "run.lock_timeout",
-            DEFAULT_LOCK_TIMEOUT,
+        let src = Source { path, text };
+        let run = run_section(&src, &raw.run, overrides)?;
+        let databases = database_section(&src, &raw, overrides, run.jobs)?;
+        let control_schema = src.string_or(
+            &raw.database.control_schema,
+            "database.control_schema",
+            DEFAULT_CONTROL_SCHEMA,
+            |s| validate_schema_word(s, false),
         )?;
-        let statement_timeout = duration_key(
-            &raw.run.statement_timeout,
-            "run.statement_timeout",
-            Duration::ZERO,
+        let tenants = tenants_section(&src, &raw.tenants, &control_schema)?;
+        let migrations = migrations_section(
+            &src,
+            &raw.migrations,
+            &tenants.schema_prefix,
+            &control_schema,
         )?;
-        let statement_timeout = (!statement_timeout.is_zero()).then_some(statement_timeout);
-        let retry_delay =
-            duration_key(&raw.run.retry_delay, "run.retry_delay", DEFAULT_RETRY_DELAY)?;
-        let grace_period = duration_key(
-            &raw.run.grace_period,
-            "run.grace_period",
-            DEFAULT_GRACE_PERIOD,
-        )?;
-
-        let first = clusters[0].clone();
-        Ok(Settings {
-            config_path: path.to_path_buf(),
-            multi_cluster: raw.clusters.is_some(),
-            clusters,
-            cluster: first.name,
-            database_url: first.url,
-            display_url: first.display_url,
+        Ok(Config {
+            path: path.to_path_buf(),
             control_schema,
-            migrations_dir,
-            shared_dir,
-            shared_dir_configured: raw.migrations.shared_dir.is_some(),
-            shared_schema,
-            schema_prefix,
-            role_template,
-            jobs: first.jobs,
-            lock_timeout,
-            statement_timeout,
-            retries,
-            retry_delay,
-            grace_period,
-            actor: crate::control::actor(overrides.actor.as_deref()),
+            migrations,
+            tenants,
+            run,
+            multi_cluster: raw.clusters.is_some(),
+            databases,
         })
     }
+
+    /// Every configured cluster's name, sorted (the `[database]` form is `default`).
+    pub fn cluster_names(&self) -> Vec<&str> {
+        match &self.databases {
+            Databases::Single { .. } => vec![DEFAULT_CLUSTER],
+            Databases::Clusters { clusters, .. } => {
+                clusters.iter().map(|(n, ..)| n.as_str()).collect()
+            }
+        }
+    }
+
+    /// Where to connect: every cluster (`names` empty) or those named with `--cluster`, each
+    /// URL expanded, checked and its password registered for scrubbing. Only commands that
+    /// work on a database call this.
+    pub fn targets(&self, names: &[String]) -> Result<Vec<Target>, ConfigError> {
+        let all = self.resolve_all()?;
+        if names.is_empty() {
+            return Ok(all);
+        }
+        let mut out: Vec<Target> = Vec::new();
+        for name in names {
+            let Some(t) = all.iter().find(|t| &t.name == name) else {
+                return Err(ConfigError(format!(
+                    "--cluster {name}: no such cluster in {} (clusters: {}); nothing was changed",
+                    self.path.display(),
+                    self.cluster_names().join(", ")
+                )));
+            };
+            if !out.iter().any(|o| &o.name == name) {
+                out.push(t.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn resolve_all(&self) -> Result<Vec<Target>, ConfigError> {
+        let path = &self.path;
+        match &self.databases {
+            Databases::Single { flag: Some(url), .. } => {
+                let display_url =
+                    check_url(url).map_err(|msg| ConfigError(format!("--database-url: {msg}")))?;
+                Ok(vec![Target {
+                    name: DEFAULT_CLUSTER.into(),
+                    url: url.clone(),
+                    display_url,
+                    jobs: self.run.jobs,
+                }])
+            }
+            Databases::Single { url: Some(u), flag: None } => {
+                let url = resolve_url(path, u, "database.url")?;
+                Ok(vec![Target {
+                    name: DEFAULT_CLUSTER.into(),
+                    display_url: check_url(&url)
+                        .map_err(|e| err_at_line(path, u.line, "database.url", e))?,
+                    url,
+                    jobs: self.run.jobs,
+                }])
+            }
+            Databases::Single { url: None, flag: None } => Err(ConfigError(format!(
+                "{}: no database URL: set `url` under [database] (e.g. url = \"${{DATABASE_URL}}\"), name clusters in [clusters.<name>] tables, or pass --database-url",
+                path.display()
+            ))),
+            Databases::Clusters { flag_given: true, .. } => Err(ConfigError(format!(
+                "--database-url (or TENANTCTL_DATABASE_URL) cannot be used with the [clusters.<name>] tables of {}; pick clusters with --cluster NAME instead",
+                path.display()
+            ))),
+            Databases::Clusters { clusters, flag_given: false } => {
+                let mut out: Vec<Target> = Vec::with_capacity(clusters.len());
+                for (name, u, jobs) in clusters {
+                    let key = format!("clusters.{name}.url");
+                    let url = resolve_url(path, u, &key)?;
+                    let display_url =
+                        check_url(&url).map_err(|e| err_at_line(path, u.line, &key, e))?;
+                    if let Some(other) = out.iter().find(|t| t.url == url) {
+                        return Err(err_at_line(
+                            path,
+                            u.line,
+                            &key,
+                            format!("the same URL as cluster {}; each cluster must be a database of its own", other.name),
+                        ));
+                    }
+                    out.push(Target {
+                        name: name.clone(),
+                        url,
+                        display_url,
+                        jobs: *jobs,
+                    });
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Expands a URL written in the file.
+fn resolve_url(path: &Path, u: &Located, key: &str) -> Result<String, ConfigError> {
+    expand_env(&u.value, |name| std::env::var(name).ok())
+        .map_err(|e| err_at_line(path, u.line, key, e))
+}
+
+/// `[run]`: concurrency, timeouts, retries.
+fn run_section(
+    src: &Source<'_>,
+    raw: &RawRun,
+    overrides: &Overrides,
+) -> Result<RunConfig, ConfigError> {
+    let jobs = match (overrides.jobs, &raw.jobs) {
+        (Some(j), _) => check_jobs(j as i64).map_err(|e| ConfigError(format!("--jobs: {e}")))?,
+        (None, Some(j)) => {
+            check_jobs(*j.get_ref()).map_err(|e| src.err_at(j.span(), "run.jobs", e))?
+        }
+        (None, None) => DEFAULT_JOBS,
+    };
+    let retries = match &raw.retries {
+        Some(r) if (0..=20).contains(r.get_ref()) => *r.get_ref() as u32,
+        Some(r) => {
+            return Err(src.err_at(
+                r.span(),
+                "run.retries",
+                format!("{} is out of range; use 0 to 20", r.get_ref()),
+            ))
+        }
+        None => DEFAULT_RETRIES,
+    };
+    let statement_timeout = src.duration_or(
+        &raw.statement_timeout,
+        "run.statement_timeout",
+        Duration::ZERO,
+    )?;
+    Ok(RunConfig {
+        jobs,
+        lock_timeout: src.duration_or(
+            &raw.lock_timeout,
+            "run.lock_timeout",
+            DEFAULT_LOCK_TIMEOUT,
+        )?,
+        statement_timeout: (!statement_timeout.is_zero()).then_some(statement_timeout),
+        retries,
+        retry_delay: src.duration_or(&raw.retry_delay, "run.retry_delay", DEFAULT_RETRY_DELAY)?,
+        grace_period: src.duration_or(
+            &raw.grace_period,
+            "run.grace_period",
+            DEFAULT_GRACE_PERIOD,
+        )?,
+    })
+}
+
+/// `[database] url` or `[clusters.<name>]`: which form, cluster names and their `jobs`. URLs
+/// are kept as written; [`Config::targets`] expands and checks them.
+fn database_section(
+    src: &Source<'_>,
+    raw: &RawConfig,
+    overrides: &Overrides,
+    default_jobs: usize,
+) -> Result<Databases, ConfigError> {
+    let Some(map) = &raw.clusters else {
+        return Ok(Databases::Single {
+            url: raw.database.url.as_ref().map(|u| src.locate(u)),
+            flag: overrides.database_url.clone(),
+        });
+    };
+    if let Some(url) = &raw.database.url {
+        return Err(src.err_at(
+            url.span(),
+            "database.url",
+            "[database] url and [clusters.<name>] tables cannot be used together; move this URL into a [clusters.<name>] table (keep [database] for control_schema only)",
+        ));
+    }
+    if map.is_empty() {
+        return Err(ConfigError(format!(
+            "{}: [clusters] names no cluster; add [clusters.<name>] tables with a url each",
+            src.path.display()
+        )));
+    }
+    let mut clusters = Vec::with_capacity(map.len());
+    for (name, c) in map {
+        check_cluster_name(name)
+            .map_err(|e| src.err_at(c.url.span(), &format!("clusters.{name}"), e))?;
+        // --jobs overrides every cluster; else a cluster's own `jobs`, else [run] jobs.
+        let jobs = match (&c.jobs, overrides.jobs) {
+            (Some(j), None) => check_jobs(*j.get_ref())
+                .map_err(|e| src.err_at(j.span(), &format!("clusters.{name}.jobs"), e))?,
+            _ => default_jobs,
+        };
+        clusters.push((name.clone(), src.locate(&c.url), jobs));
+    }
+    Ok(Databases::Clusters {
+        clusters,
+        flag_given: overrides.database_url.is_some(),
+    })
+}
+
+/// `[tenants]`: the schema prefix and the role template.
+fn tenants_section(
+    src: &Source<'_>,
+    raw: &RawTenants,
+    control_schema: &str,
+) -> Result<TenantsConfig, ConfigError> {
+    // An empty prefix is allowed, but then any schema could be a tenant's; ids are still
+    // checked against reserved names in `Tenant::parse`.
+    let schema_prefix = src.string_or(
+        &raw.schema_prefix,
+        "tenants.schema_prefix",
+        DEFAULT_PREFIX,
+        |s| {
+            validate_schema_word(s, true)?;
+            if !s.is_empty() && control_schema.starts_with(s) {
+                return Err(format!(
+                    "the control schema {control_schema:?} starts with the prefix {s:?}, so it would look like a tenant schema; choose another prefix or control_schema"
+                ));
+            }
+            Ok(())
+        },
+    )?;
+    let role_template = match &raw.role {
+        Some(v) => {
+            let t = src.expand(v, "tenants.role")?;
+            check_role_template(&t).map_err(|e| src.err_at(v.span(), "tenants.role", e))?;
+            Some(t)
+        }
+        None => None,
+    };
+    Ok(TenantsConfig {
+        schema_prefix,
+        role_template,
+    })
+}
+
+/// `[migrations]`: folders and the shared schema.
+fn migrations_section(
+    src: &Source<'_>,
+    raw: &RawMigrations,
+    prefix: &str,
+    control_schema: &str,
+) -> Result<MigrationsConfig, ConfigError> {
+    let dir = src
+        .folder(&raw.dir, "migrations.dir")?
+        .unwrap_or_else(|| src.base().join("migrations"));
+    let shared_schema = src.string_or(
+        &raw.shared_schema,
+        "migrations.shared_schema",
+        DEFAULT_SHARED_SCHEMA,
+        |s| check_shared_schema(s, prefix, control_schema),
+    )?;
+    let shared_dir = src
+        .folder(&raw.shared_dir, "migrations.shared_dir")?
+        .unwrap_or_else(|| dir.join("shared"));
+    Ok(MigrationsConfig {
+        dir,
+        shared_dir,
+        shared_dir_configured: raw.shared_dir.is_some(),
+        shared_schema,
+    })
 }
 
 /// Checks that a connection string parses; returns it with the password hidden.
@@ -558,41 +708,6 @@ fn check_shared_schema(s: &str, prefix: &str, control: &str) -> Result<(), Strin
     Ok(())
 }
 
-impl Settings {
-    /// These settings pointed at one cluster.
-    pub fn for_cluster(&self, cluster: &Cluster) -> Settings {
-        Settings {
-            cluster: cluster.name.clone(),
-            database_url: cluster.url.clone(),
-            display_url: cluster.display_url.clone(),
-            jobs: cluster.jobs,
-            ..self.clone()
-        }
-    }
-
-    /// The clusters a command works on: all, or those named with `--cluster`.
-    pub fn select(&self, names: &[String]) -> Result<Vec<Settings>, ConfigError> {
-        if names.is_empty() {
-            return Ok(self.clusters.iter().map(|c| self.for_cluster(c)).collect());
-        }
-        let mut out: Vec<Settings> = Vec::new();
-        for name in names {
-            let Some(c) = self.clusters.iter().find(|c| &c.name == name) else {
-                let known: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
-                return Err(ConfigError(format!(
-                    "--cluster {name}: no such cluster in {} (clusters: {}); nothing was changed",
-                    self.config_path.display(),
-                    known.join(", ")
-                )));
-            };
-            if !out.iter().any(|s| &s.cluster == name) {
-                out.push(self.for_cluster(c));
-            }
-        }
-        Ok(out)
-    }
-}
-
 /// A role template may use `{schema}` and `{id}`; the rest must be identifier characters.
 fn check_role_template(t: &str) -> Result<(), String> {
     let literal = t.replace("{schema}", "").replace("{id}", "");
@@ -616,15 +731,6 @@ fn check_role_template(t: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl Settings {
-    /// The tenant's role under the role-per-tenant option.
-    pub fn role_for(&self, tenant: &crate::tenant::Tenant) -> Option<String> {
-        self.role_template
-            .as_deref()
-            .map(|t| crate::tenant::role_name(t, tenant))
-    }
-}
-
 fn check_jobs(j: i64) -> Result<usize, String> {
     if (1..=MAX_JOBS as i64).contains(&j) {
         Ok(j as usize)
@@ -639,12 +745,19 @@ fn check_jobs(j: i64) -> Result<usize, String> {
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<Settings, ConfigError> {
-        Settings::from_str(
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
             Path::new("/etc/app/tenants.toml"),
             text,
             &Overrides::default(),
         )
+    }
+
+    /// The config and its every target, as one result (as a command that connects sees it).
+    fn load_targets(text: &str) -> Result<(Config, Vec<Target>), ConfigError> {
+        let c = load(text)?;
+        let t = c.targets(&[])?;
+        Ok((c, t))
     }
 
     #[test]
@@ -662,12 +775,12 @@ mod tests {
 
     #[test]
     fn defaults_and_relative_paths() {
-        let s = load("[database]\nurl = \"postgres://u@localhost/db\"\n").unwrap();
+        let (s, t) = load_targets("[database]\nurl = \"postgres://u@localhost/db\"\n").unwrap();
         assert_eq!(s.control_schema, "tenantctl");
-        assert_eq!(s.schema_prefix, "tenant_");
-        assert_eq!(s.migrations_dir, Path::new("/etc/app/migrations"));
-        assert_eq!(s.jobs, default_jobs());
-        assert_eq!(s.lock_timeout, Duration::from_secs(10));
+        assert_eq!(s.tenants.schema_prefix, "tenant_");
+        assert_eq!(s.migrations.dir, Path::new("/etc/app/migrations"));
+        assert_eq!(t[0].jobs, DEFAULT_JOBS);
+        assert_eq!(s.run.lock_timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -699,7 +812,7 @@ mod tests {
 
     #[test]
     fn unset_variable_is_an_error() {
-        let e = load("[database]\nurl = \"${TENANTCTL_SURELY_UNSET_VAR}\"\n").unwrap_err();
+        let e = load_targets("[database]\nurl = \"${TENANTCTL_SURELY_UNSET_VAR}\"\n").unwrap_err();
         assert!(
             e.0.contains("TENANTCTL_SURELY_UNSET_VAR is not set") && e.0.contains("database.url"),
             "{e}"
@@ -708,33 +821,44 @@ mod tests {
 
     #[test]
     fn bad_url_does_not_print_password() {
-        let e =
-            load("[database]\nurl = \"postgres://u:hunter2secret@h:notaport/db\"\n").unwrap_err();
+        let e = load_targets("[database]\nurl = \"postgres://u:hunter2secret@h:notaport/db\"\n")
+            .unwrap_err();
         assert!(!e.0.contains("hunter2secret"), "{e}");
         assert!(e.0.contains("database.url"), "{e}");
     }
 
     #[test]
+    fn a_config_without_a_database_loads_until_a_target_is_asked_for() {
+        // Commands that need no database (scaffolding, lint) work without a URL, even one
+        // whose variable is unset; commands that connect get the error.
+        for text in [
+            "[run]\njobs = 2\n",
+            "[database]\nurl = \"${TENANTCTL_SURELY_UNSET_VAR}\"\n",
+        ] {
+            let c = load(text).unwrap();
+            assert_eq!(c.cluster_names(), [DEFAULT_CLUSTER]);
+            let e = c.targets(&[]).unwrap_err();
+            assert!(e.0.contains("URL") || e.0.contains("not set"), "{e}");
+        }
+    }
+
+    #[test]
     fn clusters_resolve_with_their_own_jobs() {
-        let s = load(
+        let (s, targets) = load_targets(
             "[clusters.eu2]\nurl = \"postgres://u:pw9secret@h2/db\"\njobs = 8\n[clusters.eu1]\nurl = \"postgres://u@h1/db\"\n[run]\njobs = 3\n",
         )
         .unwrap();
         assert!(s.multi_cluster);
-        let names: Vec<(&str, usize)> = s
-            .clusters
-            .iter()
-            .map(|c| (c.name.as_str(), c.jobs))
-            .collect();
+        let names: Vec<(&str, usize)> = targets.iter().map(|c| (c.name.as_str(), c.jobs)).collect();
         assert_eq!(names, [("eu1", 3), ("eu2", 8)]);
-        assert!(!s.clusters[1].display_url.contains("pw9secret"));
-        let eu2 = s.select(&["eu2".into()]).unwrap();
+        assert!(!targets[1].display_url.contains("pw9secret"));
+        let eu2 = s.targets(&["eu2".into()]).unwrap();
         assert_eq!((eu2.len(), eu2[0].jobs), (1, 8));
-        assert_eq!(eu2[0].database_url, "postgres://u:pw9secret@h2/db");
-        let e = s.select(&["eu3".into()]).unwrap_err();
+        assert_eq!(eu2[0].url, "postgres://u:pw9secret@h2/db");
+        let e = s.targets(&["eu3".into()]).unwrap_err();
         assert!(e.0.contains("eu3") && e.0.contains("eu1, eu2"), "{e}");
         // --jobs overrides every cluster's.
-        let s = Settings::from_str(
+        let s = Config::parse(
             Path::new("t.toml"),
             "[clusters.a]\nurl = \"postgres://h/db\"\njobs = 8\n",
             &Overrides {
@@ -743,12 +867,12 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(s.clusters[0].jobs, 2);
+        assert_eq!(s.targets(&[]).unwrap()[0].jobs, 2);
     }
 
     #[test]
     fn cluster_config_errors_name_the_key() {
-        let e = load(
+        let e = load_targets(
             "[database]\nurl = \"postgres://h/db\"\n[clusters.a]\nurl = \"postgres://h/db\"\n",
         )
         .unwrap_err();
@@ -756,16 +880,16 @@ mod tests {
             e.0.contains("cannot be used together") && e.0.contains("line 2"),
             "{e}"
         );
-        let e = load("[clusters.Bad]\nurl = \"postgres://h/db\"\n").unwrap_err();
+        let e = load_targets("[clusters.Bad]\nurl = \"postgres://h/db\"\n").unwrap_err();
         assert!(
             e.0.contains("clusters.Bad") && e.0.contains("line 2"),
             "{e}"
         );
-        let e = load("[clusters.a]\nurl = \"postgres://h:nope/db\"\n").unwrap_err();
+        let e = load_targets("[clusters.a]\nurl = \"postgres://h:nope/db\"\n").unwrap_err();
         assert!(e.0.contains("clusters.a.url"), "{e}");
-        let e = load("[clusters.a]\nurl = \"postgres://h/db\"\njobs = 0\n").unwrap_err();
+        let e = load_targets("[clusters.a]\nurl = \"postgres://h/db\"\njobs = 0\n").unwrap_err();
         assert!(e.0.contains("clusters.a.jobs"), "{e}");
-        let e = load(
+        let e = load_targets(
             "[clusters.a]\nurl = \"postgres://h/db\"\n[clusters.b]\nurl = \"postgres://h/db\"\n",
         )
         .unwrap_err();
@@ -773,9 +897,9 @@ mod tests {
             e.0.contains("clusters.b.url") && e.0.contains("same URL as cluster a"),
             "{e}"
         );
-        let e = load("[clusters.a]\njobs = 2\n").unwrap_err();
+        let e = load_targets("[clusters.a]\njobs = 2\n").unwrap_err();
         assert!(e.0.contains("url"), "{e}");
-        let e = Settings::from_str(
+        let e = Config::parse(
             Path::new("t.toml"),
             "[clusters.a]\nurl = \"postgres://h/db\"\n",
             &Overrides {
@@ -783,6 +907,7 @@ mod tests {
                 ..Overrides::default()
             },
         )
+        .and_then(|c| c.targets(&[]))
         .unwrap_err();
         assert!(e.0.contains("--cluster NAME"), "{e}");
     }
@@ -790,10 +915,13 @@ mod tests {
     #[test]
     fn shared_schema_and_dir() {
         let s = load("[database]\nurl = \"postgres://h/db\"\n").unwrap();
-        assert_eq!(s.shared_schema, "public");
-        assert_eq!(s.shared_dir, Path::new("/etc/app/migrations/shared"));
-        assert!(!s.shared_dir_configured && !s.multi_cluster);
-        assert_eq!(s.clusters[0].name, DEFAULT_CLUSTER);
+        assert_eq!(s.migrations.shared_schema, "public");
+        assert_eq!(
+            s.migrations.shared_dir,
+            Path::new("/etc/app/migrations/shared")
+        );
+        assert!(!s.migrations.shared_dir_configured && !s.multi_cluster);
+        assert_eq!(s.targets(&[]).unwrap()[0].name, DEFAULT_CLUSTER);
         for bad in [
             "tenantctl",
             "tenant_shared",
@@ -812,7 +940,7 @@ mod tests {
     #[test]
     fn example_config_parses() {
         let text = include_str!("../tenants.toml");
-        let s = Settings::from_str(
+        let s = Config::parse(
             Path::new("tenants.toml"),
             text,
             &Overrides {
@@ -821,6 +949,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(s.schema_prefix, "tenant_");
+        assert_eq!(s.tenants.schema_prefix, "tenant_");
+        assert_eq!(s.targets(&[]).unwrap()[0].url, "postgres://localhost/x");
     }
 }

@@ -256,10 +256,6 @@ impl MigrationSet {
         &self.refinery
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// The highest version on disk.
     pub fn latest(&self) -> Option<i32> {
         self.files.last().map(|f| f.version)

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// PostgreSQL silently truncates identifiers longer than this many bytes (NAMEDATALEN - 1).
-pub const MAX_IDENT_BYTES: usize = 63;
+pub(crate) const MAX_IDENT_BYTES: usize = 63;
 
 /// Why an id was refused. Every variant names the rule, so the message teaches the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +39,7 @@ fn first_bad_char(s: &str) -> Option<char> {
 }
 
 /// Why a schema name is reserved, if it is.
-pub fn reserved_reason(schema: &str, control_schema: &str) -> Option<&'static str> {
+pub(crate) fn reserved_reason(schema: &str, control_schema: &str) -> Option<&'static str> {
     if schema == "public" {
         Some("is PostgreSQL's default schema")
     } else if schema == "information_schema" {
@@ -98,7 +98,7 @@ impl Tenant {
     }
 
     /// Rebuilds a tenant from the registry (already validated when it was created).
-    pub fn from_registry(id: String, schema: String) -> Tenant {
+    pub(crate) fn from_registry(id: String, schema: String) -> Tenant {
         Tenant { id, schema }
     }
 
@@ -123,7 +123,7 @@ impl fmt::Display for Tenant {
 }
 
 /// Validates a schema prefix (may be empty) or a control schema name (may not).
-pub fn validate_schema_word(value: &str, allow_empty: bool) -> Result<(), String> {
+pub(crate) fn validate_schema_word(value: &str, allow_empty: bool) -> Result<(), String> {
     if value.is_empty() {
         return if allow_empty {
             Ok(())
@@ -153,20 +153,28 @@ pub fn validate_schema_word(value: &str, allow_empty: bool) -> Result<(), String
 }
 
 /// The tenant's role name under a role template (`{schema}` and `{id}` placeholders).
-pub fn role_name(template: &str, tenant: &Tenant) -> String {
+pub(crate) fn role_name(template: &str, tenant: &Tenant) -> String {
     template
         .replace("{schema}", tenant.schema())
         .replace("{id}", tenant.id())
 }
 
 /// Quotes an identifier for SQL: `"name"`, doubling any embedded quote.
-pub fn quote_ident(ident: &str) -> String {
+pub(crate) fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// Quotes a string literal for SQL: `'text'`, doubling any embedded quote.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+/// Quotes a string literal for SQL: `'text'`, doubling any embedded quote; text with a
+/// backslash becomes `E'…'` with the backslashes doubled, as PostgreSQL's own
+/// `quote_literal()` does, so the literal means the same whatever `standard_conforming_strings`
+/// says. Used only for validated identifiers on the hot path; values go in as parameters.
+pub(crate) fn quote_literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 #[cfg(test)]
@@ -266,5 +274,6 @@ mod tests {
     fn quoting() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
     }
 }

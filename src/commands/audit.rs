@@ -3,18 +3,18 @@
 use std::fmt::Write as _;
 
 use crate::cli::AuditArgs;
-use crate::config::Settings;
+use crate::config::Target;
 
-use super::clusters::{each, finish, Ctx, Done};
-use super::Session;
+use super::clusters::{each, finish, Done};
+use super::Ctx;
 
 pub async fn audit(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<i32> {
-    let results = each(&ctx.clusters, |s| audit_one(s, &args)).await;
+    let results = each(&ctx.targets, |t| audit_one(ctx, t, &args)).await;
     finish(ctx, results, args.json)
 }
 
-async fn audit_one(settings: &Settings, args: &AuditArgs) -> anyhow::Result<Done> {
-    let session = Session::open(settings, false).await?;
+async fn audit_one(ctx: &Ctx, target: &Target, args: &AuditArgs) -> anyhow::Result<Done> {
+    let session = ctx.session(target, false).await?;
     let rows = if session.control.exists(&session.client).await? {
         session
             .control

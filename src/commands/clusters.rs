@@ -8,26 +8,12 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::config::Settings;
+use crate::config::Target;
 use crate::exit;
 use crate::redact::scrub;
-use crate::report::Reporters;
+use crate::report::Tally;
 
-/// What one command needs: the resolved settings, the clusters it works on, the reporters.
-pub struct Ctx {
-    pub settings: Settings,
-    /// The selected clusters (`--cluster`, else all), each as its own settings.
-    pub clusters: Vec<Settings>,
-    pub reporters: Reporters,
-    pub signals: super::Signals,
-}
-
-impl Ctx {
-    /// Whether output names clusters (the config uses `[clusters.<name>]`).
-    pub fn multi(&self) -> bool {
-        self.settings.multi_cluster
-    }
-}
+use super::Ctx;
 
 /// A cluster's printed result.
 pub enum Output {
@@ -42,8 +28,8 @@ pub struct Done {
     /// The cluster itself failed part way (its server went away mid-run): its remaining
     /// tenants were not worked on. Together with errors, this makes a fleet run partial.
     pub down: bool,
-    /// Counts summed over clusters for the overall line, e.g. `("migrated", 30)`.
-    pub counts: Vec<(&'static str, usize)>,
+    /// Counts summed over clusters for the overall line, e.g. `(Done(Migrate), 30)`.
+    pub counts: Vec<(Tally, usize)>,
 }
 
 impl Done {
@@ -68,7 +54,7 @@ impl Done {
         )
     }
 
-    pub fn counts(mut self, counts: Vec<(&'static str, usize)>) -> Done {
+    pub fn counts(mut self, counts: Vec<(Tally, usize)>) -> Done {
         self.counts = counts;
         self
     }
@@ -88,12 +74,12 @@ impl Done {
 }
 
 /// One cluster's outcome, in the order the clusters were given.
-pub type Results = Vec<(Settings, anyhow::Result<Done>)>;
+pub type Results = Vec<(Target, anyhow::Result<Done>)>;
 
 /// Runs `f` on every cluster at once and collects the outcomes in order.
-pub async fn each<'a, F, Fut>(clusters: &'a [Settings], f: F) -> Results
+pub async fn each<'a, F, Fut>(clusters: &'a [Target], f: F) -> Results
 where
-    F: Fn(&'a Settings) -> Fut,
+    F: Fn(&'a Target) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Done>> + 'a,
 {
     let outcomes = futures::future::join_all(clusters.iter().map(&f)).await;
@@ -112,11 +98,11 @@ pub fn single_error<T>(ctx: &Ctx, outcomes: &mut Vec<anyhow::Result<T>>) -> anyh
 }
 
 /// The clusters whose step failed, each with its error.
-pub fn failed_names<T>(clusters: &[Settings], outcomes: &[anyhow::Result<T>]) -> Vec<String> {
+pub fn failed_names<T>(clusters: &[Target], outcomes: &[anyhow::Result<T>]) -> Vec<String> {
     clusters
         .iter()
         .zip(outcomes)
-        .filter_map(|(s, o)| o.as_ref().err().map(|e| format!("{} ({e:#})", s.cluster)))
+        .filter_map(|(s, o)| o.as_ref().err().map(|e| format!("{} ({e:#})", s.name)))
         .collect()
 }
 
@@ -161,38 +147,38 @@ pub fn finish(ctx: &Ctx, mut results: Results, json: bool) -> anyhow::Result<i32
         return Ok(done.code);
     }
     let mut codes = Vec::new();
-    let mut totals: Vec<(&'static str, usize)> = Vec::new();
+    let mut totals: Vec<(Tally, usize)> = Vec::new();
     let mut text = String::new();
     let mut docs = Vec::new();
     let mut troubled = Vec::new();
     for (s, result) in &results {
-        let _ = writeln!(text, "== cluster {} ({}) ==", s.cluster, s.display_url);
+        let _ = writeln!(text, "== cluster {} ({}) ==", s.name, s.display_url);
         match result {
             Ok(done) => {
                 codes.push((done.code, done.down));
                 if done.down {
-                    troubled.push(s.cluster.clone());
+                    troubled.push(s.name.clone());
                 }
                 for (k, n) in &done.counts {
                     match totals.iter_mut().find(|(key, _)| key == k) {
                         Some((_, total)) => *total += n,
-                        None => totals.push((k, *n)),
+                        None => totals.push((*k, *n)),
                     }
                 }
                 match &done.out {
                     Output::Text(t) => text.push_str(t),
                     Output::Json(v) => docs.push(json!({
-                        "cluster": s.cluster, "ok": !done.down, "exit_code": done.code, "result": v,
+                        "cluster": s.name, "ok": !done.down, "exit_code": done.code, "result": v,
                     })),
                 }
             }
             Err(e) => {
                 let code = exit::code_for(e);
                 codes.push((code, true));
-                troubled.push(s.cluster.clone());
+                troubled.push(s.name.clone());
                 let _ = writeln!(text, "error: {e:#}");
                 docs.push(json!({
-                    "cluster": s.cluster, "ok": false, "exit_code": code, "error": format!("{e:#}"),
+                    "cluster": s.name, "ok": false, "exit_code": code, "error": format!("{e:#}"),
                 }));
             }
         }
@@ -202,7 +188,7 @@ pub fn finish(ctx: &Ctx, mut results: Results, json: bool) -> anyhow::Result<i32
     if json {
         let mut overall = serde_json::Map::new();
         for (k, n) in &totals {
-            overall.insert(k.replace(' ', "_"), json!(n));
+            overall.insert(k.as_str().replace(' ', "_"), json!(n));
         }
         overall.insert("clusters".into(), json!(results.len()));
         overall.insert("failed_clusters".into(), json!(troubled));
@@ -229,7 +215,10 @@ pub fn finish(ctx: &Ctx, mut results: Results, json: bool) -> anyhow::Result<i32
         );
     }
     if !totals.is_empty() {
-        let parts: Vec<String> = totals.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let parts: Vec<String> = totals
+            .iter()
+            .map(|(k, n)| format!("{n} {}", k.as_str()))
+            .collect();
         let _ = write!(text, "; tenants: {}", parts.join(", "));
     }
     text.push('\n');

@@ -2,43 +2,41 @@
 //! request against the files, plan, then either print the plan (--dry-run) or run it under
 //! the fleet lock.
 
-use std::sync::Arc;
-
 use serde_json::json;
 
 use crate::cli::{FleetOpts, MigrateArgs};
-use crate::config::Settings;
-use crate::engine::apply::{shared_version, Mode};
+use crate::config::Target;
+use crate::control::{RunCommand, TenantState};
+use crate::db::Session;
+use crate::engine::apply::Mode;
 use crate::engine::plan::{self, Direction, Step};
+use crate::engine::run::{self as engine_run, scope_of, Planned, RunEnv, RunRequest};
+use crate::engine::shared::{apply_shared_recorded, shared_version};
 use crate::exit::{self, UsageError};
 use crate::migrations::{version_label, MigrationSet};
-use crate::report::Reporter;
 use crate::tenant::Tenant;
 
-use super::clusters::{finish, single_error, Ctx, Done, Output};
-use super::{
-    apply_shared_recorded, load_migrations, load_shared, parse_ids, run_schemas, scope_of,
-    RunRequest, Session,
-};
+use super::clusters::{finish, single_error, Done, Output};
+use super::{load_migrations, load_shared, parse_ids, run_output, Ctx};
 
 pub async fn migrate(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<i32> {
-    let settings = &ctx.settings;
+    let config = &ctx.config;
     let shared = if args.tenants_only {
         None
     } else {
-        load_shared(settings)?
+        load_shared(config)?
     };
     if args.shared_only && shared.is_none() {
         return Err(UsageError(format!(
             "--shared-only: there are no shared migrations in {}; put V<n>__<name>.sql files there, or set [migrations] shared_dir",
-            settings.shared_dir.display()
+            config.migrations.shared_dir.display()
         ))
         .into());
     }
     let migrations = if args.shared_only {
-        MigrationSet::empty(&settings.migrations_dir)
+        MigrationSet::empty(&config.migrations.dir)
     } else {
-        load_migrations(settings)?
+        load_migrations(config)?
     };
     let target = match args.to {
         Some(v) => {
@@ -96,7 +94,7 @@ struct Prepared<'a> {
     session: Session<'a>,
     /// (tenant, registry version, drift-marked by an earlier run)
     active: Vec<(Tenant, Option<i32>, bool)>,
-    reporter: Arc<dyn Reporter>,
+    env: RunEnv<'a>,
 }
 
 /// migrate and rollback: everything after the command-specific checks. Phase 1 prepares
@@ -111,16 +109,16 @@ pub async fn fleet_command(
     sides: Sides<'_>,
 ) -> anyhow::Result<i32> {
     let wanted: Option<Vec<Tenant>> = tenant_ids
-        .map(|ids| parse_ids(&ctx.settings, ids))
+        .map(|ids| parse_ids(&ctx.config, ids))
         .transpose()?;
     let wanted_ids: Option<Vec<String>> = wanted
         .as_ref()
         .map(|ts| ts.iter().map(|t| t.id().to_string()).collect());
     let opts = &opts;
     let mut prepared = futures::future::join_all(
-        ctx.clusters
+        ctx.targets
             .iter()
-            .map(|s| prepare(ctx, s, migrations, direction, wanted_ids.as_deref(), opts)),
+            .map(|t| prepare(ctx, t, migrations, direction, wanted_ids.as_deref(), opts)),
     )
     .await;
     if let Some(i) = prepared
@@ -131,15 +129,15 @@ pub async fn fleet_command(
     }
     single_error(ctx, &mut prepared)?;
     if let Some(wanted) = &wanted_ids {
-        super::require_registered(wanted, &ctx.clusters, &prepared, |p, id| {
+        super::require_registered(wanted, &ctx.targets, &prepared, |p, id| {
             p.active.iter().any(|(t, _, _)| t.id() == id)
         })?;
     }
     // With given tenants (every one found above), a cluster holding none of them is left
     // out, reachable or not: ids are unique across clusters.
     let explicit = wanted_ids.is_some();
-    let (clusters, prepared): (Vec<Settings>, Vec<_>) = ctx
-        .clusters
+    let (clusters, prepared): (Vec<Target>, Vec<_>) = ctx
+        .targets
         .iter()
         .cloned()
         .zip(prepared)
@@ -160,20 +158,18 @@ pub async fn fleet_command(
 }
 
 async fn prepare<'a>(
-    ctx: &Ctx,
-    settings: &'a Settings,
+    ctx: &'a Ctx,
+    target: &'a Target,
     migrations: &MigrationSet,
     direction: Direction,
     wanted_ids: Option<&[String]>,
     opts: &FleetOpts,
 ) -> anyhow::Result<Prepared<'a>> {
     // A dry run changes nothing: it does not even create the control schema.
-    let session = Session::open(settings, !opts.dry_run).await?;
-    let reporter = ctx.reporters.for_cluster(&settings.cluster);
+    let session = ctx.session(target, !opts.dry_run).await?;
+    let env = ctx.run_env(target);
     if !opts.dry_run {
-        session
-            .fleet_lock(opts.wait, reporter.as_ref(), &ctx.signals)
-            .await?;
+        engine_run::lock_fleet(&session, &env, opts.wait).await?;
     }
     let rows = if opts.dry_run && !session.control.exists(&session.client).await? {
         Vec::new()
@@ -182,7 +178,7 @@ async fn prepare<'a>(
     };
     let active: Vec<(Tenant, Option<i32>, bool)> = rows
         .into_iter()
-        .filter(|r| r.state == "active")
+        .filter(|r| r.state == TenantState::Active)
         .map(|r| (r.tenant, r.version, r.drift.is_some()))
         .collect();
     if let Direction::Backward { to } = direction {
@@ -200,7 +196,7 @@ async fn prepare<'a>(
     Ok(Prepared {
         session,
         active,
-        reporter,
+        env,
     })
 }
 
@@ -216,11 +212,11 @@ async fn execute(
     let Prepared {
         mut session,
         active,
-        reporter,
+        env,
     } = p;
     let json = opts.run.json;
     let shared = match sides.shared {
-        Some(set) => match shared_step(&session, set, opts.dry_run, json).await? {
+        Some(set) => match shared_step(ctx, &session, set, opts.dry_run, json).await? {
             Ok(step) => Some(step),
             Err(failed) => return Ok(failed),
         },
@@ -233,16 +229,23 @@ async fn execute(
     if !sides.tenants {
         return Ok(with_shared(Done::either(json, String::new, json!({}))));
     }
-    let (command, mode, target) = match direction {
-        Direction::Forward { target } => ("migrate", Mode::Migrate, target),
-        Direction::Backward { to } => ("rollback", Mode::Rollback { to }, Some(to)),
+    let (mode, target) = match direction {
+        Direction::Forward { target } => (Mode::Migrate, target),
+        Direction::Backward { to } => (Mode::Rollback { to }, Some(to)),
     };
     if opts.dry_run {
         let steps: Vec<Step> = active
             .iter()
             .filter_map(|(t, v, _)| plan::step(migrations, t, *v, direction))
             .collect();
-        let out = plan_output(command, target, active.len(), &steps, json);
+        let out = plan_output(
+            mode.command(),
+            direction,
+            target,
+            active.len(),
+            &steps,
+            json,
+        );
         return Ok(with_shared(Done::new(exit::SUCCESS, out)));
     }
     let scope = if explicit {
@@ -255,16 +258,20 @@ async fn execute(
     // restored, the check passes and the mark clears; if not, it is reported again.
     let tenants = active
         .into_iter()
-        .map(|(t, v, drifted)| {
-            let todo = plan::needs_work(migrations, v, direction)
+        .map(|(tenant, version, drifted)| {
+            let todo = plan::needs_work(migrations, version, direction)
                 || (drifted && matches!(direction, Direction::Forward { .. }));
-            (t, v, todo)
+            Planned {
+                tenant,
+                version,
+                todo,
+            }
         })
         .collect();
-    let done = run_schemas(
+    let result = engine_run::run(
         &mut session,
+        &env,
         RunRequest {
-            command,
             mode,
             migrations,
             target,
@@ -273,26 +280,23 @@ async fn execute(
             refused: Vec::new(),
             resume: !opts.fresh,
             fail_fast: opts.run.fail_fast,
-            json,
         },
-        reporter,
-        &ctx.signals,
     )
     .await?;
-    Ok(with_shared(done))
+    Ok(with_shared(run_output(&result, json)))
 }
 
 /// The shared set on one cluster: applied (or, in a dry run, planned) before its tenants.
 /// Ok((line, json)) to put before the cluster's result; Err(done) when it failed, in which
 /// case the cluster's tenants are not started.
 async fn shared_step(
+    ctx: &Ctx,
     session: &Session<'_>,
     set: &MigrationSet,
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<Result<(String, serde_json::Value), Done>> {
-    let s = session.settings;
-    let schema = &s.shared_schema;
+    let schema = &ctx.config.migrations.shared_schema;
     if dry_run {
         let at = shared_version(&session.client, schema).await?;
         let pending = set.pending_count(at, None);
@@ -304,7 +308,15 @@ async fn shared_step(
             json!({ "schema": schema, "version": at, "pending": pending }),
         )));
     }
-    match apply_shared_recorded(session, set, "migrate (shared)").await {
+    match apply_shared_recorded(
+        session,
+        &ctx.config,
+        &ctx.actor,
+        set,
+        RunCommand::MigrateShared,
+    )
+    .await
+    {
         Ok(a) => Ok(Ok((
             if a.count == 0 {
                 format!(
@@ -341,17 +353,17 @@ async fn shared_step(
 const NAMES_PER_GROUP: usize = 10;
 
 fn plan_output(
-    command: &str,
+    command: RunCommand,
+    direction: Direction,
     target: Option<i32>,
     total: usize,
     steps: &[Step],
     json: bool,
 ) -> Output {
     let groups = plan::group(steps);
-    let verb = if command == "rollback" {
-        "revert"
-    } else {
-        "apply"
+    let verb = match direction {
+        Direction::Forward { .. } => "apply",
+        Direction::Backward { .. } => "revert",
     };
     if json {
         let v = json!({

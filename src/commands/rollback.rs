@@ -4,13 +4,12 @@
 use crate::cli::RollbackArgs;
 use crate::engine::plan::Direction;
 
-use super::load_migrations;
 use super::migrate::{fleet_command, require_on_disk, Sides};
-use super::Ctx;
+use super::{load_migrations, Ctx};
 
 /// Shared migrations are forward-only: rollback reverts tenant schemas only.
 pub async fn rollback(ctx: &Ctx, args: RollbackArgs) -> anyhow::Result<i32> {
-    let migrations = load_migrations(&ctx.settings)?;
+    let migrations = load_migrations(&ctx.config)?;
     if args.to != 0 {
         require_on_disk(&migrations, args.to, "--to")?;
     }

@@ -6,14 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::json;
 
 use crate::cli::StatusArgs;
-use crate::config::Settings;
-use crate::control::{FailedRow, RunRow, TenantRow};
-use crate::engine::apply::shared_version;
+use crate::config::{Config, Target};
+use crate::control::{FailedRow, RunRow, RunState, TenantRow, TenantState};
+use crate::engine::shared::shared_version;
 use crate::exit::SUCCESS;
 use crate::migrations::{version_label, MigrationSet};
+use crate::report::Tally;
 
-use super::clusters::{finish, single_error, Ctx, Done, Output};
-use super::{load_migrations, load_shared, parse_ids, Session};
+use super::clusters::{finish, single_error, Done, Output};
+use super::{load_migrations, load_shared, parse_ids, Ctx};
 
 /// Tenants behind the latest version listed by name in the text output.
 const BEHIND_LISTED: usize = 20;
@@ -62,7 +63,7 @@ fn last_run_text(run: &RunRow, failed: &[FailedRow]) -> String {
             .as_ref()
             .map_or(String::new(), |f| format!("; finished {f}")),
     );
-    if run.state == "interrupted" {
+    if run.state == RunState::Interrupted {
         out.push_str("            `tenantctl migrate --all` resumes it\n");
     }
     for f in failed {
@@ -83,14 +84,14 @@ fn last_run_text(run: &RunRow, failed: &[FailedRow]) -> String {
 }
 
 pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
-    let settings = &ctx.settings;
-    let migrations = load_migrations(settings)?;
-    let shared = load_shared(settings)?;
+    let config = &ctx.config;
+    let migrations = load_migrations(config)?;
+    let shared = load_shared(config)?;
     let wanted = if args.tenant.is_empty() {
         None
     } else {
         Some(
-            parse_ids(settings, &args.tenant)?
+            parse_ids(config, &args.tenant)?
                 .iter()
                 .map(|t| t.id().to_string())
                 .collect::<Vec<_>>(),
@@ -99,20 +100,20 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
     let (migrations, shared, wanted, args) =
         (&migrations, shared.as_ref(), wanted.as_deref(), &args);
     let mut outcomes = futures::future::join_all(
-        ctx.clusters
+        ctx.targets
             .iter()
-            .map(|s| status_one(s, migrations, shared, wanted, args)),
+            .map(|t| status_one(ctx, t, migrations, shared, wanted, args)),
     )
     .await;
     single_error(ctx, &mut outcomes)?;
     if let Some(wanted) = wanted {
-        super::require_registered(wanted, &ctx.clusters, &outcomes, |(ids, _), id| {
+        super::require_registered(wanted, &ctx.targets, &outcomes, |(ids, _), id| {
             ids.contains(id)
         })?;
     }
     // With given tenants (every one found above), only the clusters holding them report.
     let results = ctx
-        .clusters
+        .targets
         .iter()
         .cloned()
         .zip(outcomes)
@@ -126,20 +127,24 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
 
 /// One cluster's status: the ids of the given tenants found there, and its report.
 async fn status_one(
-    settings: &Settings,
+    ctx: &Ctx,
+    target: &Target,
     migrations: &MigrationSet,
     shared: Option<&MigrationSet>,
     wanted: Option<&[String]>,
     args: &StatusArgs,
 ) -> anyhow::Result<(BTreeSet<String>, Done)> {
-    let session = Session::open(settings, false).await?;
+    let config = &ctx.config;
+    let session = ctx.session(target, false).await?;
     let (rows, last_run) = if session.control.exists(&session.client).await? {
         let control = &session.control;
         let rows = control.tenants(&session.client, wanted).await?;
         let last = match control.last_run(&session.client).await? {
             Some(mut run) => {
-                if run.state == "running" && !control.run_is_live(&session.client, run.id).await? {
-                    run.state = "interrupted".into();
+                if run.state == RunState::Running
+                    && !control.run_is_live(&session.client, run.id).await?
+                {
+                    run.state = RunState::Interrupted;
                 }
                 let failed = control
                     .failed_schemas(&session.client, run.id, FAILED_LISTED)
@@ -152,10 +157,13 @@ async fn status_one(
     } else {
         (Vec::new(), None)
     };
-    let rows: Vec<TenantRow> = rows.into_iter().filter(|r| r.state == "active").collect();
+    let rows: Vec<TenantRow> = rows
+        .into_iter()
+        .filter(|r| r.state == TenantState::Active)
+        .collect();
     let found: BTreeSet<String> = rows.iter().map(|r| r.tenant.id().to_string()).collect();
     let shared_at = match shared {
-        Some(_) => Some(shared_version(&session.client, &settings.shared_schema).await?),
+        Some(_) => Some(shared_version(&session.client, &config.migrations.shared_schema).await?),
         None => None,
     };
     let verification = if args.verify {
@@ -164,8 +172,8 @@ async fn status_one(
                 &session.client,
                 migrations,
                 &rows,
-                &settings.schema_prefix,
-                &settings.control_schema,
+                &config.tenants.schema_prefix,
+                &config.control_schema,
             )
             .await?,
         )
@@ -175,15 +183,18 @@ async fn status_one(
     let latest = migrations.latest();
     let current = rows.iter().filter(|r| r.version == latest).count();
     let counts = vec![
-        ("registered", rows.len()),
-        ("up to date", current),
-        ("not at latest", rows.len() - current),
-        ("drifted", rows.iter().filter(|r| r.drift.is_some()).count()),
+        (Tally::Registered, rows.len()),
+        (Tally::UpToDate, current),
+        (Tally::NotAtLatest, rows.len() - current),
+        (
+            Tally::Drifted,
+            rows.iter().filter(|r| r.drift.is_some()).count(),
+        ),
     ];
     let shared_line = match (shared, shared_at) {
         (Some(set), Some(at)) => format!(
             "shared:     schema {} at {}, {} of {} shared migration(s) pending ({})\n",
-            settings.shared_schema,
+            config.migrations.shared_schema,
             version_label(at),
             set.pending_count(at, None),
             set.files().len(),
@@ -202,7 +213,7 @@ async fn status_one(
         }
         if let (Some(set), Some(at)) = (shared, shared_at) {
             v["shared"] = json!({
-                "schema": settings.shared_schema, "version": at,
+                "schema": config.migrations.shared_schema, "version": at,
                 "latest_version": set.latest(), "pending": set.pending_count(at, None),
             });
         }
@@ -216,7 +227,7 @@ async fn status_one(
         };
         Done::new(code, Output::Json(v))
     } else {
-        let mut text = to_text(settings, migrations, &rows, wanted.is_some());
+        let mut text = to_text(config, target, migrations, &rows, wanted.is_some());
         text.insert_str(text.find("tenants:").unwrap_or(text.len()), &shared_line);
         if let Some((run, failed)) = &last_run {
             text.push_str(&last_run_text(run, failed));
@@ -259,7 +270,8 @@ fn to_json(migrations: &MigrationSet, rows: &[TenantRow]) -> serde_json::Value {
 }
 
 fn to_text(
-    settings: &Settings,
+    config: &Config,
+    target: &Target,
     migrations: &MigrationSet,
     rows: &[TenantRow],
     detailed: bool,
@@ -267,8 +279,8 @@ fn to_text(
     let latest = migrations.latest();
     let mut out = format!(
         "database:   {} (control schema {})\nmigrations: {} in {}, latest {}\n",
-        settings.display_url,
-        settings.control_schema,
+        target.display_url,
+        config.control_schema,
         migrations.files().len(),
         migrations.dir.display(),
         latest.map_or("none".into(), |v| migrations.label(v)),

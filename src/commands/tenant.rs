@@ -6,17 +6,20 @@ use std::io::Read as _;
 use serde_json::json;
 
 use crate::cli::{AdoptArgs, CreateArgs, DropArgs, ListArgs, RunOpts};
-use crate::config::Settings;
-use crate::engine::apply::{Failure, FailureKind, Mode};
+use crate::config::Target;
+use crate::control::{RunCommand, TenantRow, TenantState};
+use crate::db::Session;
+use crate::engine::apply::Mode;
+use crate::engine::failure::{Failure, FailureKind};
+use crate::engine::run::{self as engine_run, scope_of, Planned, RunRequest};
+use crate::engine::shared::apply_shared_recorded;
 use crate::exit::UsageError;
 use crate::migrations::{version_label, MigrationSet};
+use crate::report::Tally;
 use crate::tenant::Tenant;
 
-use super::clusters::{each, failed_names, finish, single_error, Ctx, Done};
-use super::{
-    apply_shared_recorded, load_migrations, load_shared, parse_ids, run_schemas, RunRequest,
-    Session,
-};
+use super::clusters::{each, failed_names, finish, single_error, Done};
+use super::{load_migrations, load_shared, parse_ids, run_output, Ctx};
 
 /// Reads ids from a file or stdin: one per line, blanks and `#` comments ignored.
 fn read_id_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
@@ -43,9 +46,8 @@ fn read_id_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
 }
 
 pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<i32> {
-    let migrations = load_migrations(&ctx.settings)?;
+    let migrations = load_migrations(&ctx.config)?;
     let request = Registration {
-        command: "tenant create",
         mode: Mode::Create,
         target: migrations.latest(),
         if_not_exists: args.if_not_exists,
@@ -62,10 +64,10 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn adopt(ctx: &Ctx, args: AdoptArgs) -> anyhow::Result<i32> {
-    let migrations = load_migrations(&ctx.settings)?;
+    let migrations = load_migrations(&ctx.config)?;
     super::migrate::require_on_disk(&migrations, args.baseline, "--baseline")?;
-    if ctx.clusters.len() > 1 {
-        let names: Vec<&str> = ctx.clusters.iter().map(|s| s.cluster.as_str()).collect();
+    if ctx.targets.len() > 1 {
+        let names: Vec<&str> = ctx.targets.iter().map(|t| t.name.as_str()).collect();
         return Err(UsageError(format!(
             "tenant adopt registers schemas that already exist on one cluster: name it with --cluster NAME (clusters: {}); nothing was changed",
             names.join(", ")
@@ -73,7 +75,6 @@ pub async fn adopt(ctx: &Ctx, args: AdoptArgs) -> anyhow::Result<i32> {
         .into());
     }
     let request = Registration {
-        command: "tenant adopt",
         mode: Mode::Adopt {
             baseline: args.baseline,
         },
@@ -93,7 +94,6 @@ pub async fn adopt(ctx: &Ctx, args: AdoptArgs) -> anyhow::Result<i32> {
 
 /// What distinguishes create from adopt.
 struct Registration {
-    command: &'static str,
     mode: Mode,
     target: Option<i32>,
     if_not_exists: bool,
@@ -119,7 +119,7 @@ async fn register(
     request: Registration,
     run: &RunOpts,
 ) -> anyhow::Result<i32> {
-    let settings = &ctx.settings;
+    let config = &ctx.config;
     let mut ids = args_ids.to_vec();
     if let Some(path) = from_file {
         ids.extend(read_id_file(path)?);
@@ -130,34 +130,34 @@ async fn register(
         )
         .into());
     }
-    let tenants = parse_ids(settings, &ids)?;
+    let tenants = parse_ids(config, &ids)?;
     let shared = if request.mode == Mode::Create {
-        load_shared(settings)?
+        load_shared(config)?
     } else {
         None
     };
     let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
     // Every configured cluster is asked, not only the selected ones: an id must not exist
     // twice in the fleet.
-    let all = settings.select(&[])?;
-    let selected = |s: &Settings| ctx.clusters.iter().any(|c| c.cluster == s.cluster);
-    let known = futures::future::join_all(all.iter().map(|s| {
+    let all = config.targets(&[])?;
+    let selected = |t: &Target| ctx.targets.iter().any(|c| c.name == t.name);
+    let known = futures::future::join_all(all.iter().map(|t| {
         let id_list = &id_list;
         async move {
             // Selected clusters get their control schema now (they may receive tenants).
-            let session = Session::open(s, selected(s)).await?;
-            let has_control = selected(s) || session.control.exists(&session.client).await?;
+            let session = ctx.session(t, selected(t)).await?;
+            let has_control = selected(t) || session.control.exists(&session.client).await?;
             let (existing, active) = if has_control {
                 let existing = session
                     .control
                     .tenants(&session.client, Some(id_list))
                     .await?
                     .into_iter()
-                    .filter(|r| r.state == "active")
+                    .filter(|r| r.state == TenantState::Active)
                     .map(|r| (r.tenant.id().to_string(), r.version))
                     .collect();
                 // Placement needs the counts only when there is a choice.
-                let active = if ctx.clusters.len() > 1 && selected(s) {
+                let active = if ctx.targets.len() > 1 && selected(t) {
                     session.control.active_count(&session.client).await?
                 } else {
                     0
@@ -186,7 +186,7 @@ async fn register(
     let clusters: Vec<Known> = known.into_iter().flatten().collect();
     // Placement: new ids go to the selected cluster with the fewest active tenants, one at
     // a time (a batch spreads out); existing ids are refused on the cluster that has them.
-    let mut plan: Vec<Vec<(Tenant, Option<i32>, bool)>> = vec![Vec::new(); clusters.len()];
+    let mut plan: Vec<Vec<Planned>> = vec![Vec::new(); clusters.len()];
     let mut refused: Vec<Vec<(Tenant, Failure)>> = vec![Vec::new(); clusters.len()];
     let mut load: Vec<i64> = clusters.iter().map(|k| k.active).collect();
     let eligible: Vec<bool> = all.iter().map(selected).collect();
@@ -198,10 +198,14 @@ async fn register(
             Some(i) => {
                 let v = clusters[i].existing[t.id()];
                 if request.if_not_exists {
-                    plan[i].push((t, v, false));
+                    plan[i].push(Planned {
+                        tenant: t,
+                        version: v,
+                        todo: false,
+                    });
                 } else {
                     let where_ = if ctx.multi() {
-                        format!(" (on cluster {})", all[i].cluster)
+                        format!(" (on cluster {})", all[i].name)
                     } else {
                         String::new()
                     };
@@ -215,15 +219,19 @@ async fn register(
             }
             None => {
                 let i = place(&mut load, &eligible);
-                plan[i].push((t, None, true));
+                plan[i].push(Planned {
+                    tenant: t,
+                    version: None,
+                    todo: true,
+                });
             }
         }
     }
-    let scope = super::scope_of(Some(
+    let scope = scope_of(Some(
         &plan
             .iter()
             .flatten()
-            .map(|(t, _, _)| t.clone())
+            .map(|p| p.tenant.clone())
             .chain(refused.iter().flatten().map(|(t, _)| t.clone()))
             .collect::<Vec<_>>(),
     ));
@@ -267,7 +275,7 @@ fn place(load: &mut [i64], eligible: &[bool]) -> usize {
 
 /// What one cluster registers.
 struct Work {
-    in_scope: Vec<(Tenant, Option<i32>, bool)>,
+    in_scope: Vec<Planned>,
     refused: Vec<(Tenant, Failure)>,
     scope: String,
 }
@@ -283,16 +291,22 @@ async fn register_on(
     work: Work,
     run: &RunOpts,
 ) -> anyhow::Result<Done> {
-    let s = session.settings;
-    let reporter = ctx.reporters.for_cluster(&s.cluster);
+    let shared_schema = &ctx.config.migrations.shared_schema;
     let mut shared_line = None;
-    let creates = work.in_scope.iter().any(|(_, _, todo)| *todo);
+    let creates = work.in_scope.iter().any(|p| p.todo);
     if let (Some(set), true) = (shared, creates) {
-        match apply_shared_recorded(&session, set, "tenant create (shared)").await {
+        let applied = apply_shared_recorded(
+            &session,
+            &ctx.config,
+            &ctx.actor,
+            set,
+            RunCommand::TenantCreateShared,
+        )
+        .await;
+        match applied {
             Ok(a) if a.count > 0 => {
                 shared_line = Some(format!(
-                    "shared: schema {} {} -> {}: {} shared migration(s) applied first\n",
-                    s.shared_schema,
+                    "shared: schema {shared_schema} {} -> {}: {} shared migration(s) applied first\n",
                     version_label(a.before),
                     version_label(a.after),
                     a.count
@@ -300,15 +314,15 @@ async fn register_on(
             }
             Ok(_) => {}
             Err(f) => anyhow::bail!(
-                "shared migrations in schema {} failed: {f}; no tenant was created on this cluster (their migrations may need the shared tables)",
-                s.shared_schema
+                "shared migrations in schema {shared_schema} failed: {f}; no tenant was created on this cluster (their migrations may need the shared tables)"
             ),
         }
     }
-    let done = run_schemas(
+    let env = ctx.run_env(session.target);
+    let result = engine_run::run(
         &mut session,
+        &env,
         RunRequest {
-            command: request.command,
             mode: request.mode,
             migrations,
             target: request.target,
@@ -317,12 +331,10 @@ async fn register_on(
             refused: work.refused,
             resume: false,
             fail_fast: run.fail_fast,
-            json: run.json,
         },
-        reporter,
-        &ctx.signals,
     )
     .await?;
+    let done = run_output(&result, run.json);
     Ok(match &shared_line {
         Some(line) => done.prepend(line, "shared_applied", serde_json::json!(true)),
         None => done,
@@ -330,18 +342,18 @@ async fn register_on(
 }
 
 pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
-    let settings = &ctx.settings;
+    let config = &ctx.config;
     let migrations =
-        load_migrations(settings).unwrap_or_else(|_| MigrationSet::empty(&settings.migrations_dir));
-    let tenants = parse_ids(settings, &args.ids)?;
+        load_migrations(config).unwrap_or_else(|_| MigrationSet::empty(&config.migrations.dir));
+    let tenants = parse_ids(config, &args.ids)?;
     if !args.yes {
         confirm_drop(&tenants, args.archive)?;
     }
     let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
     let id_list = &id_list;
     // Read-only until the tenants are found: a cluster without a control schema has none.
-    let mut found = futures::future::join_all(ctx.clusters.iter().map(|s| async move {
-        let session = Session::open(s, false).await?;
+    let mut found = futures::future::join_all(ctx.targets.iter().map(|t| async move {
+        let session = ctx.session(t, false).await?;
         let rows = if session.control.exists(&session.client).await? {
             session
                 .control
@@ -350,23 +362,22 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
         } else {
             Vec::new()
         };
-        let active: Vec<(Tenant, Option<i32>, bool)> = rows
+        let active: Vec<Planned> = rows
             .into_iter()
-            .filter(|r| r.state == "active")
-            .map(|r| (r.tenant, r.version, true))
+            .filter(|r| r.state == TenantState::Active)
+            .map(|r| Planned {
+                tenant: r.tenant,
+                version: r.version,
+                todo: true,
+            })
             .collect();
         anyhow::Ok((session, active))
     }))
     .await;
     single_error(ctx, &mut found)?;
-    super::require_registered(id_list, &ctx.clusters, &found, |(_, active), id| {
-        active.iter().any(|(t, _, _)| t.id() == id)
+    super::require_registered(id_list, &ctx.targets, &found, |(_, active), id| {
+        active.iter().any(|p| p.tenant.id() == id)
     })?;
-    let command = if args.archive {
-        "tenant drop --archive"
-    } else {
-        "tenant drop"
-    };
     let migrations = &migrations;
     let args = &args;
     let outcomes = futures::future::join_all(found.into_iter().map(|f| async move {
@@ -379,36 +390,34 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
         if let Err(e) = session.control.bootstrap(&session.client).await {
             return Some(Err(e));
         }
-        let reporter = ctx.reporters.for_cluster(&session.settings.cluster);
-        let scope = super::scope_of(Some(
-            &in_scope.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+        let env = ctx.run_env(session.target);
+        let scope = scope_of(Some(
+            &in_scope
+                .iter()
+                .map(|p| p.tenant.clone())
+                .collect::<Vec<_>>(),
         ));
+        let request = RunRequest {
+            mode: Mode::Drop {
+                archive: args.archive,
+            },
+            migrations,
+            target: None,
+            scope,
+            tenants: in_scope,
+            refused: Vec::new(),
+            resume: false,
+            fail_fast: args.run.fail_fast,
+        };
         Some(
-            run_schemas(
-                &mut session,
-                RunRequest {
-                    command,
-                    mode: Mode::Drop {
-                        archive: args.archive,
-                    },
-                    migrations,
-                    target: None,
-                    scope,
-                    tenants: in_scope,
-                    refused: Vec::new(),
-                    resume: false,
-                    fail_fast: args.run.fail_fast,
-                    json: args.run.json,
-                },
-                reporter,
-                &ctx.signals,
-            )
-            .await,
+            engine_run::run(&mut session, &env, request)
+                .await
+                .map(|result| run_output(&result, args.run.json)),
         )
     }))
     .await;
     let results = ctx
-        .clusters
+        .targets
         .iter()
         .cloned()
         .zip(outcomes)
@@ -449,19 +458,25 @@ fn confirm_drop(tenants: &[crate::tenant::Tenant], archive: bool) -> anyhow::Res
 }
 
 pub async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<i32> {
-    let results = each(&ctx.clusters, |s| list_one(s, &args)).await;
+    let results = each(&ctx.targets, |t| list_one(ctx, t, &args)).await;
     finish(ctx, results, args.json)
 }
 
-async fn list_one(settings: &Settings, args: &ListArgs) -> anyhow::Result<Done> {
-    let session = Session::open(settings, false).await?;
+async fn list_one(ctx: &Ctx, target: &Target, args: &ListArgs) -> anyhow::Result<Done> {
+    let session = ctx.session(target, false).await?;
     let rows = if session.control.exists(&session.client).await? {
         session.control.tenants(&session.client, None).await?
     } else {
         Vec::new()
     };
-    let active = rows.iter().filter(|r| r.state == "active").count();
-    let counts = vec![("active", active), ("dropped", rows.len() - active)];
+    let active = rows
+        .iter()
+        .filter(|r| r.state == TenantState::Active)
+        .count();
+    let counts = vec![
+        (Tally::Active, active),
+        (Tally::Dropped, rows.len() - active),
+    ];
     let value = serde_json::Value::Array(
         rows.iter()
             .map(|r| {
@@ -475,7 +490,7 @@ async fn list_one(settings: &Settings, args: &ListArgs) -> anyhow::Result<Done> 
     Ok(Done::either(args.json, || list_text(&rows), value).counts(counts))
 }
 
-fn list_text(rows: &[crate::control::TenantRow]) -> String {
+fn list_text(rows: &[TenantRow]) -> String {
     use std::fmt::Write as _;
     if rows.is_empty() {
         return "no tenants registered (create one with `tenantctl tenant create <ID>`)\n".into();

@@ -12,9 +12,10 @@ use deadpool_postgres::{Object, Pool, PoolError};
 use futures::{stream, StreamExt};
 use tokio_postgres::{CancelToken, NoTls};
 
-use crate::db::describe;
-use crate::engine::apply::{apply_schema, Applied, ApplyCtx, Failure, FailureKind, Mode};
-use crate::report::{Event, Reporter};
+use crate::engine::apply::{apply_schema, Applied, ApplyCtx, Mode};
+use crate::engine::events::{Event, Events};
+use crate::engine::failure::{Failure, FailureKind};
+use crate::pgerror::describe;
 use crate::tenant::Tenant;
 
 /// One schema to work on, with the version the registry has for it.
@@ -182,7 +183,7 @@ pub async fn run_fleet(
     ctx: &ApplyCtx<'_>,
     jobs: Vec<SchemaJob>,
     opts: &FleetOpts,
-    reporter: &dyn Reporter,
+    events: &Events,
     cancel: &Cancel,
 ) -> FleetOutcome {
     let started = Instant::now();
@@ -199,9 +200,6 @@ pub async fn run_fleet(
             .map(|(i, job)| {
                 scheduled_ref[i] = true;
                 async move {
-                    reporter.event(&Event::SchemaStarted {
-                        tenant: &job.tenant,
-                    });
                     let t0 = Instant::now();
                     let r = one_schema(pool, ctx, opts, job, i, cancel).await;
                     (job, r, t0.elapsed())
@@ -211,7 +209,7 @@ pub async fn run_fleet(
         while let Some((job, result, elapsed)) = results.next().await {
             match result {
                 Ok(applied) => {
-                    reporter.event(&Event::SchemaSucceeded {
+                    events.emit(&Event::SchemaSucceeded {
                         tenant: &job.tenant,
                         applied: &applied,
                         elapsed,
@@ -219,7 +217,7 @@ pub async fn run_fleet(
                     outcome.succeeded.push((job.tenant.clone(), applied));
                 }
                 Err(failure) => {
-                    reporter.event(&Event::SchemaFailed {
+                    events.emit(&Event::SchemaFailed {
                         tenant: &job.tenant,
                         failure: &failure,
                     });

@@ -7,9 +7,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::control::TenantRow;
-use crate::db::describe;
-use crate::engine::apply::HISTORY_TABLE;
+use crate::engine::schema_tx::HISTORY_TABLE;
 use crate::migrations::MigrationSet;
+use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
 
 /// Schemas read per query.

@@ -1,65 +1,27 @@
 //! Reporters draw the engine's events: an indicatif bar on a terminal, plain lines in CI
 //! logs (no escape codes), nothing with `--quiet`. Progress goes to stderr; results and
-//! `--json` go to stdout (see [`summary`]).
+//! `--json` go to stdout (see [`summary`]). This module depends on the engine's events; the
+//! engine never depends on it.
 
 pub mod plain;
 pub mod progress;
 pub mod summary;
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::sync::Arc;
 
-use crate::engine::apply::{Applied, Failure};
+use crate::control::RunCommand;
+use crate::engine::events::{Event, Events};
+use crate::engine::failure::Failure;
 use crate::tenant::Tenant;
 
-/// What the engine tells the reporter.
-pub enum Event<'a> {
-    RunStarted {
-        command: &'a str,
-        run_id: i64,
-        /// Schemas in scope.
-        total: usize,
-        /// Schemas that need work.
-        todo: usize,
-        jobs: usize,
-    },
-    SchemaStarted {
-        tenant: &'a Tenant,
-    },
-    SchemaSucceeded {
-        tenant: &'a Tenant,
-        applied: &'a Applied,
-        elapsed: Duration,
-    },
-    SchemaFailed {
-        tenant: &'a Tenant,
-        failure: &'a Failure,
-    },
-    /// A signal arrived: no new schemas start, in-flight ones get `grace` to finish.
-    Interrupting {
-        signal: &'a str,
-        grace: Duration,
-    },
-    /// Another fleet run holds the database; waiting for it (--wait).
-    Waiting {
-        what: &'a str,
-    },
-    /// Continuing an interrupted run.
-    Resuming {
-        run: &'a crate::control::RunRow,
-    },
-    Warning {
-        message: &'a str,
-    },
-    RunFinished,
-}
-
+/// Draws events.
 pub trait Reporter: Send + Sync {
     fn event(&self, event: &Event<'_>);
 }
 
 /// Draws nothing.
-pub struct Silent;
+struct Silent;
 
 impl Reporter for Silent {
     fn event(&self, _: &Event<'_>) {}
@@ -84,23 +46,24 @@ impl Reporters {
         }
     }
 
-    /// The reporter for one cluster's work.
-    pub fn for_cluster(&self, cluster: &str) -> std::sync::Arc<dyn Reporter> {
+    /// Where one cluster's events go.
+    pub fn for_cluster(&self, cluster: &str) -> Events {
         let label = if self.labeled {
             format!("[{cluster}] ")
         } else {
             String::new()
         };
-        match &self.bars {
-            _ if self.quiet => std::sync::Arc::new(Silent),
-            Some(multi) => std::sync::Arc::new(progress::Bar::new(label, multi)),
-            None => std::sync::Arc::new(plain::Plain::new(label)),
-        }
+        let reporter: Arc<dyn Reporter> = match &self.bars {
+            _ if self.quiet => Arc::new(Silent),
+            Some(multi) => Arc::new(progress::Bar::new(label, multi)),
+            None => Arc::new(plain::Plain::new(label)),
+        };
+        Events::new(move |e| reporter.event(e))
     }
 }
 
 /// The lines every reporter prints the same way (run start, signals, waits, warnings);
-/// None for per-schema events, which each reporter draws its own way.
+/// None for per-schema events and the run's end, which each reporter draws its own way.
 pub fn notice(event: &Event<'_>) -> Option<String> {
     match event {
         Event::RunStarted {
@@ -126,7 +89,55 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
             run.total
         )),
         Event::Warning { message } => Some(format!("warning: {message}")),
-        _ => None,
+        Event::SchemaSucceeded { .. } | Event::SchemaFailed { .. } | Event::RunFinished => None,
+    }
+}
+
+/// What a count on the overall line means: the outcome labels of every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// Schemas the command did its work on (created, migrated, …).
+    Done(RunCommand),
+    /// Schemas it had nothing to do for.
+    Unchanged(RunCommand),
+    Failed,
+    NotStarted,
+    Registered,
+    UpToDate,
+    NotAtLatest,
+    Drifted,
+    Active,
+    Dropped,
+}
+
+impl Tally {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tally::Done(c) => verbs(c).0,
+            Tally::Unchanged(c) => verbs(c).1,
+            Tally::Failed => "failed",
+            Tally::NotStarted => "not started",
+            Tally::Registered => "registered",
+            Tally::UpToDate => "up to date",
+            Tally::NotAtLatest => "not at latest",
+            Tally::Drifted => "drifted",
+            Tally::Active => "active",
+            Tally::Dropped => "dropped",
+        }
+    }
+}
+
+/// What a command did to a schema, and what it says of one it had nothing to do for.
+fn verbs(command: RunCommand) -> (&'static str, &'static str) {
+    match command {
+        RunCommand::TenantCreate => ("created", "already existed"),
+        RunCommand::TenantAdopt => ("adopted", "already registered"),
+        RunCommand::Migrate => ("migrated", "already current"),
+        RunCommand::Rollback => ("rolled back", "already at or below the target"),
+        RunCommand::TenantDrop | RunCommand::TenantDropArchive => ("dropped", "skipped"),
+        RunCommand::MigrateShared | RunCommand::TenantCreateShared => {
+            ("applied", "already current")
+        }
     }
 }
 

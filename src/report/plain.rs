@@ -4,7 +4,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{failure_line, Event, Reporter};
+use super::{failure_line, Reporter};
+use crate::engine::events::Event;
 use crate::migrations::version_label;
 
 /// Runs with at most this many schemas get one line per schema.
@@ -55,7 +56,6 @@ impl Reporter for Plain {
                     eprintln!("{}{line}", self.label);
                 }
             }
-            Event::SchemaStarted { .. } => {}
             Event::SchemaSucceeded {
                 tenant,
                 applied,
@@ -95,7 +95,10 @@ impl Reporter for Plain {
                 );
             }
             Event::RunFinished => {}
-            other => {
+            other @ (Event::Interrupting { .. }
+            | Event::Waiting { .. }
+            | Event::Resuming { .. }
+            | Event::Warning { .. }) => {
                 if let Some(line) = super::notice(other) {
                     eprintln!("{}{line}", self.label);
                 }

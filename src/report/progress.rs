@@ -4,7 +4,8 @@
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{failure_line, Event, Reporter};
+use super::{failure_line, Reporter};
+use crate::engine::events::Event;
 
 pub struct Bar {
     bar: ProgressBar,
@@ -53,7 +54,6 @@ impl Reporter for Bar {
                 }
                 self.update_msg();
             }
-            Event::SchemaStarted { .. } => {}
             Event::SchemaSucceeded { .. } => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 self.bar.inc(1);
@@ -70,7 +70,10 @@ impl Reporter for Bar {
                 self.update_msg();
             }
             Event::RunFinished => self.bar.finish_and_clear(),
-            other => {
+            other @ (Event::Interrupting { .. }
+            | Event::Waiting { .. }
+            | Event::Resuming { .. }
+            | Event::Warning { .. }) => {
                 if let Some(line) = super::notice(other) {
                     self.bar.println(format!("{}{line}", self.label));
                 }

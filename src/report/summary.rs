@@ -6,53 +6,36 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::engine::fleet::FleetOutcome;
+use crate::engine::run::RunResult;
+
+use super::Tally;
 
 /// Groups with more tenants than this print as one entry with a tenant list.
 const GROUP_FROM: usize = 4;
 const LIST_AT_MOST: usize = 10;
 
-pub struct RunSummary<'a> {
-    pub command: &'a str,
-    pub run_id: i64,
-    pub state: &'a str,
-    pub target: Option<i32>,
-    pub skipped: usize,
-    pub outcome: &'a FleetOutcome,
-    /// When this run continued an interrupted one: schemas it had already done.
-    pub resumed_from: Option<usize>,
-    /// Set when the ledger could not be updated at the end.
-    pub ledger_note: Option<&'a str>,
-}
+/// A run's result as people and pipelines read it.
+pub struct RunSummary<'a>(pub &'a RunResult);
 
 impl RunSummary<'_> {
-    fn verbs(&self) -> (&'static str, &'static str) {
-        match self.command {
-            "tenant create" => ("created", "already existed"),
-            "tenant adopt" => ("adopted", "already registered"),
-            "rollback" => ("rolled back", "already at or below the target"),
-            c if c.starts_with("tenant drop") => ("dropped", "skipped"),
-            _ => ("migrated", "already current"),
-        }
-    }
-
     /// Counts for the overall line across clusters.
-    pub fn counts(&self) -> Vec<(&'static str, usize)> {
-        let o = self.outcome;
-        let (done, skipped) = self.verbs();
+    pub fn counts(&self) -> Vec<(Tally, usize)> {
+        let r = self.0;
+        let o = &r.outcome;
         let unchanged = self.unchanged();
         vec![
-            (done, o.succeeded.len() - unchanged),
-            ("failed", o.failed.len()),
-            (skipped, self.skipped + unchanged),
-            ("not started", o.not_started.len()),
+            (Tally::Done(r.command), o.succeeded.len() - unchanged),
+            (Tally::Failed, o.failed.len()),
+            (Tally::Unchanged(r.command), r.skipped + unchanged),
+            (Tally::NotStarted, o.not_started.len()),
         ]
     }
 
     /// A migrate/rollback success that changed nothing (a re-checked schema) is "current".
     fn unchanged(&self) -> usize {
-        if matches!(self.command, "migrate" | "rollback") {
-            self.outcome
+        if self.0.command.is_fleet_command() {
+            self.0
+                .outcome
                 .succeeded
                 .iter()
                 .filter(|(_, a)| a.count == 0)
@@ -63,18 +46,20 @@ impl RunSummary<'_> {
     }
 
     pub fn to_text(&self) -> String {
-        let o = self.outcome;
-        let (done, skipped) = self.verbs();
+        let r = self.0;
+        let o = &r.outcome;
         let unchanged = self.unchanged();
         let mut out = format!(
-            "{} run {} {} in {:.2}s: {} {done}, {} failed, {} {skipped}",
-            self.command,
-            self.run_id,
-            self.state,
+            "{} run {} {} in {:.2}s: {} {}, {} failed, {} {}",
+            r.command,
+            r.run_id,
+            r.state,
             o.elapsed.as_secs_f64(),
             o.succeeded.len() - unchanged,
+            Tally::Done(r.command).as_str(),
             o.failed.len(),
-            self.skipped + unchanged,
+            r.skipped + unchanged,
+            Tally::Unchanged(r.command).as_str(),
         );
         if !o.not_started.is_empty() {
             let why = if o.interrupted {
@@ -88,7 +73,7 @@ impl RunSummary<'_> {
                 o.not_started.len()
             );
         }
-        if let Some(done) = self.resumed_from {
+        if let Some(done) = r.resumed_from {
             let _ = write!(out, " (resumed; {done} done before)");
         }
         out.push('\n');
@@ -98,7 +83,7 @@ impl RunSummary<'_> {
                 "stopped early: the database could not be reached after retries ({why}); re-run once it is back, finished schemas are kept"
             );
         }
-        if let Some(note) = self.ledger_note {
+        if let Some(note) = &r.ledger_note {
             let _ = writeln!(out, "warning: {note}");
         }
         if o.failed.is_empty() {
@@ -138,12 +123,13 @@ impl RunSummary<'_> {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let o = self.outcome;
+        let r = self.0;
+        let o = &r.outcome;
         json!({
-            "command": self.command,
-            "run_id": self.run_id,
-            "state": self.state,
-            "target_version": self.target,
+            "command": r.command,
+            "run_id": r.run_id,
+            "state": r.state,
+            "target_version": r.target,
             "elapsed_ms": o.elapsed.as_millis() as u64,
             "succeeded": o.succeeded.iter().map(|(t, a)| json!({
                 "id": t.id(), "schema": t.schema(), "version_before": a.before, "version": a.after, "applied": a.count,
@@ -152,12 +138,12 @@ impl RunSummary<'_> {
                 "id": t.id(), "schema": t.schema(), "migration": f.migration, "line": f.line,
                 "error": f.message, "version": f.still_at, "attempts": f.attempts, "message": f.to_string(),
             })).collect::<Vec<_>>(),
-            "skipped": self.skipped,
+            "skipped": r.skipped,
             "not_started": o.not_started.iter().map(|t| t.id()).collect::<Vec<_>>(),
             "interrupted": o.interrupted,
-            "resumed": self.resumed_from.is_some(),
+            "resumed": r.resumed_from.is_some(),
             "database_down": o.database_down,
-            "ledger_warning": self.ledger_note,
+            "ledger_warning": r.ledger_note,
         })
     }
 }

@@ -1,0 +1,168 @@
+//! The control schema: tenantctl's own bookkeeping inside each cluster's database, and the one
+//! place that holds SQL on it. `tenants` is the registry (with each tenant's current version,
+//! kept in the same transaction as its migrations, so fleet status is one query); `runs` and
+//! `run_schemas` are the run ledger.
+//!
+//! SQL policy: statements run once per command bind their values as `$n` parameters through
+//! `query_typed` (unnamed statements: one round trip each, and nothing prepared that a
+//! transaction pooler could lose). Only the per-schema hot path builds SQL text, so that a
+//! schema's bookkeeping rides in the batch it already sends; that text is made from validated
+//! identifiers and integers only (see [`crate::tenant::quote_literal`]).
+
+mod ledger;
+mod locks;
+mod registry;
+mod states;
+
+pub use ledger::{AuditRow, FailedRow, FailureRecord, RunInfo, RunRow, SharedOutcome};
+pub use locks::{schema_lock_sql, LOCK_NAMESPACE};
+pub use registry::TenantRow;
+pub use states::{RunCommand, RunState, SchemaState, TenantState};
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+use crate::pgerror::describe;
+use crate::tenant::{quote_ident, quote_literal};
+
+/// Bumped whenever the DDL below changes; stored as the control schema's comment.
+const CONTROL_VERSION: &str = "tenantctl control schema v4";
+
+/// A statement parameter with its PostgreSQL type, for `query_typed`.
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// `'YYYY-MM-DD HH24:MI:SS "UTC"'`, the format of times shown to people.
+const TS: &str = "'YYYY-MM-DD HH24:MI:SS \"UTC\"'";
+
+/// The control schema, with its name validated and quoted once.
+#[derive(Debug, Clone)]
+pub struct Control {
+    name: String,
+    q: String,
+}
+
+fn failed(what: &str, e: &tokio_postgres::Error) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", describe(e))
+}
+
+/// `'a', 'b'` for a CHECK constraint listing every stored value of a state enum.
+fn stored_list(values: impl IntoIterator<Item = &'static str>) -> String {
+    values
+        .into_iter()
+        .map(quote_literal)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Control {
+    /// The control schema `name` (validated by config).
+    pub fn new(name: &str) -> Control {
+        Control {
+            name: name.to_string(),
+            q: quote_ident(name),
+        }
+    }
+
+    /// `"tenantctl".table`.
+    fn table(&self, table: &str) -> String {
+        format!("{}.{table}", self.q)
+    }
+
+    fn ddl(&self) -> String {
+        let q = &self.q;
+        let comment = quote_literal(CONTROL_VERSION);
+        let tenant_states = stored_list(TenantState::ALL.iter().map(|s| s.as_str()));
+        let run_states = stored_list(RunState::ALL.iter().map(|s| s.as_str()));
+        let schema_states = stored_list(SchemaState::ALL.iter().map(|s| s.as_str()));
+        format!(
+            r#"
+CREATE SCHEMA IF NOT EXISTS {q};
+CREATE TABLE IF NOT EXISTS {q}.tenants (
+    id          text PRIMARY KEY,
+    schema_name text NOT NULL UNIQUE,
+    state       text NOT NULL DEFAULT 'active' CHECK (state IN ({tenant_states})),
+    version     integer,
+    drift       text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {q}.runs (
+    id             bigserial PRIMARY KEY,
+    command        text NOT NULL,
+    target_version integer,
+    digest         text NOT NULL,
+    scope          text NOT NULL DEFAULT 'all',
+    state          text NOT NULL CHECK (state IN ({run_states})),
+    actor          text NOT NULL,
+    host           text NOT NULL,
+    pid            integer NOT NULL,
+    backend_pid    integer NOT NULL DEFAULT pg_backend_pid(),
+    total          integer NOT NULL,
+    attempts       integer NOT NULL DEFAULT 1,
+    started_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at    timestamptz
+);
+ALTER TABLE {q}.tenants ADD COLUMN IF NOT EXISTS drift text;
+ALTER TABLE {q}.tenants ADD COLUMN IF NOT EXISTS role text;
+ALTER TABLE {q}.tenants ADD COLUMN IF NOT EXISTS archived_as text;
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS argv text NOT NULL DEFAULT '';
+REVOKE ALL ON SCHEMA {q} FROM PUBLIC;
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'all';
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1;
+CREATE INDEX IF NOT EXISTS runs_running_idx ON {q}.runs (id) WHERE state = 'running';
+CREATE TABLE IF NOT EXISTS {q}.run_schemas (
+    run_id           bigint NOT NULL REFERENCES {q}.runs (id) ON DELETE CASCADE,
+    tenant_id        text NOT NULL,
+    schema_name      text NOT NULL,
+    state            text NOT NULL CHECK (state IN ({schema_states})),
+    version_before   integer,
+    version_after    integer,
+    failed_migration text,
+    error            text,
+    attempts         integer NOT NULL DEFAULT 0,
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    PRIMARY KEY (run_id, tenant_id)
+);
+COMMENT ON SCHEMA {q} IS {comment};
+"#
+        )
+    }
+
+    /// Whether the control schema has been created (read-only commands do not create it).
+    pub async fn exists(&self, client: &Client) -> anyhow::Result<bool> {
+        Ok(self.installed_version(client).await?.is_some())
+    }
+
+    async fn installed_version(&self, client: &Client) -> anyhow::Result<Option<String>> {
+        let rows = client
+            .query_typed(
+                "SELECT coalesce(obj_description(oid, 'pg_namespace'), '') FROM pg_namespace WHERE nspname = $1",
+                &[(&self.name, Type::TEXT)],
+            )
+            .await
+            .map_err(|e| failed(&format!("checking the control schema {}", self.name), &e))?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    /// Creates (or upgrades) the control schema on first use. Concurrent first runs
+    /// serialise on an advisory lock, so two of them never race on `CREATE SCHEMA`.
+    pub async fn bootstrap(&self, client: &Client) -> anyhow::Result<()> {
+        if self.installed_version(client).await?.as_deref() == Some(CONTROL_VERSION) {
+            return Ok(());
+        }
+        let sql = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, 0); SET LOCAL client_min_messages = warning; {} COMMIT;",
+            self.ddl()
+        );
+        if let Err(e) = client.batch_execute(&sql).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            anyhow::bail!(
+                "cannot create the control schema {}: {}; the connecting role needs CREATE on the database (or create the schema once as an owner)",
+                self.name,
+                describe(&e)
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! The words the control schema stores, as enums: run commands, run states, tenant states and
+//! the states of a run's schemas. Each has `as_str()` for what is written and `parse()` for
+//! what is read back; every match over them is exhaustive, so a new command or state does not
+//! compile until every place handles it.
+
+use std::fmt;
+
+/// Defines a stored enum: `as_str`, `parse`, `ALL`, `Display` and `Serialize` as the stored text.
+macro_rules! stored_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The text stored in the control schema.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            // Generated for every stored enum; not every enum needs every method.
+            #[allow(dead_code)]
+            /// The stored text as a SQL literal, for statements that name a state or command
+            /// (a constant, not a value: the stored words hold no quotes).
+            pub fn literal(self) -> String {
+                format!("'{}'", self.as_str())
+            }
+
+            #[allow(dead_code)]
+            /// The value for stored text; None for text this version does not know.
+            pub fn parse(text: &str) -> Option<$name> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == text)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+stored_enum! {
+    /// What a run did (`runs.command`).
+    RunCommand {
+        TenantCreate => "tenant create",
+        TenantAdopt => "tenant adopt",
+        Migrate => "migrate",
+        Rollback => "rollback",
+        TenantDrop => "tenant drop",
+        TenantDropArchive => "tenant drop --archive",
+        /// The shared migrations' step of a `migrate`, recorded as a run of its own.
+        MigrateShared => "migrate (shared)",
+        /// The shared migrations' step of a `tenant create`.
+        TenantCreateShared => "tenant create (shared)",
+    }
+}
+
+stored_enum! {
+    /// Where a run stands (`runs.state`).
+    RunState {
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Interrupted => "interrupted",
+    }
+}
+
+stored_enum! {
+    /// A registered tenant's state (`tenants.state`).
+    TenantState {
+        Active => "active",
+        Dropped => "dropped",
+    }
+}
+
+stored_enum! {
+    /// One schema's state within a run (`run_schemas.state`).
+    SchemaState {
+        Pending => "pending",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Skipped => "skipped",
+    }
+}
+
+impl RunCommand {
+    /// Fleet commands (migrate, rollback) work on registered tenants that may already be at
+    /// the target: they hold the fleet lock (one of them per control schema at a time), and a
+    /// schema they re-check without changing counts as unchanged.
+    pub fn is_fleet_command(self) -> bool {
+        match self {
+            RunCommand::Migrate | RunCommand::Rollback => true,
+            RunCommand::TenantCreate
+            | RunCommand::TenantAdopt
+            | RunCommand::TenantDrop
+            | RunCommand::TenantDropArchive
+            | RunCommand::MigrateShared
+            | RunCommand::TenantCreateShared => false,
+        }
+    }
+
+    /// Whether the command moves tenants to a version (a drop has none to name).
+    pub fn has_target(self) -> bool {
+        match self {
+            RunCommand::TenantDrop | RunCommand::TenantDropArchive => false,
+            RunCommand::TenantCreate
+            | RunCommand::TenantAdopt
+            | RunCommand::Migrate
+            | RunCommand::Rollback
+            | RunCommand::MigrateShared
+            | RunCommand::TenantCreateShared => true,
+        }
+    }
+}
+
+/// Text read from the control schema that this version of tenantctl does not know.
+pub fn unknown(what: &str, text: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the control schema holds {what} {text:?}, which this tenantctl does not know (written by a newer version?); upgrade tenantctl"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_text_round_trips_and_matches_the_check_constraints() {
+        for c in RunCommand::ALL {
+            assert_eq!(RunCommand::parse(c.as_str()), Some(*c));
+        }
+        let states: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(states, ["running", "succeeded", "failed", "interrupted"]);
+        let states: Vec<&str> = SchemaState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(states, ["pending", "succeeded", "failed", "skipped"]);
+        assert_eq!(TenantState::parse("dropped"), Some(TenantState::Dropped));
+        assert_eq!(RunState::parse("paused"), None);
+        assert_eq!(
+            serde_json::to_string(&RunCommand::TenantDropArchive).unwrap(),
+            "\"tenant drop --archive\""
+        );
+    }
+}

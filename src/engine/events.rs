@@ -1,0 +1,67 @@
+//! What happens during a run, as plain data. The engine emits every event of a run, its start
+//! and its end included, through [`Events`]; reporters (see `report/`) turn them into a
+//! progress bar, log lines or nothing. The engine never prints and knows no reporter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::control::{RunCommand, RunRow};
+use crate::engine::apply::Applied;
+use crate::engine::failure::Failure;
+use crate::tenant::Tenant;
+
+/// One thing that happened.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Another fleet run holds the database; waiting for it (--wait).
+    Waiting {
+        what: &'a str,
+    },
+    /// Continuing an interrupted run.
+    Resuming {
+        run: &'a RunRow,
+    },
+    /// The run is open in the ledger and its schemas are about to start.
+    RunStarted {
+        command: RunCommand,
+        run_id: i64,
+        /// Schemas in scope.
+        total: usize,
+        /// Schemas that need work.
+        todo: usize,
+        jobs: usize,
+    },
+    SchemaSucceeded {
+        tenant: &'a Tenant,
+        applied: &'a Applied,
+        elapsed: Duration,
+    },
+    SchemaFailed {
+        tenant: &'a Tenant,
+        failure: &'a Failure,
+    },
+    /// A signal arrived: no new schemas start, in-flight ones get `grace` to finish.
+    Interrupting {
+        signal: &'a str,
+        grace: Duration,
+    },
+    Warning {
+        message: &'a str,
+    },
+    /// Every schema of the run has finished (or was left unstarted); the ledger is closed next.
+    RunFinished,
+}
+
+/// Where the engine sends its events: a callback shared by every task of a run.
+#[derive(Clone)]
+pub struct Events(Arc<dyn Fn(&Event<'_>) + Send + Sync>);
+
+impl Events {
+    pub fn new(f: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Events {
+        Events(Arc::new(f))
+    }
+
+    pub fn emit(&self, event: &Event<'_>) {
+        (self.0)(event)
+    }
+}

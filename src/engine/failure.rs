@@ -1,0 +1,245 @@
+//! Why a schema did not commit, in words an operator can act on: the kind of failure, the
+//! migration and line to blame, PostgreSQL's own message, the version the schema is still at,
+//! and the next step.
+
+use std::fmt;
+
+use refinery::error::Kind;
+use refinery::Migration;
+use tokio_postgres::error::SqlState;
+
+use crate::engine::schema_tx::{FailedStep, TxError};
+use crate::migrations::MigrationSet;
+use crate::pgerror::describe;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A migration's SQL failed.
+    Migration,
+    /// `tenant create` of an id that is already registered.
+    AlreadyExists,
+    /// `tenant create` where a schema of that name exists but is not registered.
+    SchemaExists,
+    /// `tenant adopt` of a schema that does not exist.
+    SchemaMissing,
+    /// The schema's history disagrees with the files.
+    Drift,
+    /// lock_timeout expired: something else holds a lock in this schema.
+    LockTimeout,
+    /// statement_timeout expired.
+    StatementTimeout,
+    /// The connection broke or the server went away.
+    Connection,
+    /// Cancelled after SIGINT/SIGTERM when the grace period ran out.
+    Interrupted,
+    Other,
+}
+
+impl FailureKind {
+    /// Worth another attempt after a pause: the cause is outside the migration.
+    pub fn is_transient(self) -> bool {
+        match self {
+            FailureKind::LockTimeout | FailureKind::Connection => true,
+            FailureKind::Migration
+            | FailureKind::AlreadyExists
+            | FailureKind::SchemaExists
+            | FailureKind::SchemaMissing
+            | FailureKind::Drift
+            | FailureKind::StatementTimeout
+            | FailureKind::Interrupted
+            | FailureKind::Other => false,
+        }
+    }
+}
+
+/// A schema that did not commit. Its transaction was rolled back (or never reached COMMIT).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// `V7__add_invoices` when a migration is to blame.
+    pub migration: Option<String>,
+    /// Line within that migration file, when PostgreSQL reported a position.
+    pub line: Option<usize>,
+    /// PostgreSQL's own message, or what was wrong.
+    pub message: String,
+    /// The version the schema is still at.
+    pub still_at: Option<i32>,
+    /// Whether the connection is unusable and must not go back to the pool.
+    pub broken_connection: bool,
+    /// How many times the schema was tried (retries after lock timeouts and lost connections).
+    pub attempts: u32,
+}
+
+impl Failure {
+    /// A failure not (yet) attributed to a migration; one attempt so far.
+    pub fn new(kind: FailureKind, message: String, still_at: Option<i32>) -> Failure {
+        Failure {
+            kind,
+            migration: None,
+            line: None,
+            message,
+            still_at,
+            broken_connection: false,
+            attempts: 1,
+        }
+    }
+
+    /// Classifies a driver error into a failure that tells the operator what happened.
+    pub fn from_pg(e: &tokio_postgres::Error, still_at: Option<i32>) -> Failure {
+        let kind = match e.code() {
+            Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => FailureKind::LockTimeout,
+            Some(c) if *c == SqlState::QUERY_CANCELED => FailureKind::StatementTimeout,
+            Some(c)
+                if c.code().starts_with("08")
+                    || *c == SqlState::ADMIN_SHUTDOWN
+                    || *c == SqlState::CRASH_SHUTDOWN =>
+            {
+                FailureKind::Connection
+            }
+            Some(_) => FailureKind::Other,
+            None => FailureKind::Connection,
+        };
+        let mut f = Failure::new(kind, describe(e), still_at);
+        f.broken_connection = e.is_closed() || kind == FailureKind::Connection;
+        f
+    }
+
+    /// A failure of our own batch on the schema's transaction.
+    pub fn from_tx(e: &TxError, still_at: Option<i32>) -> Failure {
+        match e {
+            TxError::Pg(pg) => Failure::from_pg(pg, still_at),
+            TxError::History(msg) => Failure::new(FailureKind::Drift, msg.clone(), still_at),
+        }
+    }
+
+    /// Classifies refinery's error for a forward run, blaming the migration whose statement
+    /// failed.
+    pub fn from_refinery(
+        e: &refinery::Error,
+        failed: Option<FailedStep>,
+        set: &MigrationSet,
+        before: Option<i32>,
+    ) -> Failure {
+        match e.kind() {
+            Kind::Connection(_, source) => {
+                let mut f = match source.downcast_ref::<TxError>() {
+                    Some(tx) => Failure::from_tx(tx, before),
+                    None => Failure::new(FailureKind::Other, e.to_string(), before),
+                };
+                f.blame(
+                    failed,
+                    set.files().iter().map(|m| (m.label(), m.sql.as_str())),
+                );
+                f
+            }
+            Kind::DivergentVersion(applied, file) => {
+                Failure::new(FailureKind::Drift, drift_edited(applied, file), before)
+            }
+            Kind::MissingVersion(m) => {
+                let msg = if set.get(m.version()).is_some() {
+                    format!(
+                        "drift: {m} is on disk but was never applied here, and this schema is already past it (at V{}); give that migration a version above the latest",
+                        before.unwrap_or_default()
+                    )
+                } else {
+                    drift_no_file(m, set)
+                };
+                Failure::new(FailureKind::Drift, msg, before)
+            }
+            _ => Failure::new(FailureKind::Other, e.to_string(), before),
+        }
+    }
+
+    /// Names the script whose statement failed: the one among `scripts` (label, SQL) that
+    /// is the failed statement, with the line PostgreSQL pointed at.
+    pub fn blame<'s>(
+        &mut self,
+        failed: Option<FailedStep>,
+        mut scripts: impl Iterator<Item = (String, &'s str)>,
+    ) {
+        let Some(step) = failed else { return };
+        if let Some((label, _)) = scripts.find(|(_, sql)| *sql == step.query) {
+            self.migration = Some(label);
+            self.line = step.line;
+            if self.kind == FailureKind::Other {
+                self.kind = FailureKind::Migration;
+            }
+        }
+    }
+
+    /// The part of the message that is the same for every tenant hit by the same problem.
+    pub fn headline(&self) -> String {
+        let what = match (&self.migration, self.line) {
+            (Some(m), Some(l)) => format!("{m} failed at line {l}: "),
+            (Some(m), None) => format!("{m} failed: "),
+            (None, _) => String::new(),
+        };
+        let tries = if self.attempts > 1 {
+            format!(" (after {} attempts)", self.attempts)
+        } else {
+            String::new()
+        };
+        format!("{what}{}{tries}", self.message)
+    }
+
+    fn version_text(&self) -> String {
+        match self.still_at {
+            Some(v) => format!("still at V{v}"),
+            None => "no migration applied".into(),
+        }
+    }
+
+    /// What state was left behind and what to do next.
+    pub fn aftermath(&self) -> String {
+        let at = self.version_text();
+        match self.kind {
+            FailureKind::Migration => format!("rolled back, {at}; fix the migration and re-run"),
+            FailureKind::AlreadyExists => {
+                "already registered, nothing changed; pass --if-not-exists to skip existing tenants".into()
+            }
+            FailureKind::SchemaExists => "nothing changed; the schema exists but is not a registered tenant: adopt it with `tenantctl tenant adopt`, drop or rename it, or pick another id".into(),
+            FailureKind::SchemaMissing => "nothing changed; create new tenants with `tenantctl tenant create`".into(),
+            FailureKind::Drift => format!("not touched, {at}"),
+            FailureKind::LockTimeout => format!(
+                "rolled back, {at}; another session holds a lock in this schema: re-run when it is released, or raise [run] lock_timeout"
+            ),
+            FailureKind::StatementTimeout => format!(
+                "rolled back, {at}; a statement ran past [run] statement_timeout: raise it or make the migration cheaper"
+            ),
+            FailureKind::Connection => format!(
+                "the transaction did not commit, so PostgreSQL rolled it back ({at}); re-run once the server is reachable"
+            ),
+            FailureKind::Interrupted => format!("interrupted and rolled back, {at}; re-run to continue"),
+            FailureKind::Other => format!("rolled back, {at}; re-run after fixing the cause"),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} — {}", self.headline(), self.aftermath())
+    }
+}
+
+/// Drift: an applied migration whose file was edited afterwards.
+pub fn drift_edited(applied: &Migration, file: &Migration) -> String {
+    format!(
+        "drift: {applied} was changed after it was applied here (applied checksum {}, file {file} has {}); restore the file as it was applied, and put the change in a new migration",
+        applied.checksum(),
+        file.checksum()
+    )
+}
+
+/// Drift: an applied migration without a file (deleted, or the schema is ahead of the files).
+pub fn drift_no_file(applied: &Migration, set: &MigrationSet) -> String {
+    match set.latest() {
+        Some(latest) if applied.version() > latest => format!(
+            "drift: this schema is ahead of the files: {applied} is applied here, but the newest file is {}; use the checkout that has it, or roll back with the files that still have its .down.sql",
+            set.label(latest)
+        ),
+        _ => format!(
+            "drift: {applied} is applied here but its file is missing from {}; restore the file",
+            set.dir.display()
+        ),
+    }
+}

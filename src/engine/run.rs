@@ -1,0 +1,357 @@
+//! The lifecycle of a run on one cluster: take the fleet lock (migrate, rollback), open the
+//! run in the ledger (or resume an interrupted one), size the pool to what the server allows,
+//! drive the schemas through the fleet, record each failure, and close the run with its final
+//! state. Every event of the run, its start and its end included, is emitted from here or
+//! from the fleet below it. Commands turn their arguments into a [`RunRequest`] and the
+//! [`RunResult`] into output.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::control::{FailureRecord, RunCommand, RunInfo, RunState};
+use crate::db::Session;
+use crate::engine::apply::{ApplyCtx, Mode};
+use crate::engine::events::{Event, Events};
+use crate::engine::failure::{Failure, FailureKind};
+use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, FleetOutcome, SchemaJob};
+use crate::exit::{self, BusyError, InterruptedError};
+use crate::migrations::MigrationSet;
+use crate::signals::Signals;
+use crate::tenant::Tenant;
+use crate::whoami::command_line;
+
+/// What a run on one cluster needs besides its request: the configuration, who runs it, where
+/// its events go, and the process's signals.
+pub struct RunEnv<'a> {
+    pub config: &'a Config,
+    pub actor: &'a str,
+    pub events: Events,
+    pub signals: &'a Signals,
+}
+
+/// One tenant in a run's scope.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub tenant: Tenant,
+    /// The registry's version.
+    pub version: Option<i32>,
+    /// Whether the run works on it (else it is counted as already done).
+    pub todo: bool,
+}
+
+/// What a fleet command asks of one cluster.
+pub struct RunRequest<'a> {
+    pub mode: Mode,
+    pub migrations: &'a MigrationSet,
+    pub target: Option<i32>,
+    /// `all`, or a fingerprint of the tenant list (see [`scope_of`]).
+    pub scope: String,
+    /// Everything in scope.
+    pub tenants: Vec<Planned>,
+    /// Tenants refused before any work (e.g. already exist), reported as failed.
+    pub refused: Vec<(Tenant, Failure)>,
+    /// Continue an interrupted run of the same command, target, files and scope.
+    pub resume: bool,
+    pub fail_fast: bool,
+}
+
+/// How a run went, as the ledger recorded it.
+#[derive(Debug)]
+pub struct RunResult {
+    pub command: RunCommand,
+    pub run_id: i64,
+    pub state: RunState,
+    pub target: Option<i32>,
+    /// Tenants in scope the run had nothing to do for.
+    pub skipped: usize,
+    pub outcome: FleetOutcome,
+    /// When this run continued an interrupted one: schemas it had already done.
+    pub resumed_from: Option<usize>,
+    /// Set when the ledger could not be updated at the end.
+    pub ledger_note: Option<String>,
+}
+
+impl RunResult {
+    pub fn exit_code(&self) -> i32 {
+        match self.state {
+            RunState::Succeeded => exit::SUCCESS,
+            RunState::Interrupted => exit::INTERRUPTED,
+            RunState::Failed | RunState::Running => exit::FAILED,
+        }
+    }
+}
+
+/// The scope of a run over an explicit tenant list: a fingerprint of the sorted ids.
+pub fn scope_of(tenants: Option<&[Tenant]>) -> String {
+    match tenants {
+        None => "all".into(),
+        Some(list) => {
+            let mut ids: Vec<&str> = list.iter().map(Tenant::id).collect();
+            ids.sort_unstable();
+            format!(
+                "tenants:{}:{}",
+                ids.len(),
+                crate::digest::fnv1a_hex(ids.join(",").into_bytes())
+            )
+        }
+    }
+}
+
+/// Takes the fleet lock (one migrate/rollback per control schema at a time). Without
+/// `wait`, or when it runs out, fails with exit code 3 naming the run in progress.
+pub async fn lock_fleet(
+    session: &Session<'_>,
+    env: &RunEnv<'_>,
+    wait: Option<Duration>,
+) -> anyhow::Result<()> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    let mut announced = false;
+    loop {
+        if let Some(signal) = env.signals.received() {
+            return Err(InterruptedError(format!(
+                "{signal} received while waiting for the fleet lock; nothing was started here"
+            ))
+            .into());
+        }
+        if session.control.try_fleet_lock(&session.client).await? {
+            return Ok(());
+        }
+        let holder = session.control.running_fleet_run(&session.client).await?;
+        let who = holder.map_or_else(
+            || "another tenantctl migrate/rollback (its run is not visible yet)".to_string(),
+            |r| r.describe(),
+        );
+        match deadline {
+            Some(d) if Instant::now() < d => {
+                if !announced {
+                    env.events.emit(&Event::Waiting { what: &who });
+                    announced = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Some(_) => {
+                return Err(BusyError(format!(
+                    "gave up waiting: {who} is still in progress; nothing was changed"
+                ))
+                .into())
+            }
+            None => {
+                return Err(BusyError(format!(
+                    "{who} is in progress on this database; nothing was changed. Wait for it with --wait 10m, or re-run when it has finished"
+                ))
+                .into())
+            }
+        }
+    }
+}
+
+/// Runs a fleet command end to end on one cluster.
+pub async fn run(
+    session: &mut Session<'_>,
+    env: &RunEnv<'_>,
+    req: RunRequest<'_>,
+) -> anyhow::Result<RunResult> {
+    let command = req.mode.command();
+    let total = req.tenants.len() + req.refused.len();
+    let argv = command_line();
+    let info = RunInfo {
+        command,
+        target: req.target,
+        digest: req.migrations.digest(),
+        scope: &req.scope,
+        total,
+        actor: env.actor,
+        argv: &argv,
+    };
+    session.control.reap_dead_runs(&session.client).await?;
+    let resumed = if req.resume {
+        session
+            .control
+            .resumable_run(&session.client, &info)
+            .await?
+    } else {
+        None
+    };
+    let jobs: Vec<SchemaJob> = req
+        .tenants
+        .iter()
+        .filter(|p| p.todo)
+        .map(|p| SchemaJob {
+            tenant: p.tenant.clone(),
+            version: p.version,
+        })
+        .collect();
+    // Ledger rows only for schemas this run works on (and those it refused, which are
+    // recorded as failed below): a no-op deploy over 10,000 current tenants writes one run
+    // row, not 10,000 "skipped" rows (runs.total keeps the count).
+    let ledger_rows: Vec<(&Tenant, Option<i32>)> = jobs
+        .iter()
+        .map(|j| (&j.tenant, j.version))
+        .chain(req.refused.iter().map(|(t, f)| (t, f.still_at)))
+        .collect();
+    let run_id = session
+        .control
+        .open_run(
+            &session.client,
+            &info,
+            resumed.as_ref().map(|r| r.id),
+            &ledger_rows,
+        )
+        .await?;
+    if let Some(run) = &resumed {
+        env.events.emit(&Event::Resuming { run });
+    }
+
+    let skipped = req.tenants.len() - jobs.len();
+    let workers = match workers_allowed(session, env, jobs.len()).await {
+        Ok(w) => w,
+        Err(e) => {
+            session
+                .control
+                .finish_run(&session.client, run_id, RunState::Failed)
+                .await?;
+            return Err(e);
+        }
+    };
+    let pool = session.pool(workers)?;
+    let cancel = Cancel::default();
+    let grace = env.config.run.grace_period;
+    let signal_guard = env.signals.on_signal({
+        let (cancel, events) = (cancel.clone(), env.events.clone());
+        move |signal| async move {
+            cancel.cancel();
+            events.emit(&Event::Interrupting { signal, grace });
+            tokio::time::sleep(grace).await;
+            cancel.abort_in_flight().await;
+        }
+    });
+
+    env.events.emit(&Event::RunStarted {
+        command,
+        run_id,
+        total,
+        todo: jobs.len(),
+        jobs: workers,
+    });
+    for (tenant, failure) in &req.refused {
+        env.events.emit(&Event::SchemaFailed { tenant, failure });
+    }
+    let run = &env.config.run;
+    let ctx = ApplyCtx {
+        migrations: req.migrations,
+        control: &session.control,
+        run_id,
+        target: req.target,
+        lock_timeout: run.lock_timeout,
+        statement_timeout: run.statement_timeout,
+        role_template: env.config.tenants.role_template.as_deref(),
+    };
+    let opts = FleetOpts {
+        mode: req.mode,
+        jobs: workers,
+        fail_fast: req.fail_fast,
+        retries: run.retries,
+        retry_delay: run.retry_delay,
+    };
+    let mut outcome = run_fleet(&pool, &ctx, jobs, &opts, &env.events, &cancel).await;
+    drop(signal_guard);
+    pool.close();
+    outcome.failed.splice(0..0, req.refused);
+
+    let state = if outcome.interrupted {
+        RunState::Interrupted
+    } else if outcome.failed.is_empty() && outcome.not_started.is_empty() {
+        RunState::Succeeded
+    } else {
+        RunState::Failed
+    };
+    env.events.emit(&Event::RunFinished);
+    let ledger_note = record_outcome(session, run_id, &outcome.failed, state).await;
+    Ok(RunResult {
+        command,
+        run_id,
+        state,
+        target: req.target,
+        skipped,
+        outcome,
+        resumed_from: resumed.as_ref().map(|r| r.succeeded as usize),
+        ledger_note,
+    })
+}
+
+/// How many workers the run may use: its `jobs`, no more than it has schemas, and no more
+/// than the server has free connection slots (with a warning when that lowers it).
+async fn workers_allowed(
+    session: &Session<'_>,
+    env: &RunEnv<'_>,
+    schemas: usize,
+) -> anyhow::Result<usize> {
+    let workers = session.target.jobs.min(schemas).max(1);
+    if schemas == 0 {
+        return Ok(workers);
+    }
+    let free = session.free_slots().await?;
+    if free < 1 {
+        anyhow::bail!(
+            "the server has no free connection slots (max_connections is used up); nothing was changed. Free some connections or raise max_connections, then re-run"
+        );
+    }
+    if (free as usize) < workers {
+        env.events.emit(&Event::Warning {
+            message: &format!(
+                "the server has only {free} free connection slot(s): running {free} at a time instead of {workers}"
+            ),
+        });
+        return Ok(free as usize);
+    }
+    Ok(workers)
+}
+
+/// Writes failures and the run's final state. If the coordinator's connection died (the
+/// server restarted), reconnects once; if that fails too, says what is missing instead of
+/// failing the command: every succeeded schema is already recorded in its own transaction.
+async fn record_outcome(
+    session: &mut Session<'_>,
+    run_id: i64,
+    failed: &[(Tenant, Failure)],
+    state: RunState,
+) -> Option<String> {
+    let rows: Vec<FailureRecord<'_>> = failed
+        .iter()
+        .map(|(t, f)| FailureRecord {
+            id: t.id(),
+            migration: f.migration.as_deref(),
+            error: f.to_string(),
+            attempts: f.attempts as i32,
+            drift: (f.kind == FailureKind::Drift).then_some(f.message.as_str()),
+        })
+        .collect();
+    let mut last_err = None;
+    for round in 0..2 {
+        if round == 1 {
+            if let Err(e) = session.reconnect().await {
+                last_err = Some(e);
+                break;
+            }
+        }
+        let write = async {
+            session
+                .control
+                .record_failures(&session.client, run_id, &rows)
+                .await?;
+            session
+                .control
+                .finish_run(&session.client, run_id, state)
+                .await
+        };
+        match write.await {
+            Ok(()) => return None,
+            Err(e) => last_err = Some(e),
+        }
+    }
+    last_err.map(|e| {
+        format!(
+            "could not record the end of run {run_id} in the ledger ({e:#}); succeeded schemas are recorded, and the next run will see this one as interrupted"
+        )
+    })
+}

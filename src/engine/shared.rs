@@ -1,0 +1,139 @@
+//! The shared step: migrations applied once per cluster into the shared schema (tables for
+//! every tenant), in one transaction under the same per-schema advisory lock as tenants, so
+//! racing runners apply them exactly once. Each time they apply (or fail), the cluster's
+//! ledger records it as a run of its own.
+
+use refinery::Target;
+use tokio_postgres::types::Type;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::control::{RunCommand, RunInfo, SharedOutcome};
+use crate::db::Session;
+use crate::engine::apply::{forward, rollback_on_error, Applied};
+use crate::engine::failure::Failure;
+use crate::engine::schema_tx::{preamble, SchemaTx};
+use crate::migrations::MigrationSet;
+use crate::pgerror::describe;
+use crate::tenant::{quote_ident, quote_literal};
+use crate::whoami::command_line;
+
+/// History of the shared migrations, kept in the shared schema under a name of our own (an
+/// application may use refinery's default table name in `public` itself).
+pub const SHARED_HISTORY_TABLE: &str = "tenantctl_shared_history";
+
+/// Quoted `"shared".tenantctl_shared_history`.
+fn shared_history_table(schema: &str) -> String {
+    format!("{}.{SHARED_HISTORY_TABLE}", quote_ident(schema))
+}
+
+/// Applies the pending shared migrations of one cluster into `schema`: all of them or none.
+/// The schema is created only when missing (`CREATE SCHEMA IF NOT EXISTS` would need CREATE
+/// on the database even when it exists, which a deploy role that only migrates may lack).
+async fn apply_shared(
+    client: &Client,
+    set: &MigrationSet,
+    schema: &str,
+    config: &Config,
+) -> Result<Applied, Failure> {
+    let result: Result<Applied, Failure> = async {
+        let sql = format!(
+            "{} DO $tenantctl$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {lit}) \
+                 THEN CREATE SCHEMA {q}; END IF; END $tenantctl$;",
+            preamble(schema, config.run.lock_timeout, config.run.statement_timeout),
+            lit = quote_literal(schema),
+            q = quote_ident(schema),
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| Failure::from_pg(&e, None))?;
+        let mut tx = SchemaTx::new(client);
+        let table = shared_history_table(schema);
+        let (before, after, count) = forward(&mut tx, set, &table, Target::Latest, None).await?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| Failure::from_pg(&e, before))?;
+        Ok(Applied {
+            before,
+            after,
+            count,
+        })
+    }
+    .await;
+    rollback_on_error(client, result).await
+}
+
+/// The newest shared migration applied in `schema` (None when none is, or no history yet).
+pub async fn shared_version(client: &Client, schema: &str) -> anyhow::Result<Option<i32>> {
+    let table = shared_history_table(schema);
+    let read = |e: tokio_postgres::Error| {
+        anyhow::anyhow!(
+            "reading the shared migrations' history {table}: {}",
+            describe(&e)
+        )
+    };
+    let exists: Option<String> = client
+        .query_typed_one("SELECT to_regclass($1)::text", &[(&table, Type::TEXT)])
+        .await
+        .map_err(read)?
+        .get(0);
+    if exists.is_none() {
+        return Ok(None);
+    }
+    Ok(client
+        .query_typed_one(&format!("SELECT max(version) FROM {table}"), &[])
+        .await
+        .map_err(read)?
+        .get(0))
+}
+
+/// Applies the pending shared migrations on the session's cluster and, when anything was
+/// applied or it failed, records that in the cluster's ledger as a run of its own
+/// (`command`, e.g. `migrate (shared)`). The result is the shared transaction's, whatever the
+/// ledger write after it does.
+pub async fn apply_shared_recorded(
+    session: &Session<'_>,
+    config: &Config,
+    actor: &str,
+    set: &MigrationSet,
+    command: RunCommand,
+) -> Result<Applied, Failure> {
+    let schema = &config.migrations.shared_schema;
+    let result = apply_shared(&session.client, set, schema, config).await;
+    let (before, after, migration, error) = match &result {
+        Ok(a) if a.count == 0 => return result,
+        Ok(a) => (a.before, a.after, None, None),
+        Err(f) if f.broken_connection => return result,
+        Err(f) => (
+            f.still_at,
+            f.still_at,
+            f.migration.as_deref(),
+            Some(f.to_string()),
+        ),
+    };
+    let argv = command_line();
+    let info = RunInfo {
+        command,
+        target: set.latest(),
+        digest: set.digest(),
+        scope: &format!("shared:{schema}"),
+        total: 1,
+        actor,
+        argv: &argv,
+    };
+    let outcome = SharedOutcome {
+        before,
+        after,
+        migration,
+        error: error.as_deref(),
+    };
+    // The shared transaction has committed (or rolled back) already: a ledger write that
+    // fails here cannot change what happened, so it does not change the result either.
+    let _ = session
+        .control
+        .record_shared(&session.client, &info, schema, &outcome)
+        .await;
+    result
+}
