@@ -527,3 +527,33 @@ fn passwords_never_printed_on_any_error_path() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(!all.contains(secret), "{all}");
 }
+
+#[test]
+fn a_server_without_standard_conforming_strings_is_refused() {
+    // The hot path quotes identifiers into SQL text; a server that reads backslashes in
+    // literals as escapes is refused before anything is touched.
+    let p = Project::new("scs_off", 2);
+    let db_name = p.url.rsplit('/').next().unwrap().to_string();
+    p.db()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db_name}\" SET standard_conforming_strings = off"
+        ))
+        .unwrap();
+    let before = p.fingerprint();
+    for args in [&["tenant", "create", "acme"][..], &["migrate", "--all"][..]] {
+        let out = p.run(args, 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains("standard_conforming_strings = off") && err.contains("ALTER DATABASE"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(before, p.fingerprint(), "nothing was touched");
+    p.db()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db_name}\" SET standard_conforming_strings = on"
+        ))
+        .unwrap();
+    p.run(&["tenant", "create", "acme"], 0);
+    assert_eq!(p.versions().get("acme"), Some(&Some(2)));
+}
