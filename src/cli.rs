@@ -378,3 +378,32 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command's `--help`, so that a change in what users read is a reviewed diff.
+    #[test]
+    fn help_of_every_command() {
+        let mut root = super::Cli::command().term_width(100);
+        root.build();
+        let mut stack = vec![root];
+        while let Some(mut cmd) = stack.pop() {
+            let name = cmd
+                .get_bin_name()
+                .unwrap_or(cmd.get_name())
+                .replace(' ', "_");
+            let help = cmd.render_long_help().to_string();
+            let mut settings = insta::Settings::clone_current();
+            // The help shows an environment variable's value when it is set: not ours to pin.
+            settings.add_filter(r"\[env: (\w+)=[^\]]*\]", "[env: $1]");
+            settings.bind(|| insta::assert_snapshot!(format!("help_{name}"), help));
+            stack.extend(
+                cmd.get_subcommands()
+                    .filter(|s| s.get_name() != "help")
+                    .cloned(),
+            );
+        }
+    }
+}

@@ -10,4 +10,5 @@ mod faults;
 mod migrate;
 mod rollback;
 mod security;
+mod snapshots;
 mod status;
