@@ -136,97 +136,11 @@ async fn register(
     } else {
         None
     };
-    let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
     // Every configured cluster is asked, not only the selected ones: an id must not exist
     // twice in the fleet.
     let all = config.targets(&[])?;
-    let selected = |t: &Target| ctx.targets.iter().any(|c| c.name == t.name);
-    let known = futures::future::join_all(all.iter().map(|t| {
-        let id_list = &id_list;
-        async move {
-            // Selected clusters get their control schema now (they may receive tenants).
-            let session = ctx.session(t, selected(t)).await?;
-            let has_control = selected(t) || session.control.exists(&session.client).await?;
-            let (existing, active) = if has_control {
-                let existing = session
-                    .control
-                    .tenants(&session.client, Some(id_list))
-                    .await?
-                    .into_iter()
-                    .filter(|r| r.state == TenantState::Active)
-                    .map(|r| (r.tenant.id().to_string(), r.version))
-                    .collect();
-                // Placement needs the counts only when there is a choice.
-                let active = if ctx.targets.len() > 1 && selected(t) {
-                    session.control.active_count(&session.client).await?
-                } else {
-                    0
-                };
-                (existing, active)
-            } else {
-                (HashMap::new(), 0)
-            };
-            anyhow::Ok(Known {
-                session,
-                existing,
-                active,
-            })
-        }
-    }))
-    .await;
-    let mut known = known;
-    single_error(ctx, &mut known)?;
-    let unreachable = failed_names(&all, &known);
-    if !unreachable.is_empty() {
-        anyhow::bail!(
-            "tenant ids are unique across clusters, and these could not be asked whether the ids exist there: {}; nothing was created. Re-run once they are back",
-            unreachable.join("; ")
-        );
-    }
-    let clusters: Vec<Known> = known.into_iter().flatten().collect();
-    // Placement: new ids go to the selected cluster with the fewest active tenants, one at
-    // a time (a batch spreads out); existing ids are refused on the cluster that has them.
-    let mut plan: Vec<Vec<Planned>> = vec![Vec::new(); clusters.len()];
-    let mut refused: Vec<Vec<(Tenant, Failure)>> = vec![Vec::new(); clusters.len()];
-    let mut load: Vec<i64> = clusters.iter().map(|k| k.active).collect();
-    let eligible: Vec<bool> = all.iter().map(selected).collect();
-    for t in tenants {
-        let home = clusters
-            .iter()
-            .position(|k| k.existing.contains_key(t.id()));
-        match home {
-            Some(i) => {
-                let v = clusters[i].existing[t.id()];
-                if request.if_not_exists {
-                    plan[i].push(Planned {
-                        tenant: t,
-                        version: v,
-                        todo: false,
-                    });
-                } else {
-                    let where_ = if ctx.multi() {
-                        format!(" (on cluster {})", all[i].name)
-                    } else {
-                        String::new()
-                    };
-                    let failure = Failure::new(
-                        FailureKind::AlreadyExists,
-                        format!("is already registered{where_}"),
-                        v,
-                    );
-                    refused[i].push((t, failure));
-                }
-            }
-            None => {
-                let i = place(&mut load, &eligible);
-                plan[i].push(Planned {
-                    tenant: t,
-                    version: None,
-                    todo: true,
-                });
-            }
-        }
-    }
+    let clusters = ask_clusters(ctx, &all, &tenants).await?;
+    let (plan, refused) = place_all(ctx, &all, &clusters, tenants, request.if_not_exists);
     let scope = scope_of(Some(
         &plan
             .iter()
@@ -260,6 +174,114 @@ async fn register(
         .filter_map(|(s, o)| o.map(|o| (s, o)))
         .collect();
     finish(ctx, results, run.json)
+}
+
+/// Asks every cluster which of the ids it already holds (and, when there is a choice, how
+/// many tenants it has). Fails when any cluster cannot be asked: nothing is created then.
+async fn ask_clusters<'a>(
+    ctx: &Ctx,
+    all: &'a [Target],
+    tenants: &[Tenant],
+) -> anyhow::Result<Vec<Known<'a>>> {
+    let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
+    let id_list = &id_list;
+    let mut known = futures::future::join_all(all.iter().map(|t| async move {
+        let selected = ctx.targets.iter().any(|c| c.name == t.name);
+        // Selected clusters get their control schema now (they may receive tenants).
+        let session = ctx.session(t, selected).await?;
+        if !selected && !session.control.exists(&session.client).await? {
+            return anyhow::Ok(Known {
+                session,
+                existing: HashMap::new(),
+                active: 0,
+            });
+        }
+        let existing = session
+            .control
+            .tenants(&session.client, Some(id_list))
+            .await?
+            .into_iter()
+            .filter(|r| r.state == TenantState::Active)
+            .map(|r| (r.tenant.id().to_string(), r.version))
+            .collect();
+        // Placement needs the counts only when there is a choice.
+        let active = if ctx.targets.len() > 1 && selected {
+            session.control.active_count(&session.client).await?
+        } else {
+            0
+        };
+        anyhow::Ok(Known {
+            session,
+            existing,
+            active,
+        })
+    }))
+    .await;
+    single_error(ctx, &mut known)?;
+    let unreachable = failed_names(all, &known);
+    if !unreachable.is_empty() {
+        anyhow::bail!(
+            "tenant ids are unique across clusters, and these could not be asked whether the ids exist there: {}; nothing was created. Re-run once they are back",
+            unreachable.join("; ")
+        );
+    }
+    Ok(known.into_iter().flatten().collect())
+}
+
+/// Placement: new ids go to the selected cluster with the fewest active tenants, one at a
+/// time (a batch spreads out); existing ids are refused (or, with --if-not-exists, counted
+/// as done) on the cluster that has them. One list of each per cluster, in `all`'s order.
+type Placement = (Vec<Vec<Planned>>, Vec<Vec<(Tenant, Failure)>>);
+
+fn place_all(
+    ctx: &Ctx,
+    all: &[Target],
+    clusters: &[Known<'_>],
+    tenants: Vec<Tenant>,
+    if_not_exists: bool,
+) -> Placement {
+    let mut plan: Vec<Vec<Planned>> = vec![Vec::new(); clusters.len()];
+    let mut refused: Vec<Vec<(Tenant, Failure)>> = vec![Vec::new(); clusters.len()];
+    let mut load: Vec<i64> = clusters.iter().map(|k| k.active).collect();
+    let eligible: Vec<bool> = all
+        .iter()
+        .map(|t| ctx.targets.iter().any(|c| c.name == t.name))
+        .collect();
+    for t in tenants {
+        let home = clusters
+            .iter()
+            .position(|k| k.existing.contains_key(t.id()));
+        let Some(i) = home else {
+            let i = place(&mut load, &eligible);
+            plan[i].push(Planned {
+                tenant: t,
+                version: None,
+                todo: true,
+            });
+            continue;
+        };
+        let version = clusters[i].existing[t.id()];
+        if if_not_exists {
+            plan[i].push(Planned {
+                tenant: t,
+                version,
+                todo: false,
+            });
+            continue;
+        }
+        let on = if ctx.multi() {
+            format!(" (on cluster {})", all[i].name)
+        } else {
+            String::new()
+        };
+        let failure = Failure::new(
+            FailureKind::AlreadyExists,
+            format!("is already registered{on}"),
+            version,
+        );
+        refused[i].push((t, failure));
+    }
+    (plan, refused)
 }
 
 /// The cluster for one more new tenant: the eligible one with the fewest (the first of

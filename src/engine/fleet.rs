@@ -12,6 +12,7 @@ use deadpool_postgres::{Object, Pool, PoolError};
 use futures::{stream, StreamExt};
 use tokio_postgres::{CancelToken, NoTls};
 
+use crate::control::RunState;
 use crate::engine::apply::{apply_schema, Applied, ApplyCtx, Mode};
 use crate::engine::events::{Event, Events};
 use crate::engine::failure::{Failure, FailureKind};
@@ -86,6 +87,19 @@ pub struct FleetOutcome {
     /// stopped scheduling rather than fail every remaining tenant slowly.
     pub database_down: Option<String>,
     pub elapsed: Duration,
+}
+
+impl FleetOutcome {
+    /// The state a run with this outcome ends in.
+    pub fn state(&self) -> RunState {
+        if self.interrupted {
+            RunState::Interrupted
+        } else if self.failed.is_empty() && self.not_started.is_empty() {
+            RunState::Succeeded
+        } else {
+            RunState::Failed
+        }
+    }
 }
 
 pub struct FleetOpts {

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::control::{FailureRecord, RunCommand, RunInfo, RunState};
+use crate::control::{FailureRecord, RunCommand, RunInfo, RunRow, RunState};
 use crate::db::Session;
 use crate::engine::apply::{ApplyCtx, Mode};
 use crate::engine::events::{Event, Events};
@@ -16,7 +16,7 @@ use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, FleetOutcome, SchemaJob};
 use crate::exit::{self, BusyError, InterruptedError};
 use crate::migrations::MigrationSet;
-use crate::signals::Signals;
+use crate::signals::{RunGuard, Signals};
 use crate::tenant::Tenant;
 use crate::whoami::command_line;
 
@@ -153,25 +153,6 @@ pub async fn run(
 ) -> anyhow::Result<RunResult> {
     let command = req.mode.command();
     let total = req.tenants.len() + req.refused.len();
-    let argv = command_line();
-    let info = RunInfo {
-        command,
-        target: req.target,
-        digest: req.migrations.digest(),
-        scope: &req.scope,
-        total,
-        actor: env.actor,
-        argv: &argv,
-    };
-    session.control.reap_dead_runs(&session.client).await?;
-    let resumed = if req.resume {
-        session
-            .control
-            .resumable_run(&session.client, &info)
-            .await?
-    } else {
-        None
-    };
     let jobs: Vec<SchemaJob> = req
         .tenants
         .iter()
@@ -181,27 +162,7 @@ pub async fn run(
             version: p.version,
         })
         .collect();
-    // Ledger rows only for schemas this run works on (and those it refused, which are
-    // recorded as failed below): a no-op deploy over 10,000 current tenants writes one run
-    // row, not 10,000 "skipped" rows (runs.total keeps the count).
-    let ledger_rows: Vec<(&Tenant, Option<i32>)> = jobs
-        .iter()
-        .map(|j| (&j.tenant, j.version))
-        .chain(req.refused.iter().map(|(t, f)| (t, f.still_at)))
-        .collect();
-    let run_id = session
-        .control
-        .open_run(
-            &session.client,
-            &info,
-            resumed.as_ref().map(|r| r.id),
-            &ledger_rows,
-        )
-        .await?;
-    if let Some(run) = &resumed {
-        env.events.emit(&Event::Resuming { run });
-    }
-
+    let (run_id, resumed) = open(session, env, &req, &jobs).await?;
     let skipped = req.tenants.len() - jobs.len();
     let workers = match workers_allowed(session, env, jobs.len()).await {
         Ok(w) => w,
@@ -215,16 +176,7 @@ pub async fn run(
     };
     let pool = session.pool(workers)?;
     let cancel = Cancel::default();
-    let grace = env.config.run.grace_period;
-    let signal_guard = env.signals.on_signal({
-        let (cancel, events) = (cancel.clone(), env.events.clone());
-        move |signal| async move {
-            cancel.cancel();
-            events.emit(&Event::Interrupting { signal, grace });
-            tokio::time::sleep(grace).await;
-            cancel.abort_in_flight().await;
-        }
-    });
+    let signal_guard = tie_to_signals(env, &cancel);
 
     env.events.emit(&Event::RunStarted {
         command,
@@ -257,14 +209,7 @@ pub async fn run(
     drop(signal_guard);
     pool.close();
     outcome.failed.splice(0..0, req.refused);
-
-    let state = if outcome.interrupted {
-        RunState::Interrupted
-    } else if outcome.failed.is_empty() && outcome.not_started.is_empty() {
-        RunState::Succeeded
-    } else {
-        RunState::Failed
-    };
+    let state = outcome.state();
     env.events.emit(&Event::RunFinished);
     let ledger_note = record_outcome(session, run_id, &outcome.failed, state).await;
     Ok(RunResult {
@@ -274,8 +219,72 @@ pub async fn run(
         target: req.target,
         skipped,
         outcome,
-        resumed_from: resumed.as_ref().map(|r| r.succeeded as usize),
+        resumed_from: resumed.map(|r| r.succeeded as usize),
         ledger_note,
+    })
+}
+
+/// Opens the run in the ledger, or resumes the interrupted run that asked for the same
+/// thing, with a pending row for each schema it works on. Returns the run id and the run
+/// resumed, if any.
+async fn open(
+    session: &Session<'_>,
+    env: &RunEnv<'_>,
+    req: &RunRequest<'_>,
+    jobs: &[SchemaJob],
+) -> anyhow::Result<(i64, Option<RunRow>)> {
+    let argv = command_line();
+    let info = RunInfo {
+        command: req.mode.command(),
+        target: req.target,
+        digest: req.migrations.digest(),
+        scope: &req.scope,
+        total: req.tenants.len() + req.refused.len(),
+        actor: env.actor,
+        argv: &argv,
+    };
+    session.control.reap_dead_runs(&session.client).await?;
+    let resumed = if req.resume {
+        session
+            .control
+            .resumable_run(&session.client, &info)
+            .await?
+    } else {
+        None
+    };
+    // Ledger rows only for schemas this run works on (and those it refused, which are
+    // recorded as failed at the end): a no-op deploy over 10,000 current tenants writes one
+    // run row, not 10,000 "skipped" rows (runs.total keeps the count).
+    let ledger_rows: Vec<(&Tenant, Option<i32>)> = jobs
+        .iter()
+        .map(|j| (&j.tenant, j.version))
+        .chain(req.refused.iter().map(|(t, f)| (t, f.still_at)))
+        .collect();
+    let run_id = session
+        .control
+        .open_run(
+            &session.client,
+            &info,
+            resumed.as_ref().map(|r| r.id),
+            &ledger_rows,
+        )
+        .await?;
+    if let Some(run) = &resumed {
+        env.events.emit(&Event::Resuming { run });
+    }
+    Ok((run_id, resumed))
+}
+
+/// On the first signal: stop scheduling, give in-flight schemas the grace period, then
+/// cancel their statements (they roll back). The tie ends when the guard is dropped.
+fn tie_to_signals(env: &RunEnv<'_>, cancel: &Cancel) -> RunGuard {
+    let grace = env.config.run.grace_period;
+    let (cancel, events) = (cancel.clone(), env.events.clone());
+    env.signals.on_signal(move |signal| async move {
+        cancel.cancel();
+        events.emit(&Event::Interrupting { signal, grace });
+        tokio::time::sleep(grace).await;
+        cancel.abort_in_flight().await;
     })
 }
 

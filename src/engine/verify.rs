@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::control::TenantRow;
@@ -31,6 +32,8 @@ pub struct Verification {
 /// One applied row: (version, name, checksum).
 type Applied = (i32, String, String);
 
+/// Reads every tenant schema's history and compares it with the registry (`rows`) and the
+/// files; also reports schemas with the tenant prefix that are not registered.
 pub async fn verify(
     client: &Client,
     set: &MigrationSet,
@@ -38,7 +41,70 @@ pub async fn verify(
     prefix: &str,
     control_schema: &str,
 ) -> anyhow::Result<Verification> {
-    // Every schema that looks like a tenant's, and whether it has a history table.
+    let schemas = tenant_like_schemas(client, prefix, control_schema).await?;
+    let with_history: Vec<&str> = rows
+        .iter()
+        .map(|r| r.tenant.schema())
+        .filter(|s| schemas.get(*s).copied().unwrap_or(false))
+        .collect();
+    let histories = read_histories(client, &with_history).await?;
+    let files: BTreeMap<i32, (String, String)> = set
+        .refinery()
+        .iter()
+        .map(|m| {
+            (
+                m.version(),
+                (m.name().to_string(), m.checksum().to_string()),
+            )
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for r in rows {
+        let (id, schema) = (r.tenant.id(), r.tenant.schema());
+        let found = match schemas.get(schema) {
+            None => vec!["registered, but its schema does not exist".to_string()],
+            Some(false) => r
+                .version
+                .map(|v| format!("registry says V{v}, but the schema has no {HISTORY_TABLE} table"))
+                .into_iter()
+                .collect(),
+            Some(true) => check_history(
+                r.version,
+                histories.get(schema).map(Vec::as_slice).unwrap_or(&[]),
+                &files,
+            ),
+        };
+        problems.extend(found.into_iter().map(|problem| Problem {
+            id: Some(id.to_string()),
+            schema: schema.to_string(),
+            problem,
+        }));
+    }
+    let registered: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r.tenant.schema()).collect();
+    // `__` never appears in a tenant's schema: such names are tenantctl's archives.
+    let mut strays: Vec<&String> = schemas
+        .keys()
+        .filter(|s| !registered.contains(s.as_str()) && !s.contains("__"))
+        .collect();
+    strays.sort();
+    problems.extend(strays.into_iter().map(|s| Problem {
+        id: None,
+        schema: s.clone(),
+        problem: format!("schema has the tenant prefix {prefix:?} but is not a registered tenant (adopt it with `tenantctl tenant adopt`, or drop it)"),
+    }));
+    Ok(Verification {
+        checked: rows.len(),
+        problems,
+    })
+}
+
+/// Every schema that looks like a tenant's, and whether it has a history table.
+async fn tenant_like_schemas(
+    client: &Client,
+    prefix: &str,
+    control_schema: &str,
+) -> anyhow::Result<HashMap<String, bool>> {
     let like = format!(
         "{}%",
         prefix
@@ -47,25 +113,29 @@ pub async fn verify(
             .replace('%', "\\%")
     );
     let catalog = client
-        .query(
+        .query_typed(
             "SELECT n.nspname::text, c.oid IS NOT NULL FROM pg_namespace n \
              LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = $2 \
              WHERE n.nspname LIKE $1 AND n.nspname NOT LIKE 'pg\\_%' \
                AND n.nspname NOT IN ('information_schema', 'public', $3)",
-            &[&like, &HISTORY_TABLE, &control_schema],
+            &[
+                (&like, Type::TEXT),
+                (&HISTORY_TABLE, Type::TEXT),
+                (&control_schema, Type::TEXT),
+            ],
         )
         .await
         .map_err(|e| anyhow::anyhow!("listing schemas: {}", describe(&e)))?;
-    let schemas: HashMap<String, bool> =
-        catalog.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(catalog.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
 
-    let with_history: Vec<&str> = rows
-        .iter()
-        .map(|r| r.tenant.schema())
-        .filter(|s| schemas.get(*s).copied().unwrap_or(false))
-        .collect();
+/// The history rows of `schemas`, a few batched queries for the whole fleet.
+async fn read_histories(
+    client: &Client,
+    schemas: &[&str],
+) -> anyhow::Result<HashMap<String, Vec<Applied>>> {
     let mut histories: HashMap<String, Vec<Applied>> = HashMap::new();
-    for chunk in with_history.chunks(BATCH) {
+    for chunk in schemas.chunks(BATCH) {
         let sql = chunk
             .iter()
             .map(|s| {
@@ -78,7 +148,7 @@ pub async fn verify(
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
         let found = client
-            .query(&format!("{sql} ORDER BY 1, 2"), &[])
+            .query_typed(&format!("{sql} ORDER BY 1, 2"), &[])
             .await
             .map_err(|e| anyhow::anyhow!("reading history tables: {}", describe(&e)))?;
         for r in found {
@@ -89,107 +159,45 @@ pub async fn verify(
             ));
         }
     }
+    Ok(histories)
+}
 
-    let files: BTreeMap<i32, (String, String)> = set
-        .refinery()
-        .iter()
-        .map(|m| {
-            (
-                m.version(),
-                (m.name().to_string(), m.checksum().to_string()),
-            )
-        })
-        .collect();
+/// What is wrong with one schema's history against the registry's version and the files.
+fn check_history(
+    registry: Option<i32>,
+    applied: &[Applied],
+    files: &BTreeMap<i32, (String, String)>,
+) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut push = |id: Option<&str>, schema: &str, problem: String| {
-        problems.push(Problem {
-            id: id.map(str::to_string),
-            schema: schema.to_string(),
-            problem,
-        })
-    };
-    for r in rows {
-        let (id, schema) = (r.tenant.id(), r.tenant.schema());
-        match schemas.get(schema) {
-            None => {
-                push(
-                    Some(id),
-                    schema,
-                    "registered, but its schema does not exist".into(),
-                );
-                continue;
-            }
-            Some(false) => {
-                if r.version.is_some() {
-                    push(
-                        Some(id),
-                        schema,
-                        format!(
-                            "registry says V{}, but the schema has no {HISTORY_TABLE} table",
-                            r.version.unwrap_or_default()
-                        ),
-                    );
-                }
-                continue;
-            }
-            Some(true) => {}
-        }
-        let applied = histories.get(schema).map(Vec::as_slice).unwrap_or(&[]);
-        let history_version = applied.iter().map(|a| a.0).max();
-        if history_version != r.version {
-            push(
-                Some(id),
-                schema,
-                format!(
-                    "registry says {}, the schema's history says {}",
-                    r.version
-                        .map_or("nothing applied".into(), |v| format!("V{v}")),
-                    history_version.map_or("nothing applied".into(), |v| format!("V{v}"))
-                ),
-            );
-        }
-        for (version, name, checksum) in applied {
-            match files.get(version) {
-                None => push(Some(id), schema, format!("drift: V{version}__{name} is applied but has no file")),
-                Some((fname, fsum)) if fname != name || fsum != checksum => push(
-                    Some(id),
-                    schema,
-                    format!("drift: V{version}__{name} was changed after it was applied (checksum {checksum} applied, {fsum} on disk)"),
-                ),
-                Some(_) => {}
-            }
-        }
-        if let Some(top) = history_version {
-            let gaps: Vec<String> = files
-                .iter()
-                .filter(|(v, _)| **v < top && !applied.iter().any(|a| a.0 == **v))
-                .map(|(v, (n, _))| format!("V{v}__{n}"))
-                .collect();
-            if !gaps.is_empty() {
-                push(
-                    Some(id),
-                    schema,
-                    format!(
-                        "drift: never applied but below the schema's version V{top}: {}",
-                        gaps.join(", ")
-                    ),
-                );
-            }
+    let history_version = applied.iter().map(|a| a.0).max();
+    if history_version != registry {
+        problems.push(format!(
+            "registry says {}, the schema's history says {}",
+            registry.map_or("nothing applied".into(), |v| format!("V{v}")),
+            history_version.map_or("nothing applied".into(), |v| format!("V{v}"))
+        ));
+    }
+    for (version, name, checksum) in applied {
+        match files.get(version) {
+            None => problems.push(format!("drift: V{version}__{name} is applied but has no file")),
+            Some((fname, fsum)) if fname != name || fsum != checksum => problems.push(format!(
+                "drift: V{version}__{name} was changed after it was applied (checksum {checksum} applied, {fsum} on disk)"
+            )),
+            Some(_) => {}
         }
     }
-    let registered: std::collections::HashSet<&str> =
-        rows.iter().map(|r| r.tenant.schema()).collect();
-    // `__` never appears in a tenant's schema: such names are tenantctl's archives.
-    let mut strays: Vec<&String> = schemas
-        .keys()
-        .filter(|s| !registered.contains(s.as_str()) && !s.contains("__"))
-        .collect();
-    strays.sort();
-    for s in strays {
-        push(None, s, format!("schema has the tenant prefix {prefix:?} but is not a registered tenant (adopt it with `tenantctl tenant adopt`, or drop it)"));
+    if let Some(top) = history_version {
+        let gaps: Vec<String> = files
+            .iter()
+            .filter(|(v, _)| **v < top && !applied.iter().any(|a| a.0 == **v))
+            .map(|(v, (n, _))| format!("V{v}__{n}"))
+            .collect();
+        if !gaps.is_empty() {
+            problems.push(format!(
+                "drift: never applied but below the schema's version V{top}: {}",
+                gaps.join(", ")
+            ));
+        }
     }
-    Ok(Verification {
-        checked: rows.len(),
-        problems,
-    })
+    problems
 }
