@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod config;
+mod conninfo;
 mod control;
 mod db;
 mod digest;

@@ -1,6 +1,11 @@
-//! Keeps passwords out of every message. Secrets are registered once, when the database URL
-//! is resolved; everything tenantctl prints (errors, progress, JSON, panics) goes through
-//! [`scrub`], so even an error text produced by a driver cannot leak them.
+//! The last line of defence for secrets. Passwords are kept out of messages by construction
+//! (connection strings are shown from their parts, see `conninfo`), and every password found
+//! is registered here; everything tenantctl prints (errors, progress, JSON, panics, the audit
+//! trail) passes through [`scrub`], so even an error text produced by a driver cannot leak one.
+//!
+//! A registered secret is replaced where it stands as a token of its own, not where it is
+//! part of a longer word: a password `ss` must not turn "password" into "pa***word", nor a
+//! password `tenant` turn "tenantctl" into "***ctl" (which would reveal it).
 
 use std::sync::{Mutex, OnceLock};
 
@@ -22,58 +27,44 @@ pub fn register(secret: &str) {
     }
 }
 
-/// Replaces every registered secret in `text` with `***`.
+/// Replaces every registered secret in `text` with `***`, where it is not part of a longer
+/// word.
 pub fn scrub(text: &str) -> String {
     let list = secrets().lock().unwrap_or_else(|e| e.into_inner());
     let mut out = text.to_string();
     for secret in list.iter() {
         if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), "***");
+            out = replace_tokens(&out, secret);
         }
     }
     out
 }
 
-/// Registers the password of a connection string (URL or key=value form), both as written
-/// and decoded, and returns the string with the password shown as `***`.
-pub fn register_url(conn: &str) -> String {
-    if let Ok(parsed) = url::Url::parse(conn) {
-        if let Some(raw) = parsed.password() {
-            register(raw);
-            if let Ok(decoded) = percent_encoding::percent_decode_str(raw).decode_utf8() {
-                register(&decoded);
-            }
+/// `text` with each occurrence of `secret` replaced by `***`, unless the occurrence is glued
+/// to a letter or digit on a side where the secret itself begins or ends with one.
+fn replace_tokens(text: &str, secret: &str) -> String {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let starts_word = secret.chars().next().is_some_and(word);
+    let ends_word = secret.chars().last().is_some_and(word);
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (i, _) in text.match_indices(secret) {
+        if i < last {
+            continue;
         }
-    }
-    // Structural fallback for URLs that do not parse (a bad port, say): the password is
-    // whatever sits between the first ':' and the last '@' of the authority.
-    if let Some((_, rest)) = conn.split_once("://") {
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
-            if let Some((_, pw)) = userinfo.split_once(':') {
-                register(pw);
-                if let Ok(decoded) = percent_encoding::percent_decode_str(pw).decode_utf8() {
-                    register(&decoded);
-                }
-            }
+        let before = text[..i].chars().last();
+        let after = text[i + secret.len()..].chars().next();
+        let glued =
+            (starts_word && before.is_some_and(word)) || (ends_word && after.is_some_and(word));
+        if glued {
+            continue;
         }
+        out.push_str(&text[last..i]);
+        out.push_str("***");
+        last = i + secret.len();
     }
-    if let Ok(cfg) = conn.parse::<tokio_postgres::Config>() {
-        if let Some(pw) = cfg.get_password() {
-            register(&String::from_utf8_lossy(pw));
-        }
-    }
-    // key=value form: password=secret or password='se cret'
-    for (i, _) in conn.match_indices("password=") {
-        let rest = &conn[i + "password=".len()..];
-        let value = if let Some(stripped) = rest.strip_prefix('\'') {
-            stripped.split('\'').next().unwrap_or("")
-        } else {
-            rest.split_whitespace().next().unwrap_or("")
-        };
-        register(value);
-    }
-    scrub(conn)
+    out.push_str(&text[last..]);
+    out
 }
 
 #[cfg(test)]
@@ -81,18 +72,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scrubs_url_passwords_raw_and_decoded() {
-        let shown = register_url("postgres://bob:s%40cr3t-pw@db.example:5432/app");
-        assert_eq!(shown, "postgres://bob:***@db.example:5432/app");
+    fn replaces_secrets_standing_alone_but_not_inside_words() {
         assert_eq!(
-            scrub("auth failed for s@cr3t-pw and s%40cr3t-pw"),
-            "auth failed for *** and ***"
+            replace_tokens("auth failed for s@cr3t-pw and s@cr3t-pw.", "s@cr3t-pw"),
+            "auth failed for *** and ***."
         );
-    }
-
-    #[test]
-    fn scrubs_key_value_passwords() {
-        let shown = register_url("host=localhost password='kv secret9' user=x");
-        assert!(!shown.contains("kv secret9"), "{shown}");
+        assert_eq!(
+            replace_tokens("password authentication failed: ss", "ss"),
+            "password authentication failed: ***"
+        );
+        assert_eq!(
+            replace_tokens("control schema tenantctl; user tenant", "tenant"),
+            "control schema tenantctl; user ***"
+        );
+        assert_eq!(
+            replace_tokens("postgres://u:p@ss:w/rd%@h/db", "p@ss:w/rd%"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(replace_tokens("xZx9${Qw7", "Zx9${Qw7"), "xZx9${Qw7");
+        assert_eq!(replace_tokens("=Zx9${Qw7 ", "Zx9${Qw7"), "=*** ");
     }
 }

@@ -14,7 +14,7 @@ pub fn actor(flag: Option<&str>) -> String {
 }
 
 /// The login name of this process's uid, from /proc and /etc/passwd (no environment needed).
-fn os_user() -> Option<String> {
+pub fn os_user() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let uid = status
         .lines()

@@ -12,6 +12,7 @@ mod sections;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::conninfo::{masked, password_span, ConnSpec};
 use crate::redact;
 use crate::tenant::{role_name, validate_schema_word, Tenant};
 use env::expand_env;
@@ -106,8 +107,11 @@ pub struct Target {
     pub name: String,
     /// The connection string; contains the password. Print `display_url` instead.
     pub url: String,
-    /// The connection string with its password replaced by `***`.
+    /// The connection string shown to people: built from its parts, the password as `***`.
     pub display_url: String,
+    /// A connection straight to PostgreSQL for what needs a session of its own (the run and
+    /// fleet locks), when `url` goes through a pooler in transaction mode.
+    pub direct_url: Option<String>,
     pub jobs: usize,
 }
 
@@ -125,17 +129,25 @@ struct Located {
     line: usize,
 }
 
+/// One database's connection strings as written.
+#[derive(Debug, Clone)]
+struct Written {
+    url: Located,
+    direct: Option<Located>,
+}
+
 /// The database section(s), resolved into targets only when a command needs them.
 #[derive(Debug, Clone)]
 enum Databases {
-    /// `[database] url`, or `--database-url` / `$TENANTCTL_DATABASE_URL`.
+    /// `[database] url` and `direct_url`, or `--database-url` / `$TENANTCTL_DATABASE_URL`.
     Single {
         url: Option<Located>,
+        direct: Option<Located>,
         flag: Option<String>,
     },
     /// `[clusters.<name>]`, sorted by name, with their `jobs` already resolved.
     Clusters {
-        clusters: Vec<(String, Located, usize)>,
+        clusters: Vec<(String, Written, usize)>,
         /// `--database-url` given anyway: refused when targets are asked for.
         flag_given: bool,
     },
@@ -170,13 +182,7 @@ impl Config {
 
     /// Validates the text of a config file found at `path`.
     pub fn parse(path: &Path, text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            ConfigError(format!(
-                "{}: {}",
-                path.display(),
-                redact::scrub(e.to_string().trim_end())
-            ))
-        })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
         let src = Source { path, text };
         let run = run_section(&src, &raw.run, overrides)?;
         let databases = database_section(&src, &raw, overrides, run.jobs)?;
@@ -240,54 +246,86 @@ impl Config {
 
     fn resolve_all(&self) -> Result<Vec<Target>, ConfigError> {
         let path = &self.path;
+        let target = |name: &str, (url, display_url): (String, String), direct| Target {
+            name: name.to_string(),
+            url,
+            display_url,
+            direct_url: direct,
+            jobs: self.run.jobs,
+        };
         match &self.databases {
+            Databases::Single {
+                flag: Some(_),
+                direct: Some(d),
+                ..
+            } => Err(err_at_line(
+                path,
+                d.line,
+                "database.direct_url",
+                "--database-url (or TENANTCTL_DATABASE_URL) replaces [database] url, and this direct_url belongs with that url; remove one of them",
+            )),
             Databases::Single { flag: Some(url), .. } => {
-                let display_url =
-                    check_url(url).map_err(|msg| ConfigError(format!("--database-url: {msg}")))?;
-                Ok(vec![Target {
-                    name: DEFAULT_CLUSTER.into(),
-                    url: url.clone(),
-                    display_url,
-                    jobs: self.run.jobs,
-                }])
+                let display = check_conn(url)
+                    .map_err(|msg| ConfigError(format!("--database-url: {msg}")))?;
+                Ok(vec![target(DEFAULT_CLUSTER, (url.clone(), display), None)])
             }
-            Databases::Single { url: Some(u), flag: None } => {
-                let url = resolve_url(path, u, "database.url")?;
-                Ok(vec![Target {
-                    name: DEFAULT_CLUSTER.into(),
-                    display_url: check_url(&url)
-                        .map_err(|e| err_at_line(path, u.line, "database.url", e))?,
-                    url,
-                    jobs: self.run.jobs,
-                }])
+            Databases::Single {
+                url: Some(u),
+                direct,
+                flag: None,
+            } => {
+                let url = resolve_conn(path, u, "database.url")?;
+                let direct = direct
+                    .as_ref()
+                    .map(|d| resolve_conn(path, d, "database.direct_url"))
+                    .transpose()?
+                    .map(|(url, _)| url);
+                Ok(vec![target(DEFAULT_CLUSTER, url, direct)])
             }
-            Databases::Single { url: None, flag: None } => Err(ConfigError(format!(
+            Databases::Single {
+                url: None,
+                flag: None,
+                ..
+            } => Err(ConfigError(format!(
                 "{}: no database URL: set `url` under [database] (e.g. url = \"${{DATABASE_URL}}\"), name clusters in [clusters.<name>] tables, or pass --database-url",
                 path.display()
             ))),
-            Databases::Clusters { flag_given: true, .. } => Err(ConfigError(format!(
+            Databases::Clusters {
+                flag_given: true, ..
+            } => Err(ConfigError(format!(
                 "--database-url (or TENANTCTL_DATABASE_URL) cannot be used with the [clusters.<name>] tables of {}; pick clusters with --cluster NAME instead",
                 path.display()
             ))),
-            Databases::Clusters { clusters, flag_given: false } => {
+            Databases::Clusters {
+                clusters,
+                flag_given: false,
+            } => {
                 let mut out: Vec<Target> = Vec::with_capacity(clusters.len());
-                for (name, u, jobs) in clusters {
+                for (name, written, jobs) in clusters {
                     let key = format!("clusters.{name}.url");
-                    let url = resolve_url(path, u, &key)?;
-                    let display_url =
-                        check_url(&url).map_err(|e| err_at_line(path, u.line, &key, e))?;
+                    let (url, display_url) = resolve_conn(path, &written.url, &key)?;
                     if let Some(other) = out.iter().find(|t| t.url == url) {
                         return Err(err_at_line(
                             path,
-                            u.line,
+                            written.url.line,
                             &key,
-                            format!("the same URL as cluster {}; each cluster must be a database of its own", other.name),
+                            format!(
+                                "the same URL as cluster {}; each cluster must be a database of its own",
+                                other.name
+                            ),
                         ));
                     }
+                    let direct_url = written
+                        .direct
+                        .as_ref()
+                        .map(|d| resolve_conn(path, d, &format!("clusters.{name}.direct_url")))
+                        .transpose()?
+                        .map(|(url, _)| url);
                     out.push(Target {
                         name: name.clone(),
                         url,
                         display_url,
+                        direct_url,
                         jobs: *jobs,
                     });
                 }
@@ -297,22 +335,86 @@ impl Config {
     }
 }
 
-/// Expands a URL written in the file.
-fn resolve_url(path: &Path, u: &Located, key: &str) -> Result<String, ConfigError> {
-    expand_env(&u.value, |name| std::env::var(name).ok())
-        .map_err(|e| err_at_line(path, u.line, key, e))
+/// A TOML error as file, line and column, and what is wrong, without the source line toml
+/// would quote (it may hold a password: the URL's line, an unknown `password = …` key), and
+/// with every quoted value in the message hidden.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let mut message = String::new();
+    for (i, part) in e.message().trim_end().split('"').enumerate() {
+        match i % 2 {
+            0 => message.push_str(part),
+            _ => message.push_str("\"…\""),
+        }
+    }
+    let at = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rsplit('\n').next().unwrap_or("");
+            let column = line_start.chars().count() + 1;
+            // The key whose value is at fault: what stands before `=` on that line, under
+            // the last [table] header above it.
+            let key = line_start
+                .trim_end()
+                .strip_suffix('=')
+                .map(str::trim)
+                .filter(|k| {
+                    !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                });
+            let table = before
+                .lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix('['))
+                .map(|t| t.trim_matches(['[', ']', ' ']));
+            match (key, table) {
+                (Some(k), Some(t)) => format!(", line {line}: `{t}.{k}`"),
+                (Some(k), None) => format!(", line {line}: `{k}`"),
+                (None, _) => format!(", line {line}, column {column}"),
+            }
+        }
+        None => String::new(),
+    };
+    ConfigError(format!(
+        "{}{at}: {}",
+        path.display(),
+        redact::scrub(&message)
+    ))
 }
 
-/// Checks that a connection string parses; returns it with the password hidden.
-fn check_url(url: &str) -> Result<String, String> {
-    let display_url = redact::register_url(url);
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(_) => Ok(display_url),
-        Err(e) => Err(format!(
-            "{display_url:?} is not a valid PostgreSQL connection string ({}); expected postgres://user:password@host:port/dbname",
-            redact::scrub(&e.to_string())
-        )),
-    }
+/// Expands a connection string written in the file and checks it: (the string, how it is
+/// shown). A `${` inside the password is reported without quoting any of it.
+fn resolve_conn(path: &Path, u: &Located, key: &str) -> Result<(String, String), ConfigError> {
+    let url = expand_env(&u.value, |name| std::env::var(name).ok()).map_err(|e| {
+        match password_span(&u.value).filter(|r| r.contains(&e.at)) {
+            Some(r) => {
+                redact::register(&u.value[r]);
+                err_at_line(
+                    path,
+                    u.line,
+                    key,
+                    "the password contains `$`, which starts a ${VAR} reference in this file; write a literal $ as $$",
+                )
+            }
+            None => err_at_line(path, u.line, key, e),
+        }
+    })?;
+    let display = check_conn(&url).map_err(|e| err_at_line(path, u.line, key, e))?;
+    Ok((url, display))
+}
+
+/// Checks that a connection string parses (its password registered for scrubbing first);
+/// returns how it is shown, the password as `***`.
+fn check_conn(url: &str) -> Result<String, String> {
+    ConnSpec::parse(url)
+        .map(|spec| spec.display())
+        .map_err(|e| {
+            format!(
+                "{:?} is not a valid PostgreSQL connection string: {e}",
+                masked(url)
+            )
+        })
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use toml::Spanned;
 use super::env::expand_env;
 use super::{
     err_at_line, ConfigError, Databases, Located, MigrationsConfig, Overrides, RunConfig,
-    TenantsConfig, DEFAULT_GRACE_PERIOD, DEFAULT_JOBS, DEFAULT_LOCK_TIMEOUT, DEFAULT_PREFIX,
-    DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, DEFAULT_SHARED_SCHEMA, MAX_JOBS,
+    TenantsConfig, Written, DEFAULT_GRACE_PERIOD, DEFAULT_JOBS, DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_PREFIX, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, DEFAULT_SHARED_SCHEMA, MAX_JOBS,
 };
 use crate::tenant::validate_schema_word;
 
@@ -35,6 +35,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDatabase {
     url: Option<Spanned<String>>,
+    direct_url: Option<Spanned<String>>,
     pub(super) control_schema: Option<Spanned<String>>,
 }
 
@@ -42,6 +43,7 @@ pub(super) struct RawDatabase {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCluster {
     url: Spanned<String>,
+    direct_url: Option<Spanned<String>>,
     jobs: Option<Spanned<i64>>,
 }
 
@@ -233,15 +235,21 @@ pub(super) fn database_section(
     let Some(map) = &raw.clusters else {
         return Ok(Databases::Single {
             url: raw.database.url.as_ref().map(|u| src.locate(u)),
+            direct: raw.database.direct_url.as_ref().map(|u| src.locate(u)),
             flag: overrides.database_url.clone(),
         });
     };
-    if let Some(url) = &raw.database.url {
-        return Err(src.err_at(
-            url.span(),
-            "database.url",
-            "[database] url and [clusters.<name>] tables cannot be used together; move this URL into a [clusters.<name>] table (keep [database] for control_schema only)",
-        ));
+    for (value, key) in [
+        (&raw.database.url, "database.url"),
+        (&raw.database.direct_url, "database.direct_url"),
+    ] {
+        if let Some(url) = value {
+            return Err(src.err_at(
+                url.span(),
+                key,
+                "[database] url and [clusters.<name>] tables cannot be used together; move this URL into a [clusters.<name>] table (keep [database] for control_schema only)",
+            ));
+        }
     }
     if map.is_empty() {
         return Err(ConfigError(format!(
@@ -259,7 +267,11 @@ pub(super) fn database_section(
                 .map_err(|e| src.err_at(j.span(), &format!("clusters.{name}.jobs"), e))?,
             _ => default_jobs,
         };
-        clusters.push((name.clone(), src.locate(&c.url), jobs));
+        let written = Written {
+            url: src.locate(&c.url),
+            direct: c.direct_url.as_ref().map(|u| src.locate(u)),
+        };
+        clusters.push((name.clone(), written, jobs));
     }
     Ok(Databases::Clusters {
         clusters,

@@ -1,8 +1,10 @@
 //! Connections: one coordinator connection per cluster and command, plus a deadpool pool for
 //! the workers, sized to the concurrency, so a run never holds more than `jobs + 1`
-//! connections. Setup takes one cluster's [`Target`].
+//! connections. An [`Endpoint`] is one connection string made ready (libpq's environment
+//! variables and password file applied, TLS settled, see [`crate::conninfo`] and [`tls`]).
 
 mod session;
+pub mod tls;
 
 pub use session::Session;
 
@@ -10,70 +12,188 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config};
 
-use crate::config::Target;
+use crate::conninfo::{ConnSpec, TlsSpec};
 use crate::exit::UsageError;
 use crate::pgerror::describe;
-use crate::redact;
+use tls::Tls;
 
 pub const APPLICATION_NAME: &str = "tenantctl";
 
-/// Builds the driver config for one cluster (its URL was validated by config).
-pub fn pg_config(target: &Target) -> anyhow::Result<Config> {
-    let mut cfg: Config = target.url.parse().map_err(|e| {
-        anyhow::anyhow!(
-            "invalid database URL {}: {}",
-            target.display_url,
-            redact::scrub(&format!("{e}"))
-        )
-    })?;
-    if cfg.get_application_name().is_none() {
-        cfg.application_name(APPLICATION_NAME);
-    }
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(Duration::from_secs(10));
-    }
-    Ok(cfg)
+/// One connection string, ready to connect with.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub pg: Config,
+    pub tls: Tls,
+    tls_spec: TlsSpec,
+    /// The connection string as shown to people (no password).
+    pub display: String,
 }
 
-/// Opens the coordinator connection, with an error an operator can act on. Refuses a server
-/// whose `standard_conforming_strings` is off: the hot path quotes identifiers into SQL text,
-/// and although only validated identifiers are quoted that way, tenantctl does not bet on it.
-/// Workers connect to the same database as the same role, so they see the same setting.
-pub async fn connect(cfg: &Config, display_url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to {display_url}: {}; check that the server is running and that the URL is right (database.url, clusters.<name>.url or --database-url)",
-            describe(&e)
-        )
-    })?;
-    let conforming = connection
-        .parameter("standard_conforming_strings")
-        .map(str::to_string);
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    if let Some(value) = conforming.filter(|v| v != "on") {
-        return Err(UsageError(format!(
-            "{display_url}: the server has standard_conforming_strings = {value}; tenantctl needs it on (the default since PostgreSQL 9.1). Set it with ALTER DATABASE <db> SET standard_conforming_strings = on (or for the role); nothing was changed"
-        ))
-        .into());
+impl Endpoint {
+    /// Resolves `url` (validated by config) with the environment and the password file, and
+    /// builds its TLS connector. Problems with what was configured are exit 2.
+    pub fn new(url: &str) -> anyhow::Result<Endpoint> {
+        let spec = ConnSpec::parse(url).map_err(UsageError)?;
+        let display = spec.display();
+        let resolved = spec
+            .resolve(&|k| std::env::var(k).ok(), &mut warn_once)
+            .map_err(|e| UsageError(format!("{display}: {e}")))?;
+        let mut pg = resolved.pg;
+        if pg.get_application_name().is_none() {
+            pg.application_name(APPLICATION_NAME);
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(10));
+        }
+        Ok(Endpoint {
+            pg,
+            tls: tls::connector(&resolved.tls)?,
+            tls_spec: resolved.tls,
+            display,
+        })
     }
-    Ok(client)
+
+    /// Opens a connection, with an error an operator can act on. Refuses a server whose
+    /// `standard_conforming_strings` is off: the hot path quotes identifiers into SQL text,
+    /// and although only validated identifiers are quoted that way, tenantctl does not bet
+    /// on it. Workers connect to the same database as the same role, so they see the same
+    /// setting.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let (client, connection) = self.pg.connect(self.tls.clone()).await.map_err(|e| {
+            anyhow::anyhow!("cannot connect to {}: {}", self.display, self.explain(&e))
+        })?;
+        let conforming = connection
+            .parameter("standard_conforming_strings")
+            .map(str::to_string);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        if let Some(value) = conforming.filter(|v| v != "on") {
+            return Err(UsageError(format!(
+                "{}: the server has standard_conforming_strings = {value}; tenantctl needs it on (the default since PostgreSQL 9.1). Set it with ALTER DATABASE <db> SET standard_conforming_strings = on (or for the role); nothing was changed",
+                self.display
+            ))
+            .into());
+        }
+        Ok(client)
+    }
+
+    /// A pool of at most `size` worker connections.
+    pub fn pool(&self, size: usize) -> anyhow::Result<Pool> {
+        let manager = Manager::from_config(
+            self.pg.clone(),
+            self.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .context("building the connection pool")
+    }
+
+    /// Why a connection failed, and what to do: TLS required or refused, a certificate not
+    /// trusted or not for this host, a client certificate missing or refused; else
+    /// PostgreSQL's (or the driver's) own words and the usual checks.
+    fn explain(&self, e: &tokio_postgres::Error) -> String {
+        let said = describe(e);
+        let mode = self.tls_spec.mode.as_str();
+        if let Some(db) = e.as_db_error() {
+            let msg = db.message();
+            if *db.code() == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+                if msg.contains("no encryption") {
+                    return format!(
+                        "{said}; the server requires TLS for this connection: set sslmode=require (or verify-full with sslrootcert) in the URL, or PGSSLMODE"
+                    );
+                }
+                if msg.contains("requires a valid client certificate") {
+                    return format!(
+                        "{said}; the server requires a client certificate for this user: give sslcert and sslkey (or PGSSLCERT/PGSSLKEY)"
+                    );
+                }
+                if msg.contains("certificate authentication failed") {
+                    return format!(
+                        "{said}; the client certificate was refused: its common name (CN) must be the user name"
+                    );
+                }
+            }
+            if *db.code() == SqlState::INVALID_PASSWORD {
+                return format!(
+                    "{said}; check the password (URL, PGPASSWORD or the password file)"
+                );
+            }
+            return format!(
+                "{said}; check the URL (database.url, clusters.<name>.url or --database-url)"
+            );
+        }
+        if said.contains("server does not support TLS") {
+            return format!(
+                "{said}; sslmode={mode} needs TLS, which this server does not offer (ssl = off): turn ssl on in postgresql.conf, or use sslmode=prefer"
+            );
+        }
+        if let Some(tls) = rustls_error(e) {
+            return match tls {
+                rustls::Error::InvalidCertificate(c) => match c {
+                    rustls::CertificateError::UnknownIssuer
+                    | rustls::CertificateError::BadSignature => format!(
+                        "{said}; the server's certificate is not trusted by {}: give the CA that signed it in sslrootcert",
+                        tls::roots_text(&self.tls_spec.roots)
+                    ),
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. } => format!(
+                        "{said}; the server's certificate is not valid for the host name in the URL (sslmode=verify-full checks it): connect with a name the certificate lists, or use sslmode=verify-ca"
+                    ),
+                    rustls::CertificateError::Expired
+                    | rustls::CertificateError::ExpiredContext { .. } => format!(
+                        "{said}; the server's certificate has expired: renew it on the server"
+                    ),
+                    _ => format!("{said}; the server's certificate was refused (sslmode={mode})"),
+                },
+                rustls::Error::AlertReceived(alert) => format!(
+                    "{said}; the server refused the TLS handshake ({alert:?}){}",
+                    if self.tls_spec.client.is_some() {
+                        ": the client certificate (sslcert) is not signed by a CA the server trusts (its ssl_ca_file), or has expired"
+                    } else {
+                        ""
+                    }
+                ),
+                other => format!("{said}; TLS failed ({other})"),
+            };
+        }
+        format!(
+            "{said}; check that the server is running and that the URL is right (database.url, clusters.<name>.url or --database-url)"
+        )
+    }
 }
 
-/// A pool of at most `size` worker connections.
-pub fn pool(cfg: Config, size: usize) -> anyhow::Result<Pool> {
-    let manager = Manager::from_config(
-        cfg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(size)
-        .build()
-        .context("building the connection pool")
+/// The rustls error behind a failed connection, if TLS is what failed.
+fn rustls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = src {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(r);
+            }
+        }
+        src = err.source();
+    }
+    None
+}
+
+/// libpq-style warnings about the connection setup (a password file others can read),
+/// printed once per process, as libpq prints them.
+fn warn_once(message: String) {
+    static SHOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if !shown.contains(&message) {
+        eprintln!("warning: {}", crate::redact::scrub(&message));
+        shown.push(message);
+    }
 }

@@ -1,13 +1,17 @@
 //! A session with one cluster: its coordinator connection, its control schema, and the
-//! driver config the workers' pool is built from.
+//! endpoint the workers' pool connects to.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio_postgres::Client;
 
+use super::tls::Tls;
+use super::Endpoint;
 use crate::config::Target;
 use crate::control::Control;
+use crate::exit::UsageError;
 use crate::pgerror::describe;
 
 /// A coordinator connection to one cluster, and that cluster's control schema.
@@ -15,7 +19,13 @@ pub struct Session<'a> {
     pub target: &'a Target,
     pub client: Client,
     pub control: Control,
-    pg: tokio_postgres::Config,
+    /// Where the coordinator connects: `direct_url` when given, else `url`.
+    coordinator: Endpoint,
+    /// Where the workers connect: `url` (possibly a pooler).
+    workers: Endpoint,
+    /// The coordinator's connection was shown to keep one server session (see
+    /// [`Session::require_session`]).
+    pinned: AtomicBool,
 }
 
 impl<'a> Session<'a> {
@@ -25,8 +35,12 @@ impl<'a> Session<'a> {
         control_schema: &str,
         bootstrap: bool,
     ) -> anyhow::Result<Session<'a>> {
-        let pg = super::pg_config(target)?;
-        let client = super::connect(&pg, &target.display_url).await?;
+        let workers = Endpoint::new(&target.url)?;
+        let coordinator = match &target.direct_url {
+            Some(direct) => Endpoint::new(direct)?,
+            None => workers.clone(),
+        };
+        let client = coordinator.connect().await?;
         let control = Control::new(control_schema);
         if bootstrap {
             control.bootstrap(&client).await?;
@@ -35,13 +49,20 @@ impl<'a> Session<'a> {
             target,
             client,
             control,
-            pg,
+            pinned: AtomicBool::new(target.direct_url.is_some()),
+            coordinator,
+            workers,
         })
     }
 
     /// A pool of at most `jobs` worker connections to this cluster.
     pub fn pool(&self, jobs: usize) -> anyhow::Result<Pool> {
-        super::pool(self.pg.clone(), jobs)
+        self.workers.pool(jobs)
+    }
+
+    /// The TLS connector of the workers' connections (their cancel requests use it too).
+    pub fn tls(&self) -> &Tls {
+        &self.workers.tls
     }
 
     /// After the coordinator's connection broke (a server restart, say): connect again,
@@ -50,7 +71,7 @@ impl<'a> Session<'a> {
         let mut delay = Duration::from_millis(250);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            match super::connect(&self.pg, &self.target.display_url).await {
+            match self.coordinator.connect().await {
                 Ok(c) => {
                     self.client = c;
                     return Ok(());
@@ -62,6 +83,45 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// Before taking a session lock: proves that the coordinator's connection keeps one
+    /// server session, which a pooler in transaction (or statement) mode does not: a lock
+    /// taken there would stay with a server connection other clients then use. A second
+    /// connection holds a transaction open (pinning a server connection) while the
+    /// coordinator asks for its backend twice: with a session of its own, the coordinator's
+    /// backend never changes and is never the one the other transaction holds. Exit 2 with
+    /// the fix when it does.
+    pub async fn require_session(&self) -> anyhow::Result<()> {
+        if self.pinned.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let probe = async {
+            let first = pid(&self.client).await?;
+            let other = self.workers.connect().await?;
+            let held = match other.batch_execute("BEGIN").await {
+                Ok(()) => Some(pid(&other).await?),
+                Err(_) => None,
+            };
+            let second = pid(&self.client).await?;
+            let _ = other.batch_execute("ROLLBACK").await;
+            anyhow::Ok(held.is_some_and(|h| h != first) && second == first)
+        };
+        let pinned = probe.await.map_err(|e| {
+            anyhow::anyhow!(
+                "checking that {} keeps a session for tenantctl's locks: {e:#}",
+                self.workers.display
+            )
+        })?;
+        if !pinned {
+            return Err(UsageError(format!(
+                "{} does not keep one server session per connection (a pooler such as PgBouncer in transaction or statement mode), and tenantctl's run and fleet locks need one; nothing was changed. Give the cluster a direct connection for them: `direct_url` under [database] (or [clusters.<name>]), pointing at PostgreSQL itself; the workers keep using the pooler. Or use the pooler's session mode",
+                self.workers.display
+            ))
+            .into());
+        }
+        self.pinned.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// How many more connections the server accepts now (for ordinary roles).
@@ -77,4 +137,12 @@ impl<'a> Session<'a> {
             .map_err(|e| anyhow::anyhow!("reading the server's connection limits: {}", describe(&e)))?;
         Ok(row.get::<_, i64>(0).max(0))
     }
+}
+
+/// The backend process serving `client`'s next statement.
+async fn pid(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    client
+        .query_typed_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map(|r| r.get(0))
 }

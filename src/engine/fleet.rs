@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool, PoolError};
 use futures::{stream, StreamExt};
-use tokio_postgres::{CancelToken, NoTls};
+use tokio_postgres::CancelToken;
 
 use crate::control::RunState;
+use crate::db::tls::Tls;
 use crate::engine::apply::{apply_schema, Applied, ApplyCtx, Mode};
 use crate::engine::events::{Event, Events};
 use crate::engine::failure::{Failure, FailureKind};
@@ -28,18 +29,27 @@ pub struct SchemaJob {
 
 /// Shared between the signal handler and the fleet: `cancel` stops scheduling new schemas;
 /// `abort` (after the grace period) cancels the statements of in-flight schemas, which then
-/// roll back.
-#[derive(Clone, Default)]
+/// roll back. Cancel requests go over the workers' TLS settings.
+#[derive(Clone)]
 pub struct Cancel(Arc<CancelState>);
 
-#[derive(Default)]
 struct CancelState {
     cancelled: AtomicBool,
     aborted: AtomicBool,
     in_flight: Mutex<HashMap<usize, CancelToken>>,
+    tls: Tls,
 }
 
 impl Cancel {
+    pub fn new(tls: Tls) -> Cancel {
+        Cancel(Arc::new(CancelState {
+            cancelled: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+            in_flight: Mutex::new(HashMap::new()),
+            tls,
+        }))
+    }
+
     pub fn cancel(&self) {
         self.0.cancelled.store(true, Ordering::SeqCst);
     }
@@ -57,7 +67,7 @@ impl Cancel {
         self.0.aborted.store(true, Ordering::SeqCst);
         let tokens: Vec<CancelToken> = self.lock().values().cloned().collect();
         for t in &tokens {
-            let _ = t.cancel_query(NoTls).await;
+            let _ = t.cancel_query(self.0.tls.clone()).await;
         }
         tokens.len()
     }

@@ -104,6 +104,7 @@ pub async fn lock_fleet(
     env: &RunEnv<'_>,
     wait: Option<Duration>,
 ) -> anyhow::Result<()> {
+    session.require_session().await?;
     let deadline = wait.map(|w| Instant::now() + w);
     let mut announced = false;
     loop {
@@ -175,7 +176,7 @@ pub async fn run(
         }
     };
     let pool = session.pool(workers)?;
-    let cancel = Cancel::default();
+    let cancel = Cancel::new(session.tls().clone());
     let signal_guard = tie_to_signals(env, &cancel);
 
     env.events.emit(&Event::RunStarted {
@@ -243,6 +244,8 @@ async fn open(
         actor: env.actor,
         argv: &argv,
     };
+    // The run lock is a session lock: the coordinator must keep its session.
+    session.require_session().await?;
     session.control.reap_dead_runs(&session.client).await?;
     let resumed = if req.resume {
         session

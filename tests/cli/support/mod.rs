@@ -256,6 +256,28 @@ pub fn fresh_db(server: &Server, name: &str) -> String {
     server.url(&db)
 }
 
+/// Variables of the caller's environment that would change what the binary connects to
+/// (libpq's PG* conventions included): removed for every run of the binary.
+pub const CLEARED_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "TENANTCTL_DATABASE_URL",
+    "TENANTCTL_CONFIG",
+    "CI",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGPASSFILE",
+    "PGAPPNAME",
+    "PGCONNECT_TIMEOUT",
+];
+
 /// A temp project: tenants.toml + a migrations folder, pointing at its own database.
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -317,12 +339,11 @@ impl Project {
     /// The real binary, run in the project folder with its config and database.
     pub fn cmd(&self) -> assert_cmd::Command {
         let mut c = assert_cmd::Command::cargo_bin("tenantctl").unwrap();
-        c.current_dir(self.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("TENANTCTL_DATABASE_URL")
-            .env_remove("TENANTCTL_CONFIG")
-            .env_remove("CI")
-            .env("TEST_DB_URL", &self.url)
+        c.current_dir(self.path());
+        for var in CLEARED_ENV {
+            c.env_remove(var);
+        }
+        c.env("TEST_DB_URL", &self.url)
             .timeout(Duration::from_secs(300));
         c
     }
@@ -344,12 +365,11 @@ impl Project {
     /// A std Command for the binary (for tests that signal or sample while it runs).
     pub fn std_cmd(&self) -> Command {
         let mut c = Command::new(assert_cmd::cargo::cargo_bin("tenantctl"));
-        c.current_dir(self.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("TENANTCTL_DATABASE_URL")
-            .env_remove("TENANTCTL_CONFIG")
-            .env_remove("CI")
-            .env("TEST_DB_URL", &self.url);
+        c.current_dir(self.path());
+        for var in CLEARED_ENV {
+            c.env_remove(var);
+        }
+        c.env("TEST_DB_URL", &self.url);
         c
     }
 
