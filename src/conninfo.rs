@@ -425,7 +425,7 @@ fn parse_url(rest: &str) -> Result<BTreeMap<String, String>, String> {
             for (c, enc) in [('@', "%40"), (':', "%3A"), ('/', "%2F")] {
                 if pw.contains(c) {
                     return Err(format!(
-                        "the password contains a raw {c:?}, which a URL cannot hold; percent-encode it: write {c:?} as {enc} (likewise '@' as %40, ':' as %3A, '/' as %2F, '%' as %25), or give the password in PGPASSWORD or a password file"
+                        "the password contains a raw {c:?}, which a URL cannot hold; percent-encode it: write {c:?} as {enc} (every '@' as %40, ':' as %3A, '/' as %2F, '%' as %25), or give the password in PGPASSWORD or a password file"
                     ));
                 }
             }

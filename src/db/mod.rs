@@ -130,6 +130,11 @@ impl Endpoint {
                 "{said}; check the URL (database.url, clusters.<name>.url or --database-url)"
             );
         }
+        if said.contains("password missing") {
+            return format!(
+                "{said}; the server asks for a password and none was given: put it in the URL (percent-encoded), PGPASSWORD, or a password file (PGPASSFILE or ~/.pgpass, mode 0600)"
+            );
+        }
         if said.contains("server does not support TLS") {
             return format!(
                 "{said}; sslmode={mode} needs TLS, which this server does not offer (ssl = off): turn ssl on in postgresql.conf, or use sslmode=prefer"

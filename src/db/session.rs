@@ -29,7 +29,8 @@ pub struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    /// Connects the coordinator; with `bootstrap`, creates the control schema if needed.
+    /// Connects the coordinator; with `bootstrap` (commands that change something), checks
+    /// that the coordinator keeps a session and creates the control schema if needed.
     pub async fn open(
         target: &'a Target,
         control_schema: &str,
@@ -41,18 +42,21 @@ impl<'a> Session<'a> {
             None => workers.clone(),
         };
         let client = coordinator.connect().await?;
-        let control = Control::new(control_schema);
-        if bootstrap {
-            control.bootstrap(&client).await?;
-        }
-        Ok(Session {
+        let session = Session {
             target,
             client,
-            control,
+            control: Control::new(control_schema),
             pinned: AtomicBool::new(target.direct_url.is_some()),
             coordinator,
             workers,
-        })
+        };
+        if bootstrap {
+            // A command that changes something takes session locks later: refuse a
+            // connection that cannot hold them before the first change.
+            session.require_session().await?;
+            session.control.bootstrap(&session.client).await?;
+        }
+        Ok(session)
     }
 
     /// A pool of at most `jobs` worker connections to this cluster.

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod clusters;
+mod connect;
 mod create;
 mod faults;
 mod migrate;

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod external;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -60,7 +62,7 @@ pub fn pg_bin_dir() -> PathBuf {
         .expect("PostgreSQL server binaries not found: install postgresql (initdb, postgres) or set TENANTCTL_PG_BIN or TENANTCTL_TEST_DATABASE_URL")
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -68,7 +70,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -78,6 +80,13 @@ fn free_port() -> u16 {
 
 /// Starts a new throwaway cluster (used once per binary, and by fault tests that need their own).
 pub fn start_cluster(extra_conf: &[&str]) -> Server {
+    start_cluster_with(extra_conf, "")
+}
+
+/// Like [`start_cluster`], with `setup`: shell lines run as the server's OS user after initdb
+/// and before the server starts (`$dir/data` is the data directory), e.g. to put TLS
+/// certificates in place and rewrite pg_hba.conf.
+pub fn start_cluster_with(extra_conf: &[&str], setup: &str) -> Server {
     let bin = pg_bin_dir();
     for attempt in 0..5 {
         let port = free_port();
@@ -96,6 +105,7 @@ pub fn start_cluster(extra_conf: &[&str]) -> Server {
             r#"set -e
 dir=$(mktemp -d /tmp/tenantctl-test-pg.XXXXXX)
 "{bin}/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || {{ cat "$dir/initdb.log" >&2; exit 1; }}
+{setup}
 "{bin}/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "-p {port} -k $dir{conf_args}" start >/dev/null 2>&1 || {{ cat "$dir/server.log" >&2; echo "FAILED"; rm -rf "$dir"; exit 1; }}
 echo "$dir"
 read _ || true
@@ -139,7 +149,7 @@ rm -rf "$dir"
             start_opts: format!("-p {port} -k {}{conf_args}", dir.display()),
             _guardian: Some(Mutex::new((child, stdin))),
         };
-        if wait_ready(&server.url("postgres"), Duration::from_secs(30)) {
+        if wait_ready(&server.admin_url("postgres"), Duration::from_secs(30)) {
             return server;
         }
         let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
@@ -162,6 +172,19 @@ pub fn wait_ready(url: &str, timeout: Duration) -> bool {
 impl Server {
     pub fn url(&self, db: &str) -> String {
         format!("{}/{db}", self.base_url)
+    }
+
+    /// A superuser connection over the Unix socket (works whatever pg_hba.conf says about
+    /// TCP, e.g. on a TLS-only cluster); the TCP URL for a server not started here.
+    pub fn admin_url(&self, db: &str) -> String {
+        match &self.data_dir {
+            Some(data) => format!(
+                "host={} port={} user=postgres dbname={db}",
+                data.parent().unwrap().display(),
+                self.port
+            ),
+            None => self.url(db),
+        }
     }
 
     /// Runs pg_ctl against this cluster (as the postgres user when root): `stop`, `start`
@@ -248,7 +271,7 @@ pub fn fresh_db(server: &Server, name: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
-    let mut admin = postgres::Client::connect(&server.url("postgres"), postgres::NoTls)
+    let mut admin = postgres::Client::connect(&server.admin_url("postgres"), postgres::NoTls)
         .expect("connect to test server");
     admin
         .batch_execute(&format!("CREATE DATABASE \"{db}\""))
@@ -281,7 +304,11 @@ pub const CLEARED_ENV: &[&str] = &[
 /// A temp project: tenants.toml + a migrations folder, pointing at its own database.
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// What tenantctl connects to (`$TEST_DB_URL` in the config).
     pub url: String,
+    /// What the test itself connects to, as a superuser (the Unix socket of a cluster
+    /// started here, so that a TLS-only cluster can be checked too).
+    pub admin: String,
 }
 
 impl Project {
@@ -292,8 +319,10 @@ impl Project {
 
     pub fn on(server: &Server, name: &str, upto: i32) -> Project {
         let url = fresh_db(server, name);
+        let db = url.rsplit('/').next().unwrap();
+        let admin = server.admin_url(db);
         let dir = tempfile::tempdir().unwrap();
-        let p = Project { dir, url };
+        let p = Project { dir, url, admin };
         std::fs::create_dir(p.migrations_dir()).unwrap();
         p.write_config("");
         p.copy_migrations(1, upto);
@@ -374,7 +403,7 @@ impl Project {
     }
 
     pub fn db(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to test database")
+        postgres::Client::connect(&self.admin, postgres::NoTls).expect("connect to test database")
     }
 
     /// Writes ids to a file in the project and returns its path.
@@ -402,7 +431,7 @@ impl Project {
     /// A fingerprint of everything in the database outside pg_catalog: schemas, relations,
     /// columns, functions, and the control tables' rows. Equal before/after = nothing changed.
     pub fn fingerprint(&self) -> String {
-        fingerprint_at(&self.url)
+        fingerprint_at(&self.admin)
     }
 
     /// Registry version per tenant.
@@ -484,7 +513,7 @@ impl Project {
     /// Every tenant schema: (history rows, distinct versions, max version). Exactly-once
     /// means rows == distinct == the expected count everywhere.
     pub fn history_counts(&self) -> Vec<(String, i64, i64, Option<i32>)> {
-        history_counts_at(&self.url)
+        history_counts_at(&self.admin)
     }
 
     /// Asserts every tenant is at `version` with exactly one history row per version, and the
