@@ -15,6 +15,7 @@ use crate::config::{Config, Target};
 use crate::db::Session;
 use crate::engine::run::RunEnv;
 use crate::exit::UsageError;
+use crate::migrations::rules::{self, Rules, SetKind};
 use crate::migrations::{MigrationSet, MigrationSetError};
 use crate::report::Reporters;
 use crate::signals::Signals;
@@ -127,10 +128,26 @@ pub fn require_registered<T>(
     .into())
 }
 
-/// Loads the tenant migration set, failing with exit code 2 before any database work.
+/// Loads the tenant migration set and checks that no file escapes its transaction or its
+/// tenant, failing with exit code 2 before any database work.
 pub fn load_migrations(config: &Config) -> anyhow::Result<MigrationSet> {
     let m = &config.migrations;
-    Ok(MigrationSet::load_skipping(&m.dir, Some(&m.shared_dir))?)
+    let set = MigrationSet::load_skipping(&m.dir, Some(&m.shared_dir))?;
+    rules::check_set(&set, &rules_for(config, SetKind::Tenant))?;
+    Ok(set)
+}
+
+/// The checks for one kind of migration set under this configuration.
+fn rules_for(config: &Config, kind: SetKind) -> Rules<'_> {
+    let m = &config.migrations;
+    Rules {
+        kind,
+        prefix: &config.tenants.schema_prefix,
+        control_schema: &config.control_schema,
+        allowed: std::iter::once(m.shared_schema.as_str())
+            .chain(m.extensions_schema.as_deref())
+            .collect(),
+    }
 }
 
 /// Loads the shared migration set: None when there is none (the default folder is absent or
@@ -146,6 +163,7 @@ pub fn load_shared(config: &Config) -> anyhow::Result<Option<MigrationSet>> {
             e.0
         ))
     })?;
+    rules::check_set(&set, &rules_for(config, SetKind::Shared))?;
     Ok((!set.files().is_empty()).then_some(set))
 }
 

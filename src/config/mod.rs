@@ -67,6 +67,9 @@ pub struct MigrationsConfig {
     /// Whether `shared_dir` was configured (then it must exist).
     pub shared_dir_configured: bool,
     pub shared_schema: String,
+    /// Where the shared migrations install extensions; on every tenant transaction's
+    /// `search_path` after the tenant's own schema.
+    pub extensions_schema: Option<String>,
 }
 
 /// `[tenants]`.

@@ -53,6 +53,7 @@ pub(super) struct RawMigrations {
     dir: Option<Spanned<String>>,
     shared_dir: Option<Spanned<String>>,
     shared_schema: Option<Spanned<String>>,
+    extensions_schema: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,11 +335,24 @@ pub(super) fn migrations_section(
     let shared_dir = src
         .folder(&raw.shared_dir, "migrations.shared_dir")?
         .unwrap_or_else(|| dir.join("shared"));
+    let extensions_schema = match &raw.extensions_schema {
+        Some(_) => Some(src.string_or(&raw.extensions_schema, "migrations.extensions_schema", "", |s| {
+            check_shared_schema(s, prefix, control_schema)?;
+            if s == "public" || s == shared_schema {
+                return Err(format!(
+                    "{s:?} is the shared schema (or public); extensions need a schema of their own that tenants can read but not write, e.g. \"extensions\""
+                ));
+            }
+            Ok(())
+        })?),
+        None => None,
+    };
     Ok(MigrationsConfig {
         dir,
         shared_dir,
         shared_dir_configured: raw.shared_dir.is_some(),
         shared_schema,
+        extensions_schema,
     })
 }
 

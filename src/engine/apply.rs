@@ -3,15 +3,13 @@
 //! [`SchemaTx`], the registry's version and the ledger row. Commit = done; anything else =
 //! nothing happened. Create, adopt, migrate, rollback and drop are the modes of one shape.
 
-use std::time::Duration;
-
 use refinery::{AsyncMigrate, Migration, Target};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::control::{Control, RunCommand};
 use crate::engine::failure::{drift_edited, drift_no_file, Failure, FailureKind};
-use crate::engine::schema_tx::{preamble, SchemaTx, HISTORY_TABLE};
+use crate::engine::schema_tx::{preamble, SchemaTx, TxSettings, HISTORY_TABLE};
 use crate::migrations::MigrationSet;
 use crate::tenant::{quote_ident, quote_literal, role_name, Tenant};
 
@@ -21,8 +19,7 @@ pub struct ApplyCtx<'a> {
     pub control: &'a Control,
     pub run_id: i64,
     pub target: Option<i32>,
-    pub lock_timeout: Duration,
-    pub statement_timeout: Option<Duration>,
+    pub tx: TxSettings<'a>,
     /// Role-per-tenant template, when that option is on.
     pub role_template: Option<&'a str>,
 }
@@ -159,7 +156,7 @@ async fn begin(
     register: bool,
     registry_version: Option<i32>,
 ) -> Result<(), Failure> {
-    let mut sql = preamble(tenant.schema(), ctx.lock_timeout, ctx.statement_timeout);
+    let mut sql = preamble(tenant.schema(), &ctx.tx);
     if register {
         sql.push(' ');
         sql.push_str(&ctx.control.register_sql(tenant));

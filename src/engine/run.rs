@@ -14,6 +14,7 @@ use crate::engine::apply::{ApplyCtx, Mode};
 use crate::engine::events::{Event, Events};
 use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, FleetOutcome, SchemaJob};
+use crate::engine::schema_tx::TxSettings;
 use crate::exit::{self, BusyError, InterruptedError};
 use crate::migrations::MigrationSet;
 use crate::signals::{RunGuard, Signals};
@@ -195,8 +196,11 @@ pub async fn run(
         control: &session.control,
         run_id,
         target: req.target,
-        lock_timeout: run.lock_timeout,
-        statement_timeout: run.statement_timeout,
+        tx: TxSettings {
+            lock_timeout: run.lock_timeout,
+            statement_timeout: run.statement_timeout,
+            also_on_path: env.config.migrations.extensions_schema.as_deref(),
+        },
         role_template: env.config.tenants.role_template.as_deref(),
     };
     let opts = FleetOpts {

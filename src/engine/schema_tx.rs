@@ -23,21 +23,30 @@ pub const HISTORY_TABLE: &str = "refinery_schema_history";
 /// Column name of the marker rows that tell which statement of a batch completed.
 const STEP_MARKER: &str = "tenantctl_step_done";
 
+/// How a schema's transaction is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct TxSettings<'a> {
+    pub lock_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+    /// A schema on `search_path` after the one being migrated (the extensions schema).
+    pub also_on_path: Option<&'a str>,
+}
+
 /// `BEGIN`, the timeouts, the schema's advisory lock, quiet notices, and `search_path` set to
-/// the schema for this transaction only (never on a pooled session: it would leak to the next
-/// borrower). `schema` is a validated identifier.
-pub fn preamble(
-    schema: &str,
-    lock_timeout: Duration,
-    statement_timeout: Option<Duration>,
-) -> String {
+/// the schema (then the extensions schema, if any) for this transaction only (never on a
+/// pooled session: it would leak to the next borrower). Identifiers are validated.
+pub fn preamble(schema: &str, tx: &TxSettings<'_>) -> String {
+    let path = std::iter::once(schema)
+        .chain(tx.also_on_path)
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement}; \
-         {schema_lock}; SET LOCAL client_min_messages = warning; SET LOCAL search_path TO {q};",
-        lock = lock_timeout.as_millis(),
-        statement = statement_timeout.map_or(0, |d| d.as_millis()),
+         {schema_lock}; SET LOCAL client_min_messages = warning; SET LOCAL search_path TO {path};",
+        lock = tx.lock_timeout.as_millis(),
+        statement = tx.statement_timeout.map_or(0, |d| d.as_millis()),
         schema_lock = schema_lock_sql(schema),
-        q = quote_ident(schema),
     )
 }
 

@@ -12,7 +12,7 @@ use crate::control::{RunCommand, RunInfo, SharedOutcome};
 use crate::db::Session;
 use crate::engine::apply::{forward, rollback_on_error, Applied};
 use crate::engine::failure::Failure;
-use crate::engine::schema_tx::{preamble, SchemaTx};
+use crate::engine::schema_tx::{preamble, SchemaTx, TxSettings};
 use crate::migrations::MigrationSet;
 use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
@@ -27,6 +27,17 @@ fn shared_history_table(schema: &str) -> String {
     format!("{}.{SHARED_HISTORY_TABLE}", quote_ident(schema))
 }
 
+/// `CREATE SCHEMA` only when it does not exist: `IF NOT EXISTS` would need CREATE on the
+/// database even when it exists, which a deploy role that only migrates may lack.
+fn create_if_missing(schema: &str) -> String {
+    format!(
+        "DO $tenantctl$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {lit}) \
+             THEN CREATE SCHEMA {q}; END IF; END $tenantctl$;",
+        lit = quote_literal(schema),
+        q = quote_ident(schema),
+    )
+}
+
 /// Applies the pending shared migrations of one cluster into `schema`: all of them or none.
 /// The schema is created only when missing (`CREATE SCHEMA IF NOT EXISTS` would need CREATE
 /// on the database even when it exists, which a deploy role that only migrates may lack).
@@ -37,13 +48,20 @@ async fn apply_shared(
     config: &Config,
 ) -> Result<Applied, Failure> {
     let result: Result<Applied, Failure> = async {
-        let sql = format!(
-            "{} DO $tenantctl$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {lit}) \
-                 THEN CREATE SCHEMA {q}; END IF; END $tenantctl$;",
-            preamble(schema, config.run.lock_timeout, config.run.statement_timeout),
-            lit = quote_literal(schema),
-            q = quote_ident(schema),
-        );
+        let tx = TxSettings {
+            lock_timeout: config.run.lock_timeout,
+            statement_timeout: config.run.statement_timeout,
+            also_on_path: None,
+        };
+        let mut sql = format!("{} {}", preamble(schema, &tx), create_if_missing(schema));
+        if let Some(ext) = &config.migrations.extensions_schema {
+            // Tenants read it (types, functions, operator classes); only its owner writes.
+            let q = quote_ident(ext);
+            sql.push_str(&format!(
+                " {} REVOKE CREATE ON SCHEMA {q} FROM PUBLIC; GRANT USAGE ON SCHEMA {q} TO PUBLIC;",
+                create_if_missing(ext)
+            ));
+        }
         client
             .batch_execute(&sql)
             .await

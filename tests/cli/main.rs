@@ -8,6 +8,7 @@ mod clusters;
 mod connect;
 mod create;
 mod faults;
+mod guarantees;
 mod migrate;
 mod rollback;
 mod security;

@@ -3,6 +3,9 @@
 //! or its companion `V<n>__<name>.down.sql`, and any problem stops the command before
 //! any database work, naming the file.
 
+pub mod rules;
+pub mod scan;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -96,6 +99,12 @@ fn read_sql(path: &Path) -> Result<String, MigrationSetError> {
             e.utf8_error().valid_up_to()
         ))
     })?;
+    // A byte-order mark (some Windows editors write one) is not SQL: PostgreSQL would read
+    // it as part of the first word.
+    let sql = match sql.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => sql,
+    };
     if sql.trim().is_empty() {
         return Err(MigrationSetError(format!(
             "migration {} is empty; put SQL in it or delete it",

@@ -1,0 +1,151 @@
+//! Guarantees that hold when things go wrong: a migration cannot escape its transaction or
+//! its tenant; a run that lost its locks stops committing (fencing); Ctrl-C works in every
+//! state; status and planning match reality.
+
+use crate::support::*;
+
+/// Files that would end the schema's transaction, change the session for the next tenant,
+/// or write outside the tenant are refused before any database work, by file and line;
+/// the same statements where they are harmless are accepted.
+#[test]
+fn migrations_that_would_escape_their_transaction_or_tenant_are_refused() {
+    let p = Project::new("escapes", 8);
+    p.create_tenants(3);
+    let before = p.fingerprint();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "V9__commit.sql",
+            "CREATE TABLE invoices (id int);\nCOMMIT;\nCREATE TABLE invoice_lines (id int);\n",
+            "V9__commit.sql:2: `COMMIT` is transaction control",
+        ),
+        (
+            "V9__begin.sql",
+            "-- comment\nBEGIN;\nCREATE TABLE a (id int);\nEND;\n",
+            "V9__begin.sql:2: `BEGIN`",
+        ),
+        (
+            "V9__search_path.sql",
+            "SET search_path TO public;\nCREATE TABLE x (id int);\n",
+            "V9__search_path.sql:1: `SET SEARCH_PATH TO` sets the session",
+        ),
+        ("V9__role.sql", "set role postgres;\n", "V9__role.sql:1: `SET ROLE"),
+        (
+            "V9__ltree.sql",
+            "CREATE TABLE t (id int);\nCREATE EXTENSION IF NOT EXISTS ltree;\n",
+            "V9__ltree.sql:2: `CREATE EXTENSION` acts on the whole database",
+        ),
+        (
+            "V9__schema.sql",
+            "CREATE SCHEMA reports;\n",
+            "V9__schema.sql:1: `CREATE SCHEMA`",
+        ),
+        (
+            "V9__public.sql",
+            "CREATE TABLE public.post (id int);\n",
+            "V9__public.sql:1: `CREATE TABLE` on `public.…` changes the schema shared by every tenant",
+        ),
+        (
+            "V9__control.sql",
+            "UPDATE tenantctl.tenants SET version = 99;\n",
+            "V9__control.sql:1: `tenantctl.…` names an object outside the tenant's schema",
+        ),
+        (
+            "V9__neighbour.sql",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$\n  DELETE FROM tenant_t0001.users\n$$;\n",
+            "V9__neighbour.sql:2: `tenant_t0001.…`",
+        ),
+    ];
+    for (file, sql, expect) in cases {
+        p.add_migration(file, sql);
+        for args in [
+            &["migrate", "--all"][..],
+            &["tenant", "create", "fresh"][..],
+            &["migrate", "--all", "--dry-run"][..],
+        ] {
+            let out = p.run(args, 2);
+            let err = stderr(&out);
+            assert!(
+                err.contains(expect),
+                "{file} {args:?}: expected {expect:?} in\n{err}"
+            );
+            assert!(err.contains("nothing was changed"), "{err}");
+        }
+        std::fs::remove_file(p.migrations_dir().join(file)).unwrap();
+    }
+    assert_eq!(before, p.fingerprint(), "nothing was changed");
+
+    // Harmless forms: COMMIT inside a procedure body, SET LOCAL, a shared table named in a
+    // reference, a byte-order mark at the start of the file.
+    p.add_migration(
+        "V9__fine.sql",
+        "\u{feff}SET LOCAL statement_timeout = '1min';\n\
+         CREATE PROCEDURE batch() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$;\n\
+         CREATE TABLE notes (id int, body text DEFAULT 'COMMIT; SET ROLE x;');\n",
+    );
+    p.run(&["migrate", "--all"], 0);
+    p.assert_converged(9);
+}
+
+/// Extensions are installed once by the shared migrations into the extensions schema, which
+/// every tenant transaction has on its search_path after its own schema; tenants use ltree
+/// and pg_trgm without naming the schema, and cannot write to it.
+#[test]
+fn extensions_live_in_their_own_schema_and_every_tenant_uses_them() {
+    let p = Project::new("extensions", 1);
+    p.write_config("extensions_schema = \"extensions\"\n[tenants]\nrole = \"{schema}_app\"\n");
+    std::fs::create_dir(p.migrations_dir().join("shared")).unwrap();
+    std::fs::write(
+        p.migrations_dir().join("shared/V1__extensions.sql"),
+        "CREATE EXTENSION IF NOT EXISTS ltree SCHEMA extensions;\nCREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA extensions;\n",
+    )
+    .unwrap();
+    p.add_migration(
+        "V2__paths.sql",
+        "CREATE TABLE paths (p ltree);\nCREATE INDEX paths_gist ON paths USING gist (p);\n\
+         CREATE TABLE names (n text);\nCREATE INDEX names_trgm ON names USING gin (n gin_trgm_ops);\n\
+         INSERT INTO paths VALUES ('top.science.astronomy'), ('top.art');\n",
+    );
+    let ids = p.create_tenants(50);
+    let mut db = p.db();
+    let homes: Vec<String> = db
+        .query(
+            "SELECT e.extname || '@' || n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+             WHERE e.extname IN ('ltree', 'pg_trgm') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(homes, ["ltree@extensions", "pg_trgm@extensions"]);
+    for id in &ids {
+        let found: i64 = db
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM tenant_{id}.paths WHERE p OPERATOR(extensions.<@) 'top.science'::extensions.ltree"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(found, 1, "{id}");
+        let indexes: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname IN ('paths_gist', 'names_trgm')",
+                &[&format!("tenant_{id}")],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(indexes, 2, "{id}");
+    }
+    // A tenant's role reads the extensions schema and cannot create in it.
+    let row = db
+        .query_one(
+            "SELECT has_schema_privilege('tenant_t0000_app', 'extensions', 'USAGE'), \
+                    has_schema_privilege('tenant_t0000_app', 'extensions', 'CREATE')",
+            &[],
+        )
+        .unwrap();
+    let (usage, create): (bool, bool) = (row.get(0), row.get(1));
+    assert_eq!((usage, create), (true, false));
+}
