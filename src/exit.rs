@@ -11,6 +11,10 @@ pub const BUSY: i32 = 3;
 /// Partial: with several clusters, one or more could not be reached, were busy or stopped
 /// early, while the others finished. Re-run once they are back: done work is kept.
 pub const PARTIAL: i32 = 4;
+/// Fenced: this run lost its locks (the coordinator's connection died) and could not prove
+/// the run was still its own, or another runner took it over; it stopped, committing nothing
+/// more. What it committed is whole; the run continues under its new owner, or on re-run.
+pub const FENCED: i32 = 5;
 /// Interrupted by SIGINT/SIGTERM: in-flight schemas finished or rolled back, the rest not started.
 pub const INTERRUPTED: i32 = 130;
 

@@ -177,6 +177,6 @@ pub fn run_output(result: &crate::engine::run::RunResult, json: bool) -> Done {
         Output::Text(summary.to_text())
     };
     let mut done = Done::new(result.exit_code(), out).counts(summary.counts());
-    done.down = result.outcome.database_down.is_some();
+    done.down = result.outcome.database_down().is_some() || result.outcome.fenced().is_some();
     done
 }

@@ -34,8 +34,10 @@ pub struct SharedOutcome<'a> {
     pub error: Option<&'a str>,
 }
 
-/// One failed schema, as the ledger records it.
+/// One schema that did not commit, as the ledger records it: failed, or skipped (its
+/// tenant was dropped while the run was going on).
 pub struct FailureRecord<'a> {
+    pub skipped: bool,
     pub id: &'a str,
     pub migration: Option<&'a str>,
     pub error: String,
@@ -286,41 +288,44 @@ impl Control {
     /// Opens a run (or takes over the interrupted run `resume`) with a pending ledger row per
     /// schema it will work on, in one statement (one round trip, one commit): the run lock
     /// is taken before anyone can see the row. On a resumed run, rows already succeeded are
-    /// kept as they are.
+    /// kept as they are, and the epoch moves on (after waiting, FOR UPDATE, for any schema
+    /// transaction of the run's earlier process still in flight). Returns (run id, epoch).
     pub async fn open_run(
         &self,
         client: &Client,
         info: &RunInfo<'_>,
         resume: Option<i64>,
         schemas: &[(&Tenant, Option<i32>)],
-    ) -> anyhow::Result<i64> {
+    ) -> anyhow::Result<(i64, i64)> {
         let ids: Vec<&str> = schemas.iter().map(|r| r.0.id()).collect();
         let names: Vec<&str> = schemas.iter().map(|r| r.0.schema()).collect();
         let versions: Vec<Option<i32>> = schemas.iter().map(|r| r.1).collect();
         let run = match resume {
             Some(_) => format!(
-                "UPDATE {runs} SET state = {running}, finished_at = NULL, attempts = attempts + 1, \
-                     actor = $2, argv = $3, host = $4, pid = $5, backend_pid = pg_backend_pid(), total = $6 \
-                 WHERE id = $1 RETURNING id",
+                "locked AS (SELECT id FROM {runs} WHERE id = $1 FOR UPDATE), \
+                 r AS (UPDATE {runs} u SET state = {running}, finished_at = NULL, attempts = u.attempts + 1, \
+                     epoch = u.epoch + 1, actor = $2, argv = $3, host = $4, pid = $5, \
+                     backend_pid = pg_backend_pid(), total = $6 \
+                 FROM locked WHERE u.id = locked.id RETURNING u.id, u.epoch)",
                 runs = self.table("runs"),
                 running = RunState::Running.literal(),
             ),
             None => format!(
-                "INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total) \
-                 VALUES ($7, $8, $9, $10, {running}, $2, $3, $4, $5, $6) RETURNING id",
+                "r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total) \
+                 VALUES ($7, $8, $9, $10, {running}, $2, $3, $4, $5, $6) RETURNING id, epoch)",
                 runs = self.table("runs"),
                 running = RunState::Running.literal(),
             ),
         };
         let sql = format!(
-            "WITH r AS ({run}), \
+            "WITH {run}, \
                   s AS (INSERT INTO {rs} AS rs (run_id, tenant_id, schema_name, version_before, state) \
                         SELECT r.id, t.id, t.schema_name, t.v, {pending} \
                         FROM r, unnest($11::text[], $12::text[], $13::int4[]) AS t(id, schema_name, v) \
                         ON CONFLICT (run_id, tenant_id) DO UPDATE SET state = EXCLUDED.state, \
                             version_before = EXCLUDED.version_before, version_after = NULL \
                         WHERE rs.state <> {succeeded}) \
-             SELECT id, pg_advisory_lock({LOCK_RUN}, id::int) FROM r",
+             SELECT id, epoch, pg_advisory_lock({LOCK_RUN}, id::int) FROM r",
             rs = self.table("run_schemas"),
             pending = SchemaState::Pending.literal(),
             succeeded = SchemaState::Succeeded.literal(),
@@ -349,7 +354,7 @@ impl Control {
             .query_typed(&sql, &params)
             .await
             .map_err(|e| failed(&format!("recording the run in {}.runs", self.name), &e))?;
-        rows.first().map(|r| r.get(0)).ok_or_else(|| {
+        rows.first().map(|r| (r.get(0), r.get(1))).ok_or_else(|| {
             anyhow::anyhow!(
                 "recording the run in {}.runs: run {} to resume is gone; re-run with --fresh",
                 self.name,
@@ -379,6 +384,7 @@ impl Control {
         &self,
         client: &Client,
         run_id: i64,
+        epoch: i64,
         failures: &[FailureRecord<'_>],
     ) -> anyhow::Result<()> {
         if failures.is_empty() {
@@ -389,15 +395,24 @@ impl Control {
         let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
         let attempts: Vec<i32> = failures.iter().map(|f| f.attempts).collect();
         let drift: Vec<Option<&str>> = failures.iter().map(|f| f.drift).collect();
+        let states: Vec<&str> = failures
+            .iter()
+            .map(|f| match f.skipped {
+                true => SchemaState::Skipped.as_str(),
+                false => SchemaState::Failed.as_str(),
+            })
+            .collect();
         let sql = format!(
-            "WITH f AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[], $6::text[]) AS f(id, m, e, a, d)), \
+            "WITH owner AS (SELECT 1 FROM {runs} WHERE id = $1 AND epoch = $7), \
+                  f AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $8::text[]) AS f(id, m, e, a, d, s) \
+                        WHERE EXISTS (SELECT 1 FROM owner)), \
                   marked AS (UPDATE {tenants} t SET drift = f.d FROM f WHERE t.id = f.id AND f.d IS NOT NULL) \
-             UPDATE {rs} rs SET state = {failed_state}, failed_migration = f.m, error = f.e, \
+             UPDATE {rs} rs SET state = f.s, failed_migration = f.m, error = f.e, \
                  attempts = rs.attempts + f.a, finished_at = clock_timestamp() \
              FROM f WHERE rs.run_id = $1 AND rs.tenant_id = f.id AND rs.state <> {succeeded}",
+            runs = self.table("runs"),
             tenants = self.table("tenants"),
             rs = self.table("run_schemas"),
-            failed_state = SchemaState::Failed.literal(),
             succeeded = SchemaState::Succeeded.literal(),
         );
         client
@@ -410,6 +425,8 @@ impl Control {
                     (&errors, Type::TEXT_ARRAY),
                     (&attempts, Type::INT4_ARRAY),
                     (&drift, Type::TEXT_ARRAY),
+                    (&epoch, Type::INT8),
+                    (&states, Type::TEXT_ARRAY),
                 ],
             )
             .await
@@ -473,24 +490,32 @@ impl Control {
     }
 
     /// Closes a run with its final state and releases its run lock.
+    /// Closes a run with its final state and releases its run lock, if the run is still
+    /// this process's (its epoch unchanged). False: another runner took it over, and its
+    /// state is theirs to write.
     pub async fn finish_run(
         &self,
         client: &Client,
         run_id: i64,
+        epoch: i64,
         state: RunState,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let sql = format!(
-            "WITH u AS (UPDATE {} SET state = $2, finished_at = clock_timestamp() WHERE id = $1) \
-             SELECT pg_advisory_unlock({LOCK_RUN}, $1::int8::int4)",
+            "WITH u AS (UPDATE {} SET state = $2, finished_at = clock_timestamp() WHERE id = $1 AND epoch = $3 RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM u), pg_advisory_unlock({LOCK_RUN}, $1::int8::int4)",
             self.table("runs"),
         );
-        client
-            .query_typed(
+        let row = client
+            .query_typed_one(
                 &sql,
-                &[(&run_id, Type::INT8), (&state.as_str(), Type::TEXT)],
+                &[
+                    (&run_id, Type::INT8),
+                    (&state.as_str(), Type::TEXT),
+                    (&epoch, Type::INT8),
+                ],
             )
             .await
             .map_err(|e| failed(&format!("closing run {run_id}"), &e))?;
-        Ok(())
+        Ok(row.get(0))
     }
 }

@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::{failed, Control, RunState};
-use crate::tenant::quote_literal;
+use crate::tenant::{quote_literal, Tenant};
 
 /// First half of the per-schema advisory lock key ("tnt" in ASCII); the second half is the
 /// schema's `hashtext`. Also the key of the bootstrap lock (second half 0).
@@ -39,10 +39,16 @@ fn run_lock_held(run: &str) -> String {
 
 impl Control {
     /// Marks runs whose coordinator is gone (nobody holds their run lock) as interrupted.
+    /// Each takeover bumps the run's epoch (fencing): the row is locked FOR UPDATE first,
+    /// which waits for every schema transaction of the dead run's process that is still in
+    /// flight (they hold it FOR KEY SHARE), and makes every later one of them fail its fence.
+    /// So once this returns, the old process can commit nothing more.
     pub async fn reap_dead_runs(&self, client: &Client) -> anyhow::Result<()> {
         let sql = format!(
-            "UPDATE {runs} r SET state = {interrupted}, finished_at = coalesce(finished_at, clock_timestamp()) \
-             WHERE r.state = {running} AND NOT {held}",
+            "WITH dead AS (SELECT id FROM {runs} r WHERE r.state = {running} AND NOT {held} FOR UPDATE) \
+             UPDATE {runs} r SET state = {interrupted}, epoch = r.epoch + 1, \
+                 finished_at = coalesce(finished_at, clock_timestamp()) \
+             FROM dead WHERE r.id = dead.id AND r.state = {running}",
             runs = self.table("runs"),
             interrupted = RunState::Interrupted.literal(),
             running = RunState::Running.literal(),
@@ -63,6 +69,51 @@ impl Control {
             .await
             .map_err(|e| failed("checking whether a run is alive", &e))?;
         Ok(row.get(0))
+    }
+
+    /// Takes run `run_id`'s lock again after the coordinator's connection was lost, and
+    /// proves the run is still this process's: the lock is free (nobody else is running it),
+    /// the run is still running, and its epoch is the one this process holds. False: the
+    /// run is someone else's now (or its lock is held by the old connection still).
+    pub async fn reclaim_run(
+        &self,
+        client: &Client,
+        run_id: i64,
+        epoch: i64,
+    ) -> anyhow::Result<bool> {
+        let sql = format!(
+            "SELECT pg_try_advisory_lock({LOCK_RUN}, $1::int8::int4) \
+                 AND EXISTS (SELECT 1 FROM {runs} WHERE id = $1 AND epoch = $2 AND state = {running})",
+            runs = self.table("runs"),
+            running = RunState::Running.literal(),
+        );
+        let row = client
+            .query_typed_one(&sql, &[(&run_id, Type::INT8), (&epoch, Type::INT8)])
+            .await
+            .map_err(|e| failed("taking the run's lock again", &e))?;
+        Ok(row.get(0))
+    }
+
+    /// The run's epoch as the control schema has it now (None when the run is gone).
+    pub async fn run_epoch(&self, client: &Client, run_id: i64) -> anyhow::Result<Option<i64>> {
+        let row = client
+            .query_typed_opt(
+                &format!("SELECT epoch FROM {} WHERE id = $1", self.table("runs")),
+                &[(&run_id, Type::INT8)],
+            )
+            .await
+            .map_err(|e| failed("reading the run's epoch", &e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Hot path: the fence at the start of a schema's transaction (see the control schema's
+    /// `fence` function), with the tenant's registry row checked too when it must exist.
+    pub fn fence_sql(&self, run_id: i64, epoch: i64, tenant: Option<&Tenant>) -> String {
+        format!(
+            "SELECT {}.fence({run_id}, {epoch}, {})",
+            self.q,
+            tenant.map_or("NULL".into(), |t| quote_literal(t.id()))
+        )
     }
 
     /// Takes the fleet lock without waiting. False: another fleet run holds it.

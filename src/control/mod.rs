@@ -26,7 +26,12 @@ use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
 
 /// Bumped whenever the DDL below changes; stored as the control schema's comment.
-const CONTROL_VERSION: &str = "tenantctl control schema v4";
+const CONTROL_VERSION: &str = "tenantctl control schema v5";
+
+/// SQLSTATE raised inside a schema's transaction when its run was taken over (fencing).
+pub const SQLSTATE_FENCED: &str = "TNF01";
+/// SQLSTATE raised inside a schema's transaction when its tenant was dropped meanwhile.
+pub const SQLSTATE_DROPPED: &str = "TNF02";
 
 /// A statement parameter with its PostgreSQL type, for `query_typed`.
 type Param<'a> = (&'a (dyn ToSql + Sync), Type);
@@ -74,6 +79,8 @@ impl Control {
         let tenant_states = stored_list(TenantState::ALL.iter().map(|s| s.as_str()));
         let run_states = stored_list(RunState::ALL.iter().map(|s| s.as_str()));
         let schema_states = stored_list(SchemaState::ALL.iter().map(|s| s.as_str()));
+        let (fenced, dropped) = (SQLSTATE_FENCED, SQLSTATE_DROPPED);
+        let active = TenantState::Active.literal();
         format!(
             r#"
 CREATE SCHEMA IF NOT EXISTS {q};
@@ -109,6 +116,31 @@ ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS argv text NOT NULL DEFAULT '';
 REVOKE ALL ON SCHEMA {q} FROM PUBLIC;
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'all';
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1;
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 1;
+CREATE TABLE IF NOT EXISTS {q}.versions (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    first_run  bigint,
+    first_seen timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION {q}.fence(p_run bigint, p_epoch bigint, p_tenant text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog AS $fence$
+BEGIN
+    -- The run's row, share-locked until this transaction ends: a takeover locks it FOR
+    -- UPDATE before it bumps the epoch, so it waits for this transaction, and every later
+    -- one sees the new epoch and stops here.
+    PERFORM 1 FROM {q}.runs WHERE id = p_run AND epoch = p_epoch FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % was taken over by another tenantctl (its epoch moved past %)', p_run, p_epoch
+            USING ERRCODE = '{fenced}';
+    END IF;
+    IF p_tenant IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM {q}.tenants WHERE id = p_tenant AND state = {active}) THEN
+        RAISE EXCEPTION 'tenant % was dropped while this run was going on', p_tenant
+            USING ERRCODE = '{dropped}';
+    END IF;
+END $fence$;
+REVOKE ALL ON FUNCTION {q}.fence(bigint, bigint, text) FROM PUBLIC;
 CREATE INDEX IF NOT EXISTS runs_running_idx ON {q}.runs (id) WHERE state = 'running';
 CREATE TABLE IF NOT EXISTS {q}.run_schemas (
     run_id           bigint NOT NULL REFERENCES {q}.runs (id) ON DELETE CASCADE,

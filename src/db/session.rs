@@ -26,6 +26,8 @@ pub struct Session<'a> {
     /// The coordinator's connection was shown to keep one server session (see
     /// [`Session::require_session`]).
     pinned: AtomicBool,
+    /// The server's major version (14 and up check for a gone client while a statement runs).
+    pub server_major: u32,
 }
 
 impl<'a> Session<'a> {
@@ -41,8 +43,9 @@ impl<'a> Session<'a> {
             Some(direct) => Endpoint::new(direct)?,
             None => workers.clone(),
         };
-        let client = coordinator.connect().await?;
+        let (client, server_major) = coordinator.connect_with_version().await?;
         let session = Session {
+            server_major,
             target,
             client,
             control: Control::new(control_schema),
@@ -67,6 +70,12 @@ impl<'a> Session<'a> {
     /// The TLS connector of the workers' connections (their cancel requests use it too).
     pub fn tls(&self) -> &Tls {
         &self.workers.tls
+    }
+
+    /// A new connection to where the coordinator connects (one attempt); the caller decides
+    /// what it may do with it (see [`crate::control::Control::reclaim_run`]).
+    pub async fn connect_again(&self) -> anyhow::Result<Client> {
+        self.coordinator.connect().await
     }
 
     /// After the coordinator's connection broke (a server restart, say): connect again,

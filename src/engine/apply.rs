@@ -18,6 +18,8 @@ pub struct ApplyCtx<'a> {
     pub migrations: &'a MigrationSet,
     pub control: &'a Control,
     pub run_id: i64,
+    /// The run's epoch when this process opened or took it over: the fence.
+    pub epoch: i64,
     pub target: Option<i32>,
     pub tx: TxSettings<'a>,
     /// Role-per-tenant template, when that option is on.
@@ -157,6 +159,13 @@ async fn begin(
     registry_version: Option<i32>,
 ) -> Result<(), Failure> {
     let mut sql = preamble(tenant.schema(), &ctx.tx);
+    // The fence: this run still belongs to this process (and the tenant still exists when
+    // it should), checked under the schema's lock, held until COMMIT.
+    let must_exist = (!register).then_some(tenant);
+    sql.push_str(&format!(
+        " {};",
+        ctx.control.fence_sql(ctx.run_id, ctx.epoch, must_exist)
+    ));
     if register {
         sql.push(' ');
         sql.push_str(&ctx.control.register_sql(tenant));

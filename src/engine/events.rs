@@ -40,6 +40,10 @@ pub enum Event<'a> {
         tenant: &'a Tenant,
         failure: &'a Failure,
     },
+    /// The tenant was dropped while the run was going on: not touched, not a failure.
+    SchemaDropped {
+        tenant: &'a Tenant,
+    },
     /// A signal arrived: no new schemas start, in-flight ones get `grace` to finish.
     Interrupting {
         signal: &'a str,

@@ -8,6 +8,7 @@ use refinery::error::Kind;
 use refinery::Migration;
 use tokio_postgres::error::SqlState;
 
+use crate::control::{SQLSTATE_DROPPED, SQLSTATE_FENCED};
 use crate::engine::schema_tx::{FailedStep, TxError};
 use crate::migrations::MigrationSet;
 use crate::pgerror::describe;
@@ -30,8 +31,13 @@ pub enum FailureKind {
     StatementTimeout,
     /// The connection broke or the server went away.
     Connection,
-    /// Cancelled after SIGINT/SIGTERM when the grace period ran out.
+    /// Cancelled after SIGINT/SIGTERM when the grace period ran out, or stopped before its
+    /// next attempt.
     Interrupted,
+    /// The run was taken over by another tenantctl: this process may commit nothing more.
+    Fenced,
+    /// The tenant was dropped while the run was going on.
+    Dropped,
     Other,
 }
 
@@ -47,6 +53,8 @@ impl FailureKind {
             | FailureKind::Drift
             | FailureKind::StatementTimeout
             | FailureKind::Interrupted
+            | FailureKind::Fenced
+            | FailureKind::Dropped
             | FailureKind::Other => false,
         }
     }
@@ -87,6 +95,8 @@ impl Failure {
     /// Classifies a driver error into a failure that tells the operator what happened.
     pub fn from_pg(e: &tokio_postgres::Error, still_at: Option<i32>) -> Failure {
         let kind = match e.code() {
+            Some(c) if c.code() == SQLSTATE_FENCED => FailureKind::Fenced,
+            Some(c) if c.code() == SQLSTATE_DROPPED => FailureKind::Dropped,
             Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => FailureKind::LockTimeout,
             Some(c) if *c == SqlState::QUERY_CANCELED => FailureKind::StatementTimeout,
             Some(c)
@@ -210,6 +220,10 @@ impl Failure {
                 "the transaction did not commit, so PostgreSQL rolled it back ({at}); re-run once the server is reachable"
             ),
             FailureKind::Interrupted => format!("interrupted and rolled back, {at}; re-run to continue"),
+            FailureKind::Fenced => format!(
+                "not committed, {at}: this process lost the run to another tenantctl, which carries on with this schema"
+            ),
+            FailureKind::Dropped => "not touched: the tenant was dropped while the run was going on".into(),
             FailureKind::Other => format!("rolled back, {at}; re-run after fixing the cause"),
         }
     }

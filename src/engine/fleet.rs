@@ -1,7 +1,8 @@
 //! Many schemas at once: a stream of schema jobs driven through `buffer_unordered(jobs)` over a
 //! pool of `jobs` connections, so concurrency is bounded by construction and no task is
 //! spawned per tenant. A failed schema never stops the others unless `fail_fast`; an
-//! interrupt stops scheduling and lets in-flight transactions finish.
+//! interrupt stops scheduling (and ends retry pauses at once) and lets in-flight transactions
+//! finish; a run that lost its locks stops scheduling and commits nothing more.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool, PoolError};
 use futures::{stream, StreamExt};
+use tokio::sync::Notify;
 use tokio_postgres::CancelToken;
 
 use crate::control::RunState;
@@ -27,7 +29,8 @@ pub struct SchemaJob {
     pub version: Option<i32>,
 }
 
-/// Shared between the signal handler and the fleet: `cancel` stops scheduling new schemas;
+/// Shared between the signal handler, the heartbeat and the fleet: `cancel` (a signal) and
+/// `fence` (the run lost its locks) stop scheduling new schemas and end retry pauses;
 /// `abort` (after the grace period) cancels the statements of in-flight schemas, which then
 /// roll back. Cancel requests go over the workers' TLS settings.
 #[derive(Clone)]
@@ -36,6 +39,8 @@ pub struct Cancel(Arc<CancelState>);
 struct CancelState {
     cancelled: AtomicBool,
     aborted: AtomicBool,
+    fenced: Mutex<Option<String>>,
+    wake: Notify,
     in_flight: Mutex<HashMap<usize, CancelToken>>,
     tls: Tls,
 }
@@ -45,17 +50,58 @@ impl Cancel {
         Cancel(Arc::new(CancelState {
             cancelled: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
+            fenced: Mutex::new(None),
+            wake: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
             tls,
         }))
     }
 
+    /// A signal: start nothing new.
     pub fn cancel(&self) {
         self.0.cancelled.store(true, Ordering::SeqCst);
+        self.0.wake.notify_waiters();
+    }
+
+    /// The run is not this process's any more: start nothing new, commit nothing more.
+    pub fn fence(&self, why: String) {
+        self.0
+            .fenced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+        self.0.wake.notify_waiters();
     }
 
     pub fn is_cancelled(&self) -> bool {
         self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Why the run was fenced, if it was.
+    pub fn fenced(&self) -> Option<String> {
+        self.0
+            .fenced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether nothing new may start (a signal, or fencing).
+    fn stopping(&self) -> bool {
+        self.is_cancelled() || self.fenced().is_some()
+    }
+
+    /// Sleeps for `pause`, or less when the run starts stopping. True: it is stopping.
+    async fn pause(&self, pause: Duration) -> bool {
+        let woken = self.0.wake.notified();
+        if self.stopping() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = woken => {}
+        }
+        self.stopping()
     }
 
     pub fn is_aborted(&self) -> bool {
@@ -85,17 +131,32 @@ impl Cancel {
     }
 }
 
+/// Why a run stopped scheduling before every schema was started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// `--fail-fast` and a schema failed.
+    FailFast,
+    /// SIGINT/SIGTERM.
+    Interrupted,
+    /// A schema still could not reach the database after its retries: the run stopped
+    /// rather than fail every remaining tenant one slow attempt at a time.
+    DatabaseDown(String),
+    /// The run lost its locks and another runner took it over (or could: fencing).
+    Fenced(String),
+}
+
 /// How a fleet run went.
 #[derive(Debug, Default)]
 pub struct FleetOutcome {
     pub succeeded: Vec<(Tenant, Applied)>,
     pub failed: Vec<(Tenant, Failure)>,
-    /// Never started: `--fail-fast` tripped or the run was interrupted.
+    /// Dropped (by `tenant drop`) while the run was going on: not touched, not failed.
+    pub dropped: Vec<Tenant>,
+    /// Never started: see `stopped` for why.
     pub not_started: Vec<Tenant>,
+    /// Why scheduling stopped early, if it did.
+    pub stopped: Option<Stop>,
     pub interrupted: bool,
-    /// Set when a schema still could not reach the database after its retries: the run
-    /// stopped scheduling rather than fail every remaining tenant slowly.
-    pub database_down: Option<String>,
     pub elapsed: Duration,
 }
 
@@ -108,6 +169,22 @@ impl FleetOutcome {
             RunState::Succeeded
         } else {
             RunState::Failed
+        }
+    }
+
+    /// The database went away for good during the run.
+    pub fn database_down(&self) -> Option<&str> {
+        match &self.stopped {
+            Some(Stop::DatabaseDown(why)) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// The run lost its locks during the run.
+    pub fn fenced(&self) -> Option<&str> {
+        match &self.stopped {
+            Some(Stop::Fenced(why)) => Some(why),
+            _ => None,
         }
     }
 }
@@ -146,7 +223,9 @@ async fn checkout(pool: &Pool, still_at: Option<i32>) -> Result<Object, Failure>
     })
 }
 
-/// One attempt: a connection from the pool, one transaction.
+/// One attempt: a connection from the pool, one transaction. After a lock timeout, the
+/// sessions holding locks in the schema are named (a tenantctl backend left over from an
+/// earlier run is said to be one).
 async fn attempt(
     pool: &Pool,
     ctx: &ApplyCtx<'_>,
@@ -165,6 +244,11 @@ async fn attempt(
         {
             f.kind = FailureKind::Interrupted;
         }
+        if f.kind == FailureKind::LockTimeout && !f.broken_connection {
+            if let Some(holders) = lock_holders(&conn, &job.tenant).await {
+                f.message = format!("{}; {holders}", f.message);
+            }
+        }
         if f.broken_connection {
             // Never hand a connection in an unknown state to the next schema.
             drop(Object::take(conn));
@@ -173,9 +257,50 @@ async fn attempt(
     result
 }
 
+/// Who holds locks in the tenant's schema (its advisory lock, or its tables), for the
+/// message of a lock timeout.
+async fn lock_holders(conn: &tokio_postgres::Client, tenant: &Tenant) -> Option<String> {
+    use tokio_postgres::types::Type;
+    let sql = format!(
+        "SELECT DISTINCT a.pid, coalesce(a.application_name, ''), coalesce(a.state, ''), \
+                coalesce(extract(epoch FROM now() - a.xact_start)::int8, 0) \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.granted AND a.pid <> pg_backend_pid() AND ( \
+           (l.locktype = 'advisory' AND l.classid = {ns}::oid AND l.objid = hashtext($1)::oid AND l.objsubid = 2) \
+           OR l.relation IN (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1)) \
+         ORDER BY 1 LIMIT 5",
+        ns = crate::control::LOCK_NAMESPACE
+    );
+    let rows = conn
+        .query_typed(&sql, &[(&tenant.schema(), Type::TEXT)])
+        .await
+        .ok()?;
+    if rows.is_empty() {
+        return None;
+    }
+    let who: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let (pid, app, state, secs): (i32, String, String, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            match app.strip_prefix("tenantctl run ") {
+                Some(run) => format!(
+                    "pid {pid} (left over from tenantctl run {run}: it ends by itself within seconds, or run SELECT pg_terminate_backend({pid}))"
+                ),
+                None => format!(
+                    "pid {pid} ({}, {state} for {secs} s)",
+                    if app.is_empty() { "no application name".to_string() } else { format!("application {app:?}") }
+                ),
+            }
+        })
+        .collect();
+    Some(format!("held by {}", who.join(", ")))
+}
+
 /// A schema with retries: lock timeouts and lost connections are tried again after a
 /// growing pause (the connection goes back to the pool meanwhile), everything else fails
-/// at once. Safe to repeat: each attempt re-reads the schema's history under its lock.
+/// at once. Safe to repeat: each attempt re-reads the schema's history under its lock. Once
+/// the run is stopping, no new attempt starts and a pause ends at once.
 async fn one_schema(
     pool: &Pool,
     ctx: &ApplyCtx<'_>,
@@ -190,9 +315,16 @@ async fn one_schema(
         match attempt(pool, ctx, opts.mode, job, slot, cancel).await {
             Ok(applied) => return Ok(applied),
             Err(mut f) => {
-                if f.kind.is_transient() && tries <= opts.retries && !cancel.is_cancelled() {
-                    tokio::time::sleep(backoff(opts.retry_delay, tries)).await;
+                let retry = f.kind.is_transient() && tries <= opts.retries;
+                if retry && !cancel.pause(backoff(opts.retry_delay, tries)).await {
                     continue;
+                }
+                if retry {
+                    // Stopped while waiting to try again: not another attempt.
+                    f.kind = match cancel.fenced() {
+                        Some(_) => FailureKind::Fenced,
+                        None => FailureKind::Interrupted,
+                    };
                 }
                 f.attempts = tries;
                 return Err(f);
@@ -211,16 +343,19 @@ pub async fn run_fleet(
     cancel: &Cancel,
 ) -> FleetOutcome {
     let started = Instant::now();
-    let stop = AtomicBool::new(false);
+    let stop: Mutex<Option<Stop>> = Mutex::new(None);
+    let stopped = || stop.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+    let halt = |why: Stop| {
+        stop.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+    };
     let mut outcome = FleetOutcome::default();
     let mut scheduled = vec![false; jobs.len()];
     {
-        let stop = &stop;
         let scheduled_ref = &mut scheduled;
         let mut results = stream::iter(jobs.iter().enumerate())
-            .take_while(|_| {
-                futures::future::ready(!stop.load(Ordering::SeqCst) && !cancel.is_cancelled())
-            })
+            .take_while(|_| futures::future::ready(!stopped() && !cancel.stopping()))
             .map(|(i, job)| {
                 scheduled_ref[i] = true;
                 async move {
@@ -240,21 +375,29 @@ pub async fn run_fleet(
                     });
                     outcome.succeeded.push((job.tenant.clone(), applied));
                 }
+                Err(failure) if failure.kind == FailureKind::Dropped => {
+                    events.emit(&Event::SchemaDropped {
+                        tenant: &job.tenant,
+                    });
+                    outcome.dropped.push(job.tenant.clone());
+                }
                 Err(failure) => {
                     events.emit(&Event::SchemaFailed {
                         tenant: &job.tenant,
                         failure: &failure,
                     });
-                    if failure.kind == FailureKind::Connection && outcome.database_down.is_none() {
-                        // Retries are spent: the database is not coming back soon. Stop
-                        // rather than fail every remaining tenant one slow attempt at a time.
-                        outcome.database_down = Some(failure.message.clone());
-                        stop.store(true, Ordering::SeqCst);
+                    match failure.kind {
+                        FailureKind::Fenced => {
+                            cancel.fence(failure.message.clone());
+                        }
+                        FailureKind::Connection => {
+                            // Retries are spent: the database is not coming back soon.
+                            halt(Stop::DatabaseDown(failure.message.clone()));
+                        }
+                        _ if opts.fail_fast => halt(Stop::FailFast),
+                        _ => {}
                     }
                     outcome.failed.push((job.tenant.clone(), failure));
-                    if opts.fail_fast {
-                        stop.store(true, Ordering::SeqCst);
-                    }
                 }
             }
         }
@@ -265,6 +408,11 @@ pub async fn run_fleet(
         .filter(|(_, s)| !**s)
         .map(|(j, _)| j.tenant.clone())
         .collect();
+    outcome.stopped = match (cancel.fenced(), cancel.is_cancelled()) {
+        (Some(why), _) => Some(Stop::Fenced(why)),
+        (None, true) => Some(Stop::Interrupted),
+        (None, false) => stop.into_inner().unwrap_or_else(|e| e.into_inner()),
+    };
     outcome.interrupted = cancel.is_cancelled()
         && (!outcome.not_started.is_empty()
             || outcome

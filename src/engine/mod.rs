@@ -8,6 +8,7 @@ pub mod apply;
 pub mod events;
 pub mod failure;
 pub mod fleet;
+pub mod heartbeat;
 pub mod plan;
 pub mod run;
 pub mod schema_tx;

@@ -14,6 +14,7 @@ use crate::engine::apply::{ApplyCtx, Mode};
 use crate::engine::events::{Event, Events};
 use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, FleetOutcome, SchemaJob};
+use crate::engine::heartbeat::Heartbeat;
 use crate::engine::schema_tx::TxSettings;
 use crate::exit::{self, BusyError, InterruptedError};
 use crate::migrations::MigrationSet;
@@ -74,6 +75,9 @@ pub struct RunResult {
 
 impl RunResult {
     pub fn exit_code(&self) -> i32 {
+        if self.outcome.fenced().is_some() {
+            return exit::FENCED;
+        }
         match self.state {
             RunState::Succeeded => exit::SUCCESS,
             RunState::Interrupted => exit::INTERRUPTED,
@@ -164,14 +168,14 @@ pub async fn run(
             version: p.version,
         })
         .collect();
-    let (run_id, resumed) = open(session, env, &req, &jobs).await?;
+    let (run_id, epoch, resumed) = open(session, env, &req, &jobs).await?;
     let skipped = req.tenants.len() - jobs.len();
     let workers = match workers_allowed(session, env, jobs.len()).await {
         Ok(w) => w,
         Err(e) => {
             session
                 .control
-                .finish_run(&session.client, run_id, RunState::Failed)
+                .finish_run(&session.client, run_id, epoch, RunState::Failed)
                 .await?;
             return Err(e);
         }
@@ -195,11 +199,14 @@ pub async fn run(
         migrations: req.migrations,
         control: &session.control,
         run_id,
+        epoch,
         target: req.target,
         tx: TxSettings {
             lock_timeout: run.lock_timeout,
             statement_timeout: run.statement_timeout,
             also_on_path: env.config.migrations.extensions_schema.as_deref(),
+            run_id: Some(run_id),
+            check_client: session.server_major >= 14,
         },
         role_template: env.config.tenants.role_template.as_deref(),
     };
@@ -210,13 +217,34 @@ pub async fn run(
         retries: run.retries,
         retry_delay: run.retry_delay,
     };
-    let mut outcome = run_fleet(&pool, &ctx, jobs, &opts, &env.events, &cancel).await;
+    let (done, watching) = tokio::sync::watch::channel(false);
+    let heartbeat = Heartbeat {
+        session,
+        run_id,
+        epoch,
+        fleet_lock: command.is_fleet_command(),
+        events: env.events.clone(),
+        cancel: cancel.clone(),
+    };
+    let fleet = async {
+        let outcome = run_fleet(&pool, &ctx, jobs, &opts, &env.events, &cancel).await;
+        let _ = done.send(true);
+        outcome
+    };
+    let (mut outcome, reconnected) = futures::join!(fleet, heartbeat.run(watching));
+    if let Some(client) = reconnected {
+        session.client = client;
+    }
     drop(signal_guard);
     pool.close();
     outcome.failed.splice(0..0, req.refused);
     let state = outcome.state();
     env.events.emit(&Event::RunFinished);
-    let ledger_note = record_outcome(session, run_id, &outcome.failed, state).await;
+    let ledger_note = match outcome.fenced() {
+        // The ledger is the new owner's to write now.
+        Some(_) => None,
+        None => record_outcome(session, run_id, epoch, &outcome, state).await,
+    };
     Ok(RunResult {
         command,
         run_id,
@@ -230,14 +258,14 @@ pub async fn run(
 }
 
 /// Opens the run in the ledger, or resumes the interrupted run that asked for the same
-/// thing, with a pending row for each schema it works on. Returns the run id and the run
-/// resumed, if any.
+/// thing, with a pending row for each schema it works on. Returns the run id, its epoch (the
+/// fence) and the run resumed, if any.
 async fn open(
     session: &Session<'_>,
     env: &RunEnv<'_>,
     req: &RunRequest<'_>,
     jobs: &[SchemaJob],
-) -> anyhow::Result<(i64, Option<RunRow>)> {
+) -> anyhow::Result<(i64, i64, Option<RunRow>)> {
     let argv = command_line();
     let info = RunInfo {
         command: req.mode.command(),
@@ -267,7 +295,7 @@ async fn open(
         .map(|j| (&j.tenant, j.version))
         .chain(req.refused.iter().map(|(t, f)| (t, f.still_at)))
         .collect();
-    let run_id = session
+    let (run_id, epoch) = session
         .control
         .open_run(
             &session.client,
@@ -279,7 +307,7 @@ async fn open(
     if let Some(run) = &resumed {
         env.events.emit(&Event::Resuming { run });
     }
-    Ok((run_id, resumed))
+    Ok((run_id, epoch, resumed))
 }
 
 /// On the first signal: stop scheduling, give in-flight schemas the grace period, then
@@ -329,18 +357,30 @@ async fn workers_allowed(
 async fn record_outcome(
     session: &mut Session<'_>,
     run_id: i64,
-    failed: &[(Tenant, Failure)],
+    epoch: i64,
+    outcome: &FleetOutcome,
     state: RunState,
 ) -> Option<String> {
-    let rows: Vec<FailureRecord<'_>> = failed
+    let dropped = outcome.dropped.iter().map(|t| FailureRecord {
+        skipped: true,
+        id: t.id(),
+        migration: None,
+        error: "dropped while the run was going on; not touched".into(),
+        attempts: 1,
+        drift: None,
+    });
+    let rows: Vec<FailureRecord<'_>> = outcome
+        .failed
         .iter()
         .map(|(t, f)| FailureRecord {
+            skipped: false,
             id: t.id(),
             migration: f.migration.as_deref(),
             error: f.to_string(),
             attempts: f.attempts as i32,
             drift: (f.kind == FailureKind::Drift).then_some(f.message.as_str()),
         })
+        .chain(dropped)
         .collect();
     let mut last_err = None;
     for round in 0..2 {
@@ -350,18 +390,25 @@ async fn record_outcome(
                 break;
             }
         }
+        // Both writes are conditional on the epoch: a run taken over meanwhile is left to
+        // its new owner.
         let write = async {
             session
                 .control
-                .record_failures(&session.client, run_id, &rows)
+                .record_failures(&session.client, run_id, epoch, &rows)
                 .await?;
             session
                 .control
-                .finish_run(&session.client, run_id, state)
+                .finish_run(&session.client, run_id, epoch, state)
                 .await
         };
         match write.await {
-            Ok(()) => return None,
+            Ok(true) => return None,
+            Ok(false) => {
+                return Some(format!(
+                    "run {run_id} was taken over by another tenantctl before this one could close it; the schemas this process committed are recorded, the rest is the other run's"
+                ))
+            }
             Err(e) => last_err = Some(e),
         }
     }

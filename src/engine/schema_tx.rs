@@ -30,6 +30,12 @@ pub struct TxSettings<'a> {
     pub statement_timeout: Option<Duration>,
     /// A schema on `search_path` after the one being migrated (the extensions schema).
     pub also_on_path: Option<&'a str>,
+    /// The run, named in `application_name` so that a backend left behind by a killed
+    /// process can be recognised.
+    pub run_id: Option<i64>,
+    /// `client_connection_check_interval` (PostgreSQL 14+): a statement whose client is gone
+    /// stops within seconds instead of running on with its locks.
+    pub check_client: bool,
 }
 
 /// `BEGIN`, the timeouts, the schema's advisory lock, quiet notices, and `search_path` set to
@@ -41,13 +47,24 @@ pub fn preamble(schema: &str, tx: &TxSettings<'_>) -> String {
         .map(quote_ident)
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        "BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement}; \
-         {schema_lock}; SET LOCAL client_min_messages = warning; SET LOCAL search_path TO {path};",
+    let mut sql = format!(
+        "BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement};",
         lock = tx.lock_timeout.as_millis(),
         statement = tx.statement_timeout.map_or(0, |d| d.as_millis()),
-        schema_lock = schema_lock_sql(schema),
-    )
+    );
+    if tx.check_client {
+        sql.push_str(" SET LOCAL client_connection_check_interval = 2000;");
+    }
+    if let Some(run) = tx.run_id {
+        sql.push_str(&format!(
+            " SET LOCAL application_name = 'tenantctl run {run}';"
+        ));
+    }
+    sql.push_str(&format!(
+        " {}; SET LOCAL client_min_messages = warning; SET LOCAL search_path TO {path};",
+        schema_lock_sql(schema)
+    ));
+    sql
 }
 
 /// The statement that failed inside a batch, and where.

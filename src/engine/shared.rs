@@ -52,6 +52,8 @@ async fn apply_shared(
             lock_timeout: config.run.lock_timeout,
             statement_timeout: config.run.statement_timeout,
             also_on_path: None,
+            run_id: None,
+            check_client: false,
         };
         let mut sql = format!("{} {}", preamble(schema, &tx), create_if_missing(schema));
         if let Some(ext) = &config.migrations.extensions_schema {

@@ -89,7 +89,10 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
             run.total
         )),
         Event::Warning { message } => Some(format!("warning: {message}")),
-        Event::SchemaSucceeded { .. } | Event::SchemaFailed { .. } | Event::RunFinished => None,
+        Event::SchemaSucceeded { .. }
+        | Event::SchemaFailed { .. }
+        | Event::SchemaDropped { .. }
+        | Event::RunFinished => None,
     }
 }
 

@@ -94,6 +94,13 @@ impl Reporter for Plain {
                     failure_line(tenant, failure)
                 );
             }
+            Event::SchemaDropped { tenant } => {
+                s.done += 1;
+                eprintln!(
+                    "{}{}: skip {tenant}: dropped while the run was going on",
+                    self.label, s.command
+                );
+            }
             Event::RunFinished => {}
             other @ (Event::Interrupting { .. }
             | Event::Waiting { .. }

@@ -69,6 +69,13 @@ impl Reporter for Bar {
                 self.bar.inc(1);
                 self.update_msg();
             }
+            Event::SchemaDropped { tenant } => {
+                self.bar.println(format!(
+                    "{}skip {tenant}: dropped while the run was going on",
+                    self.label
+                ));
+                self.bar.inc(1);
+            }
             Event::RunFinished => self.bar.finish_and_clear(),
             other @ (Event::Interrupting { .. }
             | Event::Waiting { .. }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
+use crate::engine::fleet::Stop;
 use crate::engine::run::RunResult;
 
 use super::Tally;
@@ -61,11 +62,16 @@ impl RunSummary<'_> {
             r.skipped + unchanged,
             Tally::Unchanged(r.command).as_str(),
         );
+        if !o.dropped.is_empty() {
+            let _ = write!(out, ", {} dropped meanwhile", o.dropped.len());
+        }
         if !o.not_started.is_empty() {
-            let why = if o.interrupted {
-                "interrupted"
-            } else {
-                "--fail-fast"
+            let why = match &o.stopped {
+                Some(Stop::FailFast) => "--fail-fast",
+                Some(Stop::Interrupted) => "interrupted",
+                Some(Stop::DatabaseDown(_)) => "the database could not be reached",
+                Some(Stop::Fenced(_)) => "this process lost the run",
+                None => "never scheduled",
             };
             let _ = write!(
                 out,
@@ -77,10 +83,16 @@ impl RunSummary<'_> {
             let _ = write!(out, " (resumed; {done} done before)");
         }
         out.push('\n');
-        if let Some(why) = &o.database_down {
+        if let Some(why) = o.database_down() {
             let _ = writeln!(
                 out,
                 "stopped early: the database could not be reached after retries ({why}); re-run once it is back, finished schemas are kept"
+            );
+        }
+        if let Some(why) = o.fenced() {
+            let _ = writeln!(
+                out,
+                "stopped: {why}. The schemas this process committed are whole; the run is the other tenantctl's now (`tenantctl status` shows it), or re-run to continue it"
             );
         }
         if let Some(note) = &r.ledger_note {
@@ -142,7 +154,9 @@ impl RunSummary<'_> {
             "not_started": o.not_started.iter().map(|t| t.id()).collect::<Vec<_>>(),
             "interrupted": o.interrupted,
             "resumed": r.resumed_from.is_some(),
-            "database_down": o.database_down,
+            "database_down": o.database_down(),
+            "fenced": o.fenced(),
+            "dropped": o.dropped.iter().map(|t| t.id()).collect::<Vec<_>>(),
             "ledger_warning": r.ledger_note,
         })
     }
