@@ -44,6 +44,15 @@ impl<'a> Session<'a> {
             None => workers.clone(),
         };
         let (client, server_major) = coordinator.connect_with_version().await?;
+        // The coordinator holds session locks: if this process vanishes without closing its
+        // connection (a lost network, a frozen VM), the server must notice and free them
+        // within seconds, not after the system's two hours of TCP silence.
+        client
+            .batch_execute(
+                "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("setting up the connection: {}", describe(&e)))?;
         let session = Session {
             server_major,
             target,

@@ -97,16 +97,9 @@ impl Heartbeat<'_, '_> {
                 Err(e) => return Err(lost(&format!("reconnecting failed ({e:#})"))),
             }
         };
+        // The fleet lock first: while another migrate/rollback holds it, the run must not be
+        // taken back (that runner reads the registry once it has taken over from this one).
         let control = &self.session.control;
-        match control.reclaim_run(&client, self.run_id, self.epoch).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(lost(
-                    "the run now belongs to another tenantctl (or its old session still holds it)",
-                ))
-            }
-            Err(e) => return Err(lost(&format!("taking the run's lock again failed ({e:#})"))),
-        }
         if self.fleet_lock {
             match control.try_fleet_lock(&client).await {
                 Ok(true) => {}
@@ -117,6 +110,15 @@ impl Heartbeat<'_, '_> {
                 }
                 Err(e) => return Err(lost(&format!("taking the fleet lock again failed ({e:#})"))),
             }
+        }
+        match control.reclaim_run(&client, self.run_id, self.epoch).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(lost(
+                    "the run now belongs to another tenantctl (or its old session still holds it)",
+                ))
+            }
+            Err(e) => return Err(lost(&format!("taking the run's lock again failed ({e:#})"))),
         }
         Ok(client)
     }

@@ -102,8 +102,11 @@ pub fn scope_of(tenants: Option<&[Tenant]>) -> String {
     }
 }
 
-/// Takes the fleet lock (one migrate/rollback per control schema at a time). Without
-/// `wait`, or when it runs out, fails with exit code 3 naming the run in progress.
+/// Takes the fleet lock (one migrate/rollback per control schema at a time), then takes over
+/// from any run whose process lost its locks (reaping it bumps its epoch, after waiting for
+/// its schemas still in flight), so that what the caller reads next (the registry, to plan)
+/// cannot change under it any more. Without `wait`, or when it runs out, fails with exit
+/// code 3 naming the run in progress.
 pub async fn lock_fleet(
     session: &Session<'_>,
     env: &RunEnv<'_>,
@@ -120,7 +123,7 @@ pub async fn lock_fleet(
             .into());
         }
         if session.control.try_fleet_lock(&session.client).await? {
-            return Ok(());
+            return session.control.reap_dead_runs(&session.client).await;
         }
         let holder = session.control.running_fleet_run(&session.client).await?;
         let who = holder.map_or_else(

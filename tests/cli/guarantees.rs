@@ -2,6 +2,8 @@
 //! its tenant; a run that lost its locks stops committing (fencing); Ctrl-C works in every
 //! state; status and planning match reality.
 
+use std::time::{Duration, Instant};
+
 use crate::support::*;
 
 /// Files that would end the schema's transaction, change the session for the next tenant,
@@ -148,4 +150,155 @@ fn extensions_live_in_their_own_schema_and_every_tenant_uses_them() {
         .unwrap();
     let (usage, create): (bool, bool) = (row.get(0), row.get(1));
     assert_eq!((usage, create), (true, false));
+}
+
+/// How the coordinator of a running `migrate --all` loses its connection.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `pg_terminate_backend` of its backend.
+    Terminate,
+    /// `idle_session_timeout = '2s'` on the database: an idle coordinator is cut off.
+    IdleTimeout,
+    /// `pg_ctl restart -m immediate` of the whole server.
+    Restart,
+}
+
+/// A slow migrate (one schema at a time) loses its coordinator mid-run; a `rollback --to 8
+/// --all` starts while it would still be going (with `also_migrate`, a second
+/// `migrate --all` too, half a second before it). The fleet ends at one version, every
+/// migration applied once per schema: the first runner either takes its locks back (and the
+/// others wait for it) or is fenced (exit 5) and commits nothing after the takeover.
+/// Without fencing, the first runner goes on migrating behind the rollback and the fleet
+/// ends split.
+fn lost_coordinator(p: &Project, server: Option<&Server>, fault: Fault, also_migrate: bool) {
+    p.create_tenants(200);
+    let slow =
+        "SELECT pg_sleep(0.05);\nCREATE TABLE marker9 (n int);\nINSERT INTO marker9 VALUES (1);\n";
+    p.add_migration("V9__marker9.sql", slow);
+    p.add_migration("V9__marker9.down.sql", "DROP TABLE marker9;\n");
+    p.add_migration(
+        "V10__marker10.sql",
+        "CREATE TABLE marker10 (n int);\nINSERT INTO marker10 VALUES (1);\n",
+    );
+    p.add_migration("V10__marker10.down.sql", "DROP TABLE marker10;\n");
+    p.write_config("[run]\njobs = 2\nretry_delay = \"200ms\"\nretries = 5\n");
+    if let Fault::IdleTimeout = fault {
+        let db = p.url.rsplit('/').next().unwrap().to_string();
+        p.db()
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{db}\" SET idle_session_timeout = '2s'"
+            ))
+            .unwrap();
+    }
+    let first = p.spawn(&["migrate", "--all", "--jobs", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.versions().values().filter(|v| **v == Some(10)).count() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the first migrate made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match fault {
+        Fault::Terminate => {
+            let n: i64 = p
+                .db()
+                .query_one(
+                    "SELECT count(pg_terminate_backend(backend_pid)) FROM tenantctl.runs WHERE state = 'running'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 1);
+        }
+        // The coordinator would sit idle past 2 s from here on without its heartbeat.
+        Fault::IdleTimeout => std::thread::sleep(Duration::from_millis(2500)),
+        Fault::Restart => {
+            server
+                .expect("own cluster")
+                .pg_ctl(&["restart", "-m", "immediate", "-w"])
+        }
+    }
+    let mut running = vec![("first", first)];
+    if also_migrate {
+        running.push((
+            "second",
+            p.spawn(&["migrate", "--all", "--wait", "120s", "--jobs", "4"]),
+        ));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    running.push((
+        "rollback",
+        p.spawn(&[
+            "rollback", "--to", "8", "--all", "--wait", "120s", "--jobs", "4",
+        ]),
+    ));
+    let outs: Vec<(&str, std::process::Output)> = running
+        .into_iter()
+        .map(|(n, c)| (n, wait_with_deadline(c, Duration::from_secs(240))))
+        .collect();
+    let report: String = outs
+        .iter()
+        .map(|(n, o)| format!("== {n}: {:?}\n{}{}", o.status.code(), stdout(o), stderr(o)))
+        .collect();
+    for (name, out) in &outs {
+        let code = out.status.code();
+        let allowed: &[i32] = match *name {
+            "first" => &[0, 5],
+            _ => &[0],
+        };
+        assert!(
+            code.is_some_and(|c| allowed.contains(&c)),
+            "{fault:?}: {name} exited {code:?}\n{report}"
+        );
+    }
+    // One version everywhere, each applied once, the registry agreeing.
+    let counts = p.history_counts();
+    let versions: std::collections::BTreeSet<Option<i32>> = counts.iter().map(|c| c.3).collect();
+    assert_eq!(
+        versions.len(),
+        1,
+        "{fault:?}: the fleet ended split: {versions:?}\n{report}"
+    );
+    let at = versions.into_iter().next().unwrap().unwrap();
+    assert!(at == 8 || at == 10, "{at}");
+    p.assert_converged(at);
+    if at == 10 {
+        assert_one_row_everywhere(&p.admin, "marker9");
+        assert_one_row_everywhere(&p.admin, "marker10");
+    }
+    let running: i64 = p
+        .db()
+        .query_one(
+            "SELECT count(*) FROM tenantctl.runs WHERE state = 'running'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(running, 0, "{report}");
+}
+
+#[test]
+fn coordinator_terminated_then_a_rollback_never_splits_the_fleet() {
+    let p = Project::new("fence_terminate", 8);
+    lost_coordinator(&p, None, Fault::Terminate, false);
+}
+
+#[test]
+fn coordinator_terminated_then_a_migrate_and_a_rollback_never_split_the_fleet() {
+    let p = Project::new("fence_terminate2", 8);
+    lost_coordinator(&p, None, Fault::Terminate, true);
+}
+
+#[test]
+fn idle_session_timeout_never_cuts_the_coordinator_off() {
+    let p = Project::new("fence_idle", 8);
+    lost_coordinator(&p, None, Fault::IdleTimeout, false);
+}
+
+#[test]
+fn server_restart_mid_run_never_splits_the_fleet() {
+    let server = start_cluster(&[]);
+    let p = Project::on(&server, "fence_restart", 8);
+    lost_coordinator(&p, Some(&server), Fault::Restart, false);
 }
