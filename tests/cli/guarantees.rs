@@ -302,3 +302,148 @@ fn server_restart_mid_run_never_splits_the_fleet() {
     let p = Project::on(&server, "fence_restart", 8);
     lost_coordinator(&p, Some(&server), Fault::Restart, false);
 }
+
+/// The ledger state of the newest run and its schemas' attempts.
+fn last_run(p: &Project) -> (String, Vec<i32>) {
+    let mut db = p.db();
+    let state: String = db
+        .query_one(
+            "SELECT state FROM tenantctl.runs ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let attempts = db
+        .query(
+            "SELECT attempts FROM tenantctl.run_schemas WHERE run_id = (SELECT max(id) FROM tenantctl.runs) ORDER BY tenant_id",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    (state, attempts)
+}
+
+/// SIGINT while a tenant waits between retries (its table locked by someone else): the
+/// pause ends at once, no new attempt starts, exit 130 within the grace period, the run is
+/// interrupted, and the tenant is untouched.
+#[test]
+fn sigint_during_a_retry_pause_stops_at_once() {
+    let p = Project::new("sigint_retry", 8);
+    p.create_tenants(2);
+    p.write_config(
+        "[run]\nlock_timeout = \"3s\"\nretries = 3\nretry_delay = \"10s\"\ngrace_period = \"2s\"\n",
+    );
+    p.add_migration(
+        "V9__touch_users.sql",
+        "ALTER TABLE users ADD COLUMN nickname text;\n",
+    );
+    // Someone holds t0000's table for the whole test.
+    let mut holder = p.db();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE tenant_t0000.users IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let child = p.spawn(&["migrate", "--all", "--jobs", "1"]);
+    // The first attempt times out after 3 s; the retry pause would last until 13 s.
+    std::thread::sleep(Duration::from_secs(5));
+    let t0 = Instant::now();
+    signal(child.id(), "INT");
+    let out = wait_with_deadline(child, Duration::from_secs(30));
+    let took = t0.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "exit took {took:?} after SIGINT"
+    );
+    let (state, attempts) = last_run(&p);
+    assert_eq!(state, "interrupted");
+    assert!(
+        attempts.iter().all(|a| *a <= 1),
+        "no attempt after SIGINT: {attempts:?}"
+    );
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(p.versions()["t0000"], Some(8), "untouched");
+    // The next run resumes and finishes.
+    p.run(&["migrate", "--all"], 0);
+    p.assert_converged(9);
+}
+
+/// After SIGKILL, a worker's long statement stops within seconds instead of running on with
+/// its locks; a lock held by a backend that names a tenantctl run is reported as left over
+/// from that run, with the pid to end it.
+#[test]
+fn orphaned_work_stops_and_leftover_locks_are_named() {
+    let p = Project::new("orphans", 8);
+    p.create_tenants(1);
+    p.add_migration("V9__long.sql", "SELECT pg_sleep(3600);\n");
+    let child = p.spawn(&["migrate", "--all"]);
+    let sleeping = |p: &Project| -> i64 {
+        p.db()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3600)%' AND state = 'active' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleeping(&p) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the long statement never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let app: String = p
+        .db()
+        .query_one(
+            "SELECT application_name FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3600)%' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(app.starts_with("tenantctl run "), "{app}");
+    signal(child.id(), "KILL");
+    let _ = wait_with_deadline(child, Duration::from_secs(10));
+    let t0 = Instant::now();
+    while sleeping(&p) > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the orphaned statement ran on"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(p.migrations_dir().join("V9__long.sql")).unwrap();
+    p.add_migration("V9__short.sql", "CREATE TABLE t (id int);\n");
+
+    // A backend of "run 7" holding the schema's lock: the failure says whose it is.
+    let mut leftover = p.db();
+    leftover
+        .batch_execute(&format!(
+            "SET application_name = 'tenantctl run 7'; BEGIN; SELECT pg_advisory_xact_lock({}, hashtext('tenant_t0000'))",
+            0x0074_6e74
+        ))
+        .unwrap();
+    let pid: i32 = leftover
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    p.write_config("[run]\nlock_timeout = \"1s\"\nretries = 0\n");
+    let out = p.run(&["migrate", "--all", "--fresh"], 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("left over from tenantctl run 7"))
+            && text.contains(&format!("pg_terminate_backend({pid})")),
+        "{text}"
+    );
+    leftover.batch_execute("ROLLBACK").unwrap();
+    p.run(&["migrate", "--all"], 0);
+    assert_eq!(p.versions()["t0000"], Some(9));
+}
