@@ -176,6 +176,7 @@ async fn prepare<'a>(
     } else {
         session.control.tenants(&session.client, wanted_ids).await?
     };
+    engine_run::refuse_out_of_order(&session, migrations).await?;
     let active: Vec<(Tenant, Option<i32>, bool)> = rows
         .into_iter()
         .filter(|r| r.state == TenantState::Active)

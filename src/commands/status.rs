@@ -157,6 +157,14 @@ async fn status_one(
     } else {
         (Vec::new(), None)
     };
+    let late = if session.control.is_current(&session.client).await? {
+        session
+            .control
+            .out_of_order(&session.client, &migrations.versions())
+            .await?
+    } else {
+        Vec::new()
+    };
     let rows: Vec<TenantRow> = rows
         .into_iter()
         .filter(|r| r.state == TenantState::Active)
@@ -172,6 +180,7 @@ async fn status_one(
                 &session.client,
                 migrations,
                 &rows,
+                wanted.is_none(),
                 &config.tenants.schema_prefix,
                 &config.control_schema,
             )
@@ -217,6 +226,10 @@ async fn status_one(
                 "latest_version": set.latest(), "pending": set.pending_count(at, None),
             });
         }
+        v["out_of_order"] = json!(late
+            .iter()
+            .map(|(version, name)| json!({ "version": version, "name": name }))
+            .collect::<Vec<_>>());
         v["last_run"] = match &last_run {
             Some((run, failed)) => {
                 let mut r = serde_json::to_value(run)?;
@@ -229,6 +242,13 @@ async fn status_one(
     } else {
         let mut text = to_text(config, target, migrations, &rows, wanted.is_some());
         text.insert_str(text.find("tenants:").unwrap_or(text.len()), &shared_line);
+        if !late.is_empty() {
+            let names: Vec<String> = late.iter().map(|(v, n)| format!("V{v}__{n}")).collect();
+            text.push_str(&format!(
+                "\nOUT OF ORDER: {} new but below the fleet's version: migrate refuses it; give it a version above the latest\n",
+                names.join(", ")
+            ));
+        }
         if let Some((run, failed)) = &last_run {
             text.push_str(&last_run_text(run, failed));
         }

@@ -139,7 +139,7 @@ async fn register(
     // Every configured cluster is asked, not only the selected ones: an id must not exist
     // twice in the fleet.
     let all = config.targets(&[])?;
-    let clusters = ask_clusters(ctx, &all, &tenants).await?;
+    let clusters = ask_clusters(ctx, &all, &tenants, migrations).await?;
     let (plan, refused) = place_all(ctx, &all, &clusters, tenants, request.if_not_exists);
     let scope = scope_of(Some(
         &plan
@@ -182,6 +182,7 @@ async fn ask_clusters<'a>(
     ctx: &Ctx,
     all: &'a [Target],
     tenants: &[Tenant],
+    migrations: &MigrationSet,
 ) -> anyhow::Result<Vec<Known<'a>>> {
     let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
     let id_list = &id_list;
@@ -195,6 +196,9 @@ async fn ask_clusters<'a>(
                 existing: HashMap::new(),
                 active: 0,
             });
+        }
+        if selected {
+            engine_run::refuse_out_of_order(&session, migrations).await?;
         }
         let existing = session
             .control
@@ -217,6 +221,12 @@ async fn ask_clusters<'a>(
         })
     }))
     .await;
+    if let Some(i) = known
+        .iter()
+        .position(|k| matches!(k, Err(e) if crate::exit::code_for(e) == crate::exit::USAGE))
+    {
+        return Err(known.swap_remove(i).err().expect("an error"));
+    }
     single_error(ctx, &mut known)?;
     let unreachable = failed_names(all, &known);
     if !unreachable.is_empty() {

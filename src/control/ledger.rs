@@ -7,7 +7,7 @@ use tokio_postgres::{Client, Row};
 
 use super::locks::LOCK_RUN;
 use super::registry::int_or_null;
-use super::{failed, states, Control, Param, RunCommand, RunState, SchemaState, TS};
+use super::{failed, states, Control, Param, RunCommand, RunState, SchemaState, TenantState, TS};
 use crate::tenant::{quote_literal, Tenant};
 use crate::whoami::hostname;
 
@@ -296,7 +296,10 @@ impl Control {
         info: &RunInfo<'_>,
         resume: Option<i64>,
         schemas: &[(&Tenant, Option<i32>)],
+        files: &[(i32, String)],
     ) -> anyhow::Result<(i64, i64)> {
+        let file_versions: Vec<i32> = files.iter().map(|f| f.0).collect();
+        let file_names: Vec<&str> = files.iter().map(|f| f.1.as_str()).collect();
         let ids: Vec<&str> = schemas.iter().map(|r| r.0.id()).collect();
         let names: Vec<&str> = schemas.iter().map(|r| r.0.schema()).collect();
         let versions: Vec<Option<i32>> = schemas.iter().map(|r| r.1).collect();
@@ -324,8 +327,12 @@ impl Control {
                         FROM r, unnest($11::text[], $12::text[], $13::int4[]) AS t(id, schema_name, v) \
                         ON CONFLICT (run_id, tenant_id) DO UPDATE SET state = EXCLUDED.state, \
                             version_before = EXCLUDED.version_before, version_after = NULL \
-                        WHERE rs.state <> {succeeded}) \
+                        WHERE rs.state <> {succeeded}), \
+                  k AS (INSERT INTO {known} (version, name, first_run) \
+                        SELECT f.v, f.n, r.id FROM r, unnest($14::int4[], $15::text[]) AS f(v, n) \
+                        ON CONFLICT (version) DO NOTHING) \
              SELECT id, epoch, pg_advisory_lock({LOCK_RUN}, id::int) FROM r",
+            known = self.table("versions"),
             rs = self.table("run_schemas"),
             pending = SchemaState::Pending.literal(),
             succeeded = SchemaState::Succeeded.literal(),
@@ -335,7 +342,7 @@ impl Control {
             std::process::id() as i32,
             i32::try_from(info.total).unwrap_or(i32::MAX),
         );
-        let params: [Param<'_>; 13] = [
+        let params: [Param<'_>; 15] = [
             (&resume, Type::INT8),
             (&info.actor, Type::TEXT),
             (&info.argv, Type::TEXT),
@@ -349,6 +356,8 @@ impl Control {
             (&ids, Type::TEXT_ARRAY),
             (&names, Type::TEXT_ARRAY),
             (&versions, Type::INT4_ARRAY),
+            (&file_versions, Type::INT4_ARRAY),
+            (&file_names, Type::TEXT_ARRAY),
         ];
         let rows = client
             .query_typed(&sql, &params)
@@ -361,6 +370,37 @@ impl Control {
                 resume.unwrap_or_default()
             )
         })
+    }
+
+    /// Migration files that are out of order: never part of any earlier run's set, yet below
+    /// the highest version a tenant is at, so refinery would never apply them (it applies in
+    /// version order) and they would be skipped silently. Empty until a first run has
+    /// recorded a set (an upgraded control schema starts from what it sees).
+    pub async fn out_of_order(
+        &self,
+        client: &Client,
+        files: &[(i32, String)],
+    ) -> anyhow::Result<Vec<(i32, String)>> {
+        let versions: Vec<i32> = files.iter().map(|f| f.0).collect();
+        let names: Vec<&str> = files.iter().map(|f| f.1.as_str()).collect();
+        let sql = format!(
+            "SELECT f.v, f.n FROM unnest($1::int4[], $2::text[]) AS f(v, n) \
+             WHERE EXISTS (SELECT 1 FROM {known}) \
+               AND NOT EXISTS (SELECT 1 FROM {known} k WHERE k.version = f.v) \
+               AND f.v < (SELECT max(version) FROM {tenants} WHERE state = {active}) \
+             ORDER BY 1",
+            known = self.table("versions"),
+            tenants = self.table("tenants"),
+            active = TenantState::Active.literal(),
+        );
+        let rows = client
+            .query_typed(
+                &sql,
+                &[(&versions, Type::INT4_ARRAY), (&names, Type::TEXT_ARRAY)],
+            )
+            .await
+            .map_err(|e| failed("comparing the migration files with the runs so far", &e))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Hot path, inside a schema's transaction: its registry version and its ledger row

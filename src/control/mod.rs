@@ -166,6 +166,12 @@ COMMENT ON SCHEMA {q} IS {comment};
         Ok(self.installed_version(client).await?.is_some())
     }
 
+    /// Whether the control schema is this version's (read-only commands do not upgrade it,
+    /// so tables added since may be missing).
+    pub async fn is_current(&self, client: &Client) -> anyhow::Result<bool> {
+        Ok(self.installed_version(client).await?.as_deref() == Some(CONTROL_VERSION))
+    }
+
     async fn installed_version(&self, client: &Client) -> anyhow::Result<Option<String>> {
         let rows = client
             .query_typed(

@@ -109,7 +109,8 @@ impl Control {
     /// Hot path, `tenant drop`: drops the role recorded for the tenant at creation (the
     /// template may have changed since; DROP OWNED BY revokes its grants and default
     /// privileges in this database), then marks the tenant dropped, with the schema it was
-    /// archived as, if any.
+    /// archived as, if any. DROP OWNED BY needs membership in the role: a CREATEROLE role that
+    /// is not a superuser grants it to itself first (the grant goes with the role).
     pub fn drop_sql(&self, tenant: &Tenant, archived_as: Option<&str>) -> String {
         let t = self.table("tenants");
         let id = quote_literal(tenant.id());
@@ -117,6 +118,7 @@ impl Control {
             "DO $tenantctl$ DECLARE r text; BEGIN \
                  SELECT role INTO r FROM {t} WHERE id = {id}; \
                  IF r IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN \
+                     EXECUTE format('GRANT %I TO CURRENT_USER', r); \
                      EXECUTE format('DROP OWNED BY %I', r); EXECUTE format('DROP ROLE %I', r); \
                  END IF; END $tenantctl$; \
              UPDATE {t} SET state = {dropped}, archived_as = {archived}, role = NULL WHERE id = {id}",

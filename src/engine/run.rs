@@ -16,7 +16,7 @@ use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, FleetOutcome, SchemaJob};
 use crate::engine::heartbeat::Heartbeat;
 use crate::engine::schema_tx::TxSettings;
-use crate::exit::{self, BusyError, InterruptedError};
+use crate::exit::{self, BusyError, InterruptedError, UsageError};
 use crate::migrations::MigrationSet;
 use crate::signals::{RunGuard, Signals};
 use crate::tenant::Tenant;
@@ -152,6 +152,35 @@ pub async fn lock_fleet(
             }
         }
     }
+}
+
+/// Refuses (exit 2, before any change) a migration file numbered below the fleet's version
+/// that no earlier run has seen: refinery applies in version order, so it would be skipped
+/// silently on every tenant already past it.
+pub async fn refuse_out_of_order(
+    session: &Session<'_>,
+    migrations: &MigrationSet,
+) -> anyhow::Result<()> {
+    if !session.control.is_current(&session.client).await? {
+        return Ok(());
+    }
+    let late = session
+        .control
+        .out_of_order(&session.client, &migrations.versions())
+        .await?;
+    if late.is_empty() {
+        return Ok(());
+    }
+    let files: Vec<String> = late.iter().map(|(v, n)| format!("V{v}__{n}")).collect();
+    let next = migrations.latest().map_or(1, |v| v + 1);
+    Err(UsageError(format!(
+        "out of order: {} {} new, but tenants are already past {} (their versions only go up: this would be skipped on them, silently); nothing was changed. Give it a version above the latest, e.g. V{next}__{}",
+        files.join(", "),
+        if files.len() == 1 { "is" } else { "are" },
+        if files.len() == 1 { "it" } else { "them" },
+        late[0].1
+    ))
+    .into())
 }
 
 /// Runs a fleet command end to end on one cluster.
@@ -305,6 +334,7 @@ async fn open(
             &info,
             resumed.as_ref().map(|r| r.id),
             &ledger_rows,
+            &req.migrations.versions(),
         )
         .await?;
     if let Some(run) = &resumed {

@@ -32,12 +32,14 @@ pub struct Verification {
 /// One applied row: (version, name, checksum).
 type Applied = (i32, String, String);
 
-/// Reads every tenant schema's history and compares it with the registry (`rows`) and the
-/// files; also reports schemas with the tenant prefix that are not registered.
+/// Reads the history of every tenant schema in `rows` and compares it with the registry and
+/// the files. With `whole_fleet` (`rows` is every registered tenant), also reports schemas
+/// with the tenant prefix that are not registered; a narrowed check (`--tenant`) does not.
 pub async fn verify(
     client: &Client,
     set: &MigrationSet,
     rows: &[TenantRow],
+    whole_fleet: bool,
     prefix: &str,
     control_schema: &str,
 ) -> anyhow::Result<Verification> {
@@ -85,7 +87,7 @@ pub async fn verify(
     // `__` never appears in a tenant's schema: such names are tenantctl's archives.
     let mut strays: Vec<&String> = schemas
         .keys()
-        .filter(|s| !registered.contains(s.as_str()) && !s.contains("__"))
+        .filter(|s| whole_fleet && !registered.contains(s.as_str()) && !s.contains("__"))
         .collect();
     strays.sort();
     problems.extend(strays.into_iter().map(|s| Problem {

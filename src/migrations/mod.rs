@@ -286,6 +286,14 @@ impl MigrationSet {
             .count()
     }
 
+    /// (version, name) of every file, in order.
+    pub fn versions(&self) -> Vec<(i32, String)> {
+        self.files
+            .iter()
+            .map(|f| (f.version, f.name.clone()))
+            .collect()
+    }
+
     /// A short fingerprint of the whole set (versions, names, contents), recorded per run.
     pub fn digest(&self) -> &str {
         &self.digest

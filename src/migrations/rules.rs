@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use super::scan::{statements, Statement};
+use super::scan::{for_each_statement, Statement};
 use super::{MigrationSet, MigrationSetError};
 
 /// Which set is checked.
@@ -61,31 +61,20 @@ pub fn check_set(set: &MigrationSet, rules: &Rules<'_>) -> Result<(), MigrationS
 /// The findings for one file, as `path:line: message`.
 pub fn check_file(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<String> {
     let at = |line: usize, msg: String| format!("{}:{line}: {msg}", path.display());
-    let stmts = match statements(sql) {
-        Ok(s) => s,
-        Err(e) => {
-            return vec![at(
-                e.line,
-                format!(
-                    "cannot be read as SQL ({}); PostgreSQL would refuse it too",
-                    e.message
-                ),
-            )]
-        }
-    };
     let mut out = Vec::new();
-    for s in &stmts {
-        if let Some(msg) = transaction_control(s) {
+    let scanned = for_each_statement(sql, |s| {
+        if let Some(msg) = transaction_control(&s) {
             out.push(at(s.line, msg));
         }
-        if let Some(msg) = session_setting(s) {
+        if let Some(msg) = session_setting(&s) {
             out.push(at(s.line, msg));
         }
         if rules.kind == SetKind::Tenant {
-            if let Some(msg) = database_wide(s) {
+            if let Some(msg) = database_wide(&s) {
                 out.push(at(s.line, msg));
             }
-            for inner in std::iter::once(s.clone()).chain(s.bodies()) {
+            let bodies = s.bodies();
+            for inner in std::iter::once(&s).chain(&bodies) {
                 for (q, line) in inner.qualifiers() {
                     if let Some(msg) = outside_tenant(&q, rules) {
                         out.push(at(line, msg));
@@ -104,6 +93,15 @@ pub fn check_file(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<String> {
                 }
             }
         }
+    });
+    if let Err(e) = scanned {
+        out.push(at(
+            e.line,
+            format!(
+                "cannot be read as SQL ({}); PostgreSQL would refuse it too",
+                e.message
+            ),
+        ));
     }
     out
 }

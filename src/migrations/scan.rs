@@ -1,21 +1,39 @@
-//! One SQL scanner for every check on migration files: the file cut into top-level
-//! statements, each with its line and its significant tokens. Comments, strings, quoted
-//! identifiers, `E''` strings and dollar quotes are understood by sqlparser's PostgreSQL
-//! tokenizer; this module only adds what PostgreSQL (and psql) do on top of tokens: a `;`
-//! inside parentheses or inside a `BEGIN ATOMIC … END` function body does not end a
-//! statement. A dollar-quoted function body is one token; [`Statement::bodies`] scans it on
-//! request.
+//! One SQL scanner for every check on migration files: PostgreSQL's lexical rules (comments,
+//! nested `/* */`, `'…'` with `''`, `E'…'` with backslash escapes, `U&'…'`, `"…"` identifiers,
+//! dollar quotes `$tag$…$tag$`, `$1` parameters), and statements cut where PostgreSQL (and
+//! psql) cut them: at a `;` outside parentheses and outside a `BEGIN ATOMIC … END` body.
+//!
+//! Streaming by design: statements are handed to a callback one at a time, their tokens
+//! borrowed from the text, so that checking a 50 MB migration holds no more than one
+//! statement's tokens (a general-purpose tokenizer that materialises every token first took
+//! over a gigabyte for such a file). A dollar-quoted body is one token; [`Statement::bodies`]
+//! scans it on request.
 
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::tokenizer::{Token, Tokenizer};
+/// A token that matters to the checks; everything else (operators, numbers, strings) is
+/// skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tok<'a> {
+    /// A word: a keyword or identifier; `quoted` for `"…"` (its text undoubled).
+    Word {
+        text: std::borrow::Cow<'a, str>,
+        quoted: bool,
+    },
+    Dot,
+    LParen,
+    RParen,
+    /// The inside of a dollar quote (a function body, a DO block).
+    Dollar(&'a str),
+    /// Anything else that is not whitespace or a comment.
+    Other,
+}
 
 /// One top-level statement.
 #[derive(Debug, Clone)]
-pub struct Statement {
+pub struct Statement<'a> {
     /// The line of its first token (1-based, in the scanned text).
     pub line: usize,
-    /// Its significant tokens (no whitespace, no comments) with their lines.
-    pub tokens: Vec<(Token, usize)>,
+    /// Its significant tokens with their lines.
+    pub tokens: Vec<(Tok<'a>, usize)>,
 }
 
 /// Text that cannot be scanned (an unterminated string, comment or dollar quote).
@@ -25,79 +43,313 @@ pub struct ScanError {
     pub message: String,
 }
 
-/// The statements of `sql`, in order.
-pub fn statements(sql: &str) -> Result<Vec<Statement>, ScanError> {
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
-        .tokenize_with_location()
-        .map_err(|e| ScanError {
-            line: e.location.line as usize,
-            message: e.message,
-        })?;
-    let mut out = Vec::new();
-    let mut current: Vec<(Token, usize)> = Vec::new();
+/// Hands each statement of `sql` to `each`, in order.
+pub fn for_each_statement<'a>(
+    sql: &'a str,
+    mut each: impl FnMut(Statement<'a>),
+) -> Result<(), ScanError> {
+    let mut lexer = Lexer {
+        src: sql,
+        pos: 0,
+        line: 1,
+    };
+    let mut current: Vec<(Tok<'a>, usize)> = Vec::new();
     let mut parens = 0i32;
     let mut begin_depth = 0i32;
-    for t in tokens {
-        let line = t.span.start.line as usize;
-        match &t.token {
-            Token::Whitespace(_) | Token::EOF => continue,
-            Token::LParen => parens += 1,
-            Token::RParen => parens -= 1,
-            Token::SemiColon if parens <= 0 && begin_depth <= 0 => {
-                if !current.is_empty() {
-                    out.push(Statement {
-                        line: current[0].1,
-                        tokens: std::mem::take(&mut current),
-                    });
-                }
+    let mut flush = |current: &mut Vec<(Tok<'a>, usize)>| {
+        if !current.is_empty() {
+            let tokens = std::mem::take(current);
+            each(Statement {
+                line: tokens[0].1,
+                tokens,
+            });
+        }
+    };
+    while let Some((tok, line)) = lexer.next()? {
+        match &tok {
+            Lexed::Semi if parens <= 0 && begin_depth <= 0 => {
+                flush(&mut current);
                 parens = 0;
                 continue;
             }
-            Token::Word(w) if w.quote_style.is_none() && is_routine(&current) => {
+            Lexed::Semi => {
+                current.push((Tok::Other, line));
+                continue;
+            }
+            Lexed::Tok(Tok::LParen) => parens += 1,
+            Lexed::Tok(Tok::RParen) => parens -= 1,
+            Lexed::Tok(Tok::Word {
+                text,
+                quoted: false,
+            }) if is_routine(&current) => {
                 // psql's rule for SQL-standard function bodies: BEGIN opens a block, CASE
                 // opens one inside it, END closes one.
-                match w.value.to_ascii_uppercase().as_str() {
-                    "BEGIN" => begin_depth += 1,
-                    "CASE" if begin_depth > 0 => begin_depth += 1,
-                    "END" if begin_depth > 0 => begin_depth -= 1,
-                    _ => {}
+                let opens = text.eq_ignore_ascii_case("BEGIN")
+                    || (text.eq_ignore_ascii_case("CASE") && begin_depth > 0);
+                if opens {
+                    begin_depth += 1;
+                } else if text.eq_ignore_ascii_case("END") && begin_depth > 0 {
+                    begin_depth -= 1;
                 }
             }
-            _ => {}
+            Lexed::Tok(_) => {}
         }
-        current.push((t.token, line));
+        if let Lexed::Tok(t) = tok {
+            current.push((t, line));
+        }
     }
-    if !current.is_empty() {
-        out.push(Statement {
-            line: current[0].1,
-            tokens: current,
-        });
-    }
+    flush(&mut current);
+    Ok(())
+}
+
+/// The statements of `sql`, collected (for small texts such as function bodies and tests).
+pub fn statements(sql: &str) -> Result<Vec<Statement<'_>>, ScanError> {
+    let mut out = Vec::new();
+    for_each_statement(sql, |s| out.push(s))?;
     Ok(out)
 }
 
 /// Whether the statement so far is `CREATE [OR REPLACE] FUNCTION|PROCEDURE …`.
-fn is_routine(tokens: &[(Token, usize)]) -> bool {
-    let words: Vec<String> = tokens
-        .iter()
-        .take(4)
-        .filter_map(|(t, _)| match t {
-            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
-            _ => None,
-        })
-        .collect();
-    words.first().map(String::as_str) == Some("CREATE")
-        && words.iter().any(|w| w == "FUNCTION" || w == "PROCEDURE")
+fn is_routine(tokens: &[(Tok<'_>, usize)]) -> bool {
+    let mut words = tokens.iter().take(4).filter_map(|(t, _)| match t {
+        Tok::Word {
+            text,
+            quoted: false,
+        } => Some(text),
+        _ => None,
+    });
+    words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("CREATE"))
+        && words.any(|w| w.eq_ignore_ascii_case("FUNCTION") || w.eq_ignore_ascii_case("PROCEDURE"))
 }
 
-impl Statement {
+enum Lexed<'a> {
+    Semi,
+    Tok(Tok<'a>),
+}
+
+struct Lexer<'a> {
+    src: &'a str,
+    pos: usize,
+    line: usize,
+}
+
+fn is_ident_start(c: char) -> bool {
+    c.is_alphabetic() || c == '_' || !c.is_ascii() && !c.is_whitespace()
+}
+
+fn is_ident_char(c: char) -> bool {
+    is_ident_start(c) || c.is_ascii_digit() || c == '$'
+}
+
+impl<'a> Lexer<'a> {
+    fn rest(&self) -> &'a str {
+        &self.src[self.pos..]
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.rest().chars().next()
+    }
+
+    fn bump(&mut self, bytes: usize) {
+        let taken = &self.src[self.pos..self.pos + bytes];
+        self.line += taken.matches('\n').count();
+        self.pos += bytes;
+    }
+
+    fn error(&self, line: usize, what: &str) -> ScanError {
+        ScanError {
+            line,
+            message: format!("{what} that starts here never ends"),
+        }
+    }
+
+    /// The next significant token and its line; None at the end.
+    fn next(&mut self) -> Result<Option<(Lexed<'a>, usize)>, ScanError> {
+        loop {
+            let Some(c) = self.peek() else {
+                return Ok(None);
+            };
+            let line = self.line;
+            let rest = self.rest();
+            if c.is_whitespace() {
+                self.bump(c.len_utf8());
+            } else if rest.starts_with("--") {
+                let end = rest.find('\n').unwrap_or(rest.len());
+                self.bump(end);
+            } else if rest.starts_with("/*") {
+                self.block_comment(line)?;
+            } else if c == ';' {
+                self.bump(1);
+                return Ok(Some((Lexed::Semi, line)));
+            } else if c == '\'' {
+                self.quoted('\'', false, line, "a string")?;
+                return Ok(Some((Lexed::Tok(Tok::Other), line)));
+            } else if c == '"' {
+                let text = self.quoted('"', false, line, "a quoted identifier")?;
+                return Ok(Some((Lexed::Tok(Tok::Word { text, quoted: true }), line)));
+            } else if c == '$' {
+                if let Some(tok) = self.dollar(line)? {
+                    return Ok(Some((Lexed::Tok(tok), line)));
+                }
+            } else if is_ident_start(c) {
+                return self.word(line).map(Some);
+            } else if c.is_ascii_digit() {
+                let end = rest
+                    .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '.' || ch == '_'))
+                    .unwrap_or(rest.len());
+                self.bump(end);
+                return Ok(Some((Lexed::Tok(Tok::Other), line)));
+            } else {
+                self.bump(c.len_utf8());
+                let tok = match c {
+                    '.' => Tok::Dot,
+                    '(' => Tok::LParen,
+                    ')' => Tok::RParen,
+                    _ => Tok::Other,
+                };
+                return Ok(Some((Lexed::Tok(tok), line)));
+            }
+        }
+    }
+
+    /// `/* … */`, nested as PostgreSQL nests them.
+    fn block_comment(&mut self, line: usize) -> Result<(), ScanError> {
+        let mut depth = 0usize;
+        loop {
+            let rest = self.rest();
+            if rest.starts_with("/*") {
+                depth += 1;
+                self.bump(2);
+            } else if rest.starts_with("*/") {
+                depth -= 1;
+                self.bump(2);
+                if depth == 0 {
+                    return Ok(());
+                }
+            } else if let Some(c) = rest.chars().next() {
+                self.bump(c.len_utf8());
+            } else {
+                return Err(self.error(line, "a /* comment"));
+            }
+        }
+    }
+
+    /// A `'…'` string (or `"…"` identifier) starting at the quote; doubled quotes stand for
+    /// one, and with `backslashes` (an `E'…'` string) a backslash escapes the next character.
+    fn quoted(
+        &mut self,
+        quote: char,
+        backslashes: bool,
+        line: usize,
+        what: &str,
+    ) -> Result<std::borrow::Cow<'a, str>, ScanError> {
+        let start = self.pos + 1;
+        let bytes = self.src.as_bytes();
+        let q = quote as u8;
+        let mut i = start;
+        let mut doubled = false;
+        loop {
+            match bytes.get(i) {
+                None => return Err(self.error(line, what)),
+                Some(b'\\') if backslashes => i += 2,
+                Some(b) if *b == q => {
+                    if bytes.get(i + 1) == Some(&q) {
+                        doubled = true;
+                        i += 2;
+                    } else {
+                        break;
+                    }
+                }
+                Some(_) => i += 1,
+            }
+        }
+        let inner = &self.src[start..i.min(self.src.len())];
+        self.bump(i + 1 - self.pos);
+        Ok(if doubled {
+            std::borrow::Cow::Owned(inner.replace(&format!("{quote}{quote}"), &quote.to_string()))
+        } else {
+            std::borrow::Cow::Borrowed(inner)
+        })
+    }
+
+    /// A dollar quote (`$$…$$`, `$tag$…$tag$`) or a `$1` parameter.
+    fn dollar(&mut self, line: usize) -> Result<Option<Tok<'a>>, ScanError> {
+        let rest = self.rest();
+        let after = &rest[1..];
+        let tag_len = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let tag_ok = after[..tag_len]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_ascii_digit());
+        if !tag_ok || !after[tag_len..].starts_with('$') {
+            // `$1`, or a lone `$`.
+            let len = 1 + after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            self.bump(len);
+            return Ok(Some(Tok::Other));
+        }
+        let delim = &rest[..tag_len + 2];
+        let body_start = delim.len();
+        let Some(end) = rest[body_start..].find(delim) else {
+            return Err(self.error(line, "a dollar-quoted string"));
+        };
+        let body = &rest[body_start..body_start + end];
+        self.bump(body_start + end + delim.len());
+        Ok(Some(Tok::Dollar(body)))
+    }
+
+    /// A word; `E'…'`, `B'…'`, `X'…'`, `N'…'` and `U&'…'`/`U&"…"` are strings (identifiers)
+    /// with a prefix.
+    fn word(&mut self, line: usize) -> Result<(Lexed<'a>, usize), ScanError> {
+        let rest = self.rest();
+        let len = rest.find(|c: char| !is_ident_char(c)).unwrap_or(rest.len());
+        let word = &rest[..len];
+        let next = rest[len..].chars().next();
+        if next == Some('\'') && len == 1 {
+            let escapes = word.eq_ignore_ascii_case("e");
+            if escapes || matches!(word, "b" | "B" | "x" | "X" | "n" | "N") {
+                self.bump(1);
+                self.quoted('\'', escapes, line, "a string")?;
+                return Ok((Lexed::Tok(Tok::Other), line));
+            }
+        }
+        if word.eq_ignore_ascii_case("u") && rest[len..].starts_with("&'") {
+            self.bump(2);
+            self.quoted('\'', false, line, "a string")?;
+            return Ok((Lexed::Tok(Tok::Other), line));
+        }
+        if word.eq_ignore_ascii_case("u") && rest[len..].starts_with("&\"") {
+            self.bump(2);
+            let text = self.quoted('"', false, line, "a quoted identifier")?;
+            return Ok((Lexed::Tok(Tok::Word { text, quoted: true }), line));
+        }
+        self.bump(len);
+        Ok((
+            Lexed::Tok(Tok::Word {
+                text: std::borrow::Cow::Borrowed(word),
+                quoted: false,
+            }),
+            line,
+        ))
+    }
+}
+
+impl<'a> Statement<'a> {
     /// The unquoted word at `i` (among all tokens), uppercased.
     pub fn word(&self, i: usize) -> Option<String> {
         match self.tokens.get(i) {
-            Some((Token::Word(w), _)) if w.quote_style.is_none() => {
-                Some(w.value.to_ascii_uppercase())
-            }
+            Some((
+                Tok::Word {
+                    text,
+                    quoted: false,
+                },
+                _,
+            )) => Some(text.to_ascii_uppercase()),
             _ => None,
         }
     }
@@ -119,15 +371,15 @@ impl Statement {
     }
 
     /// Every `qualifier.name` in the statement: (qualifier as PostgreSQL sees it, line).
-    /// Unquoted names fold to lower case; a qualifier followed by two dots' worth of names
-    /// (`db.schema.table`) yields its middle part too.
+    /// Unquoted names fold to lower case.
     pub fn qualifiers(&self) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         for win in self.tokens.windows(3) {
-            if let [(Token::Word(q), line), (Token::Period, _), (Token::Word(_), _)] = win {
-                let name = match q.quote_style {
-                    Some(_) => q.value.clone(),
-                    None => q.value.to_ascii_lowercase(),
+            if let [(Tok::Word { text, quoted }, line), (Tok::Dot, _), (Tok::Word { .. }, _)] = win
+            {
+                let name = match quoted {
+                    true => text.to_string(),
+                    false => text.to_lowercase(),
                 };
                 out.push((name, *line));
             }
@@ -147,12 +399,9 @@ impl Statement {
         ) {
             return None;
         }
-        let end = self
-            .tokens
-            .iter()
-            .enumerate()
-            .position(|(i, (t, _))| {
-                matches!(t, Token::LParen)
+        let end = (0..self.tokens.len())
+            .position(|i| {
+                matches!(self.tokens[i].0, Tok::LParen)
                     || matches!(
                         self.word(i).as_deref(),
                         Some("AS" | "REFERENCES" | "EXECUTE" | "FROM" | "USING")
@@ -169,11 +418,11 @@ impl Statement {
     /// The statements of every dollar-quoted body in this statement (function bodies, DO
     /// blocks), with lines counted in the file. Bodies that are not SQL (or do not scan)
     /// are left out.
-    pub fn bodies(&self) -> Vec<Statement> {
+    pub fn bodies(&self) -> Vec<Statement<'a>> {
         let mut out = Vec::new();
         for (t, line) in &self.tokens {
-            if let Token::DollarQuotedString(d) = t {
-                if let Ok(found) = statements(&d.value) {
+            if let Tok::Dollar(body) = t {
+                if let Ok(found) = statements(body) {
                     out.extend(found.into_iter().map(|mut s| {
                         s.line += line - 1;
                         for (_, l) in &mut s.tokens {
@@ -204,7 +453,7 @@ mod tests {
     fn splits_where_postgresql_does() {
         let sql = "-- COMMIT; in a comment\nCREATE TABLE a (x text DEFAULT ';');\n/* COMMIT; /* nested */ */\n\
                    CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $body$ BEGIN COMMIT; END $body$;\n\
-                   INSERT INTO a VALUES (E'it\\'s; fine'), ($$;$$);\n\
+                   INSERT INTO a VALUES (E'it\\'s; fine'), ($$;$$), (U&'d\\0061t;'), ($1);\n\
                    CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO a VALUES ('1'); SELECT CASE WHEN true THEN 1 END; END;\n\
                    COMMIT";
         assert_eq!(
@@ -217,6 +466,8 @@ mod tests {
                 ("COMMIT".to_string(), 7),
             ]
         );
+        // Identifiers may hold `$`; `a$b$` is not a dollar quote.
+        assert_eq!(heads("SELECT a$b$ FROM t; SELECT 2").len(), 2);
     }
 
     #[test]
@@ -229,6 +480,10 @@ mod tests {
         assert_eq!(q, ["Public", "x", "public"]);
         let body = s[1].bodies();
         assert_eq!(body[0].qualifiers(), [("tenantctl".to_string(), 3)]);
+        // Numbers are not qualified names.
+        assert!(statements("SELECT 3.14, 1e5").unwrap()[0]
+            .qualifiers()
+            .is_empty());
     }
 
     #[test]
@@ -236,5 +491,7 @@ mod tests {
         let e = statements("SELECT 1;\nSELECT 'oops;\n").unwrap_err();
         assert_eq!(e.line, 2, "{e:?}");
         assert!(statements("SELECT $x$ never closed").is_err());
+        assert!(statements("/* /* */").is_err());
+        assert!(statements("SELECT E'\\'").is_err());
     }
 }

@@ -161,3 +161,50 @@ impl RunSummary<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{RunCommand, RunState};
+    use crate::engine::fleet::FleetOutcome;
+    use crate::tenant::Tenant;
+
+    fn result(stopped: Option<Stop>) -> RunResult {
+        let t = Tenant::parse("late", "tenant_", "tenantctl").unwrap();
+        RunResult {
+            command: RunCommand::Migrate,
+            run_id: 7,
+            state: RunState::Failed,
+            target: Some(9),
+            skipped: 0,
+            outcome: FleetOutcome {
+                not_started: vec![t],
+                stopped,
+                ..FleetOutcome::default()
+            },
+            resumed_from: None,
+            ledger_note: None,
+        }
+    }
+
+    #[test]
+    fn not_started_names_the_real_cause() {
+        for (stop, why) in [
+            (
+                Stop::DatabaseDown("gone".into()),
+                "the database could not be reached",
+            ),
+            (Stop::FailFast, "--fail-fast"),
+            (Stop::Interrupted, "interrupted"),
+            (
+                Stop::Fenced("taken over".into()),
+                "this process lost the run",
+            ),
+        ] {
+            let text = RunSummary(&result(Some(stop))).to_text();
+            assert!(text.contains(&format!("1 not started ({why};")), "{text}");
+        }
+        let text = RunSummary(&result(Some(Stop::DatabaseDown("gone".into())))).to_text();
+        assert!(!text.contains("--fail-fast"), "{text}");
+    }
+}

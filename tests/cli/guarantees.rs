@@ -447,3 +447,137 @@ fn orphaned_work_stops_and_leftover_locks_are_named() {
     p.run(&["migrate", "--all"], 0);
     assert_eq!(p.versions()["t0000"], Some(9));
 }
+
+/// `status --verify --tenant` checks the given tenants only; a migration numbered below the
+/// fleet's version is refused (never skipped silently) and shown by status; a tenant dropped
+/// during a migrate is reported as dropped, not failed.
+#[test]
+fn status_and_planning_match_reality() {
+    let p = Project::new("reality", 8);
+    p.create_tenants(30);
+    let out = p.run(&["status", "--verify", "--tenant", "t0001"], 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("1 tenant schema(s) read: registry, histories and files agree"),
+        "{text}"
+    );
+
+    // A file below the fleet's version, added later.
+    p.add_migration("V0__late.sql", "CREATE TABLE late (id int);\n");
+    let before = p.fingerprint();
+    for args in [
+        &["migrate", "--all"][..],
+        &["tenant", "create", "newbie"][..],
+    ] {
+        let out = p.run(args, 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains("out of order: V0__late") && err.contains("V9__late"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(before, p.fingerprint(), "nothing was changed");
+    let text = stdout(&p.run(&["status"], 0));
+    assert!(text.contains("OUT OF ORDER: V0__late"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&p.run(&["status", "--json"], 0).stdout).unwrap();
+    assert_eq!(v["out_of_order"][0]["version"], 0);
+    std::fs::remove_file(p.migrations_dir().join("V0__late.sql")).unwrap();
+
+    // A tenant dropped while a migrate runs.
+    p.add_migration(
+        "V9__slow.sql",
+        "SELECT pg_sleep(0.05);\nCREATE TABLE nine (id int);\n",
+    );
+    let child = p.spawn(&["migrate", "--all", "--jobs", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.versions().values().filter(|v| **v == Some(9)).count() < 3 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.run(&["tenant", "drop", "t0029", "--yes"], 0);
+    let out = wait_with_deadline(child, Duration::from_secs(60));
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("29 migrated, 0 failed, 0 already current, 1 dropped meanwhile"),
+        "{text}"
+    );
+    let state: String = p
+        .db()
+        .query_one(
+            "SELECT state FROM tenantctl.run_schemas WHERE tenant_id = 't0029' AND run_id = \
+             (SELECT max(run_id) FROM tenantctl.run_schemas WHERE tenant_id = 't0029' AND error IS NOT NULL)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "skipped");
+}
+
+/// Role per tenant with the least-privileged role the README recommends (CREATEROLE, owner
+/// of the database, not a superuser): create, drop and drop --archive all work, and the
+/// tenant's role is gone after a drop.
+#[test]
+fn tenant_roles_work_for_a_createrole_owner_that_is_not_a_superuser() {
+    let p = Project::new("least_privilege", 3);
+    let db = p.url.rsplit('/').next().unwrap().to_string();
+    let deployer = format!("least_priv_{}", std::process::id());
+    p.db()
+        .batch_execute(&format!(
+            "CREATE ROLE {deployer} LOGIN CREATEROLE; ALTER DATABASE \"{db}\" OWNER TO {deployer}"
+        ))
+        .unwrap();
+    let url = p.url.replace("postgres@", &format!("{deployer}@"));
+    p.write_config(&format!(
+        "[tenants]\nrole = \"{{schema}}_{}\"\n",
+        std::process::id()
+    ));
+    let role = |id: &str| format!("tenant_{id}_{}", std::process::id());
+    let exists = |r: &str| -> bool {
+        p.db()
+            .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&r])
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    };
+    let run = |args: &[&str]| {
+        let out = p
+            .cmd()
+            .arg("--database-url")
+            .arg(&url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    };
+    run(&["tenant", "create", "acme", "globex"]);
+    assert!(exists(&role("acme")) && exists(&role("globex")));
+    run(&["tenant", "drop", "acme", "--yes"]);
+    assert!(!exists(&role("acme")), "the role went with the tenant");
+    run(&["tenant", "drop", "globex", "--yes", "--archive"]);
+    assert!(!exists(&role("globex")));
+    let archived: i64 = p
+        .db()
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant_globex__arch_%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(archived, 1);
+    let states: Vec<String> = p
+        .db()
+        .query("SELECT state FROM tenantctl.tenants ORDER BY id", &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(states, ["dropped", "dropped"]);
+}
