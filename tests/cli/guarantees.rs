@@ -439,7 +439,7 @@ fn orphaned_work_stops_and_leftover_locks_are_named() {
     let out = p.run(&["migrate", "--all", "--fresh"], 1);
     let text = stdout(&out);
     assert!(
-        text.contains(&format!("left over from tenantctl run 7"))
+        text.contains("left over from tenantctl run 7")
             && text.contains(&format!("pg_terminate_backend({pid})")),
         "{text}"
     );
