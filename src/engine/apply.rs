@@ -1,17 +1,27 @@
-//! One schema, one transaction, exactly once. In that one transaction: the preamble (a
-//! per-schema advisory lock, `SET LOCAL` search_path and timeouts), refinery's work through
-//! [`SchemaTx`], the registry's version and the ledger row. Commit = done; anything else =
-//! nothing happened. Create, adopt, migrate, rollback and drop are the modes of one shape.
+//! One schema, one transaction, exactly once, in two round trips (see [`schema_tx`]). The
+//! opening: the preamble (a per-schema advisory lock, `SET LOCAL` search_path and timeouts),
+//! the fence, the registration (create, adopt), and the schema's history. Then the work: the
+//! pending migrations (or down scripts) as they are on disk, each its own message, and the
+//! bookkeeping (history rows, the registry's version, the ledger row) with COMMIT. Commit =
+//! done; anything else = nothing happened. Create, adopt, migrate, rollback and drop are the
+//! modes of one shape.
+//!
+//! [`schema_tx`]: crate::engine::schema_tx
 
-use refinery::{AsyncMigrate, Migration, Target};
+use refinery::Migration;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use crate::control::{Control, RunCommand};
-use crate::engine::failure::{drift_edited, drift_no_file, Failure, FailureKind};
-use crate::engine::schema_tx::{preamble, SchemaTx, TxSettings, HISTORY_TABLE};
+use crate::engine::failure::{Failure, FailureKind};
+use crate::engine::history;
+use crate::engine::schema_tx::{line_of, preamble, rows_affected, trip, TripError, TxSettings};
+use crate::migrations::scan::chunks;
 use crate::migrations::MigrationSet;
 use crate::tenant::{quote_ident, quote_literal, role_name, Tenant};
+
+/// SQLSTATE raised in the opening of `tenant adopt` when the schema is not there.
+const SQLSTATE_NO_SCHEMA: &str = "TNF03";
 
 /// What every schema transaction of a run shares.
 pub struct ApplyCtx<'a> {
@@ -79,7 +89,7 @@ pub async fn apply_schema(
     mode: Mode,
     registry_version: Option<i32>,
 ) -> Result<Applied, Failure> {
-    let result = run_transaction(client, ctx, tenant, mode, registry_version).await;
+    let result = transaction(client, ctx, tenant, mode, registry_version).await;
     rollback_on_error(client, result).await
 }
 
@@ -100,211 +110,256 @@ pub async fn rollback_on_error<T>(
     }
 }
 
-async fn run_transaction(
+/// What a message of the opening trip does, to tell its failure apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Begin,
+    CreateSchema,
+    RequireSchema,
+    CreateRole,
+    History,
+}
+
+/// One script of the work trip: what to blame if it fails, and its text as on disk.
+pub struct Script<'s> {
+    pub label: String,
+    pub sql: &'s str,
+}
+
+/// Files above this size are sent a piece at a time (cut at statement ends), so that a very
+/// large migration is not copied whole into the driver's buffers.
+const PIECE: usize = 1 << 20;
+
+/// What the work trip does.
+pub struct Work<'s> {
+    pub before: Option<i32>,
+    pub after: Option<i32>,
+    pub count: usize,
+    pub scripts: Vec<Script<'s>>,
+    /// Statements for the last message, before the registry, the ledger and COMMIT.
+    pub bookkeeping: String,
+}
+
+async fn transaction(
     client: &Client,
     ctx: &ApplyCtx<'_>,
     tenant: &Tenant,
     mode: Mode,
     registry_version: Option<i32>,
 ) -> Result<Applied, Failure> {
-    begin(client, ctx, tenant, mode.registers(), registry_version).await?;
-    let mut tx = SchemaTx::new(client);
-    let table = history_table(tenant);
-    let role = ctx.role_template.map(|t| role_name(t, tenant));
-    let (before, after, count) = match mode {
-        Mode::Create | Mode::Migrate => {
-            if mode == Mode::Create {
-                create_schema(client, tenant).await?;
-                if let Some(role) = &role {
-                    create_role(client, tenant, role).await?;
-                }
-            }
-            let target = ctx.target.map_or(Target::Latest, Target::Version);
-            forward(&mut tx, ctx.migrations, &table, target, registry_version).await?
-        }
-        Mode::Adopt { baseline } => {
-            require_schema(client, tenant).await?;
-            if let Some(role) = &role {
-                create_role(client, tenant, role).await?;
-            }
-            let target = Target::FakeVersion(baseline);
-            forward(&mut tx, ctx.migrations, &table, target, registry_version).await?
-        }
-        Mode::Rollback { to } => {
-            backward(&mut tx, ctx.migrations, &table, to, registry_version).await?
-        }
-        Mode::Drop { archive } => {
-            drop_tenant(client, ctx, tenant, archive, registry_version).await?;
-            (registry_version, None, 0)
-        }
-    };
-    if let (Some(role), true) = (&role, mode.registers()) {
-        grant_existing(client, ctx, tenant, role, &table).await?;
+    let table = history::table(tenant);
+    let role = ctx
+        .role_template
+        .map(|t| role_name(t, tenant))
+        .filter(|_| mode.registers());
+
+    // The opening: one round trip.
+    let mut opening: Vec<(Step, String)> = vec![(Step::Begin, begin_sql(ctx, tenant, mode))];
+    match mode {
+        Mode::Create => opening.push((
+            Step::CreateSchema,
+            format!("CREATE SCHEMA {}", tenant.quoted_schema()),
+        )),
+        Mode::Adopt { .. } => opening.push((Step::RequireSchema, require_schema_sql(tenant))),
+        Mode::Migrate | Mode::Rollback { .. } | Mode::Drop { .. } => {}
     }
-    finish(client, ctx, tenant, before, after).await?;
+    if let Some(role) = &role {
+        opening.push((Step::CreateRole, create_role_sql(tenant, role)));
+    }
+    let reads_history = !matches!(mode, Mode::Drop { .. });
+    if reads_history {
+        opening.push((Step::History, history::ensure_sql(&table)));
+        opening.push((Step::History, history::read_sql(&table)));
+    }
+    let messages: Vec<&str> = opening.iter().map(|(_, m)| m.as_str()).collect();
+    let already = || {
+        Failure::new(
+            FailureKind::AlreadyExists,
+            "is already registered".into(),
+            registry_version,
+        )
+    };
+    let replies = trip(client, &messages).await.map_err(|e| {
+        // Registering writes nothing for an id that is already there; what failed after
+        // that (its schema exists, say) follows from it.
+        match e.done.first() {
+            Some(begin) if mode.registers() && rows_affected(begin) == 0 => already(),
+            _ => opening_failure(opening[e.index].0, tenant, &e, registry_version),
+        }
+    })?;
+    if mode.registers() && rows_affected(&replies[0]) == 0 {
+        return Err(already());
+    }
+    let applied = match (reads_history, replies.last()) {
+        (true, Some(rows)) => history::parse(rows, registry_version)?,
+        _ => Vec::new(),
+    };
+
+    // The work and the bookkeeping: one round trip.
+    let work = plan_work(ctx, tenant, mode, &applied, &table, registry_version)?;
+    let mut last = work.bookkeeping.clone();
+    if let Some(role) = &role {
+        last.push_str(&grant_existing_sql(ctx, tenant, role, &table));
+    }
+    last.push_str(&ctx.control.schema_done_sql(ctx.run_id, tenant, work.after));
+    last.push_str("; COMMIT;");
+    work.send(client, &last).await?;
     Ok(Applied {
-        before,
-        after,
-        count,
+        before: work.before,
+        after: work.after,
+        count: work.count,
     })
 }
 
-/// The preamble and, for commands that register a tenant, its registry row (refused if it
-/// is already there): one round trip.
-async fn begin(
-    client: &Client,
-    ctx: &ApplyCtx<'_>,
-    tenant: &Tenant,
-    register: bool,
-    registry_version: Option<i32>,
-) -> Result<(), Failure> {
+/// The preamble, the fence (this run is still this process's; the tenant still exists when
+/// it should), and for commands that register a tenant, its registry row (none is written
+/// when the id is already an active tenant: the caller checks the row count).
+fn begin_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, mode: Mode) -> String {
+    let registers = mode.registers();
     let mut sql = preamble(tenant.schema(), &ctx.tx);
-    // The fence: this run still belongs to this process (and the tenant still exists when
-    // it should), checked under the schema's lock, held until COMMIT.
-    let must_exist = (!register).then_some(tenant);
+    let must_exist = (!registers).then_some(tenant);
     sql.push_str(&format!(
         " {};",
         ctx.control.fence_sql(ctx.run_id, ctx.epoch, must_exist)
     ));
-    if register {
+    if registers {
         sql.push(' ');
         sql.push_str(&ctx.control.register_sql(tenant));
     }
-    let messages = client
-        .simple_query(&sql)
-        .await
-        .map_err(|e| Failure::from_pg(&e, registry_version))?;
-    if register {
-        let inserted = messages
-            .iter()
-            .rev()
-            .find_map(|m| match m {
-                SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                _ => None,
-            })
-            .unwrap_or(0);
-        if inserted == 0 {
-            return Err(Failure::new(
-                FailureKind::AlreadyExists,
-                "is already registered".into(),
-                registry_version,
-            ));
-        }
-    }
-    Ok(())
+    sql
 }
 
-/// The registry's version, the ledger row, COMMIT: one round trip.
-async fn finish(
-    client: &Client,
-    ctx: &ApplyCtx<'_>,
-    tenant: &Tenant,
-    before: Option<i32>,
-    after: Option<i32>,
-) -> Result<(), Failure> {
-    let sql = format!(
-        "{}; COMMIT;",
-        ctx.control.schema_done_sql(ctx.run_id, tenant, after)
-    );
-    client.batch_execute(&sql).await.map_err(|e| {
-        let mut f = Failure::from_pg(&e, before);
-        if f.kind == FailureKind::Connection {
-            f.message = format!(
-                "{}; the connection broke while committing, so the outcome is not known: `tenantctl status` shows it and a re-run finishes the job without applying anything twice",
-                f.message
-            );
-        }
-        f
-    })
-}
-
-async fn create_schema(client: &Client, tenant: &Tenant) -> Result<(), Failure> {
-    client
-        .batch_execute(&format!("CREATE SCHEMA {}", tenant.quoted_schema()))
-        .await
-        .map_err(|e| {
-            let mut f = Failure::from_pg(&e, None);
-            if e.code() == Some(&SqlState::DUPLICATE_SCHEMA) {
-                f.kind = FailureKind::SchemaExists;
-            }
-            f
-        })
+/// `tenant adopt`: the schema must already be there.
+fn require_schema_sql(tenant: &Tenant) -> String {
+    format!(
+        "DO $tenantctl$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {lit}) THEN \
+             RAISE EXCEPTION 'schema % does not exist', {lit} USING ERRCODE = '{SQLSTATE_NO_SCHEMA}'; \
+         END IF; END $tenantctl$",
+        lit = quote_literal(tenant.schema())
+    )
 }
 
 /// Role per tenant: a login-less role with USAGE on its own schema and DML on its tables,
 /// now and for tables later migrations create (default privileges of the migrating role).
 /// No CREATE, nothing outside its schema.
-async fn create_role(client: &Client, tenant: &Tenant, role: &str) -> Result<(), Failure> {
+fn create_role_sql(tenant: &Tenant, role: &str) -> String {
     let q = quote_ident(role);
     let schema_q = tenant.quoted_schema();
-    client
-        .batch_execute(&format!(
-            "CREATE ROLE {q} NOLOGIN; \
-             GRANT USAGE ON SCHEMA {schema_q} TO {q}; \
-             ALTER DEFAULT PRIVILEGES IN SCHEMA {schema_q} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {q}; \
-             ALTER DEFAULT PRIVILEGES IN SCHEMA {schema_q} GRANT USAGE, SELECT ON SEQUENCES TO {q};"
-        ))
-        .await
-        .map_err(|e| {
-            let mut f = Failure::from_pg(&e, None);
-            if e.code() == Some(&SqlState::DUPLICATE_OBJECT) {
-                f.message = format!(
-                    "{}; role names are shared by every database of the server: pick a [tenants] role template that includes something unique to this database",
-                    f.message
-                );
-            } else if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
-                f.message = format!("{}; role per tenant needs the CREATEROLE privilege", f.message);
-            }
-            f
-        })
+    format!(
+        "CREATE ROLE {q} NOLOGIN; \
+         GRANT USAGE ON SCHEMA {schema_q} TO {q}; \
+         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema_q} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {q}; \
+         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema_q} GRANT USAGE, SELECT ON SEQUENCES TO {q};"
+    )
 }
 
 /// Tables that already existed (adopt) get the role's grants too; the history table never:
 /// a tenant's role must not be able to rewrite what is applied. The role is recorded in the
 /// registry, so that `tenant drop` drops the role it made.
-async fn grant_existing(
-    client: &Client,
-    ctx: &ApplyCtx<'_>,
-    tenant: &Tenant,
-    role: &str,
-    history: &str,
-) -> Result<(), Failure> {
+fn grant_existing_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, role: &str, history: &str) -> String {
     let q = quote_ident(role);
     let schema_q = tenant.quoted_schema();
-    client
-        .batch_execute(&format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema_q} TO {q}; \
-             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema_q} TO {q}; \
-             REVOKE ALL ON {history} FROM {q}; {}",
-            ctx.control.record_role_sql(tenant, role)
-        ))
-        .await
-        .map_err(|e| Failure::from_pg(&e, None))
+    format!(
+        " GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema_q} TO {q}; \
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema_q} TO {q}; \
+         REVOKE ALL ON {history} FROM {q}; {};",
+        ctx.control.record_role_sql(tenant, role)
+    )
+}
+
+/// What the work trip does in each mode, checked against the history first.
+fn plan_work<'s>(
+    ctx: &ApplyCtx<'s>,
+    tenant: &Tenant,
+    mode: Mode,
+    applied: &[Migration],
+    table: &str,
+    registry_version: Option<i32>,
+) -> Result<Work<'s>, Failure> {
+    let set = ctx.migrations;
+    let before = applied.last().map(Migration::version);
+    let forward = |target: Option<i32>, run: bool| -> Result<Work<'s>, Failure> {
+        history::check(applied, set, true)?;
+        let pending = history::pending(applied, set, target);
+        Ok(Work {
+            before,
+            after: pending.last().map(|f| f.version).or(before),
+            count: pending.len(),
+            scripts: match run {
+                true => pending
+                    .iter()
+                    .map(|f| Script {
+                        label: f.label(),
+                        sql: f.sql(),
+                    })
+                    .collect(),
+                // refinery's fake run: recorded as applied, not run.
+                false => Vec::new(),
+            },
+            bookkeeping: history::insert_sql(table, &pending),
+        })
+    };
+    match mode {
+        Mode::Create | Mode::Migrate => forward(ctx.target, true),
+        Mode::Adopt { baseline } => forward(Some(baseline), false),
+        Mode::Rollback { to } => {
+            history::check(applied, set, false)?;
+            let mut scripts = Vec::new();
+            let mut reverted = Vec::new();
+            for app in applied.iter().rev().filter(|m| m.version() > to) {
+                let file = set.get(app.version()).expect("checked above");
+                let Some((_, down)) = &file.down else {
+                    return Err(Failure::new(
+                        FailureKind::Other,
+                        format!(
+                            "{} has no rollback script {}.down.sql",
+                            file.label(),
+                            file.label()
+                        ),
+                        before,
+                    ));
+                };
+                scripts.push(Script {
+                    label: format!("{}.down", file.label()),
+                    sql: down,
+                });
+                reverted.push(file.version);
+            }
+            Ok(Work {
+                before,
+                after: applied
+                    .iter()
+                    .map(Migration::version)
+                    .filter(|v| *v <= to)
+                    .max(),
+                count: scripts.len(),
+                scripts,
+                bookkeeping: history::delete_sql(table, &reverted),
+            })
+        }
+        Mode::Drop { archive } => Ok(Work {
+            before: registry_version,
+            after: None,
+            count: 0,
+            scripts: Vec::new(),
+            bookkeeping: drop_sql(ctx, tenant, archive),
+        }),
+    }
 }
 
 /// `tenant drop`: the schema goes (or is renamed out of the way), then the role, and the
 /// registry marks the tenant dropped.
-async fn drop_tenant(
-    client: &Client,
-    ctx: &ApplyCtx<'_>,
-    tenant: &Tenant,
-    archive: bool,
-    registry_version: Option<i32>,
-) -> Result<(), Failure> {
+fn drop_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, archive: bool) -> String {
     let schema_q = tenant.quoted_schema();
     let archived_as = archive.then(|| archive_name(tenant.schema()));
     let first = match &archived_as {
         Some(name) => format!("ALTER SCHEMA {schema_q} RENAME TO {};", quote_ident(name)),
         None => format!("DROP SCHEMA IF EXISTS {schema_q} CASCADE;"),
     };
-    let sql = format!(
-        "{first} {}",
+    format!(
+        "{first} {};",
         ctx.control.drop_sql(tenant, archived_as.as_deref())
-    );
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| Failure::from_pg(&e, registry_version))
+    )
 }
 
 /// `<schema>__arch_<UTC yyyymmddhhmmss>`, cut to fit 63 bytes. Tenant ids cannot contain
@@ -325,158 +380,78 @@ fn archive_name(schema: &str) -> String {
     format!("{}{suffix}", &schema[..schema.len().min(keep)])
 }
 
-/// `tenant adopt`: the schema must already be there.
-async fn require_schema(client: &Client, tenant: &Tenant) -> Result<(), Failure> {
-    let sql = format!(
-        "SELECT count(*) FROM pg_namespace WHERE nspname = {}",
-        quote_literal(tenant.schema())
-    );
-    let messages = client
-        .simple_query(&sql)
-        .await
-        .map_err(|e| Failure::from_pg(&e, None))?;
-    let found = messages
-        .iter()
-        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0).is_some_and(|v| v != "0")));
-    if found {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            FailureKind::SchemaMissing,
-            format!("schema {} does not exist", tenant.schema()),
-            None,
-        ))
-    }
-}
-
-/// refinery's run: verify history against the files, apply (or, for a fake target, record)
-/// what is pending. Returns (before, after, applied count).
-pub async fn forward(
-    tx: &mut SchemaTx<'_>,
-    set: &MigrationSet,
-    table: &str,
-    target: Target,
-    registry_version: Option<i32>,
-) -> Result<(Option<i32>, Option<i32>, usize), Failure> {
-    let report = AsyncMigrate::migrate(tx, set.refinery(), true, true, true, target, table).await;
-    let history = tx.history.take();
-    let before = history
-        .as_ref()
-        .map(|h| h.last().map(Migration::version))
-        .unwrap_or(registry_version);
-    let report = report.map_err(|e| Failure::from_refinery(&e, tx.failed.take(), set, before))?;
-    let done: Vec<i32> = match target {
-        // refinery's fake run records versions without reporting them.
-        Target::FakeVersion(v) => set
-            .files()
-            .iter()
-            .map(|f| f.version)
-            .filter(|x| *x <= v && before.is_none_or(|b| *x > b))
-            .collect(),
-        _ => report
-            .applied_migrations()
-            .iter()
-            .map(Migration::version)
-            .collect(),
-    };
-    let after = done.last().copied().or(before);
-    Ok((before, after, done.len()))
-}
-
-/// Rollback: the down scripts of every applied version above `to`, newest first, each with
-/// the removal of its history row, all in this one transaction.
-async fn backward(
-    tx: &mut SchemaTx<'_>,
-    set: &MigrationSet,
-    table: &str,
-    to: i32,
-    registry_version: Option<i32>,
-) -> Result<(Option<i32>, Option<i32>, usize), Failure> {
-    let probe = format!("SELECT to_regclass({})::text", quote_literal(table));
-    let has_history = tx
-        .client
-        .simple_query(&probe)
-        .await
-        .map_err(|e| Failure::from_pg(&e, registry_version))?
-        .iter()
-        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0).is_some()));
-    let history = if has_history {
-        tx.read_history(table)
-            .await
-            .map_err(|e| Failure::from_tx(&e, registry_version))?
-    } else {
-        Vec::new()
-    };
-    let before = history.last().map(Migration::version);
-    let by_version: std::collections::HashMap<i32, &Migration> =
-        set.refinery().iter().map(|m| (m.version(), m)).collect();
-    for applied in &history {
-        match by_version.get(&applied.version()) {
-            None => {
-                return Err(Failure::new(
-                    FailureKind::Drift,
-                    drift_no_file(applied, set),
-                    before,
-                ))
-            }
-            Some(file)
-                if file.checksum() != applied.checksum() || file.name() != applied.name() =>
-            {
-                return Err(Failure::new(
-                    FailureKind::Drift,
-                    drift_edited(applied, file),
-                    before,
-                ))
-            }
-            Some(_) => {}
+/// A failure of the opening trip, told apart by the step that failed.
+fn opening_failure(step: Step, tenant: &Tenant, e: &TripError, still_at: Option<i32>) -> Failure {
+    let code = e.error.code();
+    let mut f = Failure::from_pg(&e.error, still_at);
+    match step {
+        Step::CreateSchema if code == Some(&SqlState::DUPLICATE_SCHEMA) => {
+            f.kind = FailureKind::SchemaExists;
         }
-    }
-    let mut queries = Vec::new();
-    let mut count = 0;
-    for applied in history.iter().rev().filter(|m| m.version() > to) {
-        let file = set.get(applied.version()).expect("checked above");
-        let Some((_, down)) = &file.down else {
-            return Err(Failure::new(
-                FailureKind::Other,
-                format!(
-                    "{} has no rollback script {}.down.sql",
-                    file.label(),
-                    file.label()
-                ),
-                before,
-            ));
-        };
-        queries.push(down.clone());
-        queries.push(format!(
-            "DELETE FROM {table} WHERE version = {}",
-            file.version
-        ));
-        count += 1;
-    }
-    if !queries.is_empty() {
-        let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
-        if let Err(e) = tx.run_batch(&refs).await {
-            let mut f = Failure::from_tx(&e, before);
-            f.blame(
-                tx.failed.take(),
-                set.files().iter().filter_map(|m| {
-                    m.down
-                        .as_ref()
-                        .map(|(_, sql)| (format!("{}.down", m.label()), sql.as_str()))
-                }),
+        Step::RequireSchema if code.is_some_and(|c| c.code() == SQLSTATE_NO_SCHEMA) => {
+            f = Failure::new(
+                FailureKind::SchemaMissing,
+                format!("schema {} does not exist", tenant.schema()),
+                None,
             );
-            return Err(f);
         }
+        Step::CreateRole if code == Some(&SqlState::DUPLICATE_OBJECT) => {
+            f.message = format!(
+                "{}; role names are shared by every database of the server: pick a [tenants] role template that includes something unique to this database",
+                f.message
+            );
+        }
+        Step::CreateRole if code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            f.message = format!(
+                "{}; role per tenant needs the CREATEROLE privilege",
+                f.message
+            );
+        }
+        Step::Begin
+        | Step::CreateSchema
+        | Step::RequireSchema
+        | Step::CreateRole
+        | Step::History => {}
     }
-    let after = history
-        .iter()
-        .map(Migration::version)
-        .filter(|v| *v <= to)
-        .max();
-    Ok((before, after, count))
+    f
 }
 
-/// Quoted `"schema".refinery_schema_history`.
-pub fn history_table(tenant: &Tenant) -> String {
-    format!("{}.{HISTORY_TABLE}", quote_ident(tenant.schema()))
+impl Work<'_> {
+    /// Sends the scripts (each as it is on disk; a very large one in pieces) and then `last`,
+    /// the bookkeeping with COMMIT. On failure the script that failed is blamed, at the line
+    /// PostgreSQL pointed at; a failure of `last` says that the outcome of a broken
+    /// connection is unknown.
+    pub async fn send(&self, client: &Client, last: &str) -> Result<(), Failure> {
+        // (script, lines before this piece in it, text)
+        let mut pieces: Vec<(Option<&Script<'_>>, usize, &str)> = Vec::new();
+        for script in &self.scripts {
+            match chunks(script.sql, PIECE) {
+                Ok(cut) => pieces.extend(cut.into_iter().map(|(n, p)| (Some(script), n, p))),
+                Err(_) => pieces.push((Some(script), 0, script.sql)),
+            }
+        }
+        pieces.push((None, 0, last));
+        let messages: Vec<&str> = pieces.iter().map(|p| p.2).collect();
+        let Err(e) = trip(client, &messages).await else {
+            return Ok(());
+        };
+        let mut f = Failure::from_pg(&e.error, self.before);
+        match pieces[e.index] {
+            (Some(script), lines_before, text) => {
+                f.migration = Some(script.label.clone());
+                f.line = line_of(text, &e.error).map(|l| l + lines_before);
+                if f.kind == FailureKind::Other {
+                    f.kind = FailureKind::Migration;
+                }
+            }
+            (None, ..) if f.kind == FailureKind::Connection => {
+                f.message = format!(
+                    "{}; the connection broke while committing, so the outcome is not known: `tenantctl status` shows it and a re-run finishes the job without applying anything twice",
+                    f.message
+                );
+            }
+            (None, ..) => {}
+        }
+        Err(f)
+    }
 }

@@ -4,13 +4,9 @@
 
 use std::fmt;
 
-use refinery::error::Kind;
-use refinery::Migration;
 use tokio_postgres::error::SqlState;
 
 use crate::control::{SQLSTATE_DROPPED, SQLSTATE_FENCED};
-use crate::engine::schema_tx::{FailedStep, TxError};
-use crate::migrations::MigrationSet;
 use crate::pgerror::describe;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,69 +110,6 @@ impl Failure {
         f
     }
 
-    /// A failure of our own batch on the schema's transaction.
-    pub fn from_tx(e: &TxError, still_at: Option<i32>) -> Failure {
-        match e {
-            TxError::Pg(pg) => Failure::from_pg(pg, still_at),
-            TxError::History(msg) => Failure::new(FailureKind::Drift, msg.clone(), still_at),
-        }
-    }
-
-    /// Classifies refinery's error for a forward run, blaming the migration whose statement
-    /// failed.
-    pub fn from_refinery(
-        e: &refinery::Error,
-        failed: Option<FailedStep>,
-        set: &MigrationSet,
-        before: Option<i32>,
-    ) -> Failure {
-        match e.kind() {
-            Kind::Connection(_, source) => {
-                let mut f = match source.downcast_ref::<TxError>() {
-                    Some(tx) => Failure::from_tx(tx, before),
-                    None => Failure::new(FailureKind::Other, e.to_string(), before),
-                };
-                f.blame(
-                    failed,
-                    set.files().iter().map(|m| (m.label(), m.sql.as_str())),
-                );
-                f
-            }
-            Kind::DivergentVersion(applied, file) => {
-                Failure::new(FailureKind::Drift, drift_edited(applied, file), before)
-            }
-            Kind::MissingVersion(m) => {
-                let msg = if set.get(m.version()).is_some() {
-                    format!(
-                        "drift: {m} is on disk but was never applied here, and this schema is already past it (at V{}); give that migration a version above the latest",
-                        before.unwrap_or_default()
-                    )
-                } else {
-                    drift_no_file(m, set)
-                };
-                Failure::new(FailureKind::Drift, msg, before)
-            }
-            _ => Failure::new(FailureKind::Other, e.to_string(), before),
-        }
-    }
-
-    /// Names the script whose statement failed: the one among `scripts` (label, SQL) that
-    /// is the failed statement, with the line PostgreSQL pointed at.
-    pub fn blame<'s>(
-        &mut self,
-        failed: Option<FailedStep>,
-        mut scripts: impl Iterator<Item = (String, &'s str)>,
-    ) {
-        let Some(step) = failed else { return };
-        if let Some((label, _)) = scripts.find(|(_, sql)| *sql == step.query) {
-            self.migration = Some(label);
-            self.line = step.line;
-            if self.kind == FailureKind::Other {
-                self.kind = FailureKind::Migration;
-            }
-        }
-    }
-
     /// The part of the message that is the same for every tenant hit by the same problem.
     pub fn headline(&self) -> String {
         let what = match (&self.migration, self.line) {
@@ -232,28 +165,5 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} — {}", self.headline(), self.aftermath())
-    }
-}
-
-/// Drift: an applied migration whose file was edited afterwards.
-pub fn drift_edited(applied: &Migration, file: &Migration) -> String {
-    format!(
-        "drift: {applied} was changed after it was applied here (applied checksum {}, file {file} has {}); restore the file as it was applied, and put the change in a new migration",
-        applied.checksum(),
-        file.checksum()
-    )
-}
-
-/// Drift: an applied migration without a file (deleted, or the schema is ahead of the files).
-pub fn drift_no_file(applied: &Migration, set: &MigrationSet) -> String {
-    match set.latest() {
-        Some(latest) if applied.version() > latest => format!(
-            "drift: this schema is ahead of the files: {applied} is applied here, but the newest file is {}; use the checkout that has it, or roll back with the files that still have its .down.sql",
-            set.label(latest)
-        ),
-        _ => format!(
-            "drift: {applied} is applied here but its file is missing from {}; restore the file",
-            set.dir.display()
-        ),
     }
 }

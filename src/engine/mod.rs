@@ -1,6 +1,7 @@
 //! The migration engine. [`run`] is a run's lifecycle on one cluster; [`fleet`] drives many
-//! schemas with bounded concurrency; [`apply`] does one schema in one transaction, through
-//! refinery's traits implemented in [`schema_tx`]; [`failure`] says what went wrong;
+//! schemas with bounded concurrency; [`apply`] does one schema in one transaction, in the
+//! two pipelined round trips of [`schema_tx`], against its [`history`]; [`failure`] says what
+//! went wrong; [`heartbeat`] keeps the run's locks honest;
 //! [`shared`] is the once-per-cluster step; [`plan`] is pure planning; [`verify`] reads the
 //! schemas' own histories. The engine never prints: it emits [`events`].
 
@@ -9,6 +10,7 @@ pub mod events;
 pub mod failure;
 pub mod fleet;
 pub mod heartbeat;
+pub mod history;
 pub mod plan;
 pub mod run;
 pub mod schema_tx;

@@ -1,27 +1,21 @@
-//! refinery's view of a transaction that *we* opened: a small implementation of refinery's
-//! driver traits over a connection, so that refinery's own checks, SQL and history inserts
-//! run inside the one transaction per schema that tenantctl owns. Also the transaction's
-//! preamble, and the batch runner that finds which statement of a batch failed.
+//! The messages of one schema's transaction. A transaction takes two round trips: the
+//! opening (preamble, fence, registration, the history read) and the work (each migration
+//! file as a message of its own, as it is on disk, then the bookkeeping and COMMIT). The
+//! messages of a trip are pipelined: sent together, answered in order, so a schema costs two
+//! round trips whatever the number of migrations. PostgreSQL parses a whole message before it
+//! runs any of it, and an error's position is within that message: one file per message
+//! makes the file to blame, and its line, exact.
 
 use std::time::Duration;
 
-use futures::{pin_mut, StreamExt};
-use refinery::Migration;
-use refinery_core::traits::r#async::{AsyncQuery, AsyncTransaction};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
+use std::collections::VecDeque;
+
+use futures::TryStreamExt;
 use tokio_postgres::error::ErrorPosition;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryStream};
 
 use crate::control::schema_lock_sql;
-use crate::pgerror::describe;
 use crate::tenant::quote_ident;
-
-/// refinery's history table, kept inside each tenant schema.
-pub const HISTORY_TABLE: &str = "refinery_schema_history";
-
-/// Column name of the marker rows that tell which statement of a batch completed.
-const STEP_MARKER: &str = "tenantctl_step_done";
 
 /// How a schema's transaction is set up.
 #[derive(Debug, Clone, Copy)]
@@ -67,153 +61,100 @@ pub fn preamble(schema: &str, tx: &TxSettings<'_>) -> String {
     sql
 }
 
-/// The statement that failed inside a batch, and where.
-#[derive(Debug, Clone)]
-pub struct FailedStep {
-    pub query: String,
-    pub line: Option<usize>,
+/// Why a trip failed: the first message that failed, and PostgreSQL's error (the messages
+/// after it in a transaction fail too, as "current transaction is aborted").
+pub struct TripError {
+    pub index: usize,
+    pub error: tokio_postgres::Error,
+    /// The replies of the messages before it.
+    pub done: Vec<Vec<SimpleQueryMessage>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TxError {
-    #[error("{}", describe(.0))]
-    Pg(tokio_postgres::Error),
-    #[error("{0}")]
-    History(String),
-}
+/// How many bytes of messages may be sent ahead of their replies. Everything a schema
+/// usually sends fits, so a trip is one round trip; a very large migration (sent in pieces,
+/// see [`crate::migrations::scan::chunks`]) is streamed instead of copied whole into the
+/// driver's buffers.
+const IN_FLIGHT: usize = 8 << 20;
 
-/// refinery's view of our open transaction.
-pub struct SchemaTx<'a> {
-    pub client: &'a Client,
-    /// The history refinery read, once it has.
-    pub history: Option<Vec<Migration>>,
-    /// The statement that failed, once one has.
-    pub failed: Option<FailedStep>,
-}
-
-impl SchemaTx<'_> {
-    pub fn new(client: &Client) -> SchemaTx<'_> {
-        SchemaTx {
-            client,
-            history: None,
-            failed: None,
+/// Sends `messages` as simple queries, pipelined (in one round trip when they fit in
+/// [`IN_FLIGHT`]), and returns each one's replies, or the first that failed.
+pub async fn trip(
+    client: &Client,
+    messages: &[&str],
+) -> Result<Vec<Vec<SimpleQueryMessage>>, TripError> {
+    let mut out: Vec<Vec<SimpleQueryMessage>> = Vec::with_capacity(messages.len());
+    let mut in_flight: VecDeque<(SimpleQueryStream, usize)> = VecDeque::new();
+    let mut bytes = 0usize;
+    for m in messages {
+        while !in_flight.is_empty() && bytes + m.len() > IN_FLIGHT {
+            let (stream, size) = in_flight.pop_front().expect("not empty");
+            bytes -= size;
+            receive(stream, &mut out).await?;
         }
-    }
-
-    /// Runs statements as one simple-query batch (one round trip), with a marker row after
-    /// each so that, on error, we know which statement failed and at which line.
-    pub async fn run_batch(&mut self, queries: &[&str]) -> Result<usize, TxError> {
-        let mut batch = String::new();
-        let mut starts = Vec::with_capacity(queries.len());
-        let mut chars = 0usize;
-        for (i, q) in queries.iter().enumerate() {
-            starts.push(chars);
-            batch.push_str(q);
-            let marker = format!("\n;\nSELECT {i} AS {STEP_MARKER};\n");
-            chars += q.chars().count() + marker.chars().count();
-            batch.push_str(&marker);
-        }
-        let mut done = 0usize;
-        let outcome = match self.client.simple_query_raw(&batch).await {
+        // Sending only queues the message; the replies are read from the stream.
+        match client.simple_query_raw(m).await {
             Ok(stream) => {
-                pin_mut!(stream);
-                let mut err = None;
-                while let Some(msg) = stream.next().await {
-                    match msg {
-                        Ok(SimpleQueryMessage::Row(row))
-                            if row.columns().first().map(|c| c.name()) == Some(STEP_MARKER) =>
-                        {
-                            done += 1;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            err = Some(e);
-                            break;
-                        }
-                    }
-                }
-                err.map_or(Ok(()), Err)
+                in_flight.push_back((stream, m.len()));
+                bytes += m.len();
             }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(()) => Ok(queries.len()),
-            Err(e) => {
-                if let Some(query) = queries.get(done) {
-                    let line = match e.as_db_error().and_then(|d| d.position()) {
-                        Some(ErrorPosition::Original(pos)) => {
-                            let offset = (*pos as usize).saturating_sub(1);
-                            offset.checked_sub(starts[done]).and_then(|rel| {
-                                let mut it = query.chars();
-                                let prefix: String = it.by_ref().take(rel).collect();
-                                (prefix.chars().count() == rel && it.next().is_some())
-                                    .then(|| prefix.matches('\n').count() + 1)
-                            })
-                        }
-                        _ => None,
-                    };
-                    self.failed = Some(FailedStep {
-                        query: (*query).to_string(),
-                        line,
-                    });
+            Err(error) => {
+                for (stream, _) in in_flight.drain(..) {
+                    receive(stream, &mut out).await?;
                 }
-                Err(TxError::Pg(e))
+                let index = out.len();
+                return Err(TripError {
+                    index,
+                    error,
+                    done: out,
+                });
             }
         }
     }
-
-    /// Reads a history table (`table` is quoted and validated) in refinery's terms.
-    pub async fn read_history(&mut self, table: &str) -> Result<Vec<Migration>, TxError> {
-        let query =
-            format!("SELECT version, name, applied_on, checksum FROM {table} ORDER BY version ASC");
-        self.query(&query).await
+    for (stream, _) in in_flight.drain(..) {
+        receive(stream, &mut out).await?;
     }
+    Ok(out)
 }
 
-impl AsyncTransaction for SchemaTx<'_> {
-    type Error = TxError;
-
-    async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
-        &mut self,
-        queries: T,
-    ) -> Result<usize, Self::Error> {
-        let queries: Vec<&str> = queries.collect();
-        self.run_batch(&queries).await
-    }
-}
-
-impl AsyncQuery<Vec<Migration>> for SchemaTx<'_> {
-    async fn query(&mut self, query: &str) -> Result<Vec<Migration>, Self::Error> {
-        let messages = self.client.simple_query(query).await.map_err(TxError::Pg)?;
-        let mut applied = Vec::new();
-        for msg in messages {
-            let SimpleQueryMessage::Row(row) = msg else {
-                continue;
-            };
-            let bad = |what: &str| {
-                TxError::History(format!(
-                    "{HISTORY_TABLE} has a row with an unreadable {what} ({:?}); repair the history table",
-                    row.get(0)
-                ))
-            };
-            let version: i32 = row
-                .get(0)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad("version"))?;
-            let name = row.get(1).unwrap_or_default().to_string();
-            let applied_on = row
-                .get(2)
-                .and_then(|v| OffsetDateTime::parse(v, &Rfc3339).ok())
-                .ok_or_else(|| bad("applied_on"))?;
-            let checksum: u64 = row
-                .get(3)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad("checksum"))?;
-            applied.push(Migration::applied(version, name, applied_on, checksum));
+/// Reads one message's replies into `out`, or fails the trip at it.
+async fn receive(
+    stream: SimpleQueryStream,
+    out: &mut Vec<Vec<SimpleQueryMessage>>,
+) -> Result<(), TripError> {
+    match stream.try_collect::<Vec<_>>().await {
+        Ok(replies) => {
+            out.push(replies);
+            Ok(())
         }
-        self.history = Some(applied.clone());
-        Ok(applied)
+        Err(error) => Err(TripError {
+            index: out.len(),
+            error,
+            done: std::mem::take(out),
+        }),
     }
 }
 
-impl refinery::AsyncMigrate for SchemaTx<'_> {}
+/// The line of `sql` an error points at, when PostgreSQL gave a position in it.
+pub fn line_of(sql: &str, e: &tokio_postgres::Error) -> Option<usize> {
+    match e.as_db_error().and_then(|d| d.position()) {
+        Some(ErrorPosition::Original(pos)) => {
+            let offset = (*pos as usize).saturating_sub(1);
+            let mut chars = sql.chars();
+            let prefix: String = chars.by_ref().take(offset).collect();
+            (prefix.chars().count() == offset).then(|| prefix.matches('\n').count() + 1)
+        }
+        _ => None,
+    }
+}
+
+/// How many rows the last statement of a message affected.
+pub fn rows_affected(replies: &[SimpleQueryMessage]) -> u64 {
+    replies
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0)
+}

@@ -3,16 +3,16 @@
 //! racing runners apply them exactly once. Each time they apply (or fail), the cluster's
 //! ledger records it as a run of its own.
 
-use refinery::Target;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::control::{RunCommand, RunInfo, SharedOutcome};
 use crate::db::Session;
-use crate::engine::apply::{forward, rollback_on_error, Applied};
+use crate::engine::apply::{rollback_on_error, Applied, Script, Work};
 use crate::engine::failure::Failure;
-use crate::engine::schema_tx::{preamble, SchemaTx, TxSettings};
+use crate::engine::history;
+use crate::engine::schema_tx::{preamble, trip, TxSettings};
 use crate::migrations::MigrationSet;
 use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
@@ -64,21 +64,40 @@ async fn apply_shared(
                 create_if_missing(ext)
             ));
         }
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| Failure::from_pg(&e, None))?;
-        let mut tx = SchemaTx::new(client);
         let table = shared_history_table(schema);
-        let (before, after, count) = forward(&mut tx, set, &table, Target::Latest, None).await?;
-        client
-            .batch_execute("COMMIT")
+        let opening = [
+            sql.as_str(),
+            &history::ensure_sql(&table),
+            &history::read_sql(&table),
+        ];
+        let replies = trip(client, &opening)
             .await
-            .map_err(|e| Failure::from_pg(&e, before))?;
+            .map_err(|e| Failure::from_pg(&e.error, None))?;
+        let applied = history::parse(replies.last().map_or(&[][..], Vec::as_slice), None)?;
+        history::check(&applied, set, true)?;
+        let pending = history::pending(&applied, set, None);
+        let work = Work {
+            before: applied.last().map(|m| m.version()),
+            after: pending
+                .last()
+                .map(|f| f.version)
+                .or(applied.last().map(|m| m.version())),
+            count: pending.len(),
+            scripts: pending
+                .iter()
+                .map(|f| Script {
+                    label: f.label(),
+                    sql: f.sql(),
+                })
+                .collect(),
+            bookkeeping: history::insert_sql(&table, &pending),
+        };
+        work.send(client, &format!("{} COMMIT;", work.bookkeeping))
+            .await?;
         Ok(Applied {
-            before,
-            after,
-            count,
+            before: work.before,
+            after: work.after,
+            count: work.count,
         })
     }
     .await;

@@ -8,7 +8,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::control::TenantRow;
-use crate::engine::schema_tx::HISTORY_TABLE;
+use crate::engine::history::HISTORY_TABLE;
 use crate::migrations::MigrationSet;
 use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
@@ -51,12 +51,12 @@ pub async fn verify(
         .collect();
     let histories = read_histories(client, &with_history).await?;
     let files: BTreeMap<i32, (String, String)> = set
-        .refinery()
+        .files()
         .iter()
-        .map(|m| {
+        .map(|f| {
             (
-                m.version(),
-                (m.name().to_string(), m.checksum().to_string()),
+                f.version,
+                (f.name.clone(), f.migration.checksum().to_string()),
             )
         })
         .collect();

@@ -16,13 +16,15 @@ use refinery::Migration;
 #[error("{0}")]
 pub struct MigrationSetError(pub String);
 
-/// One versioned migration: the up script and, when present, its down companion.
+/// One versioned migration: the up script and, when present, its down companion. The up
+/// script's text is held once, inside its refinery `Migration` (which also gives the
+/// checksum the history table records).
 #[derive(Debug, Clone)]
 pub struct MigrationFile {
     pub version: i32,
     pub name: String,
     pub path: PathBuf,
-    pub sql: String,
+    pub migration: Migration,
     pub down: Option<(PathBuf, String)>,
 }
 
@@ -31,6 +33,11 @@ impl MigrationFile {
     pub fn label(&self) -> String {
         format!("V{}__{}", self.version, self.name)
     }
+
+    /// The up script.
+    pub fn sql(&self) -> &str {
+        self.migration.sql().unwrap_or_default()
+    }
 }
 
 /// The whole migration set, sorted by version.
@@ -38,7 +45,6 @@ impl MigrationFile {
 pub struct MigrationSet {
     pub dir: PathBuf,
     files: Vec<MigrationFile>,
-    refinery: Vec<Migration>,
     digest: String,
 }
 
@@ -197,13 +203,19 @@ impl MigrationSet {
                 if let Some(other) = ups.get(&parsed.version) {
                     return Err(duplicate(parsed.version, &other.path, &path));
                 }
+                let label = format!("V{}__{}", parsed.version, parsed.name);
+                // refinery keeps its own copy; ours is dropped here, so the text is held once.
+                let migration = Migration::unapplied(&label, &sql).map_err(|e| {
+                    MigrationSetError(format!("{}: refinery refused it: {e}", path.display()))
+                })?;
+                drop(sql);
                 ups.insert(
                     parsed.version,
                     MigrationFile {
                         version: parsed.version,
                         name: parsed.name,
                         path,
-                        sql,
+                        migration,
                         down: None,
                     },
                 );
@@ -229,19 +241,10 @@ impl MigrationSet {
             }
         }
         let files: Vec<MigrationFile> = ups.into_values().collect();
-        let refinery = files
-            .iter()
-            .map(|f| {
-                Migration::unapplied(&f.label(), &f.sql).map_err(|e| {
-                    MigrationSetError(format!("{}: refinery refused it: {e}", f.path.display()))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let digest = digest(&refinery);
+        let digest = digest(&files);
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
             files,
-            refinery,
             digest,
         })
     }
@@ -251,18 +254,12 @@ impl MigrationSet {
         MigrationSet {
             dir: dir.to_path_buf(),
             files: Vec::new(),
-            refinery: Vec::new(),
             digest: digest(&[]),
         }
     }
 
     pub fn files(&self) -> &[MigrationFile] {
         &self.files
-    }
-
-    /// The set as refinery migrations (unapplied), sorted by version.
-    pub fn refinery(&self) -> &[Migration] {
-        &self.refinery
     }
 
     /// The highest version on disk.
@@ -321,12 +318,12 @@ fn duplicate(version: i32, a: &Path, b: &Path) -> MigrationSetError {
 }
 
 /// A fingerprint of refinery's per-migration versions and checksums.
-fn digest(migrations: &[Migration]) -> String {
-    crate::digest::fnv1a_hex(migrations.iter().flat_map(|m| {
-        (m.version() as i64)
+fn digest(files: &[MigrationFile]) -> String {
+    crate::digest::fnv1a_hex(files.iter().flat_map(|f| {
+        (f.migration.version() as i64)
             .to_le_bytes()
             .into_iter()
-            .chain(m.checksum().to_le_bytes())
+            .chain(f.migration.checksum().to_le_bytes())
     }))
 }
 

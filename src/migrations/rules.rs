@@ -38,7 +38,7 @@ pub struct Rules<'a> {
 pub fn check_set(set: &MigrationSet, rules: &Rules<'_>) -> Result<(), MigrationSetError> {
     let mut findings = Vec::new();
     for f in set.files() {
-        findings.extend(check_file(&f.path, &f.sql, rules));
+        findings.extend(check_file(&f.path, f.sql(), rules));
         if let Some((path, sql)) = &f.down {
             findings.extend(check_file(path, sql, rules));
         }

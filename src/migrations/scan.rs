@@ -32,6 +32,8 @@ pub enum Tok<'a> {
 pub struct Statement<'a> {
     /// The line of its first token (1-based, in the scanned text).
     pub line: usize,
+    /// Where it ends in the text: the byte after its `;` (or the end of the text).
+    pub end: usize,
     /// Its significant tokens with their lines.
     pub tokens: Vec<(Tok<'a>, usize)>,
 }
@@ -56,11 +58,12 @@ pub fn for_each_statement<'a>(
     let mut current: Vec<(Tok<'a>, usize)> = Vec::new();
     let mut parens = 0i32;
     let mut begin_depth = 0i32;
-    let mut flush = |current: &mut Vec<(Tok<'a>, usize)>| {
+    let mut flush = |current: &mut Vec<(Tok<'a>, usize)>, end: usize| {
         if !current.is_empty() {
             let tokens = std::mem::take(current);
             each(Statement {
                 line: tokens[0].1,
+                end,
                 tokens,
             });
         }
@@ -68,7 +71,7 @@ pub fn for_each_statement<'a>(
     while let Some((tok, line)) = lexer.next()? {
         match &tok {
             Lexed::Semi if parens <= 0 && begin_depth <= 0 => {
-                flush(&mut current);
+                flush(&mut current, lexer.pos);
                 parens = 0;
                 continue;
             }
@@ -98,8 +101,36 @@ pub fn for_each_statement<'a>(
             current.push((t, line));
         }
     }
-    flush(&mut current);
+    flush(&mut current, sql.len());
     Ok(())
+}
+
+/// `sql` cut at statement ends into pieces of about `max` bytes (a statement is never cut),
+/// each with the number of lines before it: a very large file is sent a piece at a time
+/// instead of being copied whole into the driver's buffers.
+pub fn chunks(sql: &str, max: usize) -> Result<Vec<(usize, &str)>, ScanError> {
+    if sql.len() <= max {
+        return Ok(vec![(0, sql)]);
+    }
+    let mut out = Vec::new();
+    let (mut start, mut lines_before) = (0usize, 0usize);
+    for_each_statement(sql, |s| {
+        if s.end - start >= max {
+            out.push((lines_before, &sql[start..s.end]));
+            lines_before += sql[start..s.end].matches('\n').count();
+            start = s.end;
+        }
+    })?;
+    match out.last_mut() {
+        // What follows the last statement (a newline) goes with it.
+        Some((_, last)) if sql[start..].trim().is_empty() => {
+            let from = sql.len() - sql[start..].len() - last.len();
+            *last = &sql[from..];
+        }
+        _ if start < sql.len() => out.push((lines_before, &sql[start..])),
+        _ => {}
+    }
+    Ok(out)
 }
 
 /// The statements of `sql`, collected (for small texts such as function bodies and tests).
@@ -410,6 +441,7 @@ impl<'a> Statement<'a> {
             .unwrap_or(self.tokens.len());
         let head = Statement {
             line: self.line,
+            end: self.end,
             tokens: self.tokens[..end].to_vec(),
         };
         head.qualifiers().into_iter().next()
@@ -484,6 +516,21 @@ mod tests {
         assert!(statements("SELECT 3.14, 1e5").unwrap()[0]
             .qualifiers()
             .is_empty());
+    }
+
+    #[test]
+    fn large_texts_are_cut_at_statement_ends() {
+        let sql = "CREATE TABLE a (x text);\nINSERT INTO a VALUES ('1;\n2');\n-- c\nINSERT INTO a VALUES ('3');\n";
+        let pieces = chunks(sql, 10).unwrap();
+        let joined: String = pieces.iter().map(|(_, p)| *p).collect();
+        assert_eq!(joined, sql);
+        // Lines before each piece (the second starts with the newline after the first).
+        assert_eq!(
+            pieces.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            [0, 0, 2]
+        );
+        assert!(pieces[1].1.ends_with("'1;\n2');"), "{pieces:?}");
+        assert_eq!(chunks(sql, 1000).unwrap(), [(0, sql)]);
     }
 
     #[test]
