@@ -19,7 +19,8 @@ use clap::{Args, Parser, Subcommand};
 /// Exit codes: 0 success; 1 one or more tenants failed (or the database was unreachable);
 /// 2 usage, configuration or migration-set error (nothing was touched); 3 another
 /// migrate/rollback is running on this database; 4 partial: one or more clusters could not
-/// be reached or stopped early while the others finished; 130 interrupted.
+/// be reached or stopped early while the others finished; 5 fenced: the run lost its locks to
+/// another runner and stopped; 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "tenantctl", version, max_term_width = 100)]
 pub struct Cli {
