@@ -16,11 +16,14 @@ use clap::{Args, Parser, Subcommand};
 /// command then spans all of them at once, each cluster with its own control schema and
 /// concurrency bound; `--cluster NAME` narrows a command to some.
 ///
-/// Exit codes: 0 success; 1 one or more tenants failed (or the database was unreachable);
-/// 2 usage, configuration or migration-set error (nothing was touched); 3 another
-/// migrate/rollback is running on this database; 4 partial: one or more clusters could not
-/// be reached or stopped early while the others finished; 5 fenced: the run lost its locks to
-/// another runner and stopped; 130 interrupted.
+/// Exit codes: 0 success; 1 one or more tenants failed; 2 usage, configuration or
+/// migration-set error (nothing was touched); 3 another migrate/rollback/repair is running on
+/// this database; 4 partial: one or more clusters could not be reached or stopped early while
+/// the others finished; 5 fenced: the run lost its locks to another runner and stopped;
+/// 6 the database could not be reached (or went away during the run); 130 interrupted.
+///
+/// With --json, every command prints one JSON document on stdout, errors included
+/// (`{"format": 1, "ok": false, "error": {"kind": …, "message": …}, …}`); see docs/json.md.
 #[derive(Debug, Parser)]
 #[command(name = "tenantctl", version, max_term_width = 100)]
 pub struct Cli {
@@ -127,6 +130,25 @@ pub enum Command {
     /// --verify also reads every schema's own history and reports disagreements (exit 1).
     Status(StatusArgs),
 
+    /// Accept an applied migration file as it is now, after an edit made on purpose.
+    ///
+    /// A migration file edited after it was applied is drift: tenants that have it are not
+    /// touched again until the file is restored. When the edit is meant (a comment, whitespace,
+    /// a fix with the same effect), `repair --accept V` records the file's current checksum
+    /// in the history of every tenant that has V applied. It runs nothing. It shows what it
+    /// will change first, asks for confirmation (on a terminal; elsewhere it needs --yes), and
+    /// is recorded in the audit trail like any run.
+    ///
+    /// Do not use it to make a changed migration "count": tenants that applied the old text
+    /// keep what it did. A change in effect belongs in a new migration.
+    ///
+    /// Examples:
+    ///   tenantctl repair --accept 10 --all --dry-run
+    ///   tenantctl repair --accept 10 --all --yes
+    ///   tenantctl repair --accept 10 --tenant acme
+    #[command(verbatim_doc_comment)]
+    Repair(RepairArgs),
+
     /// Show the audit trail of every change: who, where, what, when, and the outcome.
     ///
     /// Every create, adopt, migrate, rollback and drop: who ran it (OS user or --actor), on
@@ -149,7 +171,7 @@ pub struct AuditArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: i64,
 
-    /// Print a JSON array on stdout.
+    /// Print one JSON document on stdout (see docs/json.md), errors included.
     #[arg(long)]
     pub json: bool,
 }
@@ -244,7 +266,7 @@ pub struct RunOpts {
     #[arg(long)]
     pub fail_fast: bool,
 
-    /// Print the result as one JSON object on stdout.
+    /// Print one JSON document on stdout (see docs/json.md), errors included.
     #[arg(long)]
     pub json: bool,
 }
@@ -257,8 +279,8 @@ pub struct FleetOpts {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// If another migrate/rollback is running on this database, wait up to this long for it
-    /// (e.g. 30s, 10m) instead of exiting with code 3.
+    /// If another migrate/rollback/repair is running on this database, wait up to this long
+    /// for it (e.g. 30s, 10m) instead of exiting with code 3.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
 
@@ -311,7 +333,7 @@ pub struct AdoptArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Print a JSON array on stdout.
+    /// Print one JSON document on stdout (see docs/json.md), errors included.
     #[arg(long)]
     pub json: bool,
 }
@@ -364,6 +386,38 @@ pub struct RollbackArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["all", "tenant"])))]
+pub struct RepairArgs {
+    /// The migration version whose file, as it is now, is to be recorded where it is applied.
+    #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+    pub accept: i32,
+
+    /// Every registered tenant that has the version applied.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Only this tenant (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub tenant: Vec<String>,
+
+    /// Do not ask for confirmation (required when there is no terminal to ask on).
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Show what would change, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// If another migrate/rollback/repair is running on this database, wait up to this long
+    /// for it (e.g. 30s, 10m) instead of exiting with code 3.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Show only these tenants (repeatable).
     #[arg(long, value_name = "ID")]
@@ -375,7 +429,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub verify: bool,
 
-    /// Print one JSON object on stdout: latest_version, tenants[{id, schema, version, pending}], summary.
+    /// Print one JSON document on stdout (see docs/json.md), errors included.
     #[arg(long)]
     pub json: bool,
 }

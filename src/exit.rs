@@ -1,8 +1,9 @@
-//! Named exit codes, so CI can tell what happened.
+//! Named exit codes, so CI can tell what happened, and the kind of an error as `--json`
+//! reports it.
 
 /// Everything requested succeeded.
 pub const SUCCESS: i32 = 0;
-/// One or more tenants failed (the others are done), or the database could not be reached.
+/// One or more tenants failed (the others are done).
 pub const FAILED: i32 = 1;
 /// Usage, configuration or migration-set error: nothing was touched.
 pub const USAGE: i32 = 2;
@@ -15,6 +16,9 @@ pub const PARTIAL: i32 = 4;
 /// the run was still its own, or another runner took it over; it stopped, committing nothing
 /// more. What it committed is whole; the run continues under its new owner, or on re-run.
 pub const FENCED: i32 = 5;
+/// The database could not be reached (refused, timed out, TLS failed), or went away for good
+/// during a run: nothing (more) was done there. Re-run once it is back.
+pub const UNREACHABLE: i32 = 6;
 /// Interrupted by SIGINT/SIGTERM: in-flight schemas finished or rolled back, the rest not started.
 pub const INTERRUPTED: i32 = 130;
 
@@ -34,22 +38,67 @@ pub struct BusyError(pub String);
 #[error("{0}")]
 pub struct InterruptedError(pub String);
 
-/// Maps an error to its exit code: input problems are 2, busy is 3, everything else is 1.
+/// The database could not be reached: exit code 6.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnreachableError(pub String);
+
+/// What went wrong, for `--json`'s `error.kind`, with its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Usage,
+    Config,
+    Migrations,
+    Busy,
+    Unreachable,
+    Interrupted,
+    Failed,
+}
+
+impl Kind {
+    pub fn of(err: &anyhow::Error) -> Kind {
+        let is = |f: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool| err.chain().any(f);
+        if is(&|e| e.is::<BusyError>()) {
+            Kind::Busy
+        } else if is(&|e| e.is::<InterruptedError>()) {
+            Kind::Interrupted
+        } else if is(&|e| e.is::<crate::config::ConfigError>()) {
+            Kind::Config
+        } else if is(&|e| e.is::<crate::migrations::MigrationSetError>()) {
+            Kind::Migrations
+        } else if is(&|e| e.is::<UsageError>()) {
+            Kind::Usage
+        } else if is(&|e| e.is::<UnreachableError>()) {
+            Kind::Unreachable
+        } else {
+            Kind::Failed
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Usage => "usage",
+            Kind::Config => "config",
+            Kind::Migrations => "migrations",
+            Kind::Busy => "busy",
+            Kind::Unreachable => "unreachable",
+            Kind::Interrupted => "interrupted",
+            Kind::Failed => "failed",
+        }
+    }
+
+    pub fn code(self) -> i32 {
+        match self {
+            Kind::Usage | Kind::Config | Kind::Migrations => USAGE,
+            Kind::Busy => BUSY,
+            Kind::Unreachable => UNREACHABLE,
+            Kind::Interrupted => INTERRUPTED,
+            Kind::Failed => FAILED,
+        }
+    }
+}
+
+/// Maps an error to its exit code.
 pub fn code_for(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.is::<BusyError>()) {
-        return BUSY;
-    }
-    if err.chain().any(|e| e.is::<InterruptedError>()) {
-        return INTERRUPTED;
-    }
-    let usage = err.chain().any(|e| {
-        e.is::<UsageError>()
-            || e.is::<crate::config::ConfigError>()
-            || e.is::<crate::migrations::MigrationSetError>()
-    });
-    if usage {
-        USAGE
-    } else {
-        FAILED
-    }
+    Kind::of(err).code()
 }

@@ -12,6 +12,7 @@ mod digest;
 mod engine;
 mod exit;
 mod migrations;
+mod output;
 mod pgerror;
 mod redact;
 mod report;
@@ -25,54 +26,123 @@ use cli::{Cli, Command, TenantCommand};
 use config::{Config, Overrides};
 
 /// The whole program: parse, run, and the exit code. Errors print with their whole cause
-/// chain, passwords scrubbed.
+/// chain, passwords scrubbed; with `--json`, also as a JSON document on stdout.
 pub fn main() -> i32 {
     install_panic_hook();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return command_line_error(e),
+    };
+    let json = needs(&cli.command).json;
+    let name = command_name(&cli.command);
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", redact::scrub(&format!("{err:#}")));
-            exit::code_for(&err)
+            let kind = exit::Kind::of(&err);
+            output::stderr_line(&format!("error: {err:#}"));
+            if json {
+                output::stdout(&format!(
+                    "{}\n",
+                    report::json::error_document(&err, Some(name))
+                ));
+            }
+            kind.code()
         }
     }
+}
+
+/// A command line clap refused (or `--help`, `--version`): clap prints it as usual; with
+/// `--json` among the arguments, a usage error is also a JSON document on stdout.
+fn command_line_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    let _ = e.print();
+    if informational {
+        return e.exit_code();
+    }
+    if std::env::args_os().skip(1).any(|a| a == "--json") {
+        let err = anyhow::Error::new(exit::UsageError(
+            e.render().to_string().trim_end().to_string(),
+        ));
+        output::stdout(&format!("{}\n", report::json::error_document(&err, None)));
+    }
+    exit::USAGE
 }
 
 /// Panics print through the scrubber too, so not even a bug can print a password.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        eprintln!(
-            "tenantctl crashed (a bug; please report it): {}",
-            redact::scrub(&info.to_string())
-        );
+        output::stderr_line(&format!(
+            "tenantctl crashed (a bug; please report it): {info}"
+        ));
     }));
 }
 
-/// What the command line asks of the configuration: a `--jobs` override, and whether the
-/// command connects to a database at all (those that do not never need a URL).
-fn needs(command: &Command) -> (Option<u16>, bool) {
+/// What a command asks of the process: a `--jobs` override, whether it connects to a
+/// database at all (those that do not never need a URL), and whether it prints JSON.
+struct Needs {
+    jobs: Option<u16>,
+    database: bool,
+    json: bool,
+}
+
+fn needs(command: &Command) -> Needs {
+    let run = |r: &cli::RunOpts| Needs {
+        jobs: r.jobs,
+        database: true,
+        json: r.json,
+    };
+    let read = |json: bool| Needs {
+        jobs: None,
+        database: true,
+        json,
+    };
     match command {
-        Command::Migrate(a) => (a.fleet.run.jobs, true),
-        Command::Rollback(a) => (a.fleet.run.jobs, true),
-        Command::Status(_) | Command::Audit(_) => (None, true),
+        Command::Migrate(a) => run(&a.fleet.run),
+        Command::Rollback(a) => run(&a.fleet.run),
+        Command::Repair(a) => run(&a.run),
+        Command::Status(a) => read(a.json),
+        Command::Audit(a) => read(a.json),
         Command::Tenant(t) => match t {
-            TenantCommand::Create(a) => (a.run.jobs, true),
-            TenantCommand::Adopt(a) => (a.run.jobs, true),
-            TenantCommand::Drop(a) => (a.run.jobs, true),
-            TenantCommand::List(_) => (None, true),
+            TenantCommand::Create(a) => run(&a.run),
+            TenantCommand::Adopt(a) => run(&a.run),
+            TenantCommand::Drop(a) => run(&a.run),
+            TenantCommand::List(a) => read(a.json),
+        },
+    }
+}
+
+/// The command's name as documents give it (`migrate`, `tenant create`, …).
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Migrate(_) => "migrate",
+        Command::Rollback(_) => "rollback",
+        Command::Repair(_) => "repair",
+        Command::Status(_) => "status",
+        Command::Audit(_) => "audit",
+        Command::Tenant(t) => match t {
+            TenantCommand::Create(_) => "tenant create",
+            TenantCommand::Adopt(_) => "tenant adopt",
+            TenantCommand::Drop(_) => "tenant drop",
+            TenantCommand::List(_) => "tenant list",
         },
     }
 }
 
 /// Runs the parsed command line and returns the exit code.
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    let (jobs, needs_database) = needs(&cli.command);
+    let needs = needs(&cli.command);
     let overrides = Overrides {
         database_url: cli.global.database_url.clone(),
-        jobs: jobs.map(usize::from),
+        jobs: needs.jobs.map(usize::from),
     };
     let config = Config::load(&cli.global.config, &overrides)?;
-    let targets = if needs_database {
+    let targets = if needs.database {
         config.targets(&cli.global.cluster)?
     } else {
         Vec::new()
@@ -98,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Tenant(TenantCommand::Drop(args)) => commands::tenant::drop(ctx, args).await,
             Command::Migrate(args) => commands::migrate::migrate(ctx, args).await,
             Command::Rollback(args) => commands::rollback::rollback(ctx, args).await,
+            Command::Repair(args) => commands::repair::repair(ctx, args).await,
             Command::Status(args) => commands::status::status(ctx, args).await,
             Command::Audit(args) => commands::audit::audit(ctx, args).await,
         }

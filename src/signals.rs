@@ -42,15 +42,15 @@ impl Signals {
                 count += 1;
                 // The process's last words, like main's: nothing else is left to print them.
                 if count == 1 && in_flight.load(Ordering::SeqCst) == 0 {
-                    eprintln!(
+                    crate::output::stderr_line(&format!(
                         "{name} received with no schema in flight: stopping; finished work is kept"
-                    );
+                    ));
                     std::process::exit(exit::INTERRUPTED);
                 }
                 if count > 1 {
-                    eprintln!(
+                    crate::output::stderr_line(&format!(
                         "{name} again: stopping now; open transactions are rolled back by PostgreSQL"
-                    );
+                    ));
                     std::process::exit(exit::INTERRUPTED);
                 }
                 let _ = tx.send(Some(name));

@@ -4,6 +4,10 @@ use std::fmt::Write as _;
 
 use crate::cli::AuditArgs;
 use crate::config::Target;
+use crate::control::RunRow;
+use crate::exit::SUCCESS;
+use crate::report::json::Part;
+use crate::report::summary::counts_text;
 
 use super::clusters::{each, finish, Done};
 use super::Ctx;
@@ -27,11 +31,17 @@ async fn audit_one(ctx: &Ctx, target: &Target, args: &AuditArgs) -> anyhow::Resu
     } else {
         Vec::new()
     };
-    let value = serde_json::to_value(&rows)?;
-    Ok(Done::either(args.json, || audit_text(&rows, args), value))
+    let runs = rows
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()?;
+    let part = Part::default()
+        .top("command", serde_json::json!("audit"))
+        .list("runs", runs);
+    Ok(Done::new(SUCCESS, audit_text(&rows, args), part))
 }
 
-fn audit_text(rows: &[crate::control::AuditRow], args: &AuditArgs) -> String {
+fn audit_text(rows: &[RunRow], args: &AuditArgs) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         let _ = writeln!(
@@ -51,14 +61,12 @@ fn audit_text(rows: &[crate::control::AuditRow], args: &AuditArgs) -> String {
             .map_or(String::new(), |v| format!(" to V{v}"));
         let _ = writeln!(
             out,
-            "run {} {} {}{target}: {} ({} succeeded, {} failed of {}) by {} on {} (pid {}), {} – {}\n    $ {}",
-            r.run,
-            r.started_at,
+            "run {} {}{target}: {} ({} of {}) by {} on {} (pid {}), {} – {}\n    $ {}",
+            r.id,
             r.command,
-            r.outcome,
-            r.succeeded,
-            r.failed,
-            r.tenants,
+            r.state,
+            counts_text(r.command, &r.counts),
+            r.total,
             r.actor,
             r.host,
             r.pid,

@@ -6,25 +6,19 @@
 
 use std::fmt::Write as _;
 
-use serde_json::json;
-
 use crate::config::Target;
 use crate::exit;
-use crate::redact::scrub;
+use crate::report::json::{document, ClusterResult, Part};
 use crate::report::Tally;
 
 use super::Ctx;
 
-/// A cluster's printed result.
-pub enum Output {
-    Text(String),
-    Json(serde_json::Value),
-}
-
-/// How a command went on one cluster.
+/// How a command went on one cluster: its text for people and its share of the JSON
+/// document (see `report::json`), both built, one printed.
 pub struct Done {
     pub code: i32,
-    pub out: Output,
+    pub text: String,
+    pub json: Part,
     /// The cluster itself failed part way (its server went away mid-run): its remaining
     /// tenants were not worked on. Together with errors, this makes a fleet run partial.
     pub down: bool,
@@ -33,42 +27,29 @@ pub struct Done {
 }
 
 impl Done {
-    pub fn new(code: i32, out: Output) -> Done {
+    pub fn new(code: i32, text: String, json: Part) -> Done {
         Done {
             code,
-            out,
+            text,
+            json,
             down: false,
             counts: Vec::new(),
         }
     }
 
-    /// Text or JSON, as the command was asked.
-    pub fn either(json: bool, text: impl FnOnce() -> String, value: serde_json::Value) -> Done {
-        Done::new(
-            exit::SUCCESS,
-            if json {
-                Output::Json(value)
-            } else {
-                Output::Text(text())
-            },
-        )
-    }
-
+    /// The counts of the overall line, which are the document's `counts` too.
     pub fn counts(mut self, counts: Vec<(Tally, usize)>) -> Done {
+        for (tally, n) in &counts {
+            self.json.counts.push((tally.key(), *n as i64));
+        }
         self.counts = counts;
         self
     }
 
-    /// Puts a line before the text, or a key into the JSON object.
+    /// Puts a line before the text, and a field into the cluster's JSON entry.
     pub fn prepend(mut self, line: &str, key: &str, value: serde_json::Value) -> Done {
-        match &mut self.out {
-            Output::Text(t) => t.insert_str(0, line),
-            Output::Json(v) => {
-                if let Some(map) = v.as_object_mut() {
-                    map.insert(key.to_string(), value);
-                }
-            }
-        }
+        self.text.insert_str(0, line);
+        self.json.cluster.insert(key.into(), value);
         self
     }
 }
@@ -135,70 +116,71 @@ pub fn combine(outcomes: &[(i32, bool)]) -> i32 {
     }
 }
 
-/// Prints the results and returns the exit code. With the single `[database]` form this is
-/// exactly the one cluster's output (and its error, if any, goes back to `main`).
-pub fn finish(ctx: &Ctx, mut results: Results, json: bool) -> anyhow::Result<i32> {
+/// Prints the results and returns the exit code: with `json`, one document (the same shape
+/// for one database and for several clusters); else the text, with one section per cluster
+/// and an overall line when the config names clusters. With the single `[database]` form, its
+/// error (if any) goes back to `main`.
+pub fn finish(ctx: &Ctx, results: Results, json: bool) -> anyhow::Result<i32> {
     if !ctx.multi() {
-        let Some((_, result)) = results.pop() else {
-            return Ok(exit::SUCCESS);
-        };
-        let done = result?;
-        print_output(&done.out);
-        return Ok(done.code);
+        if let Some((_, Err(_))) = results.first() {
+            let (_, err) = results.into_iter().next().expect("one");
+            return Err(err.err().expect("an error"));
+        }
     }
-    let mut codes = Vec::new();
+    let codes: Vec<(i32, bool)> = results
+        .iter()
+        .map(|(_, r)| match r {
+            Ok(done) => (done.code, done.down),
+            Err(e) => (exit::code_for(e), true),
+        })
+        .collect();
+    let code = match (ctx.multi(), results.first()) {
+        (false, Some((_, Ok(done)))) => done.code,
+        (false, _) => exit::SUCCESS,
+        (true, _) => combine(&codes),
+    };
+    if json {
+        let parts: Vec<ClusterResult<'_>> = results
+            .iter()
+            .zip(&codes)
+            .map(|((t, r), (c, _))| ClusterResult {
+                name: &t.name,
+                code: *c,
+                outcome: r.as_ref().map(|d| &d.json),
+            })
+            .collect();
+        crate::output::stdout(&format!("{}\n", document(&parts, code)));
+        return Ok(code);
+    }
+    if !ctx.multi() {
+        if let Some((_, Ok(done))) = results.first() {
+            crate::output::stdout(&done.text);
+        }
+        return Ok(code);
+    }
     let mut totals: Vec<(Tally, usize)> = Vec::new();
     let mut text = String::new();
-    let mut docs = Vec::new();
     let mut troubled = Vec::new();
-    for (s, result) in &results {
-        let _ = writeln!(text, "== cluster {} ({}) ==", s.name, s.display_url);
+    for ((t, result), (_, whole)) in results.iter().zip(&codes) {
+        let _ = writeln!(text, "== cluster {} ({}) ==", t.name, t.display_url);
+        if *whole {
+            troubled.push(t.name.clone());
+        }
         match result {
             Ok(done) => {
-                codes.push((done.code, done.down));
-                if done.down {
-                    troubled.push(s.name.clone());
-                }
                 for (k, n) in &done.counts {
                     match totals.iter_mut().find(|(key, _)| key == k) {
                         Some((_, total)) => *total += n,
                         None => totals.push((*k, *n)),
                     }
                 }
-                match &done.out {
-                    Output::Text(t) => text.push_str(t),
-                    Output::Json(v) => docs.push(json!({
-                        "cluster": s.name, "ok": !done.down, "exit_code": done.code, "result": v,
-                    })),
-                }
+                text.push_str(&done.text);
             }
             Err(e) => {
-                let code = exit::code_for(e);
-                codes.push((code, true));
-                troubled.push(s.name.clone());
                 let _ = writeln!(text, "error: {e:#}");
-                docs.push(json!({
-                    "cluster": s.name, "ok": false, "exit_code": code, "error": format!("{e:#}"),
-                }));
             }
         }
         text.push('\n');
-    }
-    let code = combine(&codes);
-    if json {
-        let mut overall = serde_json::Map::new();
-        for (k, n) in &totals {
-            overall.insert(k.as_str().replace(' ', "_"), json!(n));
-        }
-        overall.insert("clusters".into(), json!(results.len()));
-        overall.insert("failed_clusters".into(), json!(troubled));
-        overall.insert("partial".into(), json!(code == exit::PARTIAL));
-        overall.insert("exit_code".into(), json!(code));
-        println!(
-            "{}",
-            scrub(&json!({ "clusters": docs, "overall": overall }).to_string())
-        );
-        return Ok(code);
     }
     let _ = write!(
         text,
@@ -215,9 +197,12 @@ pub fn finish(ctx: &Ctx, mut results: Results, json: bool) -> anyhow::Result<i32
         );
     }
     if !totals.is_empty() {
+        // As in each cluster's line: the first count and failures always, the rest when any.
         let parts: Vec<String> = totals
             .iter()
-            .map(|(k, n)| format!("{n} {}", k.as_str()))
+            .enumerate()
+            .filter(|(i, (k, n))| *i == 0 || *n > 0 || *k == Tally::Failed)
+            .map(|(_, (k, n))| format!("{n} {}", k.as_str()))
             .collect();
         let _ = write!(text, "; tenants: {}", parts.join(", "));
     }
@@ -235,15 +220,8 @@ pub fn finish(ctx: &Ctx, mut results: Results, json: bool) -> anyhow::Result<i32
             troubled.join(", ")
         );
     }
-    print!("{}", scrub(&text));
+    crate::output::stdout(&text);
     Ok(code)
-}
-
-fn print_output(out: &Output) {
-    match out {
-        Output::Text(t) => print!("{}", scrub(t)),
-        Output::Json(v) => println!("{}", scrub(&v.to_string())),
-    }
 }
 
 #[cfg(test)]

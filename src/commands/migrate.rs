@@ -14,9 +14,11 @@ use crate::engine::run::{self as engine_run, scope_of, Planned, RunEnv, RunReque
 use crate::engine::shared::{apply_shared_recorded, shared_version};
 use crate::exit::{self, UsageError};
 use crate::migrations::{version_label, MigrationSet};
+use crate::report::json::Part;
+use crate::report::summary::no_run_part;
 use crate::tenant::Tenant;
 
-use super::clusters::{finish, single_error, Done, Output};
+use super::clusters::{finish, single_error, Done};
 use super::{load_migrations, load_shared, parse_ids, run_output, Ctx};
 
 pub async fn migrate(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<i32> {
@@ -215,9 +217,8 @@ async fn execute(
         active,
         env,
     } = p;
-    let json = opts.run.json;
     let shared = match sides.shared {
-        Some(set) => match shared_step(ctx, &session, set, opts.dry_run, json).await? {
+        Some(set) => match shared_step(ctx, &session, set, opts.dry_run, direction).await? {
             Ok(step) => Some(step),
             Err(failed) => return Ok(failed),
         },
@@ -225,29 +226,29 @@ async fn execute(
     };
     let with_shared = |done: Done| match &shared {
         Some((line, value)) => done.prepend(line, "shared", value.clone()),
-        None => done,
+        None => done.prepend("", "shared", serde_json::Value::Null),
     };
-    if !sides.tenants {
-        return Ok(with_shared(Done::either(json, String::new, json!({}))));
-    }
     let (mode, target) = match direction {
         Direction::Forward { target } => (Mode::Migrate, target),
         Direction::Backward { to } => (Mode::Rollback { to }, Some(to)),
     };
+    if !sides.tenants {
+        // --shared-only: the same document, with no tenants.
+        let part = no_run_part(mode.command(), target).top("dry_run", json!(opts.dry_run));
+        return Ok(with_shared(Done::new(exit::SUCCESS, String::new(), part)));
+    }
     if opts.dry_run {
         let steps: Vec<Step> = active
             .iter()
             .filter_map(|(t, v, _)| plan::step(migrations, t, *v, direction))
             .collect();
-        let out = plan_output(
+        return Ok(with_shared(plan_output(
             mode.command(),
             direction,
             target,
             active.len(),
             &steps,
-            json,
-        );
-        return Ok(with_shared(Done::new(exit::SUCCESS, out)));
+        )));
     }
     let scope = if explicit {
         let list: Vec<Tenant> = active.iter().map(|(t, _, _)| t.clone()).collect();
@@ -284,7 +285,7 @@ async fn execute(
         },
     )
     .await?;
-    Ok(with_shared(run_output(&result, json)))
+    Ok(with_shared(run_output(&result)))
 }
 
 /// The shared set on one cluster: applied (or, in a dry run, planned) before its tenants.
@@ -295,7 +296,7 @@ async fn shared_step(
     session: &Session<'_>,
     set: &MigrationSet,
     dry_run: bool,
-    json: bool,
+    direction: Direction,
 ) -> anyhow::Result<Result<(String, serde_json::Value), Done>> {
     let schema = &ctx.config.migrations.shared_schema;
     if dry_run {
@@ -306,7 +307,7 @@ async fn shared_step(
                 "shared: schema {schema} at {}, {pending} shared migration(s) would apply\n",
                 version_label(at)
             ),
-            json!({ "schema": schema, "version": at, "pending": pending }),
+            json!({ "schema": schema, "version_before": at, "version": at, "applied": 0, "pending": pending, "failure": null }),
         )));
     }
     match apply_shared_recorded(
@@ -332,18 +333,23 @@ async fn shared_step(
                     a.count
                 )
             },
-            json!({ "schema": schema, "version_before": a.before, "version": a.after, "applied": a.count }),
+            json!({ "schema": schema, "version_before": a.before, "version": a.after, "applied": a.count, "pending": 0, "failure": null }),
         ))),
         Err(f) => {
-            let message = format!(
+            let text = format!(
                 "shared migrations in schema {schema} failed: {f}. This cluster's tenants were not started (their migrations may need the shared tables); fix the shared migration and re-run\n"
             );
-            let mut done = Done::either(
-                json,
-                || message.clone(),
-                json!({ "shared": { "schema": schema, "error": f.to_string(), "version": f.still_at } }),
-            );
-            done.code = exit::FAILED;
+            let target = match direction {
+                Direction::Forward { target } => target,
+                Direction::Backward { to } => Some(to),
+            };
+            let part = no_run_part(RunCommand::Migrate, target)
+                .cluster(
+                    "shared",
+                    json!({ "schema": schema, "version_before": f.still_at, "version": f.still_at, "applied": 0,
+                            "pending": set.pending_count(f.still_at, None), "failure": f.row() }),
+                );
+            let mut done = Done::new(exit::FAILED, text, part);
             done.down = true;
             Ok(Err(done))
         }
@@ -359,28 +365,42 @@ fn plan_output(
     target: Option<i32>,
     total: usize,
     steps: &[Step],
-    json: bool,
-) -> Output {
+) -> Done {
     let groups = plan::group(steps);
     let verb = match direction {
         Direction::Forward { .. } => "apply",
         Direction::Backward { .. } => "revert",
     };
-    if json {
-        let v = json!({
-            "command": command,
-            "dry_run": true,
-            "target_version": target,
-            "tenants_in_scope": total,
-            "tenants": steps.iter().map(|s| json!({
-                "id": s.tenant.id(), "schema": s.tenant.schema(), "from": s.from, "to": s.to, verb: s.migrations,
-            })).collect::<Vec<_>>(),
-            "groups": groups.iter().map(|g| json!({
-                "from": g.from, "to": g.to, verb: g.migrations, "tenants": g.tenants.len(),
-            })).collect::<Vec<_>>(),
-        });
-        return Output::Json(v);
-    }
+    let part = Part::default()
+        .top("command", json!(command))
+        .top("dry_run", json!(true))
+        .top("target_version", json!(target))
+        .list(
+            "tenants",
+            steps
+                .iter()
+                .map(|s| {
+                    json!({
+                        "id": s.tenant.id(), "schema": s.tenant.schema(), "version": s.from,
+                        "would_be_at": s.to, "migrations": s.migrations,
+                    })
+                })
+                .collect(),
+        )
+        .list(
+            "groups",
+            groups
+                .iter()
+                .map(|g| {
+                    json!({
+                        "version": g.from, "would_be_at": g.to, "migrations": g.migrations,
+                        "tenants": g.tenants.len(),
+                    })
+                })
+                .collect(),
+        )
+        .count("would_change", steps.len() as i64)
+        .count("unchanged", (total - steps.len()) as i64);
     let mut out = format!(
         "{command} --dry-run: {total} tenant(s) in scope, {} would change, {} would not; nothing was changed",
         steps.len(),
@@ -408,5 +428,5 @@ fn plan_output(
             crate::report::and_more(more)
         ));
     }
-    Output::Text(out)
+    Done::new(exit::SUCCESS, out, part)
 }

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod clusters;
 pub mod migrate;
+pub mod repair;
 pub mod rollback;
 pub mod status;
 pub mod tenant;
@@ -20,7 +21,7 @@ use crate::migrations::{MigrationSet, MigrationSetError};
 use crate::report::Reporters;
 use crate::signals::Signals;
 use crate::tenant::Tenant;
-pub use clusters::{Done, Output};
+pub use clusters::Done;
 
 /// What one command needs: the configuration, the clusters it works on, who runs it, and where
 /// its progress and signals go.
@@ -97,7 +98,8 @@ pub fn parse_ids(config: &Config, ids: &[String]) -> anyhow::Result<Vec<Tenant>>
 }
 
 /// Refuses (exit 2) ids that no cluster holds as active tenants, naming every one; when some
-/// clusters could not be asked, says so instead (exit 1). `holds(outcome, id)` tells whether
+/// clusters could not be asked, says so instead (exit 6 when none could be reached, else 1).
+/// `holds(outcome, id)` tells whether
 /// one cluster's lookup found the id.
 pub fn require_registered<T>(
     wanted: &[String],
@@ -115,17 +117,50 @@ pub fn require_registered<T>(
     }
     let unreachable = clusters::failed_names(targets, outcomes);
     if !unreachable.is_empty() {
-        return Err(anyhow::anyhow!(
+        let message = format!(
             "not found on the clusters that answered: {}; nothing was changed, because these could not be asked: {}. Re-run once they are back, or narrow the command with --cluster",
             missing.join(", "),
             unreachable.join("; ")
-        ));
+        );
+        let all_unreachable = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|e| crate::exit::Kind::of(e) == crate::exit::Kind::Unreachable);
+        return Err(match all_unreachable {
+            true => crate::exit::UnreachableError(message).into(),
+            false => anyhow::anyhow!(message),
+        });
     }
     Err(UsageError(format!(
         "not registered (or dropped): {}; nothing was changed (see `tenantctl tenant list`, or create them with `tenantctl tenant create`)",
         missing.join(", ")
     ))
     .into())
+}
+
+/// Asks the operator to type `expected` after `what` (on stderr), for a change that cannot be
+/// undone. Without a terminal to ask on, refuses (exit 2): such commands need `--yes` there.
+pub fn confirm(what: &str, expected: &str, doing: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError(format!(
+            "refusing to {doing} without --yes (no terminal to confirm on); nothing was changed"
+        ))
+        .into());
+    }
+    let mut err = std::io::stderr().lock();
+    if !what.is_empty() {
+        let _ = writeln!(err, "{what}");
+    }
+    let _ = write!(err, "Type `{expected}` to confirm: ");
+    let _ = err.flush();
+    std::mem::drop(err);
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != expected {
+        return Err(UsageError("not confirmed; nothing was changed".into()).into());
+    }
+    Ok(())
 }
 
 /// Loads the tenant migration set and checks that no file escapes its transaction or its
@@ -167,16 +202,13 @@ pub fn load_shared(config: &Config) -> anyhow::Result<Option<MigrationSet>> {
     Ok((!set.files().is_empty()).then_some(set))
 }
 
-/// A run's result as one cluster's output: the summary (text or JSON), its exit code and
-/// counts, and whether the cluster went away mid-run.
-pub fn run_output(result: &crate::engine::run::RunResult, json: bool) -> Done {
-    let summary = crate::report::summary::RunSummary(result);
-    let out = if json {
-        Output::Json(summary.to_json())
-    } else {
-        Output::Text(summary.to_text())
-    };
-    let mut done = Done::new(result.exit_code(), out).counts(summary.counts());
+/// A run's result as one cluster's output: its summary text and share of the JSON document,
+/// its exit code and counts, and whether the cluster went away mid-run.
+pub fn run_output(result: &crate::engine::run::RunResult) -> Done {
+    use crate::report::summary::{tallies, RunSummary};
+    let summary = RunSummary(result);
+    let mut done = Done::new(result.exit_code(), summary.to_text(), summary.to_part())
+        .counts(tallies(result.command, &result.counts));
     done.down = result.outcome.database_down().is_some() || result.outcome.fenced().is_some();
     done
 }

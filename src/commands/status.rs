@@ -7,19 +7,20 @@ use serde_json::json;
 
 use crate::cli::StatusArgs;
 use crate::config::{Config, Target};
-use crate::control::{FailedRow, RunRow, RunState, TenantRow, TenantState};
+use crate::control::{Control, RunRow, RunState, SchemaRow, TenantRow, TenantState};
 use crate::engine::shared::shared_version;
 use crate::exit::SUCCESS;
 use crate::migrations::{version_label, MigrationSet};
+use crate::report::json::Part;
+use crate::report::summary::{counts_text, failures_text};
 use crate::report::Tally;
+use tokio_postgres::Client;
 
-use super::clusters::{finish, single_error, Done, Output};
+use super::clusters::{finish, single_error, Done};
 use super::{load_migrations, load_shared, parse_ids, Ctx};
 
 /// Tenants behind the latest version listed by name in the text output.
 const BEHIND_LISTED: usize = 20;
-/// Failed tenants of the last run shown.
-const FAILED_LISTED: i64 = 20;
 
 /// Problems listed by `status --verify` in text (all are in --json).
 const PROBLEMS_LISTED: usize = 50;
@@ -49,38 +50,63 @@ fn verify_text(v: &crate::engine::verify::Verification) -> String {
     out
 }
 
-fn last_run_text(run: &RunRow, failed: &[FailedRow]) -> String {
-    let mut out = format!(
-        "\nlast run:   {}: {}\n            {} succeeded, {} failed, {} pending, {} skipped of {}{}\n",
+/// A run as `status` shows it: what, by whom, how it went in the ledger's counts.
+fn run_text(out: &mut String, label: &str, run: &RunRow) {
+    out.push_str(&format!(
+        "\n{label:<11} {}: {}\n            {} of {}{}\n",
         run.describe(),
         run.state,
-        run.succeeded,
-        run.failed,
-        run.pending,
-        run.skipped,
+        counts_text(run.command, &run.counts),
         run.total,
         run.finished_at
             .as_ref()
             .map_or(String::new(), |f| format!("; finished {f}")),
-    );
+    ));
     if run.state == RunState::Interrupted {
-        out.push_str("            `tenantctl migrate --all` resumes it\n");
+        out.push_str("            the same command again resumes it\n");
     }
-    for f in failed {
-        out.push_str(&format!(
-            "  failed: tenant {} (schema {}): {}\n",
-            f.id,
-            f.schema,
-            f.error.as_deref().unwrap_or("(no error recorded)")
-        ));
+}
+
+/// The last run, and the last run that worked on any schema with its failures (when the
+/// last run changed nothing, it does not hide the last one that did).
+fn runs_text(out: &mut String, last: &Option<RunRow>, change: &Option<(RunRow, Vec<SchemaRow>)>) {
+    if let Some(run) = last {
+        run_text(out, "last run:", run);
     }
-    if (failed.len() as i64) < run.failed {
-        out.push_str(&format!(
-            "  … and {} more failed (--json)\n",
-            run.failed - failed.len() as i64
-        ));
+    if let Some((run, failed)) = change {
+        if last.as_ref().map(|l| l.id) != Some(run.id) {
+            run_text(out, "last change:", run);
+        }
+        let mut failures = String::new();
+        failures_text(
+            &mut failures,
+            failed.iter().filter_map(|t| {
+                t.failure
+                    .as_ref()
+                    .map(|f| (t.id.as_str(), t.schema.as_str(), f.error.as_str()))
+            }),
+        );
+        for line in failures.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
     }
-    out
+}
+
+/// The run the process that started it no longer holds reads as interrupted.
+async fn as_seen(
+    control: &Control,
+    client: &Client,
+    run: Option<RunRow>,
+) -> anyhow::Result<Option<RunRow>> {
+    match run {
+        Some(mut run) => {
+            if run.state == RunState::Running && !control.run_is_live(client, run.id).await? {
+                run.state = RunState::Interrupted;
+            }
+            Ok(Some(run))
+        }
+        None => Ok(None),
+    }
 }
 
 pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
@@ -136,26 +162,20 @@ async fn status_one(
 ) -> anyhow::Result<(BTreeSet<String>, Done)> {
     let config = &ctx.config;
     let session = ctx.session(target, false).await?;
-    let (rows, last_run) = if session.control.exists(&session.client).await? {
-        let control = &session.control;
-        let rows = control.tenants(&session.client, wanted).await?;
-        let last = match control.last_run(&session.client).await? {
-            Some(mut run) => {
-                if run.state == RunState::Running
-                    && !control.run_is_live(&session.client, run.id).await?
-                {
-                    run.state = RunState::Interrupted;
-                }
-                let failed = control
-                    .failed_schemas(&session.client, run.id, FAILED_LISTED)
-                    .await?;
+    let (rows, last_run, last_change) = if session.control.exists(&session.client).await? {
+        let (control, client) = (&session.control, &session.client);
+        let rows = control.tenants(client, wanted).await?;
+        let last = as_seen(control, client, control.last_run(client).await?).await?;
+        let change = match as_seen(control, client, control.last_change(client).await?).await? {
+            Some(run) => {
+                let failed = control.run_schemas(client, &run, true).await?;
                 Some((run, failed))
             }
             None => None,
         };
-        (rows, last)
+        (rows, last, change)
     } else {
-        (Vec::new(), None)
+        (Vec::new(), None, None)
     };
     let late = if session.control.is_current(&session.client).await? {
         session
@@ -215,49 +235,51 @@ async fn status_one(
         Some(v) if !v.problems.is_empty() => crate::exit::FAILED,
         _ => SUCCESS,
     };
-    let done = if args.json {
-        let mut v = to_json(migrations, &rows);
-        if let Some(ver) = &verification {
-            v["verify"] = serde_json::to_value(ver)?;
-        }
-        if let (Some(set), Some(at)) = (shared, shared_at) {
-            v["shared"] = json!({
-                "schema": config.migrations.shared_schema, "version": at,
-                "latest_version": set.latest(), "pending": set.pending_count(at, None),
-            });
-        }
-        v["out_of_order"] = json!(late
-            .iter()
-            .map(|(version, name)| json!({ "version": version, "name": name }))
-            .collect::<Vec<_>>());
-        v["last_run"] = match &last_run {
+    let mut text = to_text(config, target, migrations, &rows, wanted.is_some());
+    text.insert_str(text.find("tenants:").unwrap_or(text.len()), &shared_line);
+    if !late.is_empty() {
+        let names: Vec<String> = late.iter().map(|(v, n)| format!("V{v}__{n}")).collect();
+        text.push_str(&format!(
+            "\nOUT OF ORDER: {} new but below the fleet's version: migrate refuses it; give it a version above the latest\n",
+            names.join(", ")
+        ));
+    }
+    runs_text(&mut text, &last_run, &last_change);
+    if let Some(ver) = &verification {
+        text.push_str(&verify_text(ver));
+    }
+    let mut part = to_part(migrations, &rows)
+        .cluster(
+            "shared",
+            match (shared, shared_at) {
+                (Some(set), Some(at)) => json!({
+                    "schema": config.migrations.shared_schema, "version": at,
+                    "latest_version": set.latest(), "pending": set.pending_count(at, None),
+                }),
+                _ => serde_json::Value::Null,
+            },
+        )
+        .cluster(
+            "out_of_order",
+            json!(late
+                .iter()
+                .map(|(version, name)| json!({ "version": version, "name": name }))
+                .collect::<Vec<_>>()),
+        )
+        .cluster("last_run", serde_json::to_value(&last_run)?)
+        .cluster("verify", serde_json::to_value(&verification)?);
+    part = part.cluster(
+        "last_change",
+        match &last_change {
             Some((run, failed)) => {
                 let mut r = serde_json::to_value(run)?;
                 r["failures"] = serde_json::to_value(failed)?;
                 r
             }
             None => serde_json::Value::Null,
-        };
-        Done::new(code, Output::Json(v))
-    } else {
-        let mut text = to_text(config, target, migrations, &rows, wanted.is_some());
-        text.insert_str(text.find("tenants:").unwrap_or(text.len()), &shared_line);
-        if !late.is_empty() {
-            let names: Vec<String> = late.iter().map(|(v, n)| format!("V{v}__{n}")).collect();
-            text.push_str(&format!(
-                "\nOUT OF ORDER: {} new but below the fleet's version: migrate refuses it; give it a version above the latest\n",
-                names.join(", ")
-            ));
-        }
-        if let Some((run, failed)) = &last_run {
-            text.push_str(&last_run_text(run, failed));
-        }
-        if let Some(ver) = &verification {
-            text.push_str(&verify_text(ver));
-        }
-        Done::new(code, Output::Text(text))
-    };
-    Ok((found, done.counts(counts)))
+        },
+    );
+    Ok((found, Done::new(code, text, part).counts(counts)))
 }
 
 /// Tenants per version (None = nothing applied), highest first.
@@ -269,24 +291,38 @@ fn by_version(rows: &[TenantRow]) -> BTreeMap<std::cmp::Reverse<Option<i32>>, us
     groups
 }
 
-fn to_json(migrations: &MigrationSet, rows: &[TenantRow]) -> serde_json::Value {
-    let latest = migrations.latest();
-    json!({
-        "latest_version": latest,
-        "migrations": migrations.files().len(),
-        "tenants": rows.iter().map(|r| json!({
-            "id": r.tenant.id(),
-            "schema": r.tenant.schema(),
-            "version": r.version,
-            "pending": migrations.pending_count(r.version, None),
-            "drift": r.drift,
-        })).collect::<Vec<_>>(),
-        "summary": by_version(rows).into_iter().map(|(v, n)| json!({
-            "version": v.0,
-            "tenants": n,
-            "pending": migrations.pending_count(v.0, None),
-        })).collect::<Vec<_>>(),
-    })
+fn to_part(migrations: &MigrationSet, rows: &[TenantRow]) -> Part {
+    Part::default()
+        .top("command", json!("status"))
+        .top("latest_version", json!(migrations.latest()))
+        .top("migrations", json!(migrations.files().len()))
+        .list(
+            "tenants",
+            rows.iter()
+                .map(|r| {
+                    json!({
+                        "id": r.tenant.id(),
+                        "schema": r.tenant.schema(),
+                        "version": r.version,
+                        "pending": migrations.pending_count(r.version, None),
+                        "drift": r.drift,
+                    })
+                })
+                .collect(),
+        )
+        .list(
+            "summary",
+            by_version(rows)
+                .into_iter()
+                .map(|(v, n)| {
+                    json!({
+                        "version": v.0,
+                        "tenants": n,
+                        "pending": migrations.pending_count(v.0, None),
+                    })
+                })
+                .collect(),
+        )
 }
 
 fn to_text(

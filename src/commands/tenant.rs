@@ -15,6 +15,7 @@ use crate::engine::run::{self as engine_run, scope_of, Planned, RunRequest};
 use crate::engine::shared::apply_shared_recorded;
 use crate::exit::UsageError;
 use crate::migrations::{version_label, MigrationSet};
+use crate::report::json::Part;
 use crate::report::Tally;
 use crate::tenant::Tenant;
 
@@ -230,10 +231,11 @@ async fn ask_clusters<'a>(
     single_error(ctx, &mut known)?;
     let unreachable = failed_names(all, &known);
     if !unreachable.is_empty() {
-        anyhow::bail!(
+        return Err(crate::exit::UnreachableError(format!(
             "tenant ids are unique across clusters, and these could not be asked whether the ids exist there: {}; nothing was created. Re-run once they are back",
             unreachable.join("; ")
-        );
+        ))
+        .into());
     }
     Ok(known.into_iter().flatten().collect())
 }
@@ -286,7 +288,7 @@ fn place_all(
         };
         let failure = Failure::new(
             FailureKind::AlreadyExists,
-            format!("is already registered{on}"),
+            format!("already registered{on}, at {}", version_label(version)),
             version,
         );
         refused[i].push((t, failure));
@@ -324,7 +326,8 @@ async fn register_on(
     run: &RunOpts,
 ) -> anyhow::Result<Done> {
     let shared_schema = &ctx.config.migrations.shared_schema;
-    let mut shared_line = None;
+    let mut shared_line = String::new();
+    let mut shared_json = serde_json::Value::Null;
     let creates = work.in_scope.iter().any(|p| p.todo);
     if let (Some(set), true) = (shared, creates) {
         let applied = apply_shared_recorded(
@@ -336,15 +339,20 @@ async fn register_on(
         )
         .await;
         match applied {
-            Ok(a) if a.count > 0 => {
-                shared_line = Some(format!(
-                    "shared: schema {shared_schema} {} -> {}: {} shared migration(s) applied first\n",
-                    version_label(a.before),
-                    version_label(a.after),
-                    a.count
-                ))
+            Ok(a) => {
+                if a.count > 0 {
+                    shared_line = format!(
+                        "shared: schema {shared_schema} {} -> {}: {} shared migration(s) applied first\n",
+                        version_label(a.before),
+                        version_label(a.after),
+                        a.count
+                    );
+                }
+                shared_json = json!({
+                    "schema": shared_schema, "version_before": a.before, "version": a.after,
+                    "applied": a.count, "pending": 0, "failure": null,
+                });
             }
-            Ok(_) => {}
             Err(f) => anyhow::bail!(
                 "shared migrations in schema {shared_schema} failed: {f}; no tenant was created on this cluster (their migrations may need the shared tables)"
             ),
@@ -366,11 +374,7 @@ async fn register_on(
         },
     )
     .await?;
-    let done = run_output(&result, run.json);
-    Ok(match &shared_line {
-        Some(line) => done.prepend(line, "shared_applied", serde_json::json!(true)),
-        None => done,
-    })
+    Ok(run_output(&result).prepend(&shared_line, "shared", shared_json))
 }
 
 pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
@@ -444,7 +448,7 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
         Some(
             engine_run::run(&mut session, &env, request)
                 .await
-                .map(|result| run_output(&result, args.run.json)),
+                .map(|result| run_output(&result)),
         )
     }))
     .await;
@@ -460,41 +464,30 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
 
 /// Without --yes: on a terminal, the operator types `drop <n>`; elsewhere, refuse.
 fn confirm_drop(tenants: &[crate::tenant::Tenant], archive: bool) -> anyhow::Result<()> {
-    use std::io::{BufRead as _, IsTerminal as _, Write as _};
-    if !std::io::stdin().is_terminal() {
-        return Err(UsageError(
-            "refusing to drop tenants without --yes (no terminal to confirm on); nothing was changed".into(),
-        )
-        .into());
-    }
     let names: Vec<&str> = tenants.iter().map(|t| t.schema()).take(10).collect();
     let what = if archive {
         "rename (archive) the schemas"
     } else {
         "DELETE the schemas and all their data"
     };
-    let expected = format!("drop {}", tenants.len());
-    eprint!(
-        "This will {what} of {} tenant(s): {}{}.\nType `{expected}` to confirm: ",
-        tenants.len(),
-        names.join(", "),
-        if tenants.len() > 10 { ", …" } else { "" }
-    );
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    if line.trim() != expected {
-        return Err(UsageError("not confirmed; nothing was changed".into()).into());
-    }
-    Ok(())
+    super::confirm(
+        &format!(
+            "This will {what} of {} tenant(s): {}{}.",
+            tenants.len(),
+            names.join(", "),
+            if tenants.len() > 10 { ", …" } else { "" }
+        ),
+        &format!("drop {}", tenants.len()),
+        "drop tenants",
+    )
 }
 
 pub async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<i32> {
-    let results = each(&ctx.targets, |t| list_one(ctx, t, &args)).await;
+    let results = each(&ctx.targets, |t| list_one(ctx, t)).await;
     finish(ctx, results, args.json)
 }
 
-async fn list_one(ctx: &Ctx, target: &Target, args: &ListArgs) -> anyhow::Result<Done> {
+async fn list_one(ctx: &Ctx, target: &Target) -> anyhow::Result<Done> {
     let session = ctx.session(target, false).await?;
     let rows = if session.control.exists(&session.client).await? {
         session.control.tenants(&session.client, None).await?
@@ -509,17 +502,18 @@ async fn list_one(ctx: &Ctx, target: &Target, args: &ListArgs) -> anyhow::Result
         (Tally::Active, active),
         (Tally::Dropped, rows.len() - active),
     ];
-    let value = serde_json::Value::Array(
+    let part = Part::default().top("command", json!("tenant list")).list(
+        "tenants",
         rows.iter()
             .map(|r| {
                 json!({
                     "id": r.tenant.id(), "schema": r.tenant.schema(), "state": r.state,
-                    "version": r.version, "created_at": r.created_at,
+                    "version": r.version, "created_at": r.created_at, "archived_as": r.archived_as,
                 })
             })
             .collect(),
     );
-    Ok(Done::either(args.json, || list_text(&rows), value).counts(counts))
+    Ok(Done::new(crate::exit::SUCCESS, list_text(&rows), part).counts(counts))
 }
 
 fn list_text(rows: &[TenantRow]) -> String {
@@ -540,16 +534,26 @@ fn list_text(rows: &[TenantRow]) -> String {
         .unwrap_or(6)
         .max(6);
     let mut out = String::new();
+    let archives = rows.iter().any(|r| r.archived_as.is_some());
     let _ = writeln!(
         out,
-        "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  CREATED",
-        "ID", "SCHEMA", "STATE", "VERSION"
+        "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}{}",
+        "ID",
+        "SCHEMA",
+        "STATE",
+        "VERSION",
+        "CREATED",
+        if archives { "  ARCHIVED AS" } else { "" }
     );
     for r in rows {
         let v = r.version.map_or("-".to_string(), |v| format!("V{v}"));
+        let archived = match &r.archived_as {
+            Some(a) => format!("  {a}"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {}",
+            "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}{archived}",
             r.tenant.id(),
             r.tenant.schema(),
             r.state,

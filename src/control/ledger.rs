@@ -7,7 +7,10 @@ use tokio_postgres::{Client, Row};
 
 use super::locks::LOCK_RUN;
 use super::registry::int_or_null;
-use super::{failed, states, Control, Param, RunCommand, RunState, SchemaState, TenantState, TS};
+use super::{
+    failed, states, stored_list, Control, Param, RunCommand, RunState, SchemaResult, SchemaState,
+    TenantState, TS,
+};
 use crate::tenant::{quote_literal, Tenant};
 use crate::whoami::hostname;
 
@@ -26,12 +29,16 @@ pub struct RunInfo<'a> {
     pub argv: &'a str,
 }
 
+/// The tenant id of the ledger row of a shared migrations' step.
+pub const SHARED_ROW: &str = "(shared)";
+
 /// How the shared migrations' step went, for [`Control::record_shared`].
 pub struct SharedOutcome<'a> {
     pub before: Option<i32>,
     pub after: Option<i32>,
-    pub migration: Option<&'a str>,
-    pub error: Option<&'a str>,
+    pub applied: i32,
+    /// Set when it failed.
+    pub failure: Option<FailureRecord<'a>>,
 }
 
 /// One schema that did not commit, as the ledger records it: failed, or skipped (its
@@ -39,18 +46,68 @@ pub struct SharedOutcome<'a> {
 pub struct FailureRecord<'a> {
     pub skipped: bool,
     pub id: &'a str,
+    /// The failure's kind (`FailureKind::as_str`).
+    pub kind: &'a str,
+    pub sqlstate: Option<&'a str>,
     pub migration: Option<&'a str>,
+    pub line: Option<i32>,
+    /// PostgreSQL's own message, or what was wrong.
+    pub message: &'a str,
+    /// The whole line as shown: what, where, what was left behind, what to do.
     pub error: String,
     pub attempts: i32,
     /// Set for drift: the registry keeps it until the schema migrates cleanly again.
     pub drift: Option<&'a str>,
 }
 
-/// A run as `status` and the busy message show it.
+/// How a run's schemas ended, counted by the ledger (see [`SchemaResult`]): `done`,
+/// `unchanged` (in scope, nothing to do), `failed`, `not_started`, `dropped_meanwhile`. The
+/// run's own summary, `status` and `audit` all count with the same SQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunCounts {
+    pub done: i64,
+    pub unchanged: i64,
+    pub failed: i64,
+    pub not_started: i64,
+    pub dropped_meanwhile: i64,
+}
+
+impl RunCounts {
+    /// Each count with its result.
+    pub fn by_result(&self) -> [(SchemaResult, i64); 5] {
+        [
+            (SchemaResult::Done, self.done),
+            (SchemaResult::Failed, self.failed),
+            (SchemaResult::Unchanged, self.unchanged),
+            (SchemaResult::NotStarted, self.not_started),
+            (SchemaResult::DroppedMeanwhile, self.dropped_meanwhile),
+        ]
+    }
+
+    /// Counts the results of a run's tenants (when the ledger could not be read back).
+    pub fn tally<'a>(results: impl IntoIterator<Item = &'a SchemaResult>) -> RunCounts {
+        let mut c = RunCounts::default();
+        for r in results {
+            *match r {
+                SchemaResult::Done => &mut c.done,
+                SchemaResult::Unchanged => &mut c.unchanged,
+                SchemaResult::Failed => &mut c.failed,
+                SchemaResult::NotStarted => &mut c.not_started,
+                SchemaResult::DroppedMeanwhile => &mut c.dropped_meanwhile,
+            } += 1;
+        }
+        c
+    }
+}
+
+/// A run as `status`, `audit` and the busy message show it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunRow {
+    #[serde(rename = "run_id")]
     pub id: i64,
     pub command: RunCommand,
+    /// The command line, secrets redacted.
+    pub command_line: String,
     pub target_version: Option<i32>,
     pub state: RunState,
     pub actor: String,
@@ -58,11 +115,9 @@ pub struct RunRow {
     pub pid: i32,
     pub started_at: String,
     pub finished_at: Option<String>,
+    /// Tenants in scope.
     pub total: i32,
-    pub succeeded: i64,
-    pub failed: i64,
-    pub pending: i64,
-    pub skipped: i64,
+    pub counts: RunCounts,
     /// The migration set's digest and the tenant scope: what a resumed run must match.
     #[serde(skip)]
     digest: String,
@@ -84,31 +139,40 @@ impl RunRow {
     }
 }
 
-/// One entry of the audit trail.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AuditRow {
-    pub run: i64,
-    pub command: RunCommand,
-    pub command_line: String,
-    pub actor: String,
-    pub host: String,
-    pub pid: i32,
-    pub outcome: RunState,
-    pub target_version: Option<i32>,
-    pub tenants: i32,
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    pub succeeded: i64,
-    pub failed: i64,
+/// Why a schema did not commit, as the ledger holds it (and `--json` prints it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailureRow {
+    /// `migration`, `lock_timeout`, `connection`, … (see docs/json.md).
+    pub kind: String,
+    /// PostgreSQL's SQLSTATE, when the server raised the error.
+    pub sqlstate: Option<String>,
+    /// `V7__add_invoices`, when a migration is to blame.
+    pub migration: Option<String>,
+    /// The line in that file; null only when PostgreSQL gave no position.
+    pub line: Option<i32>,
+    /// PostgreSQL's own message, or what was wrong.
+    pub message: String,
+    /// The whole line as printed: what, where, what was left behind, what to do.
+    pub error: String,
+    /// The version the tenant is still at.
+    pub version: Option<i32>,
 }
 
-/// One failed schema of a run, for `status`.
+/// One tenant of a run: what became of it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct FailedRow {
+pub struct SchemaRow {
     pub id: String,
     pub schema: String,
-    pub migration: Option<String>,
-    pub error: Option<String>,
+    pub result: SchemaResult,
+    pub version_before: Option<i32>,
+    /// Where it is now.
+    pub version: Option<i32>,
+    /// Migrations applied (or reverted, or checksums repaired) in its transaction.
+    pub applied: Option<i32>,
+    pub attempts: i32,
+    /// `tenant drop --archive`: the schema its data was renamed to.
+    pub archived_as: Option<String>,
+    pub failure: Option<FailureRow>,
 }
 
 fn command_of(r: &Row, i: usize) -> anyhow::Result<RunCommand> {
@@ -121,22 +185,56 @@ fn state_of(r: &Row, i: usize) -> anyhow::Result<RunState> {
     RunState::parse(&text).ok_or_else(|| states::unknown("the run state", &text))
 }
 
+fn schema_state_of(r: &Row, i: usize) -> anyhow::Result<SchemaState> {
+    let text: String = r.get(i);
+    SchemaState::parse(&text).ok_or_else(|| states::unknown("the schema state", &text))
+}
+
+/// SQL: a column of ledger row `s` added in control schema v6, read so that a control schema
+/// not yet upgraded (read-only commands do not upgrade it) reads as NULL instead of failing.
+macro_rules! v6 {
+    ($col:literal) => {
+        concat!("(to_jsonb(s) ->> '", $col, "')")
+    };
+}
+
+/// SQL: whether ledger row `s` changed its schema (by the migrations it applied, else by its
+/// version), for [`SchemaResult::of`]'s rule.
+const CHANGED: &str = concat!(
+    "coalesce(",
+    v6!("applied"),
+    "::int > 0, s.version_after IS DISTINCT FROM s.version_before)"
+);
+
 impl Control {
-    /// The newest run matching `filter` (SQL over `r`, with `params`), with its counts.
-    async fn newest_run(
+    /// Runs matching `filter` (SQL over `r`, with `params`), newest first, at most `limit`,
+    /// each with its counts.
+    async fn runs(
         &self,
         client: &Client,
         filter: &str,
         params: &[Param<'_>],
-    ) -> anyhow::Result<Option<RunRow>> {
+        limit: i64,
+    ) -> anyhow::Result<Vec<RunRow>> {
+        let fleet = stored_list(
+            RunCommand::ALL
+                .iter()
+                .filter(|c| c.is_fleet_command())
+                .map(|c| c.as_str()),
+        );
         let sql = format!(
-            "SELECT r.id, r.command, r.target_version, r.state, r.actor, r.host, r.pid, \
+            "SELECT r.id, r.command, r.argv, r.target_version, r.state, r.actor, r.host, r.pid, \
                     to_char(r.started_at AT TIME ZONE 'UTC', {TS}), to_char(r.finished_at AT TIME ZONE 'UTC', {TS}), r.total, \
-                    count(*) FILTER (WHERE s.state = {succeeded}), count(*) FILTER (WHERE s.state = {failed}), \
-                    count(*) FILTER (WHERE s.state = {pending}), \
-                    r.total - count(s.run_id) + count(*) FILTER (WHERE s.state = {skipped}), r.digest, r.scope \
-             FROM (SELECT * FROM {runs} r WHERE {filter} ORDER BY id DESC LIMIT 1) r \
-             LEFT JOIN {rs} s ON s.run_id = r.id GROUP BY 1,2,3,4,5,6,7,8,9,10,15,16",
+                    count(*) FILTER (WHERE s.state = {succeeded} AND (r.command NOT IN ({fleet}) OR {CHANGED})), \
+                    greatest(0, r.total - count(s.run_id)) \
+                      + count(*) FILTER (WHERE s.state = {succeeded} AND r.command IN ({fleet}) AND NOT {CHANGED}), \
+                    count(*) FILTER (WHERE s.state = {failed}), count(*) FILTER (WHERE s.state = {pending}), \
+                    count(*) FILTER (WHERE s.state = {skipped}), r.digest, r.scope \
+             FROM (SELECT * FROM {runs} r WHERE {filter} ORDER BY id DESC LIMIT {limit}) r \
+             LEFT JOIN {rs} s ON s.run_id = r.id \
+             GROUP BY r.id, r.command, r.argv, r.target_version, r.state, r.actor, r.host, r.pid, r.started_at, \
+                      r.finished_at, r.total, r.digest, r.scope \
+             ORDER BY r.id DESC",
             runs = self.table("runs"),
             rs = self.table("run_schemas"),
             succeeded = SchemaState::Succeeded.literal(),
@@ -148,32 +246,66 @@ impl Control {
             .query_typed(&sql, params)
             .await
             .map_err(|e| failed("reading the run ledger", &e))?;
-        let Some(r) = rows.first() else {
-            return Ok(None);
-        };
-        Ok(Some(RunRow {
-            id: r.get(0),
-            command: command_of(r, 1)?,
-            target_version: r.get(2),
-            state: state_of(r, 3)?,
-            actor: r.get(4),
-            host: r.get(5),
-            pid: r.get(6),
-            started_at: r.get(7),
-            finished_at: r.get(8),
-            total: r.get(9),
-            succeeded: r.get(10),
-            failed: r.get(11),
-            pending: r.get(12),
-            skipped: r.get(13),
-            digest: r.get(14),
-            scope: r.get(15),
-        }))
+        rows.iter()
+            .map(|r| {
+                Ok(RunRow {
+                    id: r.get(0),
+                    command: command_of(r, 1)?,
+                    command_line: r.get(2),
+                    target_version: r.get(3),
+                    state: state_of(r, 4)?,
+                    actor: r.get(5),
+                    host: r.get(6),
+                    pid: r.get(7),
+                    started_at: r.get(8),
+                    finished_at: r.get(9),
+                    total: r.get(10),
+                    counts: RunCounts {
+                        done: r.get(11),
+                        unchanged: r.get(12),
+                        failed: r.get(13),
+                        not_started: r.get(14),
+                        dropped_meanwhile: r.get(15),
+                    },
+                    digest: r.get(16),
+                    scope: r.get(17),
+                })
+            })
+            .collect()
+    }
+
+    async fn newest_run(
+        &self,
+        client: &Client,
+        filter: &str,
+        params: &[Param<'_>],
+    ) -> anyhow::Result<Option<RunRow>> {
+        Ok(self
+            .runs(client, filter, params, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// One run, by id.
+    pub async fn run(&self, client: &Client, id: i64) -> anyhow::Result<Option<RunRow>> {
+        self.newest_run(client, "r.id = $1", &[(&id, Type::INT8)])
+            .await
     }
 
     /// The newest run of any command.
     pub async fn last_run(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
         self.newest_run(client, "true", &[]).await
+    }
+
+    /// The newest run that worked on any schema (changed it, or failed to): what a no-op
+    /// deploy since must not hide.
+    pub async fn last_change(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
+        let filter = format!(
+            "EXISTS (SELECT 1 FROM {} s WHERE s.run_id = r.id)",
+            self.table("run_schemas")
+        );
+        self.newest_run(client, &filter, &[]).await
     }
 
     /// The run currently holding the fleet lock, if it can be seen.
@@ -213,76 +345,114 @@ impl Control {
         }))
     }
 
-    /// The audit trail: runs started since `since` (seconds ago; all when None), oldest first.
+    /// The audit trail: runs started since `since` (seconds ago; all when None), the newest
+    /// `limit` of them, oldest first.
     pub async fn audit(
         &self,
         client: &Client,
         since_secs: Option<f64>,
         limit: i64,
-    ) -> anyhow::Result<Vec<AuditRow>> {
+    ) -> anyhow::Result<Vec<RunRow>> {
+        let mut runs = self
+            .runs(
+                client,
+                "$1::float8 IS NULL OR r.started_at >= now() - make_interval(secs => $1::float8)",
+                &[(&since_secs, Type::FLOAT8)],
+                limit,
+            )
+            .await?;
+        runs.reverse();
+        Ok(runs)
+    }
+
+    /// A run's tenants as the ledger holds them (only the failed ones with `failed_only`),
+    /// ordered by id. Tenants in scope with nothing to do have no row.
+    pub async fn run_schemas(
+        &self,
+        client: &Client,
+        run: &RunRow,
+        failed_only: bool,
+    ) -> anyhow::Result<Vec<SchemaRow>> {
         let sql = format!(
-            "SELECT r.id, r.command, r.argv, r.actor, r.host, r.pid, r.state, r.target_version, r.total, \
-                    to_char(r.started_at AT TIME ZONE 'UTC', {TS}), to_char(r.finished_at AT TIME ZONE 'UTC', {TS}), \
-                    (SELECT count(*) FROM {rs} s WHERE s.run_id = r.id AND s.state = {succeeded}), \
-                    (SELECT count(*) FROM {rs} s WHERE s.run_id = r.id AND s.state = {failed}) \
-             FROM (SELECT * FROM {runs} WHERE $1::float8 IS NULL OR started_at >= now() - make_interval(secs => $1::float8) \
-                   ORDER BY id DESC LIMIT $2) r ORDER BY r.id",
-            runs = self.table("runs"),
+            "SELECT s.tenant_id, s.schema_name, s.state, {CHANGED}, s.version_before, s.version_after, \
+                    CASE WHEN s.state = {succeeded} THEN {applied}::int ELSE 0 END, s.attempts, coalesce({kind}, 'other'), {sqlstate}, s.failed_migration, \
+                    {line}::int, coalesce({message}, s.error, ''), coalesce(s.error, ''), \
+                    CASE WHEN $3 THEN t.archived_as END \
+             FROM {rs} s LEFT JOIN {tenants} t ON t.id = s.tenant_id \
+             WHERE s.run_id = $1 AND (NOT $2 OR s.state = {failed}) ORDER BY s.tenant_id",
             rs = self.table("run_schemas"),
-            succeeded = SchemaState::Succeeded.literal(),
+            tenants = self.table("tenants"),
             failed = SchemaState::Failed.literal(),
+            succeeded = SchemaState::Succeeded.literal(),
+            applied = v6!("applied"),
+            kind = v6!("kind"),
+            sqlstate = v6!("sqlstate"),
+            line = v6!("line"),
+            message = v6!("message"),
         );
+        let archived = run.command == RunCommand::TenantDropArchive;
         let rows = client
-            .query_typed(&sql, &[(&since_secs, Type::FLOAT8), (&limit, Type::INT8)])
+            .query_typed(
+                &sql,
+                &[
+                    (&run.id, Type::INT8),
+                    (&failed_only, Type::BOOL),
+                    (&archived, Type::BOOL),
+                ],
+            )
             .await
-            .map_err(|e| failed("reading the audit trail", &e))?;
+            .map_err(|e| failed("reading the run's schemas from the ledger", &e))?;
         rows.iter()
             .map(|r| {
-                Ok(AuditRow {
-                    run: r.get(0),
-                    command: command_of(r, 1)?,
-                    command_line: r.get(2),
-                    actor: r.get(3),
-                    host: r.get(4),
-                    pid: r.get(5),
-                    outcome: state_of(r, 6)?,
-                    target_version: r.get(7),
-                    tenants: r.get(8),
-                    started_at: r.get(9),
-                    finished_at: r.get(10),
-                    succeeded: r.get(11),
-                    failed: r.get(12),
+                let state = schema_state_of(r, 2)?;
+                let result = SchemaResult::of(run.command, state, r.get(3));
+                let (before, after): (Option<i32>, Option<i32>) = (r.get(4), r.get(5));
+                let version = match state {
+                    SchemaState::Succeeded => after,
+                    _ => before,
+                };
+                let failure = (state == SchemaState::Failed).then(|| FailureRow {
+                    kind: r.get(8),
+                    sqlstate: r.get(9),
+                    migration: r.get(10),
+                    line: r.get(11),
+                    message: r.get(12),
+                    error: r.get(13),
+                    version,
+                });
+                Ok(SchemaRow {
+                    id: r.get(0),
+                    schema: r.get(1),
+                    result,
+                    version_before: before,
+                    version,
+                    applied: r.get(6),
+                    attempts: r.get(7),
+                    archived_as: r.get(14),
+                    failure,
                 })
             })
             .collect()
     }
 
-    /// Failed schemas of a run (at most `limit`).
-    pub async fn failed_schemas(
+    /// For each migration version: how many active tenants are at it or past it (have it
+    /// applied), for the advice on a failed migration.
+    pub async fn at_or_past(
         &self,
         client: &Client,
-        run_id: i64,
-        limit: i64,
-    ) -> anyhow::Result<Vec<FailedRow>> {
+        versions: &[i32],
+    ) -> anyhow::Result<Vec<(i32, i64)>> {
         let sql = format!(
-            "SELECT tenant_id, schema_name, failed_migration, error FROM {} \
-             WHERE run_id = $1 AND state = {} ORDER BY tenant_id LIMIT $2",
-            self.table("run_schemas"),
-            SchemaState::Failed.literal(),
+            "SELECT v, count(t.id) FROM unnest($1::int4[]) AS v \
+             LEFT JOIN {tenants} t ON t.state = {active} AND t.version >= v GROUP BY v",
+            tenants = self.table("tenants"),
+            active = TenantState::Active.literal(),
         );
         let rows = client
-            .query_typed(&sql, &[(&run_id, Type::INT8), (&limit, Type::INT8)])
+            .query_typed(&sql, &[(&versions, Type::INT4_ARRAY)])
             .await
-            .map_err(|e| failed("reading the run's failures", &e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| FailedRow {
-                id: r.get(0),
-                schema: r.get(1),
-                migration: r.get(2),
-                error: r.get(3),
-            })
-            .collect())
+            .map_err(|e| failed("counting the tenants past a failed migration", &e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Opens a run (or takes over the interrupted run `resume`) with a pending ledger row per
@@ -404,11 +574,19 @@ impl Control {
     }
 
     /// Hot path, inside a schema's transaction: its registry version and its ledger row
-    /// `succeeded`, so that what the ledger says commits with what happened.
-    pub fn schema_done_sql(&self, run_id: i64, tenant: &Tenant, after: Option<i32>) -> String {
+    /// `succeeded` (with how many migrations it applied), so that what the ledger says
+    /// commits with what happened.
+    pub fn schema_done_sql(
+        &self,
+        run_id: i64,
+        tenant: &Tenant,
+        after: Option<i32>,
+        applied: usize,
+    ) -> String {
         format!(
-            "{version}; UPDATE {rs} SET state = {succeeded}, version_after = {after}, attempts = attempts + 1, \
-                 started_at = now(), finished_at = clock_timestamp(), error = NULL, failed_migration = NULL \
+            "{version}; UPDATE {rs} SET state = {succeeded}, version_after = {after}, applied = {applied}, \
+                 attempts = attempts + 1, started_at = now(), finished_at = clock_timestamp(), error = NULL, \
+                 failed_migration = NULL, kind = NULL, sqlstate = NULL, line = NULL, message = NULL \
              WHERE run_id = {run_id} AND tenant_id = {id}",
             version = self.set_version_sql(tenant, after),
             rs = self.table("run_schemas"),
@@ -430,24 +608,34 @@ impl Control {
         if failures.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = failures.iter().map(|f| f.id).collect();
-        let migrations: Vec<Option<&str>> = failures.iter().map(|f| f.migration).collect();
-        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        fn column<'a, T>(
+            rows: &'a [FailureRecord<'a>],
+            f: impl Fn(&'a FailureRecord<'a>) -> T,
+        ) -> Vec<T> {
+            rows.iter().map(f).collect()
+        }
+        let ids = column(failures, |f| f.id);
+        let kinds = column(failures, |f| f.kind);
+        let sqlstates = column(failures, |f| f.sqlstate);
+        let migrations = column(failures, |f| f.migration);
+        let messages = column(failures, |f| f.message);
+        let errors = column(failures, |f| f.error.as_str());
+        let drift = column(failures, |f| f.drift);
+        let states = column(failures, |f| match f.skipped {
+            true => SchemaState::Skipped.as_str(),
+            false => SchemaState::Failed.as_str(),
+        });
+        let lines: Vec<Option<i32>> = failures.iter().map(|f| f.line).collect();
         let attempts: Vec<i32> = failures.iter().map(|f| f.attempts).collect();
-        let drift: Vec<Option<&str>> = failures.iter().map(|f| f.drift).collect();
-        let states: Vec<&str> = failures
-            .iter()
-            .map(|f| match f.skipped {
-                true => SchemaState::Skipped.as_str(),
-                false => SchemaState::Failed.as_str(),
-            })
-            .collect();
         let sql = format!(
-            "WITH owner AS (SELECT 1 FROM {runs} WHERE id = $1 AND epoch = $7), \
-                  f AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $8::text[]) AS f(id, m, e, a, d, s) \
+            "WITH owner AS (SELECT 1 FROM {runs} WHERE id = $1 AND epoch = $2), \
+                  f AS (SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], \
+                                             $8::text[], $9::text[], $10::int4[], $11::text[], $12::text[]) \
+                             AS f(id, s, kind, sqlstate, line, m, message, a, e, d) \
                         WHERE EXISTS (SELECT 1 FROM owner)), \
                   marked AS (UPDATE {tenants} t SET drift = f.d FROM f WHERE t.id = f.id AND f.d IS NOT NULL) \
-             UPDATE {rs} rs SET state = f.s, failed_migration = f.m, error = f.e, \
+             UPDATE {rs} rs SET state = f.s, kind = f.kind, sqlstate = f.sqlstate, line = f.line, \
+                 failed_migration = f.m, message = f.message, error = f.e, \
                  attempts = rs.attempts + f.a, finished_at = clock_timestamp() \
              FROM f WHERE rs.run_id = $1 AND rs.tenant_id = f.id AND rs.state <> {succeeded}",
             runs = self.table("runs"),
@@ -460,13 +648,17 @@ impl Control {
                 &sql,
                 &[
                     (&run_id, Type::INT8),
-                    (&ids, Type::TEXT_ARRAY),
-                    (&migrations, Type::TEXT_ARRAY),
-                    (&errors, Type::TEXT_ARRAY),
-                    (&attempts, Type::INT4_ARRAY),
-                    (&drift, Type::TEXT_ARRAY),
                     (&epoch, Type::INT8),
+                    (&ids, Type::TEXT_ARRAY),
                     (&states, Type::TEXT_ARRAY),
+                    (&kinds, Type::TEXT_ARRAY),
+                    (&sqlstates, Type::TEXT_ARRAY),
+                    (&lines, Type::INT4_ARRAY),
+                    (&migrations, Type::TEXT_ARRAY),
+                    (&messages, Type::TEXT_ARRAY),
+                    (&attempts, Type::INT4_ARRAY),
+                    (&errors, Type::TEXT_ARRAY),
+                    (&drift, Type::TEXT_ARRAY),
                 ],
             )
             .await
@@ -484,20 +676,24 @@ impl Control {
         schema: &str,
         outcome: &SharedOutcome<'_>,
     ) -> anyhow::Result<()> {
-        let (state, schema_state) = match outcome.error {
+        let (state, schema_state) = match outcome.failure {
             Some(_) => (RunState::Failed, SchemaState::Failed),
             None => (RunState::Succeeded, SchemaState::Succeeded),
         };
+        let f = outcome.failure.as_ref();
         let sql = format!(
             "WITH r AS ( \
                INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, finished_at) \
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, clock_timestamp()) RETURNING id) \
-             INSERT INTO {rs} (run_id, tenant_id, schema_name, state, version_before, version_after, failed_migration, error, attempts, started_at, finished_at) \
-             SELECT id, '(shared)', $10, $11, $12, $13, $14, $15, 1, now(), clock_timestamp() FROM r",
+             INSERT INTO {rs} (run_id, tenant_id, schema_name, state, version_before, version_after, applied, \
+                               failed_migration, error, kind, sqlstate, line, message, attempts, started_at, finished_at) \
+             SELECT id, {shared_row}, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 1, now(), clock_timestamp() FROM r",
             runs = self.table("runs"),
             rs = self.table("run_schemas"),
+            shared_row = quote_literal(SHARED_ROW),
         );
         let (host, pid) = (hostname(), std::process::id() as i32);
+        let error = f.map(|f| f.error.as_str());
         client
             .execute_typed(
                 &sql,
@@ -515,8 +711,13 @@ impl Control {
                     (&schema_state.as_str(), Type::TEXT),
                     (&outcome.before, Type::INT4),
                     (&outcome.after, Type::INT4),
-                    (&outcome.migration, Type::TEXT),
-                    (&outcome.error, Type::TEXT),
+                    (&outcome.applied, Type::INT4),
+                    (&f.and_then(|f| f.migration), Type::TEXT),
+                    (&error, Type::TEXT),
+                    (&f.map(|f| f.kind), Type::TEXT),
+                    (&f.and_then(|f| f.sqlstate), Type::TEXT),
+                    (&f.and_then(|f| f.line), Type::INT4),
+                    (&f.map(|f| f.message), Type::TEXT),
                 ],
             )
             .await
@@ -529,7 +730,6 @@ impl Control {
         Ok(())
     }
 
-    /// Closes a run with its final state and releases its run lock.
     /// Closes a run with its final state and releases its run lock, if the run is still
     /// this process's (its epoch unchanged). False: another runner took it over, and its
     /// state is theirs to write.

@@ -14,10 +14,12 @@ mod locks;
 mod registry;
 mod states;
 
-pub use ledger::{AuditRow, FailedRow, FailureRecord, RunInfo, RunRow, SharedOutcome};
+pub use ledger::{
+    FailureRecord, FailureRow, RunCounts, RunInfo, RunRow, SchemaRow, SharedOutcome, SHARED_ROW,
+};
 pub use locks::{schema_lock_sql, LOCK_NAMESPACE};
 pub use registry::TenantRow;
-pub use states::{RunCommand, RunState, SchemaState, TenantState};
+pub use states::{RunCommand, RunState, SchemaResult, SchemaState, TenantState};
 
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
@@ -26,7 +28,7 @@ use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
 
 /// Bumped whenever the DDL below changes; stored as the control schema's comment.
-const CONTROL_VERSION: &str = "tenantctl control schema v5";
+const CONTROL_VERSION: &str = "tenantctl control schema v6";
 
 /// SQLSTATE raised inside a schema's transaction when its run was taken over (fencing).
 pub const SQLSTATE_FENCED: &str = "TNF01";
@@ -36,8 +38,9 @@ pub const SQLSTATE_DROPPED: &str = "TNF02";
 /// A statement parameter with its PostgreSQL type, for `query_typed`.
 type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
-/// `'YYYY-MM-DD HH24:MI:SS "UTC"'`, the format of times shown to people.
-const TS: &str = "'YYYY-MM-DD HH24:MI:SS \"UTC\"'";
+/// RFC 3339 in UTC (`2026-11-26T15:47:50Z`): the one format of every time tenantctl prints,
+/// in text and in `--json`.
+const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
 
 /// The control schema, with its name validated and quoted once.
 #[derive(Debug, Clone)]
@@ -156,6 +159,11 @@ CREATE TABLE IF NOT EXISTS {q}.run_schemas (
     finished_at      timestamptz,
     PRIMARY KEY (run_id, tenant_id)
 );
+ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS applied integer;
+ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS kind text;
+ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS sqlstate text;
+ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS line integer;
+ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS message text;
 COMMENT ON SCHEMA {q} IS {comment};
 "#
         )

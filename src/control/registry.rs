@@ -4,7 +4,7 @@
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::{failed, states, Control, TenantState};
+use super::{failed, states, Control, TenantState, TS};
 use crate::tenant::{quote_literal, Tenant};
 
 /// One registered tenant as the registry sees it.
@@ -16,6 +16,8 @@ pub struct TenantRow {
     pub created_at: String,
     /// Why the last run refused to touch this schema (see drift detection), if it did.
     pub drift: Option<String>,
+    /// A tenant dropped with `--archive`: the schema its data was renamed to.
+    pub archived_as: Option<String>,
 }
 
 /// `NULL` or the number, for hot-path SQL text.
@@ -47,7 +49,7 @@ impl Control {
         ids: Option<&[String]>,
     ) -> anyhow::Result<Vec<TenantRow>> {
         let sql = format!(
-            "SELECT id, schema_name, state, version, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), drift \
+            "SELECT id, schema_name, state, version, to_char(created_at AT TIME ZONE 'UTC', {TS}), drift, archived_as \
              FROM {} WHERE ($1::text[] IS NULL OR id = ANY($1)) ORDER BY id",
             self.table("tenants")
         );
@@ -66,6 +68,7 @@ impl Control {
                     version: r.get(3),
                     created_at: r.get(4),
                     drift: r.get(5),
+                    archived_as: r.get(6),
                 })
             })
             .collect()

@@ -67,6 +67,8 @@ stored_enum! {
         MigrateShared => "migrate (shared)",
         /// The shared migrations' step of a `tenant create`.
         TenantCreateShared => "tenant create (shared)",
+        /// `repair --accept`: an edited, already applied file's checksum recorded anew.
+        Repair => "repair",
     }
 }
 
@@ -98,13 +100,45 @@ stored_enum! {
     }
 }
 
+stored_enum! {
+    /// What became of one tenant in a run, as reports and `--json` name it. Derived from the
+    /// ledger row (see [`SchemaResult::of`]); the ledger's counts use the same rule in SQL.
+    SchemaResult {
+        /// The command did its work (created, migrated, rolled back, dropped, repaired).
+        Done => "done",
+        /// Nothing to do: already where asked.
+        Unchanged => "unchanged",
+        Failed => "failed",
+        /// Never started (fail-fast, interrupted, the database went away).
+        NotStarted => "not_started",
+        /// Dropped by `tenant drop` while the run was going on: not touched.
+        DroppedMeanwhile => "dropped_meanwhile",
+    }
+}
+
+impl SchemaResult {
+    /// The result of a ledger row: a fleet command's success that changed nothing (a
+    /// re-checked schema) is unchanged.
+    pub fn of(command: RunCommand, state: SchemaState, changed: bool) -> SchemaResult {
+        match state {
+            SchemaState::Succeeded if command.is_fleet_command() && !changed => {
+                SchemaResult::Unchanged
+            }
+            SchemaState::Succeeded => SchemaResult::Done,
+            SchemaState::Failed => SchemaResult::Failed,
+            SchemaState::Pending => SchemaResult::NotStarted,
+            SchemaState::Skipped => SchemaResult::DroppedMeanwhile,
+        }
+    }
+}
+
 impl RunCommand {
-    /// Fleet commands (migrate, rollback) work on registered tenants that may already be at
-    /// the target: they hold the fleet lock (one of them per control schema at a time), and a
-    /// schema they re-check without changing counts as unchanged.
+    /// Fleet commands (migrate, rollback, repair) work on registered tenants that may already
+    /// be where asked: they hold the fleet lock (one of them per control schema at a time),
+    /// and a schema they re-check without changing counts as unchanged.
     pub fn is_fleet_command(self) -> bool {
         match self {
-            RunCommand::Migrate | RunCommand::Rollback => true,
+            RunCommand::Migrate | RunCommand::Rollback | RunCommand::Repair => true,
             RunCommand::TenantCreate
             | RunCommand::TenantAdopt
             | RunCommand::TenantDrop
@@ -117,7 +151,7 @@ impl RunCommand {
     /// Whether the command moves tenants to a version (a drop has none to name).
     pub fn has_target(self) -> bool {
         match self {
-            RunCommand::TenantDrop | RunCommand::TenantDropArchive => false,
+            RunCommand::TenantDrop | RunCommand::TenantDropArchive | RunCommand::Repair => false,
             RunCommand::TenantCreate
             | RunCommand::TenantAdopt
             | RunCommand::Migrate

@@ -15,8 +15,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config};
 
+use crate::config::ConfigError;
 use crate::conninfo::{ConnSpec, TlsSpec};
-use crate::exit::UsageError;
+use crate::exit::{UnreachableError, UsageError};
 use crate::pgerror::describe;
 use tls::Tls;
 
@@ -74,9 +75,11 @@ impl Endpoint {
 
     /// Like [`Endpoint::connect`], with the server's major version.
     pub async fn connect_with_version(&self) -> anyhow::Result<(Client, u32)> {
-        let (client, connection) = self.pg.connect(self.tls.clone()).await.map_err(|e| {
-            anyhow::anyhow!("cannot connect to {}: {}", self.display, self.explain(&e))
-        })?;
+        let (client, connection) = self
+            .pg
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| self.connect_error(&e))?;
         let conforming = connection
             .parameter("standard_conforming_strings")
             .map(str::to_string);
@@ -110,6 +113,32 @@ impl Endpoint {
             .max_size(size)
             .build()
             .context("building the connection pool")
+    }
+
+    /// A failed connection as an error of its kind: the server could not be reached (down,
+    /// refusing, timing out, starting up or shutting down, out of connection slots: exit 6,
+    /// worth a retry) or it refused what it was given (password, certificate, TLS settings,
+    /// database name: a configuration error, exit 2).
+    fn connect_error(&self, e: &tokio_postgres::Error) -> anyhow::Error {
+        let message = format!("cannot connect to {}: {}", self.display, self.explain(e));
+        let unreachable = match e.as_db_error() {
+            Some(db) => matches!(
+                db.code().code(),
+                // cannot_connect_now, too_many_connections, admin/crash shutdown
+                "57P03" | "53300" | "57P01" | "57P02"
+            ),
+            None => {
+                let said = describe(e);
+                rustls_error(e).is_none()
+                    && !said.contains("TLS")
+                    && !said.contains("password missing")
+            }
+        };
+        if unreachable {
+            UnreachableError(message).into()
+        } else {
+            ConfigError(message).into()
+        }
     }
 
     /// Why a connection failed, and what to do: TLS required or refused, a certificate not
@@ -214,7 +243,7 @@ fn warn_once(message: String) {
     static SHOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
     if !shown.contains(&message) {
-        eprintln!("warning: {}", crate::redact::scrub(&message));
+        crate::output::stderr_line(&format!("warning: {message}"));
         shown.push(message);
     }
 }

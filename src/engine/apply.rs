@@ -49,6 +49,9 @@ pub enum Mode {
     /// Drop the schema (or, with `archive`, rename it out of the way) and its role, and mark
     /// the tenant dropped.
     Drop { archive: bool },
+    /// `repair --accept`: record the file of `version` as it is now (its checksum and name)
+    /// in the history of a schema that has it applied. Nothing is run.
+    Repair { version: i32 },
 }
 
 impl Mode {
@@ -61,6 +64,7 @@ impl Mode {
             Mode::Adopt { .. } => RunCommand::TenantAdopt,
             Mode::Drop { archive: false } => RunCommand::TenantDrop,
             Mode::Drop { archive: true } => RunCommand::TenantDropArchive,
+            Mode::Repair { .. } => RunCommand::Repair,
         }
     }
 
@@ -68,7 +72,9 @@ impl Mode {
     fn registers(self) -> bool {
         match self {
             Mode::Create | Mode::Adopt { .. } => true,
-            Mode::Migrate | Mode::Rollback { .. } | Mode::Drop { .. } => false,
+            Mode::Migrate | Mode::Rollback { .. } | Mode::Drop { .. } | Mode::Repair { .. } => {
+                false
+            }
         }
     }
 }
@@ -79,6 +85,8 @@ pub struct Applied {
     pub before: Option<i32>,
     pub after: Option<i32>,
     pub count: usize,
+    /// `tenant drop --archive`: the schema the data was renamed to.
+    pub archived_as: Option<String>,
 }
 
 /// Applies pending migrations (or creates the tenant, …) in one transaction on `client`.
@@ -123,6 +131,8 @@ enum Step {
 /// One script of the work trip: what to blame if it fails, and its text as on disk.
 pub struct Script<'s> {
     pub label: String,
+    /// The version of a forward migration (None for a rollback script).
+    pub version: Option<i32>,
     pub sql: &'s str,
 }
 
@@ -138,6 +148,8 @@ pub struct Work<'s> {
     pub scripts: Vec<Script<'s>>,
     /// Statements for the last message, before the registry, the ledger and COMMIT.
     pub bookkeeping: String,
+    /// `tenant drop --archive`: the schema the data is renamed to.
+    pub archived_as: Option<String>,
 }
 
 async fn transaction(
@@ -161,7 +173,7 @@ async fn transaction(
             format!("CREATE SCHEMA {}", tenant.quoted_schema()),
         )),
         Mode::Adopt { .. } => opening.push((Step::RequireSchema, require_schema_sql(tenant))),
-        Mode::Migrate | Mode::Rollback { .. } | Mode::Drop { .. } => {}
+        Mode::Migrate | Mode::Rollback { .. } | Mode::Drop { .. } | Mode::Repair { .. } => {}
     }
     if let Some(role) = &role {
         opening.push((Step::CreateRole, create_role_sql(tenant, role)));
@@ -175,7 +187,10 @@ async fn transaction(
     let already = || {
         Failure::new(
             FailureKind::AlreadyExists,
-            "is already registered".into(),
+            format!(
+                "already registered (schema {}): created meanwhile by another command",
+                tenant.schema()
+            ),
             registry_version,
         )
     };
@@ -201,13 +216,17 @@ async fn transaction(
     if let Some(role) = &role {
         last.push_str(&grant_existing_sql(ctx, tenant, role, &table));
     }
-    last.push_str(&ctx.control.schema_done_sql(ctx.run_id, tenant, work.after));
+    last.push_str(
+        &ctx.control
+            .schema_done_sql(ctx.run_id, tenant, work.after, work.count),
+    );
     last.push_str("; COMMIT;");
     work.send(client, &last).await?;
     Ok(Applied {
         before: work.before,
         after: work.after,
         count: work.count,
+        archived_as: work.archived_as,
     })
 }
 
@@ -290,6 +309,7 @@ fn plan_work<'s>(
                     .iter()
                     .map(|f| Script {
                         label: f.label(),
+                        version: Some(f.version),
                         sql: f.sql(),
                     })
                     .collect(),
@@ -297,6 +317,7 @@ fn plan_work<'s>(
                 false => Vec::new(),
             },
             bookkeeping: history::insert_sql(table, &pending),
+            archived_as: None,
         })
     };
     match mode {
@@ -321,6 +342,7 @@ fn plan_work<'s>(
                 };
                 scripts.push(Script {
                     label: format!("{}.down", file.label()),
+                    version: None,
                     sql: down,
                 });
                 reverted.push(file.version);
@@ -335,31 +357,57 @@ fn plan_work<'s>(
                 count: scripts.len(),
                 scripts,
                 bookkeeping: history::delete_sql(table, &reverted),
+                archived_as: None,
             })
         }
-        Mode::Drop { archive } => Ok(Work {
-            before: registry_version,
-            after: None,
-            count: 0,
-            scripts: Vec::new(),
-            bookkeeping: drop_sql(ctx, tenant, archive),
-        }),
+        Mode::Repair { version } => {
+            let file = set.get(version).expect("checked by the command");
+            let Some(app) = applied.iter().find(|a| a.version() == version) else {
+                return Err(Failure::new(
+                    FailureKind::Other,
+                    format!(
+                        "{} is not applied here, so there is nothing to repair",
+                        file.label()
+                    ),
+                    before,
+                ));
+            };
+            let accepted = file.migration == *app;
+            Ok(Work {
+                before,
+                after: before,
+                count: usize::from(!accepted),
+                scripts: Vec::new(),
+                bookkeeping: match accepted {
+                    true => String::new(),
+                    false => history::accept_sql(table, file),
+                },
+                archived_as: None,
+            })
+        }
+        Mode::Drop { archive } => {
+            let archived_as = archive.then(|| archive_name(tenant.schema()));
+            Ok(Work {
+                before: registry_version,
+                after: None,
+                count: 0,
+                scripts: Vec::new(),
+                bookkeeping: drop_sql(ctx, tenant, archived_as.as_deref()),
+                archived_as,
+            })
+        }
     }
 }
 
 /// `tenant drop`: the schema goes (or is renamed out of the way), then the role, and the
 /// registry marks the tenant dropped.
-fn drop_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, archive: bool) -> String {
+fn drop_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, archived_as: Option<&str>) -> String {
     let schema_q = tenant.quoted_schema();
-    let archived_as = archive.then(|| archive_name(tenant.schema()));
-    let first = match &archived_as {
+    let first = match archived_as {
         Some(name) => format!("ALTER SCHEMA {schema_q} RENAME TO {};", quote_ident(name)),
         None => format!("DROP SCHEMA IF EXISTS {schema_q} CASCADE;"),
     };
-    format!(
-        "{first} {};",
-        ctx.control.drop_sql(tenant, archived_as.as_deref())
-    )
+    format!("{first} {};", ctx.control.drop_sql(tenant, archived_as))
 }
 
 /// `<schema>__arch_<UTC yyyymmddhhmmss>`, cut to fit 63 bytes. Tenant ids cannot contain
@@ -439,7 +487,8 @@ impl Work<'_> {
         match pieces[e.index] {
             (Some(script), lines_before, text) => {
                 f.migration = Some(script.label.clone());
-                f.line = line_of(text, &e.error).map(|l| l + lines_before);
+                f.migration_version = script.version;
+                f.line = line_of(text, &e.error, e.completed).map(|l| (l + lines_before) as u32);
                 if f.kind == FailureKind::Other {
                     f.kind = FailureKind::Migration;
                 }

@@ -29,6 +29,8 @@ pub enum Event<'a> {
         total: usize,
         /// Schemas that need work.
         todo: usize,
+        /// Refused before any work (e.g. `tenant create` of an existing id): reported as failed.
+        refused: usize,
         jobs: usize,
     },
     SchemaSucceeded {

@@ -6,7 +6,7 @@ use std::fmt;
 
 use tokio_postgres::error::SqlState;
 
-use crate::control::{SQLSTATE_DROPPED, SQLSTATE_FENCED};
+use crate::control::{FailureRecord, FailureRow, SQLSTATE_DROPPED, SQLSTATE_FENCED};
 use crate::pgerror::describe;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,24 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Its name in the ledger and in `--json` (docs/json.md lists them).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Migration => "migration",
+            FailureKind::AlreadyExists => "already_exists",
+            FailureKind::SchemaExists => "schema_exists",
+            FailureKind::SchemaMissing => "schema_missing",
+            FailureKind::Drift => "drift",
+            FailureKind::LockTimeout => "lock_timeout",
+            FailureKind::StatementTimeout => "statement_timeout",
+            FailureKind::Connection => "connection",
+            FailureKind::Interrupted => "interrupted",
+            FailureKind::Fenced => "fenced",
+            FailureKind::Dropped => "dropped",
+            FailureKind::Other => "other",
+        }
+    }
+
     /// Worth another attempt after a pause: the cause is outside the migration.
     pub fn is_transient(self) -> bool {
         match self {
@@ -62,8 +80,15 @@ pub struct Failure {
     pub kind: FailureKind,
     /// `V7__add_invoices` when a migration is to blame.
     pub migration: Option<String>,
+    /// That migration's version, when it is a forward one (its file may be applied elsewhere).
+    pub migration_version: Option<i32>,
+    /// PostgreSQL's SQLSTATE, when the server raised the error.
+    pub sqlstate: Option<Box<str>>,
+    /// How many tenants already have `migration_version` applied (set after the run): then
+    /// editing the file is the wrong fix.
+    pub applied_elsewhere: Option<u32>,
     /// Line within that migration file, when PostgreSQL reported a position.
-    pub line: Option<usize>,
+    pub line: Option<u32>,
     /// PostgreSQL's own message, or what was wrong.
     pub message: String,
     /// The version the schema is still at.
@@ -80,6 +105,9 @@ impl Failure {
         Failure {
             kind,
             migration: None,
+            migration_version: None,
+            sqlstate: None,
+            applied_elsewhere: None,
             line: None,
             message,
             still_at,
@@ -106,8 +134,38 @@ impl Failure {
             None => FailureKind::Connection,
         };
         let mut f = Failure::new(kind, describe(e), still_at);
+        f.sqlstate = e.code().map(|c| c.code().into());
         f.broken_connection = e.is_closed() || kind == FailureKind::Connection;
         f
+    }
+
+    /// The ledger's record of this failure for tenant `id`.
+    pub fn record<'a>(&'a self, id: &'a str) -> FailureRecord<'a> {
+        FailureRecord {
+            skipped: false,
+            id,
+            kind: self.kind.as_str(),
+            sqlstate: self.sqlstate.as_deref(),
+            migration: self.migration.as_deref(),
+            line: self.line.map(|l| l as i32),
+            message: &self.message,
+            error: self.to_string(),
+            attempts: self.attempts as i32,
+            drift: (self.kind == FailureKind::Drift).then_some(self.message.as_str()),
+        }
+    }
+
+    /// As `--json` prints it (and the ledger holds it).
+    pub fn row(&self) -> FailureRow {
+        FailureRow {
+            kind: self.kind.as_str().into(),
+            sqlstate: self.sqlstate.as_deref().map(str::to_string),
+            migration: self.migration.clone(),
+            line: self.line.map(|l| l as i32),
+            message: self.message.clone(),
+            error: self.to_string(),
+            version: self.still_at,
+        }
     }
 
     /// The part of the message that is the same for every tenant hit by the same problem.
@@ -132,13 +190,30 @@ impl Failure {
         }
     }
 
+    /// The failure as shown the moment it happens. A failed migration's advice waits for the
+    /// summary: whether the file is already applied elsewhere is known only at the end.
+    pub fn live(&self) -> String {
+        match self.kind {
+            FailureKind::Migration => {
+                format!("{} — rolled back, {}", self.headline(), self.version_text())
+            }
+            _ => self.to_string(),
+        }
+    }
+
     /// What state was left behind and what to do next.
     pub fn aftermath(&self) -> String {
         let at = self.version_text();
         match self.kind {
-            FailureKind::Migration => format!("rolled back, {at}; fix the migration and re-run"),
+            FailureKind::Migration => match (self.applied_elsewhere, &self.migration) {
+                (Some(n), Some(m)) if n > 0 => format!(
+                    "rolled back, {at}. {m} is already applied on {n} other tenant(s): do not edit it (they would drift). Fix what this tenant's data needs and re-run, or put the fix in a new migration; if you edited the file on purpose (a comment, an equivalent fix), `tenantctl repair --accept {v}` records its new checksum",
+                    v = self.migration_version.unwrap_or_default()
+                ),
+                _ => format!("rolled back, {at}; fix the migration and re-run"),
+            },
             FailureKind::AlreadyExists => {
-                "already registered, nothing changed; pass --if-not-exists to skip existing tenants".into()
+                "nothing changed; pass --if-not-exists to skip existing tenants".into()
             }
             FailureKind::SchemaExists => "nothing changed; the schema exists but is not a registered tenant: adopt it with `tenantctl tenant adopt`, drop or rename it, or pick another id".into(),
             FailureKind::SchemaMissing => "nothing changed; create new tenants with `tenantctl tenant create`".into(),

@@ -145,6 +145,28 @@ pub enum Stop {
     Fenced(String),
 }
 
+impl Stop {
+    /// Its name in `--json` (`stopped.reason`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stop::FailFast => "fail_fast",
+            Stop::Interrupted => "interrupted",
+            Stop::DatabaseDown(_) => "database_down",
+            Stop::Fenced(_) => "fenced",
+        }
+    }
+
+    /// Why, in words: what the `not started` count is put down to.
+    pub fn why(&self) -> &'static str {
+        match self {
+            Stop::FailFast => "--fail-fast",
+            Stop::Interrupted => "interrupted",
+            Stop::DatabaseDown(_) => "the database could not be reached",
+            Stop::Fenced(_) => "this process lost the run",
+        }
+    }
+}
+
 /// How a fleet run went.
 #[derive(Debug, Default)]
 pub struct FleetOutcome {

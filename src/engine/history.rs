@@ -153,6 +153,16 @@ pub fn insert_sql(table: &str, files: &[&MigrationFile]) -> String {
     )
 }
 
+/// Records `file` as it is now (name and checksum) for its applied version: `repair --accept`.
+pub fn accept_sql(table: &str, file: &MigrationFile) -> String {
+    format!(
+        "UPDATE {table} SET name = {}, checksum = {} WHERE version = {};",
+        quote_literal(&file.name),
+        quote_literal(&file.migration.checksum().to_string()),
+        file.version
+    )
+}
+
 /// Forgets `versions` (a rollback reverted them).
 pub fn delete_sql(table: &str, versions: &[i32]) -> String {
     if versions.is_empty() {

@@ -8,7 +8,10 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::control::{FailureRecord, RunCommand, RunInfo, RunRow, RunState};
+use crate::control::{
+    FailureRecord, RunCommand, RunCounts, RunInfo, RunRow, RunState, SchemaResult, SchemaRow,
+    SchemaState,
+};
 use crate::db::Session;
 use crate::engine::apply::{ApplyCtx, Mode};
 use crate::engine::events::{Event, Events};
@@ -64,19 +67,26 @@ pub struct RunResult {
     pub run_id: i64,
     pub state: RunState,
     pub target: Option<i32>,
-    /// Tenants in scope the run had nothing to do for.
-    pub skipped: usize,
+    /// How the live run went: why it stopped, how long it took.
     pub outcome: FleetOutcome,
-    /// When this run continued an interrupted one: schemas it had already done.
-    pub resumed_from: Option<usize>,
-    /// Set when the ledger could not be updated at the end.
+    /// When this run continued an interrupted one: schemas it had done before.
+    pub resumed_from: Option<i64>,
+    /// Set when the ledger could not be updated (or read back) at the end.
     pub ledger_note: Option<String>,
+    /// The run's counts, as the ledger counts them (the same SQL as `status` and `audit`;
+    /// from what this process saw only when the ledger could not be read back).
+    pub counts: RunCounts,
+    /// Every tenant the run worked on (resumed runs: in earlier attempts too), by id.
+    pub tenants: Vec<SchemaRow>,
 }
 
 impl RunResult {
     pub fn exit_code(&self) -> i32 {
         if self.outcome.fenced().is_some() {
             return exit::FENCED;
+        }
+        if self.outcome.database_down().is_some() {
+            return exit::UNREACHABLE;
         }
         match self.state {
             RunState::Succeeded => exit::SUCCESS,
@@ -221,11 +231,9 @@ pub async fn run(
         run_id,
         total,
         todo: jobs.len(),
+        refused: req.refused.len(),
         jobs: workers,
     });
-    for (tenant, failure) in &req.refused {
-        env.events.emit(&Event::SchemaFailed { tenant, failure });
-    }
     let run = &env.config.run;
     let ctx = ApplyCtx {
         migrations: req.migrations,
@@ -270,23 +278,129 @@ pub async fn run(
     drop(signal_guard);
     pool.close();
     outcome.failed.splice(0..0, req.refused);
+    outcome.failed.sort_by(|a, b| a.0.id().cmp(b.0.id()));
     let state = outcome.state();
     env.events.emit(&Event::RunFinished);
-    let ledger_note = match outcome.fenced() {
+    if outcome.fenced().is_none() {
+        advise_on_failures(session, &mut outcome.failed).await;
+    }
+    let mut ledger_note = match outcome.fenced() {
         // The ledger is the new owner's to write now.
         Some(_) => None,
         None => record_outcome(session, run_id, epoch, &outcome, state).await,
     };
+    // What the ledger says is what this command reports, so the two always agree; what
+    // this process saw, when the ledger is not (or no longer) this run's to read.
+    let read_back = match (&ledger_note, outcome.fenced()) {
+        (None, None) => match read_report(session, run_id).await {
+            Ok(report) => report,
+            Err(e) => {
+                ledger_note = Some(format!(
+                    "could not read run {run_id} back from the ledger ({e:#}); the counts are what this process saw"
+                ));
+                None
+            }
+        },
+        _ => None,
+    };
+    let (counts, tenants) = read_back.unwrap_or_else(|| seen_report(command, &outcome, skipped));
     Ok(RunResult {
         command,
         run_id,
         state,
         target: req.target,
-        skipped,
         outcome,
-        resumed_from: resumed.map(|r| r.succeeded as usize),
+        resumed_from: resumed.map(|r| r.counts.done),
         ledger_note,
+        counts,
+        tenants,
     })
+}
+
+/// A failed migration that other tenants already have: the advice is not to edit it (see
+/// [`Failure::aftermath`]). One query for the run; without it the advice is the plain one.
+async fn advise_on_failures(session: &Session<'_>, failed: &mut [(Tenant, Failure)]) {
+    let mut versions: Vec<i32> = failed
+        .iter()
+        .filter(|(_, f)| f.kind == FailureKind::Migration)
+        .filter_map(|(_, f)| f.migration_version)
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    if versions.is_empty() {
+        return;
+    }
+    let Ok(counts) = session.control.at_or_past(&session.client, &versions).await else {
+        return;
+    };
+    for (_, f) in failed.iter_mut() {
+        if let Some(v) = f.migration_version {
+            f.applied_elsewhere = counts
+                .iter()
+                .find(|(at, _)| *at == v)
+                .map(|c| u32::try_from(c.1).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+/// The run's counts and tenants as the ledger holds them; None if the run is gone.
+async fn read_report(
+    session: &Session<'_>,
+    run_id: i64,
+) -> anyhow::Result<Option<(RunCounts, Vec<SchemaRow>)>> {
+    let Some(run) = session.control.run(&session.client, run_id).await? else {
+        return Ok(None);
+    };
+    let tenants = session
+        .control
+        .run_schemas(&session.client, &run, false)
+        .await?;
+    Ok(Some((run.counts, tenants)))
+}
+
+/// The run's counts and tenants from what this process saw, by the ledger's rules.
+fn seen_report(
+    command: RunCommand,
+    outcome: &FleetOutcome,
+    skipped: usize,
+) -> (RunCounts, Vec<SchemaRow>) {
+    let row = |t: &Tenant, result, before, version| SchemaRow {
+        id: t.id().into(),
+        schema: t.schema().into(),
+        result,
+        version_before: before,
+        version,
+        applied: Some(0),
+        attempts: 1,
+        archived_as: None,
+        failure: None,
+    };
+    let mut tenants: Vec<SchemaRow> = Vec::new();
+    for (t, a) in &outcome.succeeded {
+        let result = SchemaResult::of(command, SchemaState::Succeeded, a.count > 0);
+        tenants.push(SchemaRow {
+            applied: Some(a.count as i32),
+            archived_as: a.archived_as.clone(),
+            ..row(t, result, a.before, a.after)
+        });
+    }
+    for (t, f) in &outcome.failed {
+        tenants.push(SchemaRow {
+            attempts: f.attempts as i32,
+            failure: Some(f.row()),
+            ..row(t, SchemaResult::Failed, f.still_at, f.still_at)
+        });
+    }
+    for t in &outcome.dropped {
+        tenants.push(row(t, SchemaResult::DroppedMeanwhile, None, None));
+    }
+    for t in &outcome.not_started {
+        tenants.push(row(t, SchemaResult::NotStarted, None, None));
+    }
+    tenants.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut counts = RunCounts::tally(tenants.iter().map(|t| &t.result));
+    counts.unchanged += skipped as i64;
+    (counts, tenants)
 }
 
 /// Opens the run in the ledger, or resumes the interrupted run that asked for the same
@@ -394,25 +508,23 @@ async fn record_outcome(
     outcome: &FleetOutcome,
     state: RunState,
 ) -> Option<String> {
+    const DROPPED: &str = "dropped while the run was going on; not touched";
     let dropped = outcome.dropped.iter().map(|t| FailureRecord {
         skipped: true,
         id: t.id(),
+        kind: FailureKind::Dropped.as_str(),
+        sqlstate: None,
         migration: None,
-        error: "dropped while the run was going on; not touched".into(),
+        line: None,
+        message: DROPPED,
+        error: DROPPED.into(),
         attempts: 1,
         drift: None,
     });
     let rows: Vec<FailureRecord<'_>> = outcome
         .failed
         .iter()
-        .map(|(t, f)| FailureRecord {
-            skipped: false,
-            id: t.id(),
-            migration: f.migration.as_deref(),
-            error: f.to_string(),
-            attempts: f.attempts as i32,
-            drift: (f.kind == FailureKind::Drift).then_some(f.message.as_str()),
-        })
+        .map(|(t, f)| f.record(t.id()))
         .chain(dropped)
         .collect();
     let mut last_err = None;

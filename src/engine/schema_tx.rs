@@ -68,6 +68,9 @@ pub struct TripError {
     pub error: tokio_postgres::Error,
     /// The replies of the messages before it.
     pub done: Vec<Vec<SimpleQueryMessage>>,
+    /// How many statements of the failed message completed before the error: the failing
+    /// statement's index in it (PostgreSQL gives no position for errors raised at run time).
+    pub completed: usize,
 }
 
 /// How many bytes of messages may be sent ahead of their replies. Everything a schema
@@ -106,6 +109,7 @@ pub async fn trip(
                     index,
                     error,
                     done: out,
+                    completed: 0,
                 });
             }
         }
@@ -121,30 +125,58 @@ async fn receive(
     stream: SimpleQueryStream,
     out: &mut Vec<Vec<SimpleQueryMessage>>,
 ) -> Result<(), TripError> {
-    match stream.try_collect::<Vec<_>>().await {
-        Ok(replies) => {
-            out.push(replies);
-            Ok(())
+    let mut stream = std::pin::pin!(stream);
+    let mut replies = Vec::new();
+    loop {
+        match stream.try_next().await {
+            Ok(Some(reply)) => replies.push(reply),
+            Ok(None) => {
+                out.push(replies);
+                return Ok(());
+            }
+            Err(error) => {
+                let completed = replies
+                    .iter()
+                    .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+                    .count();
+                return Err(TripError {
+                    index: out.len(),
+                    error,
+                    done: std::mem::take(out),
+                    completed,
+                });
+            }
         }
-        Err(error) => Err(TripError {
-            index: out.len(),
-            error,
-            done: std::mem::take(out),
-        }),
     }
 }
 
-/// The line of `sql` an error points at, when PostgreSQL gave a position in it.
-pub fn line_of(sql: &str, e: &tokio_postgres::Error) -> Option<usize> {
-    match e.as_db_error().and_then(|d| d.position()) {
-        Some(ErrorPosition::Original(pos)) => {
+/// The line of `sql` (one message) an error is to blame on: where PostgreSQL's position
+/// points (a parse error, a missing relation); else, for an error raised while a statement
+/// ran, the first line of that statement, the `completed + 1`th of the message.
+pub fn line_of(sql: &str, e: &tokio_postgres::Error, completed: usize) -> Option<usize> {
+    match e.as_db_error().map(|d| d.position()) {
+        Some(Some(ErrorPosition::Original(pos))) => {
             let offset = (*pos as usize).saturating_sub(1);
-            let mut chars = sql.chars();
-            let prefix: String = chars.by_ref().take(offset).collect();
+            let prefix: String = sql.chars().take(offset).collect();
             (prefix.chars().count() == offset).then(|| prefix.matches('\n').count() + 1)
         }
-        _ => None,
+        // A position inside a function's body, or none: the statement that was running.
+        Some(_) => statement_line(sql, completed),
+        None => None,
     }
+}
+
+/// The first line of the `index`th (0-based) statement of `sql`.
+fn statement_line(sql: &str, index: usize) -> Option<usize> {
+    let mut seen = 0usize;
+    let mut line = None;
+    let _ = crate::migrations::scan::for_each_statement(sql, |s| {
+        if seen == index {
+            line = Some(s.line);
+        }
+        seen += 1;
+    });
+    line
 }
 
 /// How many rows the last statement of a message affected.

@@ -7,7 +7,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::control::{RunCommand, RunInfo, SharedOutcome};
+use crate::control::{RunCommand, RunInfo, SharedOutcome, SHARED_ROW};
 use crate::db::Session;
 use crate::engine::apply::{rollback_on_error, Applied, Script, Work};
 use crate::engine::failure::Failure;
@@ -87,10 +87,13 @@ async fn apply_shared(
                 .iter()
                 .map(|f| Script {
                     label: f.label(),
+                    // One shared schema: a failed file is applied nowhere else.
+                    version: None,
                     sql: f.sql(),
                 })
                 .collect(),
             bookkeeping: history::insert_sql(&table, &pending),
+            archived_as: None,
         };
         work.send(client, &format!("{} COMMIT;", work.bookkeeping))
             .await?;
@@ -98,6 +101,7 @@ async fn apply_shared(
             before: work.before,
             after: work.after,
             count: work.count,
+            archived_as: None,
         })
     }
     .await;
@@ -141,16 +145,21 @@ pub async fn apply_shared_recorded(
 ) -> Result<Applied, Failure> {
     let schema = &config.migrations.shared_schema;
     let result = apply_shared(&session.client, set, schema, config).await;
-    let (before, after, migration, error) = match &result {
+    let outcome = match &result {
         Ok(a) if a.count == 0 => return result,
-        Ok(a) => (a.before, a.after, None, None),
+        Ok(a) => SharedOutcome {
+            before: a.before,
+            after: a.after,
+            applied: a.count as i32,
+            failure: None,
+        },
         Err(f) if f.broken_connection => return result,
-        Err(f) => (
-            f.still_at,
-            f.still_at,
-            f.migration.as_deref(),
-            Some(f.to_string()),
-        ),
+        Err(f) => SharedOutcome {
+            before: f.still_at,
+            after: f.still_at,
+            applied: 0,
+            failure: Some(f.record(SHARED_ROW)),
+        },
     };
     let argv = command_line();
     let info = RunInfo {
@@ -161,12 +170,6 @@ pub async fn apply_shared_recorded(
         total: 1,
         actor,
         argv: &argv,
-    };
-    let outcome = SharedOutcome {
-        before,
-        after,
-        migration,
-        error: error.as_deref(),
     };
     // The shared transaction has committed (or rolled back) already: a ledger write that
     // fails here cannot change what happened, so it does not change the result either.

@@ -30,7 +30,7 @@ pub struct Verification {
 }
 
 /// One applied row: (version, name, checksum).
-type Applied = (i32, String, String);
+pub type Applied = (i32, String, String);
 
 /// Reads the history of every tenant schema in `rows` and compares it with the registry and
 /// the files. With `whole_fleet` (`rows` is every registered tenant), also reports schemas
@@ -132,7 +132,7 @@ async fn tenant_like_schemas(
 }
 
 /// The history rows of `schemas`, a few batched queries for the whole fleet.
-async fn read_histories(
+pub async fn read_histories(
     client: &Client,
     schemas: &[&str],
 ) -> anyhow::Result<HashMap<String, Vec<Applied>>> {

@@ -3,6 +3,7 @@
 //! `--json` go to stdout (see [`summary`]). This module depends on the engine's events; the
 //! engine never depends on it.
 
+pub mod json;
 pub mod plain;
 pub mod progress;
 pub mod summary;
@@ -10,7 +11,7 @@ pub mod summary;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use crate::control::RunCommand;
+use crate::control::{RunCommand, SchemaResult};
 use crate::engine::events::{Event, Events};
 use crate::engine::failure::Failure;
 use crate::tenant::Tenant;
@@ -71,10 +72,16 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
             run_id,
             total,
             todo,
+            refused,
             jobs,
         } => Some(format!(
-            "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} with nothing to do; {jobs} at a time",
-            total - todo
+            "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} with nothing to do{}; {jobs} at a time",
+            total - todo - refused,
+            if *refused > 0 {
+                format!(", {refused} refused (see below)")
+            } else {
+                String::new()
+            }
         )),
         Event::Interrupting { signal, grace } => Some(format!(
             "{signal} received: starting no new schemas; in-flight ones get {} to finish, then are cancelled and rolled back. Send it again to stop at once",
@@ -85,7 +92,7 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
             "resuming run {} ({}): {} of {} schemas done",
             run.id,
             run.state,
-            run.succeeded + run.skipped,
+            run.counts.done + run.counts.unchanged,
             run.total
         )),
         Event::Warning { message } => Some(format!("warning: {message}")),
@@ -105,6 +112,7 @@ pub enum Tally {
     Unchanged(RunCommand),
     Failed,
     NotStarted,
+    DroppedMeanwhile,
     Registered,
     UpToDate,
     NotAtLatest,
@@ -114,12 +122,41 @@ pub enum Tally {
 }
 
 impl Tally {
+    /// The tally of one result of `command`.
+    pub fn of(command: RunCommand, result: SchemaResult) -> Tally {
+        match result {
+            SchemaResult::Done => Tally::Done(command),
+            SchemaResult::Unchanged => Tally::Unchanged(command),
+            SchemaResult::Failed => Tally::Failed,
+            SchemaResult::NotStarted => Tally::NotStarted,
+            SchemaResult::DroppedMeanwhile => Tally::DroppedMeanwhile,
+        }
+    }
+
+    /// The key of the count in a JSON document's `counts`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Tally::Done(_) => "done",
+            Tally::Unchanged(_) => "unchanged",
+            Tally::Failed => "failed",
+            Tally::NotStarted => "not_started",
+            Tally::DroppedMeanwhile => "dropped_meanwhile",
+            Tally::Registered => "registered",
+            Tally::UpToDate => "up_to_date",
+            Tally::NotAtLatest => "not_at_latest",
+            Tally::Drifted => "drifted",
+            Tally::Active => "active",
+            Tally::Dropped => "dropped",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Tally::Done(c) => verbs(c).0,
             Tally::Unchanged(c) => verbs(c).1,
             Tally::Failed => "failed",
             Tally::NotStarted => "not started",
+            Tally::DroppedMeanwhile => "dropped meanwhile",
             Tally::Registered => "registered",
             Tally::UpToDate => "up to date",
             Tally::NotAtLatest => "not at latest",
@@ -133,7 +170,7 @@ impl Tally {
 /// What a command did to a schema, and what it says of one it had nothing to do for.
 fn verbs(command: RunCommand) -> (&'static str, &'static str) {
     match command {
-        RunCommand::TenantCreate => ("created", "already existed"),
+        RunCommand::TenantCreate => ("created", "already registered (--if-not-exists)"),
         RunCommand::TenantAdopt => ("adopted", "already registered"),
         RunCommand::Migrate => ("migrated", "already current"),
         RunCommand::Rollback => ("rolled back", "already at or below the target"),
@@ -141,6 +178,7 @@ fn verbs(command: RunCommand) -> (&'static str, &'static str) {
         RunCommand::MigrateShared | RunCommand::TenantCreateShared => {
             ("applied", "already current")
         }
+        RunCommand::Repair => ("repaired", "already accepted"),
     }
 }
 
@@ -153,7 +191,67 @@ pub fn and_more(more: usize) -> String {
     }
 }
 
-/// One line for a failed schema, as shown live and in summaries.
-pub fn failure_line(tenant: &Tenant, failure: &Failure) -> String {
-    crate::redact::scrub(&format!("{tenant}: {failure}"))
+/// What went wrong, independent of the tenant: `error` with the tenant's schema name taken
+/// out (where it stands as a whole name), so that tenants that failed the same way group.
+pub fn cause_of(error: &str, schema: &str) -> String {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    let mut out = String::with_capacity(error.len());
+    let mut rest = error;
+    while let Some(at) = rest.find(schema) {
+        let (before, after) = (&rest[..at], &rest[at + schema.len()..]);
+        let bounded = !before.ends_with(is_word) && !after.starts_with(is_word);
+        out.push_str(before);
+        out.push_str(if bounded { "<schema>" } else { schema });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Live failure lines per cause: the first few are printed as they happen, then one line
+/// says the rest are counted (the summary groups them, `--json` lists them all).
+#[derive(Default)]
+pub struct CauseCap(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+/// Live lines printed per cause.
+const LIVE_PER_CAUSE: usize = 3;
+
+impl CauseCap {
+    /// The line to print for this failure (`FAIL …`), or the note that the rest of its
+    /// cause is not printed, or nothing.
+    pub fn line(&self, tenant: &Tenant, failure: &Failure) -> Option<String> {
+        let live = failure.live();
+        let cause = cause_of(&live, tenant.schema());
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = seen.entry(cause).or_insert(0);
+        *n += 1;
+        match *n {
+            n if n <= LIVE_PER_CAUSE => Some(format!("FAIL {tenant}: {live}")),
+            n if n == LIVE_PER_CAUSE + 1 => Some(format!(
+                "… more tenants fail the same way as {}; they are counted, not printed (the summary groups them, --json lists every one)",
+                tenant.id()
+            )),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cause_of;
+
+    #[test]
+    fn the_schema_is_taken_out_only_where_it_is_a_whole_name() {
+        assert_eq!(
+            cause_of(
+                "relation \"tenant_a.t\" does not exist in tenant_a",
+                "tenant_a"
+            ),
+            "relation \"<schema>.t\" does not exist in <schema>"
+        );
+        assert_eq!(
+            cause_of("tenant_ab and xtenant_a", "tenant_a"),
+            "tenant_ab and xtenant_a"
+        );
+    }
 }

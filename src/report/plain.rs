@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{failure_line, Reporter};
+use super::{CauseCap, Reporter};
 use crate::engine::events::Event;
 use crate::migrations::version_label;
 
@@ -23,6 +23,7 @@ struct State {
 
 pub struct Plain {
     state: Mutex<State>,
+    causes: CauseCap,
     /// `[cluster] ` when the config names clusters, else empty.
     label: String,
 }
@@ -31,6 +32,7 @@ impl Plain {
     pub fn new(label: String) -> Plain {
         Plain {
             label,
+            causes: CauseCap::default(),
             state: Mutex::new(State {
                 command: String::new(),
                 todo: 0,
@@ -53,7 +55,7 @@ impl Reporter for Plain {
                 s.started = Instant::now();
                 s.last_line = Instant::now();
                 if let Some(line) = super::notice(event) {
-                    eprintln!("{}{line}", self.label);
+                    crate::output::stderr_line(&format!("{}{line}", self.label));
                 }
             }
             Event::SchemaSucceeded {
@@ -63,7 +65,7 @@ impl Reporter for Plain {
             } => {
                 s.done += 1;
                 if s.todo <= PER_SCHEMA_LINES_UP_TO {
-                    eprintln!(
+                    crate::output::stderr_line(&format!(
                         "{}{}: ok   {tenant}: {} -> {} ({} migration(s), {} ms)",
                         self.label,
                         s.command,
@@ -71,10 +73,10 @@ impl Reporter for Plain {
                         version_label(applied.after),
                         applied.count,
                         elapsed.as_millis()
-                    );
+                    ));
                 } else if s.last_line.elapsed() >= PROGRESS_EVERY {
                     s.last_line = Instant::now();
-                    eprintln!(
+                    crate::output::stderr_line(&format!(
                         "{}{}: {}/{} done, {} failed, {:.1}s elapsed",
                         self.label,
                         s.command,
@@ -82,24 +84,21 @@ impl Reporter for Plain {
                         s.todo,
                         s.failed,
                         s.started.elapsed().as_secs_f64()
-                    );
+                    ));
                 }
             }
             Event::SchemaFailed { tenant, failure } => {
                 s.failed += 1;
-                eprintln!(
-                    "{}{}: FAIL {}",
-                    self.label,
-                    s.command,
-                    failure_line(tenant, failure)
-                );
+                if let Some(line) = self.causes.line(tenant, failure) {
+                    crate::output::stderr_line(&format!("{}{}: {line}", self.label, s.command));
+                }
             }
             Event::SchemaDropped { tenant } => {
                 s.done += 1;
-                eprintln!(
+                crate::output::stderr_line(&format!(
                     "{}{}: skip {tenant}: dropped while the run was going on",
                     self.label, s.command
-                );
+                ));
             }
             Event::RunFinished => {}
             other @ (Event::Interrupting { .. }
@@ -107,7 +106,7 @@ impl Reporter for Plain {
             | Event::Resuming { .. }
             | Event::Warning { .. }) => {
                 if let Some(line) = super::notice(other) {
-                    eprintln!("{}{line}", self.label);
+                    crate::output::stderr_line(&format!("{}{line}", self.label));
                 }
             }
         }

@@ -1,24 +1,29 @@
-//! The terminal reporter: an indicatif bar on stderr with done/failed counts and ETA.
-//! Failures print above the bar as they happen.
+//! The terminal reporter: an indicatif bar on stderr with the finished and failed counts and
+//! an ETA.
+//! Failures print above the bar as they happen (the first few of each cause). The bar
+//! appears only once a run has schemas to work on (never an empty bar drawn full at 0/0),
+//! its length is the schemas the run works on, and its position the ones finished.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{failure_line, Reporter};
+use super::{CauseCap, Reporter};
 use crate::engine::events::Event;
 
 pub struct Bar {
+    multi: MultiProgress,
     bar: ProgressBar,
     /// `[cluster] ` when the config names clusters, else empty.
     label: String,
-    ok: AtomicUsize,
     failed: AtomicUsize,
+    skipped: AtomicUsize,
+    causes: CauseCap,
 }
 
 impl Bar {
-    /// A bar drawn under `multi` (which draws on stderr).
+    /// A bar to be drawn under `multi` (which draws on stderr) once its run has work.
     pub fn new(label: String, multi: &MultiProgress) -> Bar {
-        let bar = multi.add(ProgressBar::new(0));
+        let bar = ProgressBar::hidden();
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix:.bold} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg} ETA {eta}",
@@ -27,19 +32,33 @@ impl Bar {
             .progress_chars("=> "),
         );
         Bar {
+            multi: multi.clone(),
             bar,
             label,
-            ok: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
+            skipped: AtomicUsize::new(0),
+            causes: CauseCap::default(),
         }
     }
 
+    /// The position is the count of schemas finished; the message says how many of those
+    /// failed (and were dropped meanwhile), so the two can never disagree.
     fn update_msg(&self) {
+        let skipped = self.skipped.load(Ordering::Relaxed);
         self.bar.set_message(format!(
-            "ok {} failed {}",
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed)
+            "done ({} failed{})",
+            self.failed.load(Ordering::Relaxed),
+            if skipped > 0 {
+                format!(", {skipped} dropped meanwhile")
+            } else {
+                String::new()
+            }
         ));
+    }
+
+    /// A line above the bars (scrubbed); a closed stderr is ignored.
+    fn println(&self, line: &str) {
+        let _ = self.multi.println(crate::redact::scrub(line));
     }
 }
 
@@ -50,39 +69,41 @@ impl Reporter for Bar {
                 self.bar.set_prefix(format!("{}{command}", self.label));
                 self.bar.set_length(*todo as u64);
                 if let Some(line) = super::notice(event) {
-                    self.bar.println(format!("{}{line}", self.label));
+                    self.println(&format!("{}{line}", self.label));
                 }
                 self.update_msg();
+                if *todo > 0 {
+                    self.multi.add(self.bar.clone());
+                }
             }
-            Event::SchemaSucceeded { .. } => {
-                self.ok.fetch_add(1, Ordering::Relaxed);
-                self.bar.inc(1);
-                self.update_msg();
-            }
+            Event::SchemaSucceeded { .. } => self.bar.inc(1),
             Event::SchemaFailed { tenant, failure } => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                self.bar.println(format!(
-                    "{}FAIL {}",
-                    self.label,
-                    failure_line(tenant, failure)
-                ));
-                self.bar.inc(1);
+                if let Some(line) = self.causes.line(tenant, failure) {
+                    self.println(&format!("{}{line}", self.label));
+                }
                 self.update_msg();
+                self.bar.inc(1);
             }
             Event::SchemaDropped { tenant } => {
-                self.bar.println(format!(
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                self.println(&format!(
                     "{}skip {tenant}: dropped while the run was going on",
                     self.label
                 ));
+                self.update_msg();
                 self.bar.inc(1);
             }
-            Event::RunFinished => self.bar.finish_and_clear(),
+            Event::RunFinished => {
+                self.bar.finish_and_clear();
+                self.multi.remove(&self.bar);
+            }
             other @ (Event::Interrupting { .. }
             | Event::Waiting { .. }
             | Event::Resuming { .. }
             | Event::Warning { .. }) => {
                 if let Some(line) = super::notice(other) {
-                    self.bar.println(format!("{}{line}", self.label));
+                    self.println(&format!("{}{line}", self.label));
                 }
             }
         }

@@ -1,86 +1,131 @@
-//! The result of a fleet run, for stdout: text for people (identical failures grouped, so a
-//! migration broken for everyone is reported once, not ten thousand times) or one JSON object.
+//! The result of a run, for stdout: text for people (failures grouped by cause, so a
+//! migration broken for everyone is reported once, not ten thousand times) and the run's
+//! share of the JSON document (every tenant it worked on, uncapped; see docs/json.md).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::engine::fleet::Stop;
+use crate::control::{RunCommand, RunCounts, SchemaResult, SchemaRow};
 use crate::engine::run::RunResult;
 
-use super::Tally;
+use super::json::Part;
+use super::{and_more, cause_of, Tally};
 
-/// Groups with more tenants than this print as one entry with a tenant list.
+/// A cause shared by fewer tenants than this lists them one per line.
 const GROUP_FROM: usize = 4;
-const LIST_AT_MOST: usize = 10;
+/// Tenants named per grouped cause.
+const NAMES_PER_CAUSE: usize = 10;
+/// Failure lines in the text at most (the rest are counted; --json and the ledger list all).
+const FAILURE_LINES: usize = 40;
+
+/// `900 migrated, 100 failed, 3 already current`: the done and failed counts always, the
+/// others when there are any. The words of `command`, the counts of the ledger.
+pub fn counts_text(command: RunCommand, counts: &RunCounts) -> String {
+    counts
+        .by_result()
+        .iter()
+        .filter(|(r, n)| *n > 0 || matches!(r, SchemaResult::Done | SchemaResult::Failed))
+        .map(|(r, n)| format!("{n} {}", Tally::of(command, *r).as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The tallies of a run for the overall line across clusters.
+pub fn tallies(command: RunCommand, counts: &RunCounts) -> Vec<(Tally, usize)> {
+    counts
+        .by_result()
+        .iter()
+        .map(|(r, n)| (Tally::of(command, *r), *n as usize))
+        .collect()
+}
+
+/// Tenants that failed the same way: the first one's own words, and each one's (id, schema).
+type Cause<'a> = (String, Vec<(&'a str, &'a str)>);
+
+/// Failed tenants grouped by cause (the error with the tenant's schema taken out), each
+/// cause with its tenants, the causes shared by most first. Writes at most
+/// [`FAILURE_LINES`] lines and says how many more there are, and where.
+pub fn failures_text<'a>(
+    out: &mut String,
+    failed: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+) {
+    // cause -> (the first tenant's own words, its (id, schema))
+    let mut causes: BTreeMap<String, Cause<'_>> = BTreeMap::new();
+    let mut total = 0usize;
+    for (id, schema, error) in failed {
+        total += 1;
+        causes
+            .entry(cause_of(error, schema))
+            .or_insert_with(|| (error.to_string(), Vec::new()))
+            .1
+            .push((id, schema));
+    }
+    if total == 0 {
+        return;
+    }
+    let mut causes: Vec<(String, Cause<'_>)> = causes.into_iter().collect();
+    causes.sort_by(|a, b| b.1 .1.len().cmp(&a.1 .1.len()).then(a.0.cmp(&b.0)));
+    let _ = writeln!(out, "failed: {total} tenant(s), {} cause(s):", causes.len());
+    let mut lines = 0usize;
+    let mut shown = 0usize;
+    for (cause, (first, ids)) in &causes {
+        if lines >= FAILURE_LINES {
+            break;
+        }
+        if ids.len() < GROUP_FROM {
+            for (id, schema) in ids {
+                if lines >= FAILURE_LINES {
+                    break;
+                }
+                let words = if ids.len() == 1 { first } else { cause };
+                let _ = writeln!(out, "  {id} (schema {schema}): {words}");
+                lines += 1;
+                shown += 1;
+            }
+        } else {
+            let names: Vec<&str> = ids.iter().take(NAMES_PER_CAUSE).map(|t| t.0).collect();
+            let _ = writeln!(out, "  {} tenants: {cause}", ids.len());
+            let _ = writeln!(
+                out,
+                "    {}{}",
+                names.join(", "),
+                and_more(ids.len() - names.len())
+            );
+            lines += 2;
+            shown += ids.len();
+        }
+    }
+    if shown < total {
+        let _ = writeln!(
+            out,
+            "  … and {} more failed tenant(s) not shown here: --json lists every one",
+            total - shown
+        );
+    }
+}
 
 /// A run's result as people and pipelines read it.
 pub struct RunSummary<'a>(pub &'a RunResult);
 
 impl RunSummary<'_> {
-    /// Counts for the overall line across clusters.
-    pub fn counts(&self) -> Vec<(Tally, usize)> {
-        let r = self.0;
-        let o = &r.outcome;
-        let unchanged = self.unchanged();
-        vec![
-            (Tally::Done(r.command), o.succeeded.len() - unchanged),
-            (Tally::Failed, o.failed.len()),
-            (Tally::Unchanged(r.command), r.skipped + unchanged),
-            (Tally::NotStarted, o.not_started.len()),
-        ]
-    }
-
-    /// A migrate/rollback success that changed nothing (a re-checked schema) is "current".
-    fn unchanged(&self) -> usize {
-        if self.0.command.is_fleet_command() {
-            self.0
-                .outcome
-                .succeeded
-                .iter()
-                .filter(|(_, a)| a.count == 0)
-                .count()
-        } else {
-            0
-        }
-    }
-
     pub fn to_text(&self) -> String {
         let r = self.0;
         let o = &r.outcome;
-        let unchanged = self.unchanged();
         let mut out = format!(
-            "{} run {} {} in {:.2}s: {} {}, {} failed, {} {}",
+            "{} run {} {} in {:.2}s: {}",
             r.command,
             r.run_id,
             r.state,
             o.elapsed.as_secs_f64(),
-            o.succeeded.len() - unchanged,
-            Tally::Done(r.command).as_str(),
-            o.failed.len(),
-            r.skipped + unchanged,
-            Tally::Unchanged(r.command).as_str(),
+            counts_text(r.command, &r.counts)
         );
-        if !o.dropped.is_empty() {
-            let _ = write!(out, ", {} dropped meanwhile", o.dropped.len());
-        }
-        if !o.not_started.is_empty() {
-            let why = match &o.stopped {
-                Some(Stop::FailFast) => "--fail-fast",
-                Some(Stop::Interrupted) => "interrupted",
-                Some(Stop::DatabaseDown(_)) => "the database could not be reached",
-                Some(Stop::Fenced(_)) => "this process lost the run",
-                None => "never scheduled",
-            };
-            let _ = write!(
-                out,
-                ", {} not started ({why}; re-run to continue)",
-                o.not_started.len()
-            );
+        if let (Some(stop), true) = (&o.stopped, r.counts.not_started > 0) {
+            let _ = write!(out, " ({}; re-run to continue)", stop.why());
         }
         if let Some(done) = r.resumed_from {
-            let _ = write!(out, " (resumed; {done} done before)");
+            let _ = write!(out, " (resumed a run that had done {done} before)");
         }
         out.push('\n');
         if let Some(why) = o.database_down() {
@@ -98,92 +143,121 @@ impl RunSummary<'_> {
         if let Some(note) = &r.ledger_note {
             let _ = writeln!(out, "warning: {note}");
         }
-        if o.failed.is_empty() {
-            return out;
+        let archived: Vec<&SchemaRow> = r
+            .tenants
+            .iter()
+            .filter(|t| t.archived_as.is_some())
+            .collect();
+        for t in archived.iter().take(FAILURE_LINES) {
+            let _ = writeln!(
+                out,
+                "  {}: data kept in schema {} (`tenantctl tenant list` shows it)",
+                t.id,
+                t.archived_as.as_deref().unwrap_or_default()
+            );
         }
-        // Group by what went wrong, independent of the tenant.
-        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (tenant, failure) in &o.failed {
-            groups
-                .entry(failure.to_string())
-                .or_default()
-                .push(format!("{tenant}"));
+        if archived.len() > FAILURE_LINES {
+            let _ = writeln!(
+                out,
+                "  … and {} more archived (`tenantctl tenant list` shows them all)",
+                archived.len() - FAILURE_LINES
+            );
         }
-        out.push_str("failed:\n");
-        for (problem, tenants) in &groups {
-            if tenants.len() < GROUP_FROM {
-                for t in tenants {
-                    let _ = writeln!(out, "  {t}: {problem}");
-                }
-            } else {
-                let shown: Vec<&str> = tenants
-                    .iter()
-                    .take(LIST_AT_MOST)
-                    .map(String::as_str)
-                    .collect();
-                let more = tenants.len().saturating_sub(LIST_AT_MOST);
-                let _ = writeln!(out, "  {} tenants: {problem}", tenants.len());
-                let _ = writeln!(
-                    out,
-                    "    {}{}",
-                    shown.join(", "),
-                    crate::report::and_more(more)
-                );
-            }
-        }
+        failures_text(
+            &mut out,
+            r.tenants.iter().filter_map(|t| {
+                t.failure
+                    .as_ref()
+                    .map(|f| (t.id.as_str(), t.schema.as_str(), f.error.as_str()))
+            }),
+        );
         out
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The run's share of the document: `tenants` (every one it worked on), the counts,
+    /// and the cluster's run details.
+    pub fn to_part(&self) -> Part {
         let r = self.0;
         let o = &r.outcome;
-        json!({
-            "command": r.command,
-            "run_id": r.run_id,
-            "state": r.state,
-            "target_version": r.target,
-            "elapsed_ms": o.elapsed.as_millis() as u64,
-            "succeeded": o.succeeded.iter().map(|(t, a)| json!({
-                "id": t.id(), "schema": t.schema(), "version_before": a.before, "version": a.after, "applied": a.count,
-            })).collect::<Vec<_>>(),
-            "failed": o.failed.iter().map(|(t, f)| json!({
-                "id": t.id(), "schema": t.schema(), "migration": f.migration, "line": f.line,
-                "error": f.message, "version": f.still_at, "attempts": f.attempts, "message": f.to_string(),
-            })).collect::<Vec<_>>(),
-            "skipped": r.skipped,
-            "not_started": o.not_started.iter().map(|t| t.id()).collect::<Vec<_>>(),
-            "interrupted": o.interrupted,
-            "resumed": r.resumed_from.is_some(),
-            "database_down": o.database_down(),
-            "fenced": o.fenced(),
-            "dropped": o.dropped.iter().map(|t| t.id()).collect::<Vec<_>>(),
-            "ledger_warning": r.ledger_note,
-        })
+        let tenants = r
+            .tenants
+            .iter()
+            .map(|t| serde_json::to_value(t).expect("plain data"))
+            .collect();
+        Part::default()
+            .top("command", json!(r.command))
+            .top("dry_run", json!(false))
+            .top("target_version", json!(r.target))
+            .list("tenants", tenants)
+            .cluster("run_id", json!(r.run_id))
+            .cluster("state", json!(r.state))
+            .cluster("elapsed_ms", json!(o.elapsed.as_millis() as u64))
+            .cluster("resumed_from", json!(r.resumed_from))
+            .cluster(
+                "stopped",
+                match &o.stopped {
+                    Some(s) => json!({
+                        "reason": s.as_str(),
+                        "message": o.database_down().or(o.fenced()).unwrap_or(s.why()),
+                    }),
+                    None => serde_json::Value::Null,
+                },
+            )
+            .cluster("ledger_warning", json!(r.ledger_note))
+            // Set by the commands that have a shared step (migrate, tenant create).
+            .cluster("shared", serde_json::Value::Null)
     }
+}
+
+/// The document's part for a run command on a cluster where no run was opened (only the
+/// shared migrations ran, or they failed): the same keys as [`RunSummary::to_part`], with no
+/// tenants, zero counts and no run.
+pub fn no_run_part(command: RunCommand, target: Option<i32>) -> Part {
+    let mut part = Part::default()
+        .top("command", json!(command))
+        .top("dry_run", json!(false))
+        .top("target_version", json!(target))
+        .list("tenants", Vec::new());
+    for key in [
+        "run_id",
+        "state",
+        "elapsed_ms",
+        "resumed_from",
+        "stopped",
+        "ledger_warning",
+        "shared",
+    ] {
+        part = part.cluster(key, serde_json::Value::Null);
+    }
+    for (tally, n) in tallies(command, &RunCounts::default()) {
+        part = part.count(tally.key(), n as i64);
+    }
+    part
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::control::{RunCommand, RunState};
-    use crate::engine::fleet::FleetOutcome;
-    use crate::tenant::Tenant;
+    use crate::engine::fleet::{FleetOutcome, Stop};
 
     fn result(stopped: Option<Stop>) -> RunResult {
-        let t = Tenant::parse("late", "tenant_", "tenantctl").unwrap();
         RunResult {
             command: RunCommand::Migrate,
             run_id: 7,
             state: RunState::Failed,
             target: Some(9),
-            skipped: 0,
             outcome: FleetOutcome {
-                not_started: vec![t],
                 stopped,
                 ..FleetOutcome::default()
             },
             resumed_from: None,
             ledger_note: None,
+            counts: RunCounts {
+                not_started: 1,
+                ..RunCounts::default()
+            },
+            tenants: Vec::new(),
         }
     }
 
@@ -206,5 +280,70 @@ mod tests {
         }
         let text = RunSummary(&result(Some(Stop::DatabaseDown("gone".into())))).to_text();
         assert!(!text.contains("--fail-fast"), "{text}");
+    }
+
+    #[test]
+    fn counts_show_done_and_failed_always_and_the_rest_when_there_are_any() {
+        let counts = RunCounts {
+            done: 0,
+            failed: 1,
+            ..RunCounts::default()
+        };
+        assert_eq!(
+            counts_text(RunCommand::TenantCreate, &counts),
+            "0 created, 1 failed"
+        );
+        let counts = RunCounts {
+            done: 900,
+            failed: 100,
+            unchanged: 3,
+            ..RunCounts::default()
+        };
+        assert_eq!(
+            counts_text(RunCommand::Migrate, &counts),
+            "900 migrated, 100 failed, 3 already current"
+        );
+    }
+
+    #[test]
+    fn failures_group_by_cause_with_the_schema_taken_out() {
+        let errors: Vec<(String, String, String)> = (0..30)
+            .map(|i| {
+                let schema = format!("tenant_t{i}");
+                (
+                    format!("t{i}"),
+                    schema.clone(),
+                    format!("V2__x failed at line 1: relation \"{schema}.gone\" does not exist — rolled back"),
+                )
+            })
+            .chain(std::iter::once((
+                "odd".into(),
+                "tenant_odd".into(),
+                "V2__x failed at line 3: division by zero — rolled back".into(),
+            )))
+            .collect();
+        let mut out = String::new();
+        failures_text(
+            &mut out,
+            errors
+                .iter()
+                .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())),
+        );
+        assert!(
+            out.starts_with("failed: 31 tenant(s), 2 cause(s):\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "  30 tenants: V2__x failed at line 1: relation \"<schema>.gone\" does not exist"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("… and 20 more"), "{out}");
+        assert!(
+            out.contains("  odd (schema tenant_odd): V2__x failed at line 3: division by zero"),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), 4, "{out}");
     }
 }

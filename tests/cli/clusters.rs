@@ -221,10 +221,11 @@ fn fleet_of_three_clusters_with_one_stopped_mid_run() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["clusters"].as_array().unwrap().len(), 1);
     assert_eq!(v["clusters"][0]["cluster"], "beta");
-    assert_eq!(v["overall"]["registered"], 10);
+    assert_eq!(v["counts"]["registered"], 10);
+    assert_eq!(v["format"], 1);
     let out = p.run(&["tenant", "list", "--json"], 0);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["overall"]["active"], 32);
+    assert_eq!(v["counts"]["active"], 32);
     // --tenant finds each tenant on its own cluster.
     p.run(&["status", "--tenant", "c00", "--tenant", "extra"], 0);
 
@@ -271,8 +272,14 @@ fn fleet_of_three_clusters_with_one_stopped_mid_run() {
     );
     let out = p.run(&["status", "--json"], 4);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["overall"]["failed_clusters"][0], "gamma");
-    assert_eq!(v["overall"]["partial"], true);
+    assert_eq!(v["exit_code"], 4);
+    assert_eq!(v["ok"], false);
+    let gamma = &v["clusters"][2];
+    assert_eq!(gamma["cluster"], "gamma");
+    assert_eq!(gamma["ok"], false);
+    assert_eq!(gamma["exit_code"], 6, "{gamma}");
+    assert_eq!(gamma["error"]["kind"], "unreachable", "{gamma}");
+    assert_eq!(v["clusters"][0]["error"], serde_json::Value::Null);
 
     // Back up: what committed is whole, and a re-run converges, exactly once.
     servers[2].pg_ctl(&["-w", "start"]);
@@ -491,7 +498,7 @@ fn cluster_passwords_are_never_printed() {
         let out = p.cmd().args(args).output().unwrap();
         assert_eq!(
             out.status.code(),
-            Some(1),
+            Some(6),
             "{args:?}: both clusters unreachable"
         );
         let all = format!("{}{}", stdout(&out), stderr(&out));

@@ -61,13 +61,15 @@ fn tls_in_every_mode_client_certificates_and_libpq_conventions() {
             .is_some()
     };
 
+    // A refused connection (TLS settings, certificates, passwords) is a configuration
+    // error: exit 2, not 6 (nothing is unreachable) and not 1 (no tenant failed).
     // A server that requires TLS, asked without it.
     let out = run_as(
         &p,
         &url("localhost", "sslmode=disable"),
         &[],
         &["status"],
-        1,
+        2,
     );
     assert!(
         out.contains("requires TLS") && out.contains("sslmode=require"),
@@ -119,14 +121,14 @@ fn tls_in_every_mode_client_certificates_and_libpq_conventions() {
         &url("127.0.0.1", &q),
         &[],
         &["tenant", "create", "t5"],
-        1,
+        2,
     );
     assert!(out.contains("not valid for the host name"), "{out}");
     assert!(!registered("t5"));
 
     // A CA that did not sign the server's certificate, and the system store.
     let q = format!("sslmode=verify-full&sslrootcert={other_ca}");
-    let out = run_as(&p, &url("localhost", &q), &[], &["status"], 1);
+    let out = run_as(&p, &url("localhost", &q), &[], &["status"], 2);
     assert!(
         out.contains("not trusted by") && out.contains("other-ca.crt"),
         "{out}"
@@ -136,7 +138,7 @@ fn tls_in_every_mode_client_certificates_and_libpq_conventions() {
         &url("localhost", "sslmode=verify-full&sslrootcert=system"),
         &[],
         &["status"],
-        1,
+        2,
     );
     assert!(out.contains("operating system's trust store"), "{out}");
     // A root file that is not there: exit 2 before connecting.
@@ -166,9 +168,9 @@ fn tls_in_every_mode_client_certificates_and_libpq_conventions() {
         0,
     );
     assert!(registered("t6"));
-    let out = run_as(&p, &cert_url(None), &[], &["status"], 1);
+    let out = run_as(&p, &cert_url(None), &[], &["status"], 2);
     assert!(out.contains("requires a client certificate"), "{out}");
-    let out = run_as(&p, &cert_url(Some("stranger")), &[], &["status"], 1);
+    let out = run_as(&p, &cert_url(Some("stranger")), &[], &["status"], 2);
     assert!(
         out.contains("refused") && out.contains("client certificate"),
         "{out}"
@@ -201,7 +203,7 @@ fn tls_in_every_mode_client_certificates_and_libpq_conventions() {
     );
     assert!(registered("t8"));
     // A wrong password says so, and shows none.
-    let out = run_as(&p, &bare, &[("PGPASSWORD", "Zx9${Qw7")], &["status"], 1);
+    let out = run_as(&p, &bare, &[("PGPASSWORD", "Zx9${Qw7")], &["status"], 2);
     assert!(
         out.contains("password authentication failed") && !out.contains("Qw7"),
         "{out}"
@@ -228,7 +230,7 @@ fn tls_in_every_mode_client_certificates_and_libpq_conventions() {
     );
     assert!(registered("t9"));
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = run_as(&p, &bare, &[("PGPASSFILE", &passfile)], &["status"], 1);
+    let out = run_as(&p, &bare, &[("PGPASSFILE", &passfile)], &["status"], 2);
     assert!(
         out.contains("group or world access")
             && out.contains("0600")
@@ -265,7 +267,7 @@ fn tls_in_every_mode_client_certificates_and_libpq_conventions() {
             "{out}"
         );
         let wrong = format!("postgres://pwuser:{pw}x@localhost:{port}/{db}?sslmode=require");
-        let out = run_as(&p, &wrong, &[], &["status"], 1);
+        let out = run_as(&p, &wrong, &[], &["status"], 2);
         assert!(
             out.contains("password authentication failed") && !out.contains("pa***word"),
             "{out}"

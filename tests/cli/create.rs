@@ -60,13 +60,22 @@ fn existing_tenant_is_an_error_unless_if_not_exists() {
         .args(["tenant", "create", "acme"])
         .assert()
         .success();
-    p.cmd()
-        .args(["tenant", "create", "acme", "beta"])
-        .assert()
-        .code(1)
-        .stdout(predicate::str::contains(
-            "tenant acme (schema tenant_acme): is already registered",
-        ));
+    let out = p.run(&["tenant", "create", "acme", "beta"], 1);
+    let text = stdout(&out);
+    // Said once, with where it is and what to do; counts that do not contradict it.
+    assert!(
+        text.contains(
+            "  acme (schema tenant_acme): already registered, at V3 — nothing changed; pass --if-not-exists to skip existing tenants\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(": 1 created, 1 failed\n"), "{text}");
+    assert_eq!(text.matches("already registered").count(), 1, "{text}");
+    let v = p.json(&["tenant", "create", "acme", "--json"], 1);
+    let acme = &v["tenants"][0];
+    assert_eq!(acme["result"], "failed");
+    assert_eq!(acme["failure"]["kind"], "already_exists");
+    assert_eq!(acme["failure"]["version"], 3);
     // The other tenant was still created; acme untouched; the ledger says why.
     assert_eq!(p.versions().len(), 2);
     let (state, error): (String, String) = p
@@ -84,8 +93,9 @@ fn existing_tenant_is_an_error_unless_if_not_exists() {
         .assert()
         .success()
         .stdout(
-            predicate::str::contains("1 created")
-                .and(predicate::str::contains("1 already existed")),
+            predicate::str::contains("1 created").and(predicate::str::contains(
+                "1 already registered (--if-not-exists)",
+            )),
         );
     assert_eq!(p.versions().len(), 3);
 }
@@ -167,6 +177,7 @@ fn create_from_file_and_stdin_in_parallel() {
     assert!(versions.values().all(|v| *v == Some(8)));
     let out = p.cmd().args(["tenant", "list", "--json"]).output().unwrap();
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = &list["tenants"];
     assert_eq!(list.as_array().unwrap().len(), 42);
     assert_eq!(list[0]["id"], "c0");
     assert_eq!(list[0]["schema"], "tenant_c0");

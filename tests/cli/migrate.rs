@@ -118,7 +118,7 @@ fn one_failing_tenant_does_not_stop_the_others() {
     let text = stdout(&out);
     assert!(text.contains("19 migrated, 1 failed"), "{text}");
     assert!(
-        text.contains("tenant t0007 (schema tenant_t0007): V9__create_invoices failed")
+        text.contains("t0007 (schema tenant_t0007): V9__create_invoices failed at line 2:")
             && text.contains("relation \"invoices\" already exists")
             && text.contains("still at V8"),
         "{text}"
@@ -152,18 +152,20 @@ fn one_failing_tenant_does_not_stop_the_others() {
         (state.as_str(), migration.as_str()),
         ("failed", "V9__create_invoices")
     );
-    // --json carries the same facts.
-    let out = p
-        .cmd()
-        .args(["migrate", "--all", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["failed"][0]["id"], "t0007");
-    assert_eq!(v["failed"][0]["migration"], "V9__create_invoices");
-    assert_eq!(v["failed"][0]["version"], 8);
-    assert_eq!(v["skipped"], 19);
+    // --json carries the same facts: the failed tenant (the others have nothing to do now).
+    let v = p.json(&["migrate", "--all", "--json"], 1);
+    let tenants = v["tenants"].as_array().unwrap();
+    assert_eq!(tenants.len(), 1, "{v}");
+    assert_eq!(tenants[0]["id"], "t0007");
+    assert_eq!(tenants[0]["result"], "failed");
+    let f = &tenants[0]["failure"];
+    assert_eq!(f["migration"], "V9__create_invoices");
+    assert_eq!(f["line"], 2);
+    assert_eq!(f["sqlstate"], "42P07");
+    assert_eq!(f["kind"], "migration");
+    assert_eq!(f["version"], 8);
+    assert_eq!(v["counts"]["unchanged"], 19);
+    assert_eq!(v["counts"]["failed"], 1);
 }
 
 #[test]

@@ -73,8 +73,7 @@ fn a_failing_down_script_leaves_that_tenant_untouched() {
     let text = stdout(&out);
     assert!(text.contains("9 rolled back, 1 failed"), "{text}");
     assert!(
-        text.contains("tenant t0004")
-            && text.contains("V8__seed_roles.down failed")
+        text.contains("t0004 (schema tenant_t0004): V8__seed_roles.down failed")
             && text.contains("still at V8"),
         "{text}"
     );
@@ -201,7 +200,7 @@ fn drift_is_detected_before_any_change() {
     let out = p.run(&["migrate", "--all"], 1);
     let text = stdout(&out);
     assert!(
-        text.contains("tenant t0000") && text.contains("ahead of the files"),
+        text.contains("t0000 (schema tenant_t0000)") && text.contains("ahead of the files"),
         "{text}"
     );
     assert!(
@@ -314,8 +313,9 @@ fn dry_runs_change_nothing_at_all() {
         .iter()
         .find(|t| t["id"] == "t0001")
         .unwrap();
+    assert_eq!(t1["would_be_at"], 7);
     assert_eq!(
-        t1["apply"],
+        t1["migrations"],
         serde_json::json!([
             "V4__add_task_indexes",
             "V5__add_task_status_constraint",
@@ -398,6 +398,7 @@ fn status_verify_reports_what_disagrees() {
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["verify"]["problems"].as_array().unwrap().len(), 5);
-    assert_eq!(v["verify"]["checked"], 6);
+    let verify = &v["clusters"][0]["verify"];
+    assert_eq!(verify["problems"].as_array().unwrap().len(), 5);
+    assert_eq!(verify["checked"], 6);
 }

@@ -395,7 +395,7 @@ fn audit_trail_records_every_change() {
     let out = p.cmd().args(["audit", "--json"]).output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let runs = v.as_array().unwrap();
+    let runs = v["runs"].as_array().unwrap();
     let commands: Vec<&str> = runs
         .iter()
         .map(|r| r["command"].as_str().unwrap())
@@ -411,8 +411,8 @@ fn audit_trail_records_every_change() {
         "a dry run is not a change"
     );
     assert_eq!(runs[1]["actor"], "deploy-bot");
-    assert_eq!(runs[1]["outcome"], "succeeded");
-    assert_eq!(runs[1]["succeeded"], 2);
+    assert_eq!(runs[1]["state"], "succeeded");
+    assert_eq!(runs[1]["counts"]["done"], 2);
     let line = runs[1]["command_line"].as_str().unwrap();
     assert!(
         line.contains("migrate --all --database-url") && line.contains("***"),

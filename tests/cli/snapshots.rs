@@ -30,6 +30,7 @@ fn text_settings() -> insta::Settings {
     s.add_filter(r"on \S+ \(pid", "on [host] (pid");
     s.add_filter(r"by \S+ on", "by [actor] on");
     s.add_filter(r"/tmp/\.tmp\w+", "[project]");
+    s.add_filter(r"__arch_\d{14}", "__arch_[time]");
     s
 }
 
@@ -126,23 +127,50 @@ fn what_a_run_prints() {
         .get(0);
     assert_eq!(state, "dropped");
 
+    let archive = p.run(
+        &["tenant", "drop", "t0002", "--archive", "--yes", "--json"],
+        0,
+    );
+    snapshot_json("tenant_drop_archive_json", &archive);
+    let archived_as: String = p
+        .db()
+        .query_one(
+            "SELECT archived_as FROM tenantctl.tenants WHERE id = 't0002'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let v: serde_json::Value = serde_json::from_slice(&archive.stdout).unwrap();
+    assert_eq!(v["tenants"][0]["archived_as"], archived_as.as_str());
+    assert!(p.schema_exists(&archived_as));
+
     snapshot_json("audit_json", &p.run(&["audit", "--json"], 0));
     snapshot_text("audit_text", &stdout(&p.run(&["audit"], 0)));
+
+    // Errors are documents too, with their own exit codes.
+    snapshot_json(
+        "error_usage_json",
+        &p.run(&["migrate", "--tenant", "Not-An-Id", "--json"], 2),
+    );
+    snapshot_json(
+        "error_unreachable_json",
+        &p.run(
+            &[
+                "status",
+                "--json",
+                "--database-url",
+                "postgres://nobody@127.0.0.1:1/nowhere?connect_timeout=2",
+            ],
+            6,
+        ),
+    );
 }
 
 /// The same documents over two clusters (two databases of the shared server).
 #[test]
 fn what_a_run_over_two_clusters_prints() {
     let p = Project::new("snap_clusters", 6);
-    let second = fresh_db(server(), "snap_clusters_b");
-    std::fs::write(
-        p.config_path(),
-        format!(
-            "[migrations]\ndir = \"migrations\"\n[clusters.a]\nurl = \"{}\"\n[clusters.b]\nurl = \"{second}\"\n",
-            p.url
-        ),
-    )
-    .unwrap();
+    let second = p.two_clusters("snap_clusters_b");
     p.run(&["tenant", "create", "t0000", "--cluster", "a"], 0);
     p.run(&["tenant", "create", "t0001", "--cluster", "b"], 0);
     p.copy_migrations(7, 7);

@@ -391,9 +391,55 @@ impl Project {
         out
     }
 
+    /// Runs a `--json` command like [`Project::run`] and returns its one JSON document, after
+    /// checking what every document carries: `format`, `ok` and `exit_code` agreeing with the
+    /// process's exit code, and `error` (null, or `{kind, message}`).
+    pub fn json(&self, args: &[&str], code: i32) -> serde_json::Value {
+        let out = self.run(args, code);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tenantctl {args:?}: stdout is not one JSON document ({e}):\n{}",
+                stdout(&out)
+            )
+        });
+        assert_eq!(v["format"], 1, "{v}");
+        assert_eq!(v["exit_code"], code, "{v}");
+        assert_eq!(v["ok"], code == 0, "{v}");
+        match &v["error"] {
+            serde_json::Value::Null => {}
+            e => assert!(e["kind"].is_string() && e["message"].is_string(), "{v}"),
+        }
+        v
+    }
+
     /// A std Command for the binary (for tests that signal or sample while it runs).
     pub fn std_cmd(&self) -> Command {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin("tenantctl"));
+        self.std_cmd_raw(
+            assert_cmd::cargo::cargo_bin("tenantctl")
+                .to_str()
+                .expect("a UTF-8 path"),
+        )
+    }
+
+    /// Makes the project two clusters: `a` (its own database) and `b` (a fresh database of
+    /// the same server, whose URL is returned).
+    pub fn two_clusters(&self, second: &str) -> String {
+        let url = fresh_db(server(), second);
+        std::fs::write(
+            self.config_path(),
+            format!(
+                "[migrations]\ndir = \"migrations\"\n[clusters.a]\nurl = \"{}\"\n[clusters.b]\nurl = \"{url}\"\n",
+                self.url
+            ),
+        )
+        .unwrap();
+        url
+    }
+
+    /// Another program run like the binary: in the project folder, with the same cleared
+    /// environment and $TEST_DB_URL.
+    pub fn std_cmd_raw(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         c.current_dir(self.path());
         for var in CLEARED_ENV {
             c.env_remove(var);
@@ -402,11 +448,33 @@ impl Project {
         c
     }
 
+    /// Whether `schema` has a table named `table`.
+    pub fn schema_has_table(&self, schema: &str, table: &str) -> bool {
+        self.db()
+            .query_one(
+                "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL",
+                &[&schema, &table],
+            )
+            .unwrap()
+            .get(0)
+    }
+
     pub fn db(&self) -> postgres::Client {
         postgres::Client::connect(&self.admin, postgres::NoTls).expect("connect to test database")
     }
 
     /// Writes ids to a file in the project and returns its path.
+    /// Whether a schema of that name exists in the project's database.
+    pub fn schema_exists(&self, schema: &str) -> bool {
+        self.db()
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                &[&schema],
+            )
+            .unwrap()
+            .get(0)
+    }
+
     pub fn id_file(&self, ids: &[String]) -> PathBuf {
         let p = self.path().join("ids.txt");
         let mut f = std::fs::File::create(&p).unwrap();

@@ -1,0 +1,171 @@
+//! The JSON contract (docs/json.md): every document has `"format": 1`, `"ok"` and
+//! `"exit_code"`, the same top-level fields for one database and for several clusters, every
+//! tenant object carrying its `cluster`, and the per-cluster details in a `clusters` list.
+//! Commands hand in one [`Part`] per cluster; [`document`] merges them.
+
+use serde_json::{json, Map, Value};
+
+/// The version of the JSON contract.
+pub const FORMAT: u32 = 1;
+
+/// One cluster's share of a command's JSON document.
+#[derive(Debug, Default, Clone)]
+pub struct Part {
+    /// Fields that are the same on every cluster (`command`, `latest_version`, …): the
+    /// first cluster's are kept.
+    pub top: Map<String, Value>,
+    /// Lists concatenated over the clusters (`tenants`, `runs`, …); each item gets `cluster`.
+    pub lists: Vec<(&'static str, Vec<Value>)>,
+    /// Counts summed over the clusters.
+    pub counts: Vec<(&'static str, i64)>,
+    /// This cluster's own entry in `clusters` (besides `cluster`, `ok`, `exit_code`).
+    pub cluster: Map<String, Value>,
+}
+
+impl Part {
+    pub fn top(mut self, key: &str, value: Value) -> Part {
+        self.top.insert(key.into(), value);
+        self
+    }
+
+    pub fn list(mut self, key: &'static str, items: Vec<Value>) -> Part {
+        self.lists.push((key, items));
+        self
+    }
+
+    pub fn count(mut self, key: &'static str, n: impl Into<i64>) -> Part {
+        self.counts.push((key, n.into()));
+        self
+    }
+
+    pub fn cluster(mut self, key: &str, value: Value) -> Part {
+        self.cluster.insert(key.into(), value);
+        self
+    }
+}
+
+/// How one cluster did: its part, or the error that stopped it there.
+pub struct ClusterResult<'a> {
+    pub name: &'a str,
+    pub code: i32,
+    pub outcome: Result<&'a Part, &'a anyhow::Error>,
+}
+
+/// The document of a command over its clusters (one, or several). Lists named `summary`
+/// are merged by `version`, summing `tenants`; other lists are concatenated.
+pub fn document(results: &[ClusterResult<'_>], code: i32) -> Value {
+    let mut doc = Map::new();
+    doc.insert("format".into(), json!(FORMAT));
+    doc.insert("ok".into(), json!(code == 0));
+    doc.insert("exit_code".into(), json!(code));
+    doc.insert("error".into(), Value::Null);
+    if let Some(first) = results.iter().find_map(|r| r.outcome.ok()) {
+        for (k, v) in &first.top {
+            doc.insert(k.clone(), v.clone());
+        }
+    }
+    let mut lists: Vec<(&str, Vec<Value>)> = Vec::new();
+    let mut counts: Vec<(&str, i64)> = Vec::new();
+    let mut clusters = Vec::new();
+    for r in results {
+        let mut entry = Map::new();
+        entry.insert("cluster".into(), json!(r.name));
+        entry.insert("ok".into(), json!(r.code == 0));
+        entry.insert("exit_code".into(), json!(r.code));
+        entry.insert("error".into(), Value::Null);
+        match r.outcome {
+            Ok(part) => {
+                for (key, items) in &part.lists {
+                    let slot = match lists.iter_mut().find(|(k, _)| k == key) {
+                        Some((_, v)) => v,
+                        None => {
+                            lists.push((key, Vec::new()));
+                            &mut lists.last_mut().expect("just pushed").1
+                        }
+                    };
+                    for item in items {
+                        let mut with = Map::new();
+                        with.insert("cluster".into(), json!(r.name));
+                        if let Value::Object(fields) = item {
+                            with.extend(fields.clone());
+                        }
+                        slot.push(Value::Object(with));
+                    }
+                }
+                for (key, n) in &part.counts {
+                    match counts.iter_mut().find(|(k, _)| k == key) {
+                        Some((_, total)) => *total += n,
+                        None => counts.push((key, *n)),
+                    }
+                }
+                for (k, v) in &part.cluster {
+                    entry.insert(k.clone(), v.clone());
+                }
+            }
+            Err(e) => {
+                entry.insert("error".into(), error_object(e));
+            }
+        }
+        clusters.push(Value::Object(entry));
+    }
+    for (key, items) in lists {
+        let merged = match key {
+            "summary" => merge_summary(items),
+            _ => items,
+        };
+        doc.insert(key.into(), Value::Array(merged));
+    }
+    if !counts.is_empty() {
+        let map: Map<String, Value> = counts
+            .into_iter()
+            .map(|(k, n)| (k.into(), json!(n)))
+            .collect();
+        doc.insert("counts".into(), Value::Object(map));
+    }
+    doc.insert("clusters".into(), Value::Array(clusters));
+    Value::Object(doc)
+}
+
+/// A fleet-wide summary by version from the clusters' summaries.
+fn merge_summary(items: Vec<Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for mut item in items {
+        if let Some(map) = item.as_object_mut() {
+            map.shift_remove("cluster");
+        }
+        let found = out
+            .iter_mut()
+            .find(|o| o.get("version") == item.get("version"));
+        match found {
+            Some(o) => {
+                let sum =
+                    o["tenants"].as_i64().unwrap_or(0) + item["tenants"].as_i64().unwrap_or(0);
+                o["tenants"] = json!(sum);
+            }
+            None => out.push(item),
+        }
+    }
+    // Highest version first, nothing applied last (as the text table).
+    out.sort_by_key(|v| std::cmp::Reverse(v["version"].as_i64().map_or(i64::MIN, |n| n)));
+    out
+}
+
+/// `{"kind": …, "message": …}` for an error.
+pub fn error_object(err: &anyhow::Error) -> Value {
+    json!({
+        "kind": crate::exit::Kind::of(err).as_str(),
+        "message": format!("{err:#}"),
+    })
+}
+
+/// The document printed for a command that failed as a whole (`command` as far as the
+/// command line was understood).
+pub fn error_document(err: &anyhow::Error, command: Option<&str>) -> Value {
+    json!({
+        "format": FORMAT,
+        "ok": false,
+        "exit_code": crate::exit::code_for(err),
+        "error": error_object(err),
+        "command": command,
+    })
+}

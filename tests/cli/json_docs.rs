@@ -1,0 +1,256 @@
+//! docs/json.md is the contract of `--json`: every document it shows is printed by a real
+//! command here, for one database and for two clusters, and the keys must be exactly the
+//! documented ones at every level (a key added, renamed or gone on either side fails).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// The structure of a document: which keys, at every level, whatever the values.
+#[derive(Debug, Clone, PartialEq)]
+enum Shape {
+    /// `null`: says nothing about what it is when it is not null.
+    Unknown,
+    Scalar,
+    Object(BTreeMap<String, Shape>),
+    /// The merged shape of the elements (Unknown for an empty array).
+    Array(Box<Shape>),
+}
+
+fn shape(v: &Value) -> Shape {
+    match v {
+        Value::Null => Shape::Unknown,
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => Shape::Scalar,
+        Value::Array(items) => Shape::Array(Box::new(
+            items
+                .iter()
+                .map(shape)
+                .fold(Shape::Unknown, |a, b| merge(a, b, "[]")),
+        )),
+        Value::Object(map) => {
+            Shape::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+        }
+    }
+}
+
+/// Two values seen at the same place: what they say together. Objects at the same place
+/// must have the same keys (one shape per document).
+fn merge(a: Shape, b: Shape, at: &str) -> Shape {
+    match (a, b) {
+        (Shape::Unknown, x) | (x, Shape::Unknown) => x,
+        (Shape::Scalar, Shape::Scalar) => Shape::Scalar,
+        (Shape::Array(x), Shape::Array(y)) => Shape::Array(Box::new(merge(*x, *y, at))),
+        (Shape::Object(x), Shape::Object(y)) => {
+            let (kx, ky): (Vec<&String>, Vec<&String>) = (x.keys().collect(), y.keys().collect());
+            assert_eq!(kx, ky, "two documents disagree on the keys at {at}");
+            let mut out = BTreeMap::new();
+            for (k, v) in x {
+                let w = y[&k].clone();
+                out.insert(k.clone(), merge(v, w, &format!("{at}.{k}")));
+            }
+            Shape::Object(out)
+        }
+        (x, y) => panic!("{at}: {x:?} here, {y:?} there"),
+    }
+}
+
+/// The documented shape against the printed one: the same keys wherever both say.
+fn compare(doc: &Shape, real: &Shape, at: &str) {
+    match (doc, real) {
+        (Shape::Unknown, _) | (_, Shape::Unknown) => {}
+        (Shape::Scalar, Shape::Scalar) => {}
+        (Shape::Array(d), Shape::Array(r)) => compare(d, r, &format!("{at}[]")),
+        (Shape::Object(d), Shape::Object(r)) => {
+            let documented: Vec<&String> = d.keys().collect();
+            let printed: Vec<&String> = r.keys().collect();
+            assert_eq!(
+                documented, printed,
+                "{at}: docs/json.md and the printed document disagree on the keys"
+            );
+            for (k, v) in d {
+                compare(v, &r[k], &format!("{at}.{k}"));
+            }
+        }
+        (d, r) => panic!("{at}: documented as {d:?}, printed as {r:?}"),
+    }
+}
+
+/// `<!-- document: NAME -->` followed by a ```json block, for each documented document.
+fn documented() -> BTreeMap<String, Value> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/json.md"))
+        .expect("docs/json.md");
+    let mut out = BTreeMap::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("<!-- document: ") {
+        rest = &rest[at + "<!-- document: ".len()..];
+        let name = rest[..rest.find(" -->").unwrap()].to_string();
+        let start = rest.find("```json\n").unwrap() + "```json\n".len();
+        let end = start + rest[start..].find("\n```").unwrap();
+        let value: Value = serde_json::from_str(&rest[start..end])
+            .unwrap_or_else(|e| panic!("docs/json.md: the {name} example is not JSON: {e}"));
+        out.insert(name, value);
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Every document a scenario printed, by the name docs/json.md gives it.
+#[derive(Default)]
+struct Printed(BTreeMap<&'static str, Vec<Value>>);
+
+impl Printed {
+    fn add(&mut self, name: &'static str, v: Value) {
+        self.0.entry(name).or_default().push(v);
+    }
+}
+
+fn tenants_of(doc: &Value) -> &Vec<Value> {
+    doc["tenants"].as_array().unwrap()
+}
+
+/// Runs each step (document name, arguments, exit code) and keeps what it printed.
+fn steps(p: &Project, seen: &mut Printed, steps: &[(&'static str, &[&str], i32)]) {
+    for (name, args, code) in steps {
+        seen.add(name, p.json(args, *code));
+    }
+}
+
+/// The scenario on one project: shared migrations, a failing tenant, a plan, a repair,
+/// drops, a verify, and errors.
+fn scenario(p: &Project, seen: &mut Printed) {
+    std::fs::create_dir_all(p.migrations_dir().join("shared")).unwrap();
+    std::fs::write(
+        p.migrations_dir().join("shared/V1__plans.sql"),
+        "CREATE TABLE IF NOT EXISTS plans (id int PRIMARY KEY);\n",
+    )
+    .unwrap();
+    let create: &[&str] = &[
+        "tenant", "create", "t0000", "t0001", "t0002", "t0003", "--json",
+    ];
+    steps(p, seen, &[("run", create, 0)]);
+    // t0002 is on the first cluster of two (new tenants go where there are fewest).
+    p.db()
+        .batch_execute("CREATE TABLE tenant_t0002.blocker (id int)")
+        .unwrap();
+    p.add_migration("V9__blocker.sql", "CREATE TABLE blocker (id int);\n");
+    p.add_migration("V9__blocker.down.sql", "DROP TABLE blocker;\n");
+    steps(
+        p,
+        seen,
+        &[
+            ("plan", &["migrate", "--all", "--dry-run", "--json"], 0),
+            (
+                "plan",
+                &["rollback", "--to", "7", "--all", "--dry-run", "--json"],
+                0,
+            ),
+            ("run", &["migrate", "--all", "--json"], 1),
+            ("status", &["status", "--json"], 0),
+            ("status", &["status", "--verify", "--json"], 0),
+        ],
+    );
+    p.add_migration(
+        "V9__blocker.sql",
+        "-- a comment\nCREATE TABLE blocker (id int);\n",
+    );
+    steps(
+        p,
+        seen,
+        &[
+            (
+                "repair-plan",
+                &["repair", "--accept", "9", "--all", "--dry-run", "--json"],
+                0,
+            ),
+            (
+                "run",
+                &["repair", "--accept", "9", "--all", "--yes", "--json"],
+                0,
+            ),
+            (
+                "run",
+                &["rollback", "--to", "8", "--tenant", "t0000", "--json"],
+                0,
+            ),
+            (
+                "run",
+                &["tenant", "drop", "t0003", "--archive", "--yes", "--json"],
+                0,
+            ),
+            ("tenant-list", &["tenant", "list", "--json"], 0),
+            ("audit", &["audit", "--json"], 0),
+            ("error", &["migrate", "--tenant", "BAD", "--json"], 2),
+            ("error", &["migrate", "--bogus-flag", "--json"], 2),
+            ("error", &["status", "--tenant", "nobody", "--json"], 2),
+        ],
+    );
+}
+
+#[test]
+fn every_document_is_the_documented_one_for_one_database_and_for_several() {
+    let docs = documented();
+    let mut seen = Printed::default();
+    let single = Project::new("json_docs_single", 8);
+    scenario(&single, &mut seen);
+
+    let multi = Project::new("json_docs_multi", 8);
+    multi.two_clusters("json_docs_multi_b");
+    scenario(&multi, &mut seen);
+    // Two clusters: one document, tenants from both, one `clusters` entry each.
+    let list = multi.json(&["tenant", "list", "--json"], 0);
+    let clusters: Vec<&str> = list["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cluster"].as_str().unwrap())
+        .collect();
+    assert_eq!(clusters, ["a", "b"]);
+    assert_eq!(
+        list["counts"]["active"].as_i64().unwrap() + list["counts"]["dropped"].as_i64().unwrap(),
+        4
+    );
+
+    // The cluster with a failed tenant is not ok; the other is; the fleet exits 1.
+    let migrate = seen.0["run"]
+        .iter()
+        .find(|d| d["command"] == "migrate" && d["clusters"].as_array().unwrap().len() == 2)
+        .expect("the two-cluster migrate");
+    assert_eq!(migrate["exit_code"], 1);
+    let ok: Vec<(&str, bool, i64)> = migrate["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["cluster"].as_str().unwrap(),
+                c["ok"].as_bool().unwrap(),
+                c["exit_code"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ok, [("a", false, 1), ("b", true, 0)]);
+    assert!(tenants_of(migrate)
+        .iter()
+        .all(|t| t["cluster"] == "a" || t["cluster"] == "b"));
+
+    for (name, printed) in &seen.0 {
+        let example = docs
+            .get(*name)
+            .unwrap_or_else(|| panic!("docs/json.md does not document the {name} document"));
+        let real = printed
+            .iter()
+            .map(shape)
+            .fold(Shape::Unknown, |a, b| merge(a, b, name));
+        compare(&shape(example), &real, name);
+    }
+    let missing: Vec<&String> = docs
+        .keys()
+        .filter(|k| !seen.0.contains_key(k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented but never printed here: {missing:?}"
+    );
+}
