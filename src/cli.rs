@@ -81,7 +81,9 @@ pub enum Command {
 
     /// Apply pending migrations to every tenant (--all) or to some (--tenant).
     ///
-    /// Each tenant schema migrates in its own transaction, at most --jobs at once. A tenant whose
+    /// Each tenant schema migrates in its own transaction (a file whose first line is
+    /// `-- tenantctl:no-transaction`, for CREATE INDEX CONCURRENTLY, runs outside it and is
+    /// recorded on its own), at most --jobs at once. A tenant whose
     /// migration fails is rolled back to where it was and reported; the others carry on (unless
     /// --fail-fast). Tenants already at the target version are not touched. Before a schema is
     /// changed its history is compared with the files: a schema whose applied migrations were

@@ -9,7 +9,7 @@ use crate::config::Target;
 use crate::control::{RunCommand, TenantState};
 use crate::db::Session;
 use crate::engine::apply::Mode;
-use crate::engine::plan::{self, Direction, Step};
+use crate::engine::plan::{self, Direction, PlannedSegment, Step};
 use crate::engine::run::{self as engine_run, scope_of, Planned, RunEnv, RunRequest};
 use crate::engine::shared::{apply_shared_recorded, shared_version};
 use crate::exit::{self, UsageError};
@@ -359,6 +359,30 @@ async fn shared_step(
 /// Groups with more tenants than this list only the first ones by name.
 const NAMES_PER_GROUP: usize = 10;
 
+/// `[{"transaction": true, "migrations": [...]}, …]`.
+fn segments_json(segments: &[PlannedSegment]) -> serde_json::Value {
+    segments
+        .iter()
+        .map(|(tx, labels)| json!({ "transaction": tx, "migrations": labels }))
+        .collect()
+}
+
+/// `V2__a, V3__b` when everything runs in one transaction; with no-transaction migrations,
+/// the segments: `V2__a; then V3__idx (no transaction, recorded alone); then V4__b`.
+fn segments_text(segments: &[PlannedSegment]) -> String {
+    if let [(true, labels)] = segments {
+        return labels.join(", ");
+    }
+    segments
+        .iter()
+        .map(|(tx, labels)| match tx {
+            true => labels.join(", "),
+            false => format!("{} (no transaction, recorded alone)", labels.join(", ")),
+        })
+        .collect::<Vec<_>>()
+        .join("; then ")
+}
+
 fn plan_output(
     command: RunCommand,
     direction: Direction,
@@ -383,6 +407,7 @@ fn plan_output(
                     json!({
                         "id": s.tenant.id(), "schema": s.tenant.schema(), "version": s.from,
                         "would_be_at": s.to, "migrations": s.migrations,
+                        "segments": segments_json(&s.segments),
                     })
                 })
                 .collect(),
@@ -394,7 +419,7 @@ fn plan_output(
                 .map(|g| {
                     json!({
                         "version": g.from, "would_be_at": g.to, "migrations": g.migrations,
-                        "tenants": g.tenants.len(),
+                        "segments": segments_json(&g.segments), "tenants": g.tenants.len(),
                     })
                 })
                 .collect(),
@@ -420,7 +445,7 @@ fn plan_output(
             g.tenants.len(),
             crate::migrations::version_label(g.from),
             crate::migrations::version_label(g.to),
-            g.migrations.join(", ")
+            segments_text(&g.segments)
         ));
         out.push_str(&format!(
             "    {}{}\n",

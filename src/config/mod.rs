@@ -94,6 +94,8 @@ pub struct RunConfig {
     pub jobs: usize,
     pub lock_timeout: Duration,
     pub statement_timeout: Option<Duration>,
+    /// The bound of a statement in a no-transaction migration (long by design); none by default.
+    pub step_statement_timeout: Option<Duration>,
     /// Extra attempts for a schema that hit lock_timeout or lost its connection.
     pub retries: u32,
     /// First delay before a retry; doubles on each further attempt.

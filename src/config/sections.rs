@@ -69,6 +69,7 @@ pub(super) struct RawRun {
     jobs: Option<Spanned<i64>>,
     lock_timeout: Option<Spanned<String>>,
     statement_timeout: Option<Spanned<String>>,
+    step_statement_timeout: Option<Spanned<String>>,
     retries: Option<Spanned<i64>>,
     retry_delay: Option<Spanned<String>>,
     grace_period: Option<Spanned<String>>,
@@ -207,8 +208,15 @@ pub(super) fn run_section(
         "run.statement_timeout",
         Duration::ZERO,
     )?;
+    let step_statement_timeout = src.duration_or(
+        &raw.step_statement_timeout,
+        "run.step_statement_timeout",
+        Duration::ZERO,
+    )?;
     Ok(RunConfig {
         jobs,
+        step_statement_timeout: (!step_statement_timeout.is_zero())
+            .then_some(step_statement_timeout),
         lock_timeout: src.duration_or(
             &raw.lock_timeout,
             "run.lock_timeout",

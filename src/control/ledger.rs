@@ -375,7 +375,7 @@ impl Control {
     ) -> anyhow::Result<Vec<SchemaRow>> {
         let sql = format!(
             "SELECT s.tenant_id, s.schema_name, s.state, {CHANGED}, s.version_before, s.version_after, \
-                    CASE WHEN s.state = {succeeded} THEN {applied}::int ELSE 0 END, s.attempts, coalesce({kind}, 'other'), {sqlstate}, s.failed_migration, \
+                    coalesce({applied}::int, 0), s.attempts, coalesce({kind}, 'other'), {sqlstate}, s.failed_migration, \
                     {line}::int, coalesce({message}, s.error, ''), coalesce(s.error, ''), \
                     CASE WHEN $3 THEN t.archived_as END \
              FROM {rs} s LEFT JOIN {tenants} t ON t.id = s.tenant_id \
@@ -383,7 +383,6 @@ impl Control {
             rs = self.table("run_schemas"),
             tenants = self.table("tenants"),
             failed = SchemaState::Failed.literal(),
-            succeeded = SchemaState::Succeeded.literal(),
             applied = v6!("applied"),
             kind = v6!("kind"),
             sqlstate = v6!("sqlstate"),
@@ -407,9 +406,10 @@ impl Control {
                 let state = schema_state_of(r, 2)?;
                 let result = SchemaResult::of(run.command, state, r.get(3));
                 let (before, after): (Option<i32>, Option<i32>) = (r.get(4), r.get(5));
+                // A schema recorded segment by segment may have got part of the way.
                 let version = match state {
                     SchemaState::Succeeded => after,
-                    _ => before,
+                    _ => after.or(before),
                 };
                 let failure = (state == SchemaState::Failed).then(|| FailureRow {
                     kind: r.get(8),
@@ -583,15 +583,52 @@ impl Control {
         after: Option<i32>,
         applied: usize,
     ) -> String {
-        format!(
-            "{version}; UPDATE {rs} SET state = {succeeded}, version_after = {after}, applied = {applied}, \
+        self.schema_row_sql(
+            run_id,
+            tenant,
+            after,
+            &format!(
+                "state = {succeeded}, version_after = {v}, applied = {applied}, \
                  attempts = attempts + 1, started_at = now(), finished_at = clock_timestamp(), error = NULL, \
-                 failed_migration = NULL, kind = NULL, sqlstate = NULL, line = NULL, message = NULL \
-             WHERE run_id = {run_id} AND tenant_id = {id}",
+                 failed_migration = NULL, kind = NULL, sqlstate = NULL, line = NULL, message = NULL",
+                succeeded = SchemaState::Succeeded.literal(),
+                v = int_or_null(after),
+            ),
+        )
+    }
+
+    /// Hot path, when a schema's migrations are recorded segment by segment (no-transaction
+    /// scripts): its registry version and its ledger row's progress (still pending).
+    pub fn schema_progress_sql(
+        &self,
+        run_id: i64,
+        tenant: &Tenant,
+        after: Option<i32>,
+        applied: usize,
+    ) -> String {
+        self.schema_row_sql(
+            run_id,
+            tenant,
+            after,
+            &format!(
+                "version_after = {}, applied = {applied}",
+                int_or_null(after)
+            ),
+        )
+    }
+
+    /// The registry's version for `tenant`, and `set` on its ledger row of the run.
+    fn schema_row_sql(
+        &self,
+        run_id: i64,
+        tenant: &Tenant,
+        after: Option<i32>,
+        set: &str,
+    ) -> String {
+        format!(
+            "{version}; UPDATE {rs} SET {set} WHERE run_id = {run_id} AND tenant_id = {id}",
             version = self.set_version_sql(tenant, after),
             rs = self.table("run_schemas"),
-            succeeded = SchemaState::Succeeded.literal(),
-            after = int_or_null(after),
             id = quote_literal(tenant.id()),
         )
     }

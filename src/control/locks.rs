@@ -28,6 +28,17 @@ pub fn schema_lock_sql(schema: &str) -> String {
     )
 }
 
+/// Takes (`lock`) or releases `schema`'s lock at session level: held across the segments of
+/// a schema whose migrations include no-transaction scripts. The same key as
+/// [`schema_lock_sql`], so each segment's transaction lock is granted to the holder at once.
+pub fn session_lock_sql(schema: &str, lock: bool) -> String {
+    format!(
+        "SELECT pg_advisory_{}({LOCK_NAMESPACE}, hashtext({}))",
+        if lock { "lock" } else { "unlock" },
+        quote_literal(schema)
+    )
+}
+
 /// `EXISTS (a granted run lock for the run id in column/expression `run`)`.
 fn run_lock_held(run: &str) -> String {
     format!(

@@ -17,7 +17,7 @@ mod states;
 pub use ledger::{
     FailureRecord, FailureRow, RunCounts, RunInfo, RunRow, SchemaRow, SharedOutcome, SHARED_ROW,
 };
-pub use locks::{schema_lock_sql, LOCK_NAMESPACE};
+pub use locks::{schema_lock_sql, session_lock_sql, LOCK_NAMESPACE};
 pub use registry::TenantRow;
 pub use states::{RunCommand, RunState, SchemaResult, SchemaState, TenantState};
 

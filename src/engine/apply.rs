@@ -10,13 +10,16 @@
 
 use refinery::Migration;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use crate::control::{Control, RunCommand};
+use crate::control::{session_lock_sql, Control, RunCommand};
+use crate::engine::events::{Event, Events};
 use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::history;
 use crate::engine::schema_tx::{line_of, preamble, rows_affected, trip, TripError, TxSettings};
-use crate::migrations::scan::chunks;
+use crate::migrations::rules::concurrent_index_names;
+use crate::migrations::scan::{chunks, for_each_statement};
 use crate::migrations::MigrationSet;
 use crate::tenant::{quote_ident, quote_literal, role_name, Tenant};
 
@@ -34,6 +37,8 @@ pub struct ApplyCtx<'a> {
     pub tx: TxSettings<'a>,
     /// Role-per-tenant template, when that option is on.
     pub role_template: Option<&'a str>,
+    /// Where warnings go (an INVALID index dropped before a build is retried).
+    pub events: &'a Events,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,16 +145,100 @@ pub struct Script<'s> {
 /// large migration is not copied whole into the driver's buffers.
 const PIECE: usize = 1 << 20;
 
-/// What the work trip does.
+/// What the work does, checked against the history: its segments, in order.
 pub struct Work<'s> {
     pub before: Option<i32>,
     pub after: Option<i32>,
     pub count: usize,
-    pub scripts: Vec<Script<'s>>,
-    /// Statements for the last message, before the registry, the ledger and COMMIT.
-    pub bookkeeping: String,
+    /// Ordinarily one: every script and the bookkeeping in the opening's transaction. Cut at
+    /// no-transaction scripts (see [`cut`]).
+    pub segments: Vec<Segment<'s>>,
     /// `tenant drop --archive`: the schema the data is renamed to.
     pub archived_as: Option<String>,
+}
+
+/// Scripts that are recorded together: a run of ordinary scripts in one transaction, or one
+/// no-transaction script, run statement by statement and recorded right after it.
+pub struct Segment<'s> {
+    pub no_transaction: bool,
+    pub scripts: Vec<Script<'s>>,
+    /// History rows (inserted or deleted) for these scripts.
+    pub bookkeeping: String,
+    /// The schema's version once this segment is recorded.
+    pub after: Option<i32>,
+    /// Migrations done once it is recorded, earlier segments included.
+    pub done: usize,
+}
+
+impl<'s> Segment<'s> {
+    /// Everything in one transaction.
+    pub fn whole(scripts: Vec<Script<'s>>, bookkeeping: String, after: Option<i32>) -> Segment<'s> {
+        let done = scripts.len();
+        Segment {
+            no_transaction: false,
+            scripts,
+            bookkeeping,
+            after,
+            done,
+        }
+    }
+}
+
+/// One script in the order it runs: outside a transaction or not, and the schema's version
+/// once it is done.
+struct Item<'s> {
+    script: Script<'s>,
+    no_transaction: bool,
+    after: Option<i32>,
+}
+
+/// Cuts scripts into segments at the no-transaction ones (each a segment of its own);
+/// `book(range)` is the history bookkeeping for the items in `range`. No scripts: one empty
+/// segment ending at `before`.
+fn cut<'s>(
+    items: Vec<Item<'s>>,
+    before: Option<i32>,
+    book: impl Fn(std::ops::Range<usize>) -> String,
+) -> Vec<Segment<'s>> {
+    let total = items.len();
+    let mut out: Vec<Segment<'s>> = Vec::new();
+    let mut run: Vec<Script<'s>> = Vec::new();
+    let mut run_start = 0usize;
+    let mut after = before;
+    for (i, item) in items.into_iter().enumerate() {
+        if item.no_transaction {
+            if !run.is_empty() {
+                out.push(Segment {
+                    no_transaction: false,
+                    scripts: std::mem::take(&mut run),
+                    bookkeeping: book(run_start..i),
+                    after,
+                    done: i,
+                });
+            }
+            out.push(Segment {
+                no_transaction: true,
+                scripts: vec![item.script],
+                bookkeeping: book(i..i + 1),
+                after: item.after,
+                done: i + 1,
+            });
+            run_start = i + 1;
+        } else {
+            run.push(item.script);
+        }
+        after = item.after;
+    }
+    if !run.is_empty() || out.is_empty() {
+        out.push(Segment {
+            no_transaction: false,
+            scripts: run,
+            bookkeeping: book(run_start..total),
+            after,
+            done: total,
+        });
+    }
+    out
 }
 
 async fn transaction(
@@ -210,24 +299,264 @@ async fn transaction(
         _ => Vec::new(),
     };
 
-    // The work and the bookkeeping: one round trip.
+    // The work and the bookkeeping: one round trip (more when a no-transaction script cuts
+    // it into segments).
     let work = plan_work(ctx, tenant, mode, &applied, &table, registry_version)?;
-    let mut last = work.bookkeeping.clone();
+    let mut finish = String::new();
     if let Some(role) = &role {
-        last.push_str(&grant_existing_sql(ctx, tenant, role, &table));
+        finish.push_str(&grant_existing_sql(ctx, tenant, role, &table));
     }
-    last.push_str(
+    finish.push_str(
         &ctx.control
             .schema_done_sql(ctx.run_id, tenant, work.after, work.count),
     );
-    last.push_str("; COMMIT;");
-    work.send(client, &last).await?;
+    match work.segments.as_slice() {
+        [only] if !only.no_transaction => {
+            let last = format!("{}{finish}; COMMIT;", only.bookkeeping);
+            only.send(client, None, &last, work.before).await?;
+        }
+        _ => segmented(client, ctx, tenant, &work, &finish).await?,
+    }
     Ok(Applied {
         before: work.before,
         after: work.after,
         count: work.count,
         archived_as: work.archived_as,
     })
+}
+
+/// A schema whose work has no-transaction scripts: segment after segment, each recorded as
+/// it is done, under the schema's advisory lock held for the session meanwhile (each commit
+/// would release the transaction's). Whatever happens, the connection is left as it was
+/// found: no transaction open, settings reset, the session lock released.
+async fn segmented(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    work: &Work<'_>,
+    finish: &str,
+) -> Result<(), Failure> {
+    // In the opening's transaction, which holds the same lock: granted at once.
+    client
+        .batch_execute(&session_lock_sql(tenant.schema(), true))
+        .await
+        .map_err(|e| Failure::from_pg(&e, work.before))?;
+    let result = segments_in_turn(client, ctx, tenant, work, finish).await;
+    let clean = match &result {
+        Err(f) if f.broken_connection => return result,
+        Err(_) => "ROLLBACK; ",
+        Ok(()) => "",
+    };
+    let sql = format!(
+        "{clean}RESET ALL; {}",
+        session_lock_sql(tenant.schema(), false)
+    );
+    match (client.batch_execute(&sql).await, result) {
+        (Err(_), Err(mut f)) => {
+            f.broken_connection = true;
+            Err(f)
+        }
+        (_, result) => result,
+    }
+}
+
+async fn segments_in_turn(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    work: &Work<'_>,
+    finish: &str,
+) -> Result<(), Failure> {
+    let mut recorded = work.before;
+    // The opening's transaction is open until the first segment commits.
+    let mut open = true;
+    let last = work.segments.len() - 1;
+    for (i, seg) in work.segments.iter().enumerate() {
+        let record = match i == last {
+            true => format!("{}{finish}", seg.bookkeeping),
+            false => format!(
+                "{}{}",
+                seg.bookkeeping,
+                ctx.control
+                    .schema_progress_sql(ctx.run_id, tenant, seg.after, seg.done)
+            ),
+        };
+        if seg.no_transaction {
+            if open {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| Failure::from_pg(&e, recorded))?;
+            }
+            run_step(client, ctx, tenant, seg, recorded).await?;
+            let sql = format!("{} {record}; COMMIT;", resume_sql(ctx, tenant));
+            if let Err(e) = client.batch_execute(&sql).await {
+                let mut f = Failure::from_pg(&e, recorded);
+                f.message = format!(
+                    "{}; recording {} after it ran failed, so a re-run runs it again",
+                    f.message, seg.scripts[0].label
+                );
+                return Err(f);
+            }
+        } else {
+            let first = (!open).then(|| resume_sql(ctx, tenant));
+            seg.send(
+                client,
+                first.as_deref(),
+                &format!("{record}; COMMIT;"),
+                recorded,
+            )
+            .await?;
+        }
+        open = false;
+        recorded = seg.after;
+    }
+    Ok(())
+}
+
+/// The opening of a later segment's transaction: the preamble (the schema's lock is this
+/// session's already) and the fence.
+fn resume_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant) -> String {
+    format!(
+        "{} {};",
+        preamble(tenant.schema(), &ctx.tx),
+        ctx.control.fence_sql(ctx.run_id, ctx.epoch, Some(tenant))
+    )
+}
+
+/// A no-transaction script, statement by statement, each its own implicit transaction, with
+/// the schema's `search_path` and the step's timeouts set for the session meanwhile (reset
+/// afterwards). INVALID indexes it creates (by name) that an earlier attempt left behind are
+/// dropped first and reported; a failed build's are dropped after it.
+async fn run_step(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    seg: &Segment<'_>,
+    still_at: Option<i32>,
+) -> Result<(), Failure> {
+    let script = &seg.scripts[0];
+    let blame = |e: &tokio_postgres::Error, line: Option<u32>| {
+        let mut f = Failure::from_pg(e, still_at);
+        f.migration = Some(script.label.clone());
+        f.migration_version = script.version;
+        f.line = line;
+        f.outside_transaction = true;
+        if f.kind == FailureKind::Other {
+            f.kind = FailureKind::Migration;
+        }
+        f
+    };
+    client
+        .batch_execute(&step_settings_sql(ctx, tenant))
+        .await
+        .map_err(|e| Failure::from_pg(&e, still_at))?;
+    let indexes = concurrent_index_names(script.sql);
+    drop_invalid(
+        client,
+        ctx,
+        tenant,
+        &indexes,
+        "left by an earlier attempt that did not finish; building it again",
+    )
+    .await?;
+    // (text, lines before it in the file)
+    let mut statements: Vec<(&str, usize)> = Vec::new();
+    let mut start = 0usize;
+    let scanned = for_each_statement(script.sql, |s| {
+        let text = &script.sql[start..s.end];
+        statements.push((text, script.sql[..start].matches('\n').count()));
+        start = s.end;
+    });
+    if scanned.is_err() {
+        statements = vec![(script.sql, 0)];
+    }
+    for (text, lines_before) in statements {
+        if let Err(e) = client.simple_query(text).await {
+            let f = blame(&e, line_of(text, &e, 0).map(|l| (l + lines_before) as u32));
+            if !f.broken_connection {
+                let _ = drop_invalid(
+                    client,
+                    ctx,
+                    tenant,
+                    &indexes,
+                    "left by this failed build, so that nothing of it remains",
+                )
+                .await;
+            }
+            return Err(f);
+        }
+    }
+    client
+        .batch_execute("RESET ALL")
+        .await
+        .map_err(|e| Failure::from_pg(&e, still_at))
+}
+
+/// Session settings for a no-transaction step: what the preamble sets for a transaction, at
+/// session level, with the step's own statement timeout; then the fence.
+fn step_settings_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant) -> String {
+    let tx = &ctx.tx;
+    let path = std::iter::once(tenant.schema())
+        .chain(tx.also_on_path)
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!(
+        "SET search_path TO {path}; SET lock_timeout = {}; SET statement_timeout = {}; SET client_min_messages = warning;",
+        tx.lock_timeout.as_millis(),
+        tx.step_statement_timeout.map_or(0, |d| d.as_millis()),
+    );
+    if tx.check_client {
+        sql.push_str(" SET client_connection_check_interval = 2000;");
+    }
+    if let Some(run) = tx.run_id {
+        sql.push_str(&format!(" SET application_name = 'tenantctl run {run}';"));
+    }
+    sql.push_str(&format!(
+        " {};",
+        ctx.control.fence_sql(ctx.run_id, ctx.epoch, Some(tenant))
+    ));
+    sql
+}
+
+/// Drops the INVALID indexes among `names` in the tenant's schema (an interrupted or failed
+/// `CREATE INDEX CONCURRENTLY` leaves one behind), concurrently, and says so.
+async fn drop_invalid(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    names: &[String],
+    why: &str,
+) -> Result<(), Failure> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let rows = client
+        .query_typed(
+            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relnamespace = to_regnamespace($1) AND c.relname = ANY($2) AND NOT i.indisvalid",
+            &[(&tenant.quoted_schema(), Type::TEXT), (&names, Type::TEXT_ARRAY)],
+        )
+        .await
+        .map_err(|e| Failure::from_pg(&e, None))?;
+    for row in rows {
+        let name: String = row.get(0);
+        client
+            .batch_execute(&format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
+                tenant.quoted_schema(),
+                quote_ident(&name)
+            ))
+            .await
+            .map_err(|e| Failure::from_pg(&e, None))?;
+        ctx.events.emit(&Event::Warning {
+            message: &format!(
+                "{tenant}: dropped the INVALID index {name} (what an interrupted or failed CREATE INDEX CONCURRENTLY leaves) {why}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The preamble, the fence (this run is still this process's; the tenant still exists when
@@ -300,23 +629,36 @@ fn plan_work<'s>(
     let forward = |target: Option<i32>, run: bool| -> Result<Work<'s>, Failure> {
         history::check(applied, set, true)?;
         let pending = history::pending(applied, set, target);
-        Ok(Work {
-            before,
-            after: pending.last().map(|f| f.version).or(before),
-            count: pending.len(),
-            scripts: match run {
-                true => pending
+        let after = pending.last().map(|f| f.version).or(before);
+        let segments = match run {
+            true => cut(
+                pending
                     .iter()
-                    .map(|f| Script {
-                        label: f.label(),
-                        version: Some(f.version),
-                        sql: f.sql(),
+                    .map(|f| Item {
+                        script: Script {
+                            label: f.label(),
+                            version: Some(f.version),
+                            sql: f.sql(),
+                        },
+                        no_transaction: f.no_transaction,
+                        after: Some(f.version),
                     })
                     .collect(),
-                // refinery's fake run: recorded as applied, not run.
-                false => Vec::new(),
-            },
-            bookkeeping: history::insert_sql(table, &pending),
+                before,
+                |r| history::insert_sql(table, &pending[r]),
+            ),
+            // refinery's fake run: recorded as applied, not run.
+            false => vec![Segment::whole(
+                Vec::new(),
+                history::insert_sql(table, &pending),
+                after,
+            )],
+        };
+        Ok(Work {
+            before,
+            after,
+            count: pending.len(),
+            segments,
             archived_as: None,
         })
     };
@@ -325,8 +667,9 @@ fn plan_work<'s>(
         Mode::Adopt { baseline } => forward(Some(baseline), false),
         Mode::Rollback { to } => {
             history::check(applied, set, false)?;
-            let mut scripts = Vec::new();
+            let mut items = Vec::new();
             let mut reverted = Vec::new();
+            let versions: Vec<i32> = applied.iter().map(Migration::version).collect();
             for app in applied.iter().rev().filter(|m| m.version() > to) {
                 let file = set.get(app.version()).expect("checked above");
                 let Some((_, down)) = &file.down else {
@@ -340,23 +683,24 @@ fn plan_work<'s>(
                         before,
                     ));
                 };
-                scripts.push(Script {
-                    label: format!("{}.down", file.label()),
-                    version: None,
-                    sql: down,
+                items.push(Item {
+                    script: Script {
+                        label: format!("{}.down", file.label()),
+                        version: None,
+                        sql: down,
+                    },
+                    no_transaction: file.down_no_transaction(),
+                    // Once this is reverted: the newest applied version below it.
+                    after: versions.iter().copied().filter(|v| *v < file.version).max(),
                 });
                 reverted.push(file.version);
             }
+            let count = items.len();
             Ok(Work {
                 before,
-                after: applied
-                    .iter()
-                    .map(Migration::version)
-                    .filter(|v| *v <= to)
-                    .max(),
-                count: scripts.len(),
-                scripts,
-                bookkeeping: history::delete_sql(table, &reverted),
+                after: versions.iter().copied().filter(|v| *v <= to).max(),
+                count,
+                segments: cut(items, before, |r| history::delete_sql(table, &reverted[r])),
                 archived_as: None,
             })
         }
@@ -373,15 +717,15 @@ fn plan_work<'s>(
                 ));
             };
             let accepted = file.migration == *app;
+            let bookkeeping = match accepted {
+                true => String::new(),
+                false => history::accept_sql(table, file),
+            };
             Ok(Work {
                 before,
                 after: before,
                 count: usize::from(!accepted),
-                scripts: Vec::new(),
-                bookkeeping: match accepted {
-                    true => String::new(),
-                    false => history::accept_sql(table, file),
-                },
+                segments: vec![Segment::whole(Vec::new(), bookkeeping, before)],
                 archived_as: None,
             })
         }
@@ -391,8 +735,11 @@ fn plan_work<'s>(
                 before: registry_version,
                 after: None,
                 count: 0,
-                scripts: Vec::new(),
-                bookkeeping: drop_sql(ctx, tenant, archived_as.as_deref()),
+                segments: vec![Segment::whole(
+                    Vec::new(),
+                    drop_sql(ctx, tenant, archived_as.as_deref()),
+                    None,
+                )],
                 archived_as,
             })
         }
@@ -464,14 +811,24 @@ fn opening_failure(step: Step, tenant: &Tenant, e: &TripError, still_at: Option<
     f
 }
 
-impl Work<'_> {
-    /// Sends the scripts (each as it is on disk; a very large one in pieces) and then `last`,
-    /// the bookkeeping with COMMIT. On failure the script that failed is blamed, at the line
-    /// PostgreSQL pointed at; a failure of `last` says that the outcome of a broken
-    /// connection is unknown.
-    pub async fn send(&self, client: &Client, last: &str) -> Result<(), Failure> {
+impl Segment<'_> {
+    /// Sends `first` (the opening of a later segment's transaction), the scripts (each as it
+    /// is on disk; a very large one in pieces) and then `last`, the bookkeeping with COMMIT.
+    /// On failure the script that failed is blamed, at its line; a failure of `last` says
+    /// that the outcome of a broken connection is unknown. `still_at`: the schema's version
+    /// if this does not commit.
+    pub async fn send(
+        &self,
+        client: &Client,
+        first: Option<&str>,
+        last: &str,
+        still_at: Option<i32>,
+    ) -> Result<(), Failure> {
         // (script, lines before this piece in it, text)
         let mut pieces: Vec<(Option<&Script<'_>>, usize, &str)> = Vec::new();
+        if let Some(first) = first {
+            pieces.push((None, 0, first));
+        }
         for script in &self.scripts {
             match chunks(script.sql, PIECE) {
                 Ok(cut) => pieces.extend(cut.into_iter().map(|(n, p)| (Some(script), n, p))),
@@ -483,7 +840,7 @@ impl Work<'_> {
         let Err(e) = trip(client, &messages).await else {
             return Ok(());
         };
-        let mut f = Failure::from_pg(&e.error, self.before);
+        let mut f = Failure::from_pg(&e.error, still_at);
         match pieces[e.index] {
             (Some(script), lines_before, text) => {
                 f.migration = Some(script.label.clone());
@@ -493,7 +850,7 @@ impl Work<'_> {
                     f.kind = FailureKind::Migration;
                 }
             }
-            (None, ..) if f.kind == FailureKind::Connection => {
+            (None, ..) if f.kind == FailureKind::Connection && e.index + 1 == pieces.len() => {
                 f.message = format!(
                     "{}; the connection broke while committing, so the outcome is not known: `tenantctl status` shows it and a re-run finishes the job without applying anything twice",
                     f.message

@@ -97,6 +97,9 @@ pub struct Failure {
     pub broken_connection: bool,
     /// How many times the schema was tried (retries after lock timeouts and lost connections).
     pub attempts: u32,
+    /// It failed in a no-transaction migration: what that file's earlier statements did
+    /// stays done (no transaction to roll back).
+    pub outside_transaction: bool,
 }
 
 impl Failure {
@@ -113,6 +116,7 @@ impl Failure {
             still_at,
             broken_connection: false,
             attempts: 1,
+            outside_transaction: false,
         }
     }
 
@@ -195,9 +199,23 @@ impl Failure {
     pub fn live(&self) -> String {
         match self.kind {
             FailureKind::Migration => {
-                format!("{} — rolled back, {}", self.headline(), self.version_text())
+                format!(
+                    "{} — {}, {}",
+                    self.headline(),
+                    self.undone(),
+                    self.version_text()
+                )
             }
             _ => self.to_string(),
+        }
+    }
+
+    /// What became of the failed work: rolled back, or (outside a transaction) left as far as
+    /// it got.
+    fn undone(&self) -> &'static str {
+        match self.outside_transaction {
+            false => "rolled back",
+            true => "not recorded (it ran outside a transaction: the file's statements before the failing one stay done, and a re-run runs the whole file again)",
         }
     }
 
@@ -207,10 +225,11 @@ impl Failure {
         match self.kind {
             FailureKind::Migration => match (self.applied_elsewhere, &self.migration) {
                 (Some(n), Some(m)) if n > 0 => format!(
-                    "rolled back, {at}. {m} is already applied on {n} other tenant(s): do not edit it (they would drift). Fix what this tenant's data needs and re-run, or put the fix in a new migration; if you edited the file on purpose (a comment, an equivalent fix), `tenantctl repair --accept {v}` records its new checksum",
+                    "{}, {at}. {m} is already applied on {n} other tenant(s): do not edit it (they would drift). Fix what this tenant's data needs and re-run, or put the fix in a new migration; if you edited the file on purpose (a comment, an equivalent fix), `tenantctl repair --accept {v}` records its new checksum",
+                    self.undone(),
                     v = self.migration_version.unwrap_or_default()
                 ),
-                _ => format!("rolled back, {at}; fix the migration and re-run"),
+                _ => format!("{}, {at}; fix the migration and re-run", self.undone()),
             },
             FailureKind::AlreadyExists => {
                 "nothing changed; pass --if-not-exists to skip existing tenants".into()
@@ -220,6 +239,10 @@ impl Failure {
             FailureKind::Drift => format!("not touched, {at}"),
             FailureKind::LockTimeout => format!(
                 "rolled back, {at}; another session holds a lock in this schema: re-run when it is released, or raise [run] lock_timeout"
+            ),
+            FailureKind::StatementTimeout if self.outside_transaction => format!(
+                "{}, {at}; a statement ran past [run] step_statement_timeout: raise it or make the migration cheaper",
+                self.undone()
             ),
             FailureKind::StatementTimeout => format!(
                 "rolled back, {at}; a statement ran past [run] statement_timeout: raise it or make the migration cheaper"

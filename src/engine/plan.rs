@@ -24,6 +24,24 @@ pub struct Step {
     pub to: Option<i32>,
     /// Migration labels in the order they would run (`V7__x` up, or `V7__x` down).
     pub migrations: Vec<String>,
+    /// The same, as they would be recorded: runs of ordinary migrations in one transaction
+    /// each, and each no-transaction migration alone.
+    pub segments: Vec<PlannedSegment>,
+}
+
+/// (in a transaction, migration labels).
+pub type PlannedSegment = (bool, Vec<String>);
+
+/// Labels cut into segments at the no-transaction ones.
+fn segments(items: impl Iterator<Item = (String, bool)>) -> Vec<PlannedSegment> {
+    let mut out: Vec<PlannedSegment> = Vec::new();
+    for (label, no_tx) in items {
+        match out.last_mut() {
+            Some((true, run)) if !no_tx => run.push(label),
+            _ => out.push((!no_tx, vec![label])),
+        }
+    }
+    out
 }
 
 /// Whether a tenant at `version` has work in `direction`. Forward to the latest also picks
@@ -49,25 +67,25 @@ pub fn step(
     if !needs_work(set, version, direction) {
         return None;
     }
-    let (to, migrations) = match direction {
+    let (to, items): (Option<i32>, Vec<(String, bool)>) = match direction {
         Direction::Forward { target } => {
-            let labels: Vec<String> = set
+            let labels = set
                 .files()
                 .iter()
                 .filter(|f| {
                     version.is_none_or(|v| f.version > v) && target.is_none_or(|t| f.version <= t)
                 })
-                .map(|f| f.label())
+                .map(|f| (f.label(), f.no_transaction))
                 .collect();
             (target, labels)
         }
         Direction::Backward { to } => {
-            let labels: Vec<String> = set
+            let labels = set
                 .files()
                 .iter()
                 .rev()
                 .filter(|f| f.version > to && version.is_some_and(|v| f.version <= v))
-                .map(|f| f.label())
+                .map(|f| (f.label(), f.down_no_transaction()))
                 .collect();
             let below = set
                 .files()
@@ -82,7 +100,8 @@ pub fn step(
         tenant: tenant.clone(),
         from: version,
         to,
-        migrations,
+        migrations: items.iter().map(|(l, _)| l.clone()).collect(),
+        segments: segments(items.into_iter()),
     })
 }
 
@@ -114,26 +133,30 @@ pub struct Group {
     pub from: Option<i32>,
     pub to: Option<i32>,
     pub migrations: Vec<String>,
+    pub segments: Vec<PlannedSegment>,
     pub tenants: Vec<String>,
 }
 
-/// What makes tenants alike in a plan: from, to, and the migrations in between.
+/// What makes tenants alike in a plan: from, to, and the migrations in between (their
+/// segments follow from them).
 type GroupKey = (Option<i32>, Option<i32>, Vec<String>);
 
 pub fn group(steps: &[Step]) -> Vec<Group> {
-    let mut groups: BTreeMap<GroupKey, Vec<String>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, (Vec<PlannedSegment>, Vec<String>)> = BTreeMap::new();
     for s in steps {
         groups
             .entry((s.from, s.to, s.migrations.clone()))
-            .or_default()
+            .or_insert_with(|| (s.segments.clone(), Vec::new()))
+            .1
             .push(s.tenant.id().to_string());
     }
     groups
         .into_iter()
-        .map(|((from, to, migrations), tenants)| Group {
+        .map(|((from, to, migrations), (segments, tenants))| Group {
             from,
             to,
             migrations,
+            segments,
             tenants,
         })
         .collect()

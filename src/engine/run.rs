@@ -244,11 +244,13 @@ pub async fn run(
         tx: TxSettings {
             lock_timeout: run.lock_timeout,
             statement_timeout: run.statement_timeout,
+            step_statement_timeout: run.step_statement_timeout,
             also_on_path: env.config.migrations.extensions_schema.as_deref(),
             run_id: Some(run_id),
             check_client: session.server_major >= 14,
         },
         role_template: env.config.tenants.role_template.as_deref(),
+        events: &env.events,
     };
     let opts = FleetOpts {
         mode: req.mode,

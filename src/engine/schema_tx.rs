@@ -22,6 +22,8 @@ use crate::tenant::quote_ident;
 pub struct TxSettings<'a> {
     pub lock_timeout: Duration,
     pub statement_timeout: Option<Duration>,
+    /// `statement_timeout` of a no-transaction migration's statements.
+    pub step_statement_timeout: Option<Duration>,
     /// A schema on `search_path` after the one being migrated (the extensions schema).
     pub also_on_path: Option<&'a str>,
     /// The run, named in `application_name` so that a backend left behind by a killed

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::control::{RunCommand, RunInfo, SharedOutcome, SHARED_ROW};
 use crate::db::Session;
-use crate::engine::apply::{rollback_on_error, Applied, Script, Work};
+use crate::engine::apply::{rollback_on_error, Applied, Script, Segment};
 use crate::engine::failure::Failure;
 use crate::engine::history;
 use crate::engine::schema_tx::{preamble, trip, TxSettings};
@@ -51,6 +51,7 @@ async fn apply_shared(
         let tx = TxSettings {
             lock_timeout: config.run.lock_timeout,
             statement_timeout: config.run.statement_timeout,
+            step_statement_timeout: None,
             also_on_path: None,
             run_id: None,
             check_client: false,
@@ -76,14 +77,10 @@ async fn apply_shared(
         let applied = history::parse(replies.last().map_or(&[][..], Vec::as_slice), None)?;
         history::check(&applied, set, true)?;
         let pending = history::pending(&applied, set, None);
-        let work = Work {
-            before: applied.last().map(|m| m.version()),
-            after: pending
-                .last()
-                .map(|f| f.version)
-                .or(applied.last().map(|m| m.version())),
-            count: pending.len(),
-            scripts: pending
+        let before = applied.last().map(|m| m.version());
+        let after = pending.last().map(|f| f.version).or(before);
+        let segment = Segment::whole(
+            pending
                 .iter()
                 .map(|f| Script {
                     label: f.label(),
@@ -92,15 +89,21 @@ async fn apply_shared(
                     sql: f.sql(),
                 })
                 .collect(),
-            bookkeeping: history::insert_sql(&table, &pending),
-            archived_as: None,
-        };
-        work.send(client, &format!("{} COMMIT;", work.bookkeeping))
+            history::insert_sql(&table, &pending),
+            after,
+        );
+        segment
+            .send(
+                client,
+                None,
+                &format!("{} COMMIT;", segment.bookkeeping),
+                before,
+            )
             .await?;
         Ok(Applied {
-            before: work.before,
-            after: work.after,
-            count: work.count,
+            before,
+            after,
+            count: pending.len(),
             archived_as: None,
         })
     }

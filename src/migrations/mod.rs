@@ -25,7 +25,19 @@ pub struct MigrationFile {
     pub name: String,
     pub path: PathBuf,
     pub migration: Migration,
+    /// The up script runs outside a transaction (`-- tenantctl:no-transaction`).
+    pub no_transaction: bool,
     pub down: Option<(PathBuf, String)>,
+}
+
+/// The first line that makes a file a no-transaction migration.
+pub const NO_TRANSACTION: &str = "-- tenantctl:no-transaction";
+
+/// Whether a script's first line is [`NO_TRANSACTION`] (trailing blanks allowed).
+pub fn is_no_transaction(sql: &str) -> bool {
+    sql.lines()
+        .next()
+        .is_some_and(|l| l.trim_end() == NO_TRANSACTION)
 }
 
 impl MigrationFile {
@@ -37,6 +49,13 @@ impl MigrationFile {
     /// The up script.
     pub fn sql(&self) -> &str {
         self.migration.sql().unwrap_or_default()
+    }
+
+    /// Whether the down script runs outside a transaction.
+    pub fn down_no_transaction(&self) -> bool {
+        self.down
+            .as_ref()
+            .is_some_and(|(_, sql)| is_no_transaction(sql))
     }
 }
 
@@ -208,6 +227,7 @@ impl MigrationSet {
                 let migration = Migration::unapplied(&label, &sql).map_err(|e| {
                     MigrationSetError(format!("{}: refinery refused it: {e}", path.display()))
                 })?;
+                let no_transaction = is_no_transaction(&sql);
                 drop(sql);
                 ups.insert(
                     parsed.version,
@@ -216,6 +236,7 @@ impl MigrationSet {
                         name: parsed.name,
                         path,
                         migration,
+                        no_transaction,
                         down: None,
                     },
                 );

@@ -10,11 +10,17 @@
 //!   objects, which belong in the shared migrations), and names qualified with a schema
 //!   outside the tenant (`public.x`, another tenant's schema, the control schema), also inside
 //!   function bodies; the shared schema and the extensions schema may be named.
+//!
+//! Statements PostgreSQL refuses inside a transaction (`CREATE INDEX CONCURRENTLY`, `VACUUM`,
+//! …) belong in a no-transaction migration (first line `-- tenantctl:no-transaction`), which
+//! runs statement by statement outside a transaction; there, settings other than
+//! `search_path` and the role may be set (they are reset after the file), and transaction
+//! control is still refused.
 
 use std::path::Path;
 
-use super::scan::{for_each_statement, Statement};
-use super::{MigrationSet, MigrationSetError};
+use super::scan::{for_each_statement, Statement, Tok};
+use super::{is_no_transaction, MigrationSet, MigrationSetError, NO_TRANSACTION};
 
 /// Which set is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +68,57 @@ pub fn check_set(set: &MigrationSet, rules: &Rules<'_>) -> Result<(), MigrationS
 pub fn check_file(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<String> {
     let at = |line: usize, msg: String| format!("{}:{line}: {msg}", path.display());
     let mut out = Vec::new();
+    let no_tx = is_no_transaction(sql);
+    if no_tx && rules.kind == SetKind::Shared {
+        out.push(at(
+            1,
+            format!("`{NO_TRANSACTION}` is for tenant migrations; shared migrations run in one transaction per cluster"),
+        ));
+    }
+    // Enum values added by this file (value, line): using one later in the same transaction
+    // is refused by PostgreSQL.
+    let mut added: Vec<(String, usize)> = Vec::new();
     let scanned = for_each_statement(sql, |s| {
         if let Some(msg) = transaction_control(&s) {
             out.push(at(s.line, msg));
         }
-        if let Some(msg) = session_setting(&s) {
+        if let Some(msg) = session_setting(&s, no_tx) {
             out.push(at(s.line, msg));
+        }
+        if !no_tx {
+            if let Some(what) = outside_transaction_only(&s) {
+                let fix = match rules.kind {
+                    SetKind::Tenant => format!(
+                        "make this a no-transaction migration: put `{NO_TRANSACTION}` on its first line (it then runs statement by statement, outside a transaction; write it so that a re-run after a crash is safe, e.g. CREATE INDEX CONCURRENTLY IF NOT EXISTS), and keep other changes in migrations of their own"
+                    ),
+                    SetKind::Shared => "shared migrations run in one transaction per cluster; use the plain form there".to_string(),
+                };
+                out.push(at(
+                    s.line,
+                    format!("`{what}` cannot run inside a transaction, and this file's statements run in one: {fix}"),
+                ));
+            }
+            let uses: Vec<(String, usize)> = s
+                .tokens
+                .iter()
+                .filter_map(|(t, line)| match t {
+                    Tok::Str(text) => Some((text.to_string(), *line)),
+                    _ => None,
+                })
+                .collect();
+            for (value, line) in uses {
+                if let Some((_, added_at)) = added.iter().find(|(v, _)| *v == value) {
+                    out.push(at(
+                        line,
+                        format!(
+                            "uses the enum value '{value}' added on line {added_at} in the same transaction, which PostgreSQL refuses (unsafe use of new value): move the `ALTER TYPE … ADD VALUE` into a no-transaction migration (`{NO_TRANSACTION}`) of its own, before this one"
+                        ),
+                    ));
+                }
+            }
+            if let Some(value) = added_enum_value(&s) {
+                added.push((value, s.line));
+            }
         }
         if rules.kind == SetKind::Tenant {
             if let Some(msg) = database_wide(&s) {
@@ -119,7 +170,101 @@ fn transaction_control(s: &Statement) -> Option<String> {
     ))
 }
 
-fn session_setting(s: &Statement) -> Option<String> {
+/// What in `s` PostgreSQL refuses inside a transaction block, if anything.
+fn outside_transaction_only(s: &Statement) -> Option<&'static str> {
+    let has = |w: &str| (0..s.tokens.len()).any(|i| s.word(i).as_deref() == Some(w));
+    let w = |i: usize| s.word(i);
+    match w(0)?.as_str() {
+        "CREATE" => {
+            let at = if w(1).as_deref() == Some("UNIQUE") {
+                2
+            } else {
+                1
+            };
+            (w(at).as_deref() == Some("INDEX") && w(at + 1).as_deref() == Some("CONCURRENTLY"))
+                .then_some("CREATE INDEX CONCURRENTLY")
+        }
+        "DROP" => (w(1).as_deref() == Some("INDEX") && w(2).as_deref() == Some("CONCURRENTLY"))
+            .then_some("DROP INDEX CONCURRENTLY"),
+        "REINDEX" if has("CONCURRENTLY") => Some("REINDEX … CONCURRENTLY"),
+        "REINDEX" if has("SCHEMA") || has("DATABASE") || has("SYSTEM") => {
+            Some("REINDEX SCHEMA|DATABASE|SYSTEM")
+        }
+        "VACUUM" => Some("VACUUM"),
+        "ALTER" if has("DETACH") && has("PARTITION") && has("CONCURRENTLY") => {
+            Some("ALTER TABLE … DETACH PARTITION … CONCURRENTLY")
+        }
+        _ => None,
+    }
+}
+
+/// The names of the indexes `sql` builds with `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT
+/// EXISTS] name` (as PostgreSQL stores them: unquoted names fold to lower case). An index
+/// built without a name cannot be found again after an interrupted build: name them.
+pub fn concurrent_index_names(sql: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = for_each_statement(sql, |s| {
+        if outside_transaction_only(&s) != Some("CREATE INDEX CONCURRENTLY") {
+            return;
+        }
+        let mut i = if s.word(1).as_deref() == Some("UNIQUE") {
+            4
+        } else {
+            3
+        };
+        if s.word(i).as_deref() == Some("IF") && s.word(i + 2).as_deref() == Some("EXISTS") {
+            i += 3;
+        }
+        if s.word(i).as_deref() == Some("ON") {
+            return;
+        }
+        if let Some((Tok::Word { text, quoted }, _)) = s.tokens.get(i) {
+            names.push(match quoted {
+                true => text.to_string(),
+                false => text.to_lowercase(),
+            });
+        }
+    });
+    names
+}
+
+/// `ALTER TYPE … ADD VALUE [IF NOT EXISTS] 'v'`: the value added.
+fn added_enum_value(s: &Statement) -> Option<String> {
+    if !(s.starts_with(&["ALTER", "TYPE"])) {
+        return None;
+    }
+    let at = (0..s.tokens.len()).position(|i| {
+        s.word(i).as_deref() == Some("ADD") && s.word(i + 1).as_deref() == Some("VALUE")
+    })?;
+    s.tokens[at + 2..].iter().find_map(|(t, _)| match t {
+        Tok::Str(v) => Some(v.to_string()),
+        _ => None,
+    })
+}
+
+/// A session-level `SET`/`RESET`. In a no-transaction file settings are allowed (tenantctl
+/// resets them after the file), except those that move the file out of its tenant.
+fn session_setting(s: &Statement, no_tx: bool) -> Option<String> {
+    if no_tx {
+        let target = match s.word(0)?.as_str() {
+            "SET" | "RESET" => {
+                let i = if s.word(1).as_deref() == Some("SESSION") {
+                    2
+                } else {
+                    1
+                };
+                s.word(i)?
+            }
+            _ => return None,
+        };
+        return matches!(target.as_str(), "SEARCH_PATH" | "ROLE" | "AUTHORIZATION" | "SCHEMA" | "ALL")
+            .then(|| {
+                format!(
+                    "`{}` would move this no-transaction migration out of its tenant's schema or role (tenantctl sets them for it); settings such as maintenance_work_mem are fine here",
+                    s.head(3)
+                )
+            });
+    }
     match s.word(0)?.as_str() {
         "SET" => match s.word(1).as_deref() {
             Some("LOCAL" | "TRANSACTION" | "CONSTRAINTS") => None,
@@ -182,6 +327,14 @@ fn outside_tenant(qualifier: &str, rules: &Rules<'_>) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// `path:line` of each finding.
+    fn lines(found: &[String]) -> Vec<&str> {
+        found
+            .iter()
+            .map(|f| f.split(": ").next().unwrap())
+            .collect()
+    }
+
     fn check(sql: &str, kind: SetKind) -> Vec<String> {
         let rules = Rules {
             kind,
@@ -228,6 +381,53 @@ mod tests {
     }
 
     #[test]
+    fn what_cannot_run_in_a_transaction_needs_the_directive() {
+        let sql = "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS \"Big\" ON t (x);\n\
+                   create index concurrently small on t (y);\nCREATE INDEX CONCURRENTLY ON t (z);\n\
+                   DROP INDEX CONCURRENTLY old;\nREINDEX (VERBOSE) INDEX CONCURRENTLY i;\nVACUUM t;\n\
+                   CREATE INDEX plain ON t (x);\nSELECT 'CREATE INDEX CONCURRENTLY x';";
+        let found = check(sql, SetKind::Tenant);
+        assert_eq!(
+            lines(&found),
+            [
+                "V9__x.sql:1",
+                "V9__x.sql:2",
+                "V9__x.sql:3",
+                "V9__x.sql:4",
+                "V9__x.sql:5",
+                "V9__x.sql:6"
+            ],
+            "{found:#?}"
+        );
+        let with = format!("{NO_TRANSACTION}\n{sql}");
+        assert!(
+            check(&with, SetKind::Tenant).is_empty(),
+            "{:?}",
+            check(&with, SetKind::Tenant)
+        );
+        assert_eq!(concurrent_index_names(sql), ["Big", "small"]);
+        // The directive in a shared migration is refused.
+        assert_eq!(check(&with, SetKind::Shared).len(), 1);
+    }
+
+    #[test]
+    fn an_enum_value_is_not_used_in_the_transaction_that_adds_it() {
+        let found = check(
+            "ALTER TYPE mood ADD VALUE IF NOT EXISTS 'great';\nUPDATE t SET m = 'ok';\nUPDATE t SET m = 'great';",
+            SetKind::Tenant,
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("V9__x.sql:3: uses the enum value 'great' added on line 1"));
+        let found = check(
+            &format!(
+                "{NO_TRANSACTION}\nALTER TYPE mood ADD VALUE 'great';\nUPDATE t SET m = 'great';"
+            ),
+            SetKind::Tenant,
+        );
+        assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
     fn tenant_migrations_stay_in_their_schema() {
         let sql = "CREATE EXTENSION IF NOT EXISTS ltree;\nCREATE SCHEMA x;\nCREATE TABLE public.post (id int);\n\
                    INSERT INTO \"tenant_other\".t SELECT t.id FROM tasks t;\nSELECT extensions.ltree_in('a');\n\
@@ -235,12 +435,8 @@ mod tests {
                    CREATE TABLE paths (p extensions.ltree, plan int REFERENCES extensions.plans (id));\n\
                    CREATE INDEX i ON extensions.plans (id);";
         let found = check(sql, SetKind::Tenant);
-        let lines: Vec<&str> = found
-            .iter()
-            .map(|f| f.split(": ").next().unwrap())
-            .collect();
         assert_eq!(
-            lines,
+            lines(&found),
             [
                 "V9__x.sql:1",
                 "V9__x.sql:2",

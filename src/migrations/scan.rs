@@ -9,8 +9,8 @@
 //! over a gigabyte for such a file). A dollar-quoted body is one token; [`Statement::bodies`]
 //! scans it on request.
 
-/// A token that matters to the checks; everything else (operators, numbers, strings) is
-/// skipped.
+/// A token that matters to the checks; everything else (operators, numbers, prefixed
+/// strings) is `Other`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tok<'a> {
     /// A word: a keyword or identifier; `quoted` for `"…"` (its text undoubled).
@@ -23,6 +23,8 @@ pub enum Tok<'a> {
     RParen,
     /// The inside of a dollar quote (a function body, a DO block).
     Dollar(&'a str),
+    /// A plain `'…'` string, its quotes undoubled.
+    Str(std::borrow::Cow<'a, str>),
     /// Anything else that is not whitespace or a comment.
     Other,
 }
@@ -215,8 +217,8 @@ impl<'a> Lexer<'a> {
                 self.bump(1);
                 return Ok(Some((Lexed::Semi, line)));
             } else if c == '\'' {
-                self.quoted('\'', false, line, "a string")?;
-                return Ok(Some((Lexed::Tok(Tok::Other), line)));
+                let text = self.quoted('\'', false, line, "a string")?;
+                return Ok(Some((Lexed::Tok(Tok::Str(text)), line)));
             } else if c == '"' {
                 let text = self.quoted('"', false, line, "a quoted identifier")?;
                 return Ok(Some((Lexed::Tok(Tok::Word { text, quoted: true }), line)));

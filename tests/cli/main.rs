@@ -11,6 +11,7 @@ mod faults;
 mod guarantees;
 mod json_docs;
 mod migrate;
+mod no_transaction;
 mod output;
 mod rollback;
 mod security;

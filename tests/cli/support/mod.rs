@@ -463,7 +463,6 @@ impl Project {
         postgres::Client::connect(&self.admin, postgres::NoTls).expect("connect to test database")
     }
 
-    /// Writes ids to a file in the project and returns its path.
     /// Whether a schema of that name exists in the project's database.
     pub fn schema_exists(&self, schema: &str) -> bool {
         self.db()
@@ -475,6 +474,7 @@ impl Project {
             .get(0)
     }
 
+    /// Writes ids to a file in the project and returns its path.
     pub fn id_file(&self, ids: &[String]) -> PathBuf {
         let p = self.path().join("ids.txt");
         let mut f = std::fs::File::create(&p).unwrap();
