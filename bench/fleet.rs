@@ -7,6 +7,7 @@
 //!   cargo bench --bench fleet -- --n 500 --jobs 4 --runs 5 --url postgres://...
 //!   cargo bench --bench fleet -- --jobs-sweep  # migrate at N = 1,000 for J = 1, 2, 4, 8, 16
 //!   cargo bench --bench fleet -- --clusters 3 --n 900  # one cluster vs N spread over three
+//!   cargo bench --bench fleet -- --plan --n 10000      # planning a staged rollout (dry run)
 //!
 //! Without --url (or BENCH_DATABASE_URL) it starts a throwaway cluster with
 //! scripts/throwaway-pg.sh and removes it afterwards. Timings are medians; machines are shared
@@ -30,6 +31,8 @@ struct Opts {
     sweep: bool,
     /// Compare one cluster with N tenants spread over this many clusters.
     clusters: usize,
+    /// Time planning (dry runs) with and without waves.
+    plan: bool,
 }
 
 fn parse_args() -> Opts {
@@ -42,6 +45,7 @@ fn parse_args() -> Opts {
             .filter(|s| !s.is_empty()),
         sweep: false,
         clusters: 0,
+        plan: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -72,6 +76,7 @@ fn parse_args() -> Opts {
                 i += 1;
             }
             "--jobs-sweep" => o.sweep = true,
+            "--plan" => o.plan = true,
             "--clusters" => {
                 o.clusters = val(i).parse().expect("--clusters takes a number");
                 i += 1;
@@ -460,6 +465,50 @@ fn migrate_vs_limit(
     (median(ours), median(limit), rss, conns)
 }
 
+/// Planning a staged rollout: the same dry run with and without waves, and the statements
+/// the one with waves sends (none per tenant: the plan is the registry read, in memory).
+fn bench_plan(server: &Server, o: &Opts) {
+    println!("| N | dry run | dry run with --canary 5 --waves 10%,50%,100% | statements sent (with waves) |");
+    println!("|---:|---:|---:|---:|");
+    for &n in &o.sizes {
+        let (_, p) = empty_fleet(server, &format!("bench_plan_{n}"), n, o.jobs);
+        let plain = median(
+            (0..o.runs)
+                .map(|_| p.timed(&["migrate", "--all", "--dry-run"]).0)
+                .collect(),
+        );
+        let waves_args = [
+            "migrate",
+            "--all",
+            "--dry-run",
+            "--canary",
+            "5",
+            "--waves",
+            "10%,50%,100%",
+        ];
+        let waves = median((0..o.runs).map(|_| p.timed(&waves_args).0).collect());
+        let mut db = p.db();
+        let stmts = db
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()")
+            .ok()
+            .and_then(|_| {
+                p.timed(&waves_args);
+                db.query_one(
+                    "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query NOT ILIKE '%pg_stat_statements%'",
+                    &[],
+                )
+                .ok()
+                .map(|r| r.get::<_, i64>(0))
+            });
+        println!(
+            "| {n} | {} | {} | {} |",
+            secs(plain),
+            secs(waves),
+            stmts.map_or("n/a".into(), |s| s.to_string())
+        );
+    }
+}
+
 /// Statements per migrated schema from pg_stat_statements, when the server has it.
 fn statements_per_schema(p: &Project, n: usize) -> Option<f64> {
     let mut db = p.db();
@@ -546,6 +595,10 @@ fn main() {
     );
     if o.clusters > 0 {
         bench_clusters(&o, o.clusters);
+        return;
+    }
+    if o.plan {
+        bench_plan(&server, &o);
         return;
     }
     if o.sweep {

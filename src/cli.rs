@@ -20,7 +20,8 @@ use clap::{Args, Parser, Subcommand};
 /// migration-set error (nothing was touched); 3 another migrate/rollback/repair is running on
 /// this database; 4 partial: one or more clusters could not be reached or stopped early while
 /// the others finished; 5 fenced: the run lost its locks to another runner and stopped;
-/// 6 the database could not be reached (or went away during the run); 130 interrupted.
+/// 6 the database could not be reached (or went away during the run); 7 a staged rollout
+/// (--canary, --waves) halted at a wave; 130 interrupted.
 ///
 /// With --json, every command prints one JSON document on stdout, errors included
 /// (`{"format": 1, "ok": false, "error": {"kind": …, "message": …}, …}`); see docs/json.md.
@@ -101,6 +102,9 @@ pub enum Command {
     ///   tenantctl migrate --tenant acme --tenant globex --to 7
     ///   tenantctl migrate --all --cluster eu1            (one cluster of several)
     ///   tenantctl migrate --shared-only                   (only migrations/shared)
+    ///   tenantctl migrate --all --select 'tier=free'       (tenants with that label)
+    ///   tenantctl migrate --all --canary 5 --waves 10%,50%,100% --pause 10m \
+    ///       --between-waves ./check-error-rates.sh        (a staged rollout; exit 7 if halted)
     ///
     /// With several clusters, all of them migrate at once, each at most its own `jobs` at a
     /// time. Shared migrations (migrations/shared/, if present) apply once per cluster into
@@ -211,8 +215,26 @@ pub enum TenantCommand {
     #[command(verbatim_doc_comment)]
     Adopt(AdoptArgs),
 
-    /// List registered tenants.
+    /// List registered tenants, with their labels.
+    ///
+    /// Examples:
+    ///   tenantctl tenant list
+    ///   tenantctl tenant list --select 'tier=enterprise,region in (eu,uk)' --json
+    #[command(verbatim_doc_comment)]
     List(ListArgs),
+
+    /// Set and remove tenants' labels: `key=value` sets, `key-` removes (as kubectl does).
+    ///
+    /// Labels (lowercase letters, digits, `_ - .`, at most 63 characters) select tenants for
+    /// migrate, rollback, status, tenant list and tenant drop (--select), and pick a canary.
+    /// Recorded in the audit trail.
+    ///
+    /// Examples:
+    ///   tenantctl tenant label acme globex tier=enterprise region=eu
+    ///   tenantctl tenant label acme canary=true
+    ///   tenantctl tenant label acme canary-
+    #[command(verbatim_doc_comment)]
+    Label(LabelArgs),
 
     /// Drop tenants: their schema (and role) go, the registry marks them dropped.
     ///
@@ -230,8 +252,12 @@ pub enum TenantCommand {
 #[derive(Debug, Args)]
 pub struct DropArgs {
     /// Tenant ids to drop.
-    #[arg(value_name = "ID", required = true)]
+    #[arg(value_name = "ID", required_unless_present = "select")]
     pub ids: Vec<String>,
+
+    /// Only tenants whose labels match (with ids: those of them that match).
+    #[arg(long, value_name = "SELECTOR")]
+    pub select: Option<String>,
 
     /// Rename the schema out of the way instead of dropping it (the safe choice).
     #[arg(long)]
@@ -273,6 +299,54 @@ pub struct RunOpts {
     pub json: bool,
 }
 
+/// A staged rollout: a canary, then cumulative waves, halting on failures.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WaveOpts {
+    /// Wave 0, the canary: this many tenants first (picked by a stable hash of their ids,
+    /// spread over the fleet, the same every time).
+    #[arg(long, value_name = "N", conflicts_with = "canary_select")]
+    pub canary: Option<usize>,
+
+    /// Wave 0, the canary: the tenants whose labels match, e.g. canary=true.
+    #[arg(long, value_name = "SELECTOR")]
+    pub canary_select: Option<String>,
+
+    /// The waves after the canary, each a cumulative share or count of the selected tenants,
+    /// ending at 100%: --waves 10%,50%,100%.
+    #[arg(long, value_name = "LIST")]
+    pub waves: Option<String>,
+
+    /// Failures a wave may have before the rollout halts (later waves are not started, exit
+    /// code 7, resumable): a number or a share of the wave, e.g. 2 or 5%. Default 0.
+    #[arg(long, value_name = "N|N%")]
+    pub max_failures: Option<String>,
+
+    /// Wait this long between waves (e.g. 10m): time to watch the canary. SIGINT during the
+    /// pause stops cleanly; the same command resumes at the next wave.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub pause: Option<Duration>,
+
+    /// A shell command run after each wave but the last (before the pause): non-zero halts
+    /// the rollout. It gets TENANTCTL_WAVE, TENANTCTL_RUN_ID and TENANTCTL_TENANTS_FILE (the
+    /// wave's tenant ids, one per line); its output goes to stderr.
+    #[arg(long, value_name = "COMMAND")]
+    pub between_waves: Option<String>,
+}
+
+impl WaveOpts {
+    /// As the engine takes them.
+    pub fn ask(&self) -> crate::engine::waves::WaveOpts {
+        crate::engine::waves::WaveOpts {
+            canary: self.canary,
+            canary_select: self.canary_select.clone(),
+            waves: self.waves.clone(),
+            max_failures: self.max_failures.clone(),
+            pause: self.pause,
+            between_waves: self.between_waves.clone(),
+        }
+    }
+}
+
 /// Options of the commands that change many tenants under the fleet lock.
 #[derive(Debug, Args)]
 pub struct FleetOpts {
@@ -291,6 +365,15 @@ pub struct FleetOpts {
     #[arg(long)]
     pub fresh: bool,
 
+    /// Only tenants whose labels match: 'tier=free', 'tier!=free', 'region in (eu,us)',
+    /// 'region notin (apac)', 'canary' (has the key), '!canary'; a comma means "and". With
+    /// --all: every tenant that matches; with --tenant: those of them that match.
+    #[arg(long, value_name = "SELECTOR")]
+    pub select: Option<String>,
+
+    #[command(flatten)]
+    pub waves: WaveOpts,
+
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -306,9 +389,25 @@ pub struct CreateArgs {
     #[arg(long, value_name = "PATH")]
     pub from_file: Option<PathBuf>,
 
-    /// Skip tenants that already exist instead of failing on them.
+    /// Skip tenants that already exist instead of failing on them (their labels are left as
+    /// they are).
     #[arg(long)]
     pub if_not_exists: bool,
+
+    /// A label for the new tenants (repeatable): --label tier=enterprise --label region=eu.
+    /// With --from-file, a line may carry its own: `ID key=value ...`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Tenant ids, then changes: `key=value` sets a label, `key-` removes one.
+    #[arg(value_name = "ID|KEY=VALUE|KEY-", required = true)]
+    pub args: Vec<String>,
 
     #[command(flatten)]
     pub run: RunOpts,
@@ -335,16 +434,20 @@ pub struct AdoptArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Only tenants whose labels match, e.g. 'tier=free', 'region in (eu,us)', '!canary'.
+    #[arg(long, value_name = "SELECTOR")]
+    pub select: Option<String>,
+
     /// Print one JSON document on stdout (see docs/json.md), errors included.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("scope").required(true).args(["all", "tenant", "shared_only"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "select", "shared_only"])))]
 pub struct MigrateArgs {
     /// Migrate every registered tenant.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tenant")]
     pub all: bool,
 
     /// Migrate only this tenant (repeatable).
@@ -369,14 +472,14 @@ pub struct MigrateArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("scope").required(true).args(["all", "tenant"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "select"])))]
 pub struct RollbackArgs {
     /// The version to go back to (0 reverts everything).
     #[arg(long, value_name = "VERSION", value_parser = parse_version)]
     pub to: i32,
 
     /// Roll back every registered tenant.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tenant")]
     pub all: bool,
 
     /// Roll back only this tenant (repeatable).
@@ -424,6 +527,10 @@ pub struct StatusArgs {
     /// Show only these tenants (repeatable).
     #[arg(long, value_name = "ID")]
     pub tenant: Vec<String>,
+
+    /// Show only tenants whose labels match, e.g. 'tier=free', 'region in (eu,us)', '!canary'.
+    #[arg(long, value_name = "SELECTOR")]
+    pub select: Option<String>,
 
     /// Also read every tenant schema's own history table and report where the registry
     /// disagrees with it, drifted schemas, registered tenants whose schema is gone, and

@@ -19,6 +19,10 @@ pub const FENCED: i32 = 5;
 /// The database could not be reached (refused, timed out, TLS failed), or went away for good
 /// during a run: nothing (more) was done there. Re-run once it is back.
 pub const UNREACHABLE: i32 = 6;
+/// Halted: a staged rollout (`--waves`) stopped by its own rule (a wave's failures over
+/// `--max-failures`, or the `--between-waves` command failed); later waves were not started.
+/// The same command resumes it once the cause is fixed.
+pub const HALTED: i32 = 7;
 /// Interrupted by SIGINT/SIGTERM: in-flight schemas finished or rolled back, the rest not started.
 pub const INTERRUPTED: i32 = 130;
 

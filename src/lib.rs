@@ -11,6 +11,7 @@ mod db;
 mod digest;
 mod engine;
 mod exit;
+mod labels;
 mod migrations;
 mod output;
 mod pgerror;
@@ -112,6 +113,7 @@ fn needs(command: &Command) -> Needs {
             TenantCommand::Create(a) => run(&a.run),
             TenantCommand::Adopt(a) => run(&a.run),
             TenantCommand::Drop(a) => run(&a.run),
+            TenantCommand::Label(a) => run(&a.run),
             TenantCommand::List(a) => read(a.json),
         },
     }
@@ -129,6 +131,7 @@ fn command_name(command: &Command) -> &'static str {
             TenantCommand::Create(_) => "tenant create",
             TenantCommand::Adopt(_) => "tenant adopt",
             TenantCommand::Drop(_) => "tenant drop",
+            TenantCommand::Label(_) => "tenant label",
             TenantCommand::List(_) => "tenant list",
         },
     }
@@ -166,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Tenant(TenantCommand::Adopt(args)) => commands::tenant::adopt(ctx, args).await,
             Command::Tenant(TenantCommand::List(args)) => commands::tenant::list(ctx, args).await,
             Command::Tenant(TenantCommand::Drop(args)) => commands::tenant::drop(ctx, args).await,
+            Command::Tenant(TenantCommand::Label(args)) => commands::tenant::label(ctx, args).await,
             Command::Migrate(args) => commands::migrate::migrate(ctx, args).await,
             Command::Rollback(args) => commands::rollback::rollback(ctx, args).await,
             Command::Repair(args) => commands::repair::repair(ctx, args).await,

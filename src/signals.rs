@@ -64,6 +64,19 @@ impl Signals {
         *self.rx.borrow()
     }
 
+    /// Waits for the first signal (at once if one came already).
+    pub async fn wait(&self) -> &'static str {
+        let mut rx = self.rx.clone();
+        let got = match rx.wait_for(Option::is_some).await {
+            Ok(v) => *v,
+            Err(_) => None,
+        };
+        match got {
+            Some(name) => name,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Ties a run to the signals: on the first one (even if it came before this call),
     /// `handler` runs with the signal's name. Dropping the guard ends the tie (and aborts a
     /// handler still running).

@@ -116,6 +116,23 @@ pub fn combine(outcomes: &[(i32, bool)]) -> i32 {
     }
 }
 
+/// [`finish`] over the selected clusters where `outcomes` (one per cluster, in order) has a
+/// result: a cluster with nothing to do for the command is left out.
+pub fn finish_some(
+    ctx: &Ctx,
+    outcomes: Vec<Option<anyhow::Result<Done>>>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let results = ctx
+        .targets
+        .iter()
+        .cloned()
+        .zip(outcomes)
+        .filter_map(|(s, o)| o.map(|o| (s, o)))
+        .collect();
+    finish(ctx, results, json)
+}
+
 /// Prints the results and returns the exit code: with `json`, one document (the same shape
 /// for one database and for several clusters); else the text, with one section per cluster
 /// and an overall line when the config names clusters. With the single `[database]` form, its

@@ -2,6 +2,8 @@
 //! request against the files, plan, then either print the plan (--dry-run) or run it under
 //! the fleet lock.
 
+use std::sync::Arc;
+
 use serde_json::json;
 
 use crate::cli::{FleetOpts, MigrateArgs};
@@ -12,6 +14,7 @@ use crate::engine::apply::Mode;
 use crate::engine::plan::{self, Direction, PlannedSegment, Step};
 use crate::engine::run::{self as engine_run, scope_of, Planned, RunEnv, RunRequest};
 use crate::engine::shared::{apply_shared_recorded, shared_version};
+use crate::engine::waves::{Gate, WavePlan, WaveSpec};
 use crate::exit::{self, UsageError};
 use crate::migrations::{version_label, MigrationSet};
 use crate::report::json::Part;
@@ -94,9 +97,17 @@ pub fn require_on_disk(set: &MigrationSet, version: i32, flag: &str) -> anyhow::
 /// One cluster after phase 1: connected, fleet lock held, tenants read and checked.
 struct Prepared<'a> {
     session: Session<'a>,
-    /// (tenant, registry version, drift-marked by an earlier run)
-    active: Vec<(Tenant, Option<i32>, bool)>,
+    active: Vec<Active>,
     env: RunEnv<'a>,
+}
+
+/// An active tenant in scope, as the registry has it.
+struct Active {
+    tenant: Tenant,
+    version: Option<i32>,
+    /// Drift-marked by an earlier run.
+    drifted: bool,
+    labels: crate::labels::Labels,
 }
 
 /// migrate and rollback: everything after the command-specific checks. Phase 1 prepares
@@ -117,10 +128,12 @@ pub async fn fleet_command(
         .as_ref()
         .map(|ts| ts.iter().map(|t| t.id().to_string()).collect());
     let opts = &opts;
+    let select = super::selector(opts.select.as_deref())?;
+    let waves = WaveSpec::parse(&opts.waves.ask())?;
     let mut prepared = futures::future::join_all(
         ctx.targets
             .iter()
-            .map(|t| prepare(ctx, t, migrations, direction, wanted_ids.as_deref(), opts)),
+            .map(|t| prepare(ctx, t, migrations, wanted_ids.as_deref(), opts)),
     )
     .await;
     if let Some(i) = prepared
@@ -132,12 +145,37 @@ pub async fn fleet_command(
     single_error(ctx, &mut prepared)?;
     if let Some(wanted) = &wanted_ids {
         super::require_registered(wanted, &ctx.targets, &prepared, |p, id| {
-            p.active.iter().any(|(t, _, _)| t.id() == id)
+            p.active.iter().any(|a| a.tenant.id() == id)
         })?;
+    }
+    // --select narrows what --all or --tenant chose; matching nothing is an error (a typo
+    // must not pass as a successful deploy).
+    if let Some(sel) = &select {
+        for p in prepared.iter_mut().flatten() {
+            p.active.retain(|a| sel.matches(&a.labels));
+        }
+        if prepared.iter().flatten().all(|p| p.active.is_empty()) && sides.tenants {
+            return Err(super::nothing_selected(sel));
+        }
+    }
+    if let Direction::Backward { to } = direction {
+        let needs = prepared
+            .iter()
+            .flatten()
+            .flat_map(|p| p.active.iter().map(|a| a.version));
+        let missing = plan::missing_downs(migrations, needs, to);
+        if !missing.is_empty() {
+            return Err(UsageError(format!(
+                "rollback to V{to} needs {} rollback script(s) that do not exist; nothing was changed. Write them, or roll back less far:\n  {}",
+                missing.len(),
+                missing.join("\n  ")
+            ))
+            .into());
+        }
     }
     // With given tenants (every one found above), a cluster holding none of them is left
     // out, reachable or not: ids are unique across clusters.
-    let explicit = wanted_ids.is_some();
+    let explicit = wanted_ids.is_some() || select.is_some();
     let (clusters, prepared): (Vec<Target>, Vec<_>) = ctx
         .targets
         .iter()
@@ -145,10 +183,66 @@ pub async fn fleet_command(
         .zip(prepared)
         .filter(|(_, p)| !explicit || matches!(p, Ok(p) if !p.active.is_empty()))
         .unzip();
-    let outcomes = futures::future::join_all(prepared.into_iter().map(|p| async move {
-        match p {
-            Ok(p) => execute(ctx, p, migrations, direction, explicit, opts, sides).await,
-            Err(e) => Err(e),
+    // A staged rollout: waves over the whole selected fleet, every cluster's seat at the
+    // gate taken before any starts.
+    let staged = match &waves {
+        Some(spec) if sides.tenants => {
+            let fleet: Vec<(String, crate::labels::Labels)> = prepared
+                .iter()
+                .flatten()
+                .flat_map(|p| {
+                    p.active
+                        .iter()
+                        .map(|a| (a.tenant.id().to_string(), a.labels.clone()))
+                })
+                .collect();
+            let waves = Arc::new(spec.assign(&fleet)?);
+            Some((Gate::new(spec.rules.clone(), waves.clone()), waves))
+        }
+        _ => None,
+    };
+    let plans: Vec<Option<WavePlan>> = prepared
+        .iter()
+        .map(|p| match (p, &staged) {
+            (Ok(p), Some((gate, waves))) => {
+                let mine: std::collections::HashSet<&str> =
+                    p.active.iter().map(|a| a.tenant.id()).collect();
+                let wave_of = waves
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(w, ids)| {
+                        ids.iter()
+                            .filter(|id| mine.contains(id.as_str()))
+                            .map(move |id| (id.clone(), w))
+                    })
+                    .collect();
+                Some(WavePlan {
+                    wave_of,
+                    waves: waves.clone(),
+                    seat: gate.seat(),
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    let all_waves = staged.as_ref().map(|(_, w)| w.clone());
+    let outcomes = futures::future::join_all(prepared.into_iter().zip(plans).map(|(p, plan)| {
+        let all_waves = all_waves.clone();
+        async move {
+            match p {
+                Ok(p) => {
+                    let how = Execution {
+                        direction,
+                        explicit,
+                        opts,
+                        sides,
+                        waves: plan,
+                        all_waves,
+                    };
+                    execute(ctx, p, migrations, how).await
+                }
+                Err(e) => Err(e),
+            }
         }
     }))
     .await;
@@ -163,7 +257,6 @@ async fn prepare<'a>(
     ctx: &'a Ctx,
     target: &'a Target,
     migrations: &MigrationSet,
-    direction: Direction,
     wanted_ids: Option<&[String]>,
     opts: &FleetOpts,
 ) -> anyhow::Result<Prepared<'a>> {
@@ -179,23 +272,16 @@ async fn prepare<'a>(
         session.control.tenants(&session.client, wanted_ids).await?
     };
     engine_run::refuse_out_of_order(&session, migrations).await?;
-    let active: Vec<(Tenant, Option<i32>, bool)> = rows
+    let active: Vec<Active> = rows
         .into_iter()
         .filter(|r| r.state == TenantState::Active)
-        .map(|r| (r.tenant, r.version, r.drift.is_some()))
+        .map(|r| Active {
+            drifted: r.drift.is_some(),
+            tenant: r.tenant,
+            version: r.version,
+            labels: r.labels,
+        })
         .collect();
-    if let Direction::Backward { to } = direction {
-        let needs: Vec<Option<i32>> = active.iter().map(|(_, v, _)| *v).collect();
-        let missing = plan::missing_downs(migrations, needs, to);
-        if !missing.is_empty() {
-            return Err(UsageError(format!(
-                "rollback to V{to} needs {} rollback script(s) that do not exist; nothing was changed. Write them, or roll back less far:\n  {}",
-                missing.len(),
-                missing.join("\n  ")
-            ))
-            .into());
-        }
-    }
     Ok(Prepared {
         session,
         active,
@@ -203,15 +289,33 @@ async fn prepare<'a>(
     })
 }
 
+/// How one cluster's part of a migrate/rollback runs.
+struct Execution<'a> {
+    direction: Direction,
+    /// The tenants were chosen (--tenant, --select): the run's scope is that list.
+    explicit: bool,
+    opts: &'a FleetOpts,
+    sides: Sides<'a>,
+    /// This cluster's part of a staged rollout.
+    waves: Option<WavePlan>,
+    /// Every wave's tenants, fleet-wide (for the plan).
+    all_waves: Option<Arc<Vec<Vec<String>>>>,
+}
+
 async fn execute(
     ctx: &Ctx,
     p: Prepared<'_>,
     migrations: &MigrationSet,
-    direction: Direction,
-    explicit: bool,
-    opts: &FleetOpts,
-    sides: Sides<'_>,
+    how: Execution<'_>,
 ) -> anyhow::Result<Done> {
+    let Execution {
+        direction,
+        explicit,
+        opts,
+        sides,
+        waves,
+        all_waves,
+    } = how;
     let Prepared {
         mut session,
         active,
@@ -240,18 +344,22 @@ async fn execute(
     if opts.dry_run {
         let steps: Vec<Step> = active
             .iter()
-            .filter_map(|(t, v, _)| plan::step(migrations, t, *v, direction))
+            .filter_map(|a| plan::step(migrations, &a.tenant, a.version, direction))
             .collect();
+        let labels: std::collections::HashMap<&str, &crate::labels::Labels> =
+            active.iter().map(|a| (a.tenant.id(), &a.labels)).collect();
         return Ok(with_shared(plan_output(
             mode.command(),
             direction,
             target,
             active.len(),
             &steps,
+            &labels,
+            all_waves.as_deref().map(Vec::as_slice),
         )));
     }
     let scope = if explicit {
-        let list: Vec<Tenant> = active.iter().map(|(t, _, _)| t.clone()).collect();
+        let list: Vec<Tenant> = active.iter().map(|a| a.tenant.clone()).collect();
         scope_of(Some(&list))
     } else {
         scope_of(None)
@@ -260,12 +368,12 @@ async fn execute(
     // restored, the check passes and the mark clears; if not, it is reported again.
     let tenants = active
         .into_iter()
-        .map(|(tenant, version, drifted)| {
-            let todo = plan::needs_work(migrations, version, direction)
-                || (drifted && matches!(direction, Direction::Forward { .. }));
+        .map(|a| {
+            let todo = plan::needs_work(migrations, a.version, direction)
+                || (a.drifted && matches!(direction, Direction::Forward { .. }));
             Planned {
-                tenant,
-                version,
+                tenant: a.tenant,
+                version: a.version,
                 todo,
             }
         })
@@ -280,6 +388,8 @@ async fn execute(
             scope,
             tenants,
             refused: Vec::new(),
+            labels: std::collections::HashMap::new(),
+            waves,
             resume: !opts.fresh,
             fail_fast: opts.run.fail_fast,
         },
@@ -389,8 +499,16 @@ fn plan_output(
     target: Option<i32>,
     total: usize,
     steps: &[Step],
+    labels: &std::collections::HashMap<&str, &crate::labels::Labels>,
+    waves: Option<&[Vec<String>]>,
 ) -> Done {
     let groups = plan::group(steps);
+    let wave_of: std::collections::HashMap<&str, usize> = waves
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .flat_map(|(w, ids)| ids.iter().map(move |id| (id.as_str(), w)))
+        .collect();
     let verb = match direction {
         Direction::Forward { .. } => "apply",
         Direction::Backward { .. } => "revert",
@@ -405,9 +523,11 @@ fn plan_output(
                 .iter()
                 .map(|s| {
                     json!({
-                        "id": s.tenant.id(), "schema": s.tenant.schema(), "version": s.from,
+                        "id": s.tenant.id(), "schema": s.tenant.schema(),
+                        "labels": labels.get(s.tenant.id()), "version": s.from,
                         "would_be_at": s.to, "migrations": s.migrations,
                         "segments": segments_json(&s.segments),
+                        "wave": wave_of.get(s.tenant.id()),
                     })
                 })
                 .collect(),
@@ -425,7 +545,16 @@ fn plan_output(
                 .collect(),
         )
         .count("would_change", steps.len() as i64)
-        .count("unchanged", (total - steps.len()) as i64);
+        .count("unchanged", (total - steps.len()) as i64)
+        .top(
+            "waves",
+            json!(waves
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(w, ids)| json!({ "wave": w, "tenants": ids }))
+                .collect::<Vec<_>>()),
+        );
     let mut out = format!(
         "{command} --dry-run: {total} tenant(s) in scope, {} would change, {} would not; nothing was changed",
         steps.len(),
@@ -452,6 +581,25 @@ fn plan_output(
             names.join(", "),
             crate::report::and_more(more)
         ));
+    }
+    if let Some(waves) = waves {
+        out.push_str(
+            "waves (a stable order, the same on every run; failures halt before the next):\n",
+        );
+        for (w, ids) in waves.iter().enumerate() {
+            let shown: Vec<&str> = ids
+                .iter()
+                .take(NAMES_PER_GROUP)
+                .map(String::as_str)
+                .collect();
+            out.push_str(&format!(
+                "  wave {w}{}: {} tenant(s): {}{}\n",
+                if w == 0 { " (canary)" } else { "" },
+                ids.len(),
+                shown.join(", "),
+                crate::report::and_more(ids.len() - shown.len())
+            ));
+        }
     }
     Done::new(exit::SUCCESS, out, part)
 }

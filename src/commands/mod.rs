@@ -16,6 +16,7 @@ use crate::config::{Config, Target};
 use crate::db::Session;
 use crate::engine::run::RunEnv;
 use crate::exit::UsageError;
+use crate::labels::Selector;
 use crate::migrations::rules::{self, Rules, SetKind};
 use crate::migrations::{MigrationSet, MigrationSetError};
 use crate::report::Reporters;
@@ -136,6 +137,28 @@ pub fn require_registered<T>(
         missing.join(", ")
     ))
     .into())
+}
+
+/// `--select`: parsed (exit 2, naming the position, when it cannot be read).
+pub fn selector(text: Option<&str>) -> anyhow::Result<Option<Selector>> {
+    text.map(|t| {
+        Selector::parse(t).map_err(|e| {
+            UsageError(format!(
+                "--select {t:?}: {e}; the syntax: tier=free, tier!=free, 'region in (eu,us)', 'region notin (apac)', canary, !canary, with a comma for \"and\""
+            ))
+            .into()
+        })
+    })
+    .transpose()
+}
+
+/// A selector that matched nothing: for a command that changes tenants, an error (exit 2: a
+/// typo must not pass as success).
+pub fn nothing_selected(selector: &Selector) -> anyhow::Error {
+    UsageError(format!(
+        "--select {selector}: no tenant matches it; nothing was changed (`tenantctl tenant list` shows the labels)"
+    ))
+    .into()
 }
 
 /// Asks the operator to type `expected` after `what` (on stderr), for a change that cannot be

@@ -40,6 +40,8 @@ struct Plan<'a> {
     missing: Vec<Tenant>,
     /// Below the version: nothing to accept.
     below: Vec<String>,
+    /// Every tenant's labels, for --json.
+    labels: std::collections::HashMap<String, crate::labels::Labels>,
 }
 
 pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
@@ -130,6 +132,8 @@ pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
                 scope: scope_of(explicit.as_deref()),
                 tenants,
                 refused: Vec::new(),
+                labels: std::collections::HashMap::new(),
+                waves: None,
                 resume: false,
                 fail_fast: args.run.fail_fast,
             },
@@ -178,6 +182,10 @@ async fn plan_one<'a>(
         accepted: Vec::new(),
         missing: Vec::new(),
         below: below.iter().map(|r| r.tenant.id().to_string()).collect(),
+        labels: past
+            .iter()
+            .map(|r| (r.tenant.id().to_string(), r.labels.clone()))
+            .collect(),
     };
     for r in past {
         let row = histories
@@ -244,7 +252,10 @@ fn plan_text(file: &MigrationFile, plan: &Plan<'_>, would: bool) -> String {
 fn plan_done(file: &MigrationFile, plan: &Plan<'_>) -> Done {
     let mut text = plan_text(file, plan, false);
     text.push_str("  (--dry-run: nothing was changed)\n");
-    let entry = |t: &Tenant, v: Option<i32>, would: &str| json!({ "id": t.id(), "schema": t.schema(), "version": v, "would": would });
+    let entry = |t: &Tenant, v: Option<i32>, would: &str| {
+        json!({ "id": t.id(), "schema": t.schema(), "labels": plan.labels.get(t.id()),
+                "version": v, "would": would })
+    };
     let tenants = plan
         .differ
         .iter()

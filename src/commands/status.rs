@@ -10,9 +10,10 @@ use crate::config::{Config, Target};
 use crate::control::{Control, RunRow, RunState, SchemaRow, TenantRow, TenantState};
 use crate::engine::shared::shared_version;
 use crate::exit::SUCCESS;
+use crate::labels::Selector;
 use crate::migrations::{version_label, MigrationSet};
 use crate::report::json::Part;
-use crate::report::summary::{counts_text, failures_text};
+use crate::report::summary::{counts_text, failures_text, waves_text};
 use crate::report::Tally;
 use tokio_postgres::Client;
 
@@ -52,6 +53,8 @@ fn verify_text(v: &crate::engine::verify::Verification) -> String {
 
 /// A run as `status` shows it: what, by whom, how it went in the ledger's counts.
 fn run_text(out: &mut String, label: &str, run: &RunRow) {
+    let mut waves = String::new();
+    waves_text(&mut waves, &run.waves, run.halted.as_ref());
     out.push_str(&format!(
         "\n{label:<11} {}: {}\n            {} of {}{}\n",
         run.describe(),
@@ -64,6 +67,9 @@ fn run_text(out: &mut String, label: &str, run: &RunRow) {
     ));
     if run.state == RunState::Interrupted {
         out.push_str("            the same command again resumes it\n");
+    }
+    for line in waves.lines() {
+        out.push_str(&format!("            {line}\n"));
     }
 }
 
@@ -123,12 +129,14 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
                 .collect::<Vec<_>>(),
         )
     };
+    let select = super::selector(args.select.as_deref())?;
     let (migrations, shared, wanted, args) =
         (&migrations, shared.as_ref(), wanted.as_deref(), &args);
+    let select = select.as_ref();
     let mut outcomes = futures::future::join_all(
         ctx.targets
             .iter()
-            .map(|t| status_one(ctx, t, migrations, shared, wanted, args)),
+            .map(|t| status_one(ctx, t, migrations, shared, (wanted, select), args)),
     )
     .await;
     single_error(ctx, &mut outcomes)?;
@@ -157,7 +165,7 @@ async fn status_one(
     target: &Target,
     migrations: &MigrationSet,
     shared: Option<&MigrationSet>,
-    wanted: Option<&[String]>,
+    (wanted, select): (Option<&[String]>, Option<&Selector>),
     args: &StatusArgs,
 ) -> anyhow::Result<(BTreeSet<String>, Done)> {
     let config = &ctx.config;
@@ -190,6 +198,13 @@ async fn status_one(
         .filter(|r| r.state == TenantState::Active)
         .collect();
     let found: BTreeSet<String> = rows.iter().map(|r| r.tenant.id().to_string()).collect();
+    let rows: Vec<TenantRow> = match select {
+        Some(sel) => rows
+            .into_iter()
+            .filter(|r| sel.matches(&r.labels))
+            .collect(),
+        None => rows,
+    };
     let shared_at = match shared {
         Some(_) => Some(shared_version(&session.client, &config.migrations.shared_schema).await?),
         None => None,
@@ -236,6 +251,9 @@ async fn status_one(
         _ => SUCCESS,
     };
     let mut text = to_text(config, target, migrations, &rows, wanted.is_some());
+    if let (Some(sel), true) = (select, rows.is_empty()) {
+        text.push_str(&format!("no tenant matches --select {sel}\n"));
+    }
     text.insert_str(text.find("tenants:").unwrap_or(text.len()), &shared_line);
     if !late.is_empty() {
         let names: Vec<String> = late.iter().map(|(v, n)| format!("V{v}__{n}")).collect();
@@ -303,6 +321,7 @@ fn to_part(migrations: &MigrationSet, rows: &[TenantRow]) -> Part {
                     json!({
                         "id": r.tenant.id(),
                         "schema": r.tenant.schema(),
+                        "labels": r.labels,
                         "version": r.version,
                         "pending": migrations.pending_count(r.version, None),
                         "drift": r.drift,

@@ -5,7 +5,7 @@ use std::io::Read as _;
 
 use serde_json::json;
 
-use crate::cli::{AdoptArgs, CreateArgs, DropArgs, ListArgs, RunOpts};
+use crate::cli::{AdoptArgs, CreateArgs, DropArgs, LabelArgs, ListArgs, RunOpts};
 use crate::config::Target;
 use crate::control::{RunCommand, TenantRow, TenantState};
 use crate::db::Session;
@@ -14,12 +14,13 @@ use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::run::{self as engine_run, scope_of, Planned, RunRequest};
 use crate::engine::shared::apply_shared_recorded;
 use crate::exit::UsageError;
+use crate::labels::{Labels, Selector};
 use crate::migrations::{version_label, MigrationSet};
 use crate::report::json::Part;
 use crate::report::Tally;
 use crate::tenant::Tenant;
 
-use super::clusters::{each, failed_names, finish, single_error, Done};
+use super::clusters::{each, failed_names, finish, finish_some, single_error, Done};
 use super::{load_migrations, load_shared, parse_ids, run_output, Ctx};
 
 /// Reads ids from a file or stdin: one per line, blanks and `#` comments ignored.
@@ -46,6 +47,58 @@ fn read_id_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Every bad label at once (exit 2).
+fn bad_labels(errors: &[String]) -> anyhow::Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "{} bad label(s); nothing was changed:\n  {}",
+        errors.len(),
+        errors.join("\n  ")
+    ))
+    .into())
+}
+
+/// Ids (from the command line and `--from-file`, where a line is `ID [key=value ...]`) and
+/// each one's labels: the line's, over the `--label`s given for all. Every bad label is named,
+/// nothing is changed (exit 2).
+fn ids_and_labels(
+    args_ids: &[String],
+    from_file: Option<&std::path::Path>,
+    common: &[String],
+) -> anyhow::Result<(Vec<String>, HashMap<String, Labels>)> {
+    let mut errors = Vec::new();
+    let mut parse = |text: &str, into: &mut Labels| match crate::labels::parse_label(text) {
+        Ok((k, v)) => {
+            into.insert(k, v);
+        }
+        Err(e) => errors.push(e),
+    };
+    let mut base = Labels::new();
+    for l in common {
+        parse(l, &mut base);
+    }
+    let mut lines: Vec<(String, Labels)> = args_ids
+        .iter()
+        .map(|id| (id.clone(), base.clone()))
+        .collect();
+    if let Some(path) = from_file {
+        for line in read_id_file(path)? {
+            let mut words = line.split_whitespace();
+            let id = words.next().unwrap_or_default().to_string();
+            let mut labels = base.clone();
+            for w in words {
+                parse(w, &mut labels);
+            }
+            lines.push((id, labels));
+        }
+    }
+    bad_labels(&errors)?;
+    let ids = lines.iter().map(|(id, _)| id.clone()).collect();
+    Ok((ids, lines.into_iter().collect()))
+}
+
 pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<i32> {
     let migrations = load_migrations(&ctx.config)?;
     let request = Registration {
@@ -58,6 +111,7 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<i32> {
         &migrations,
         &args.ids,
         args.from_file.as_deref(),
+        &args.label,
         request,
         &args.run,
     )
@@ -87,6 +141,7 @@ pub async fn adopt(ctx: &Ctx, args: AdoptArgs) -> anyhow::Result<i32> {
         &migrations,
         &args.ids,
         args.from_file.as_deref(),
+        &[],
         request,
         &args.run,
     )
@@ -117,14 +172,12 @@ async fn register(
     migrations: &MigrationSet,
     args_ids: &[String],
     from_file: Option<&std::path::Path>,
+    labels: &[String],
     request: Registration,
     run: &RunOpts,
 ) -> anyhow::Result<i32> {
     let config = &ctx.config;
-    let mut ids = args_ids.to_vec();
-    if let Some(path) = from_file {
-        ids.extend(read_id_file(path)?);
-    }
+    let (ids, labels) = ids_and_labels(args_ids, from_file, labels)?;
     if ids.is_empty() {
         return Err(UsageError(
             "no tenant ids given; pass ids as arguments or with --from-file".into(),
@@ -150,7 +203,7 @@ async fn register(
             .chain(refused.iter().flatten().map(|(t, _)| t.clone()))
             .collect::<Vec<_>>(),
     ));
-    let (request, shared) = (&request, shared.as_ref());
+    let (request, shared, labels) = (&request, shared.as_ref(), &labels);
     let work = clusters
         .into_iter()
         .zip(plan)
@@ -165,7 +218,13 @@ async fn register(
                 if todo.in_scope.is_empty() && todo.refused.is_empty() {
                     return None;
                 }
-                Some(register_on(ctx, k.session, migrations, shared, request, todo, run).await)
+                let registering = Registering {
+                    migrations,
+                    shared,
+                    request,
+                    labels,
+                };
+                Some(register_on(ctx, k.session, &registering, todo, run).await)
             }
         });
     let outcomes = futures::future::join_all(work).await;
@@ -314,17 +373,24 @@ struct Work {
     scope: String,
 }
 
+/// What every cluster's part of a create/adopt shares.
+struct Registering<'a> {
+    migrations: &'a MigrationSet,
+    shared: Option<&'a MigrationSet>,
+    request: &'a Registration,
+    labels: &'a HashMap<String, Labels>,
+}
+
 /// One cluster's part of create/adopt: its pending shared migrations first (for new
 /// tenants), then its tenants, recorded as one run.
 async fn register_on(
     ctx: &Ctx,
     mut session: Session<'_>,
-    migrations: &MigrationSet,
-    shared: Option<&MigrationSet>,
-    request: &Registration,
+    how: &Registering<'_>,
     work: Work,
     run: &RunOpts,
 ) -> anyhow::Result<Done> {
+    let (migrations, shared, request) = (how.migrations, how.shared, how.request);
     let shared_schema = &ctx.config.migrations.shared_schema;
     let mut shared_line = String::new();
     let mut shared_json = serde_json::Value::Null;
@@ -369,6 +435,8 @@ async fn register_on(
             scope: work.scope,
             tenants: work.in_scope,
             refused: work.refused,
+            labels: how.labels.clone(),
+            waves: None,
             resume: false,
             fail_fast: run.fail_fast,
         },
@@ -382,43 +450,60 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
     let migrations =
         load_migrations(config).unwrap_or_else(|_| MigrationSet::empty(&config.migrations.dir));
     let tenants = parse_ids(config, &args.ids)?;
-    if !args.yes {
-        confirm_drop(&tenants, args.archive)?;
-    }
+    let select = super::selector(args.select.as_deref())?;
     let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
-    let id_list = &id_list;
+    let (id_list, wanted) = (
+        &id_list,
+        (!id_list.is_empty()).then_some(id_list.as_slice()),
+    );
+    let select_ref = select.as_ref();
     // Read-only until the tenants are found: a cluster without a control schema has none.
     let mut found = futures::future::join_all(ctx.targets.iter().map(|t| async move {
         let session = ctx.session(t, false).await?;
         let rows = if session.control.exists(&session.client).await? {
-            session
-                .control
-                .tenants(&session.client, Some(id_list))
-                .await?
+            session.control.tenants(&session.client, wanted).await?
         } else {
             Vec::new()
         };
+        // (the given ids found here, the tenants to drop)
+        let found: Vec<String> = rows
+            .iter()
+            .filter(|r| r.state == TenantState::Active)
+            .map(|r| r.tenant.id().to_string())
+            .collect();
         let active: Vec<Planned> = rows
             .into_iter()
             .filter(|r| r.state == TenantState::Active)
+            .filter(|r| select_ref.is_none_or(|s| s.matches(&r.labels)))
             .map(|r| Planned {
                 tenant: r.tenant,
                 version: r.version,
                 todo: true,
             })
             .collect();
-        anyhow::Ok((session, active))
+        anyhow::Ok((session, found, active))
     }))
     .await;
     single_error(ctx, &mut found)?;
-    super::require_registered(id_list, &ctx.targets, &found, |(_, active), id| {
-        active.iter().any(|p| p.tenant.id() == id)
+    super::require_registered(id_list, &ctx.targets, &found, |(_, ids, _), id| {
+        ids.iter().any(|f| f == id)
     })?;
+    let chosen: Vec<Tenant> = found
+        .iter()
+        .flatten()
+        .flat_map(|(_, _, active)| active.iter().map(|p| p.tenant.clone()))
+        .collect();
+    if let (Some(sel), true) = (&select, chosen.is_empty()) {
+        return Err(super::nothing_selected(sel));
+    }
+    if !args.yes {
+        confirm_drop(&chosen, args.archive)?;
+    }
     let migrations = &migrations;
     let args = &args;
     let outcomes = futures::future::join_all(found.into_iter().map(|f| async move {
         // Every id was found above, so a cluster that did not answer holds none of them.
-        let (mut session, in_scope) = f.ok()?;
+        let (mut session, _, in_scope) = f.ok()?;
         if in_scope.is_empty() {
             return None;
         }
@@ -442,6 +527,8 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
             scope,
             tenants: in_scope,
             refused: Vec::new(),
+            labels: HashMap::new(),
+            waves: None,
             resume: false,
             fail_fast: args.run.fail_fast,
         };
@@ -452,14 +539,107 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
         )
     }))
     .await;
-    let results = ctx
-        .targets
-        .iter()
-        .cloned()
-        .zip(outcomes)
-        .filter_map(|(s, o)| o.map(|o| (s, o)))
-        .collect();
-    finish(ctx, results, args.run.json)
+    finish_some(ctx, outcomes, args.run.json)
+}
+
+/// `tenant label ID... key=value ... key-`: on every cluster holding some of the ids, in one
+/// statement each (recorded as a run, so audited).
+pub async fn label(ctx: &Ctx, args: LabelArgs) -> anyhow::Result<i32> {
+    use crate::labels::Change;
+    let (mut ids, mut set, mut remove, mut errors) =
+        (Vec::new(), Labels::new(), Vec::new(), Vec::new());
+    for a in &args.args {
+        match Change::parse(a) {
+            None => ids.push(a.clone()),
+            Some(Ok(Change::Set(k, v))) => {
+                set.insert(k, v);
+            }
+            Some(Ok(Change::Remove(k))) => remove.push(k),
+            Some(Err(e)) => errors.push(e),
+        }
+    }
+    bad_labels(&errors)?;
+    if ids.is_empty() || (set.is_empty() && remove.is_empty()) {
+        return Err(UsageError(
+            "give tenant ids and label changes: `tenantctl tenant label acme tier=enterprise` sets, `tenantctl tenant label acme tier-` removes; nothing was changed".into(),
+        )
+        .into());
+    }
+    let tenants = parse_ids(&ctx.config, &ids)?;
+    let ids: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
+    let ids_ref = &ids;
+    let mut found = futures::future::join_all(ctx.targets.iter().map(|t| async move {
+        let session = ctx.session(t, true).await?;
+        let here: Vec<String> = session
+            .control
+            .tenants(&session.client, Some(ids_ref))
+            .await?
+            .into_iter()
+            .filter(|r| r.state == TenantState::Active)
+            .map(|r| r.tenant.id().to_string())
+            .collect();
+        anyhow::Ok((session, here))
+    }))
+    .await;
+    single_error(ctx, &mut found)?;
+    super::require_registered(&ids, &ctx.targets, &found, |(_, here), id| {
+        here.iter().any(|h| h == id)
+    })?;
+    let (set, remove) = (&set, &remove);
+    let outcomes = futures::future::join_all(found.into_iter().map(|f| async move {
+        let (session, here) = f.ok()?;
+        if here.is_empty() {
+            return None;
+        }
+        Some(label_on(ctx, &session, &here, set, remove).await)
+    }))
+    .await;
+    finish_some(ctx, outcomes, args.run.json)
+}
+
+async fn label_on(
+    ctx: &Ctx,
+    session: &Session<'_>,
+    ids: &[String],
+    set: &Labels,
+    remove: &[String],
+) -> anyhow::Result<Done> {
+    let t0 = std::time::Instant::now();
+    let argv = crate::whoami::command_line();
+    let scope = crate::digest::fnv1a_hex(ids.join(",").into_bytes());
+    let info = crate::control::RunInfo {
+        command: RunCommand::TenantLabel,
+        target: None,
+        digest: "-",
+        scope: &scope,
+        total: ids.len(),
+        actor: &ctx.actor,
+        argv: &argv,
+    };
+    let run_id = session
+        .control
+        .set_labels(&session.client, &info, ids, set, remove)
+        .await?;
+    let (run, tenants) = engine_run::read_report(session, run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("run {run_id} is not in the ledger after it was written"))?;
+    let result = engine_run::RunResult {
+        command: RunCommand::TenantLabel,
+        run_id,
+        state: run.state,
+        target: None,
+        outcome: crate::engine::fleet::FleetOutcome {
+            elapsed: t0.elapsed(),
+            ..Default::default()
+        },
+        resumed_from: None,
+        ledger_note: None,
+        counts: run.counts,
+        tenants,
+        waves: Vec::new(),
+        halted: None,
+    };
+    Ok(run_output(&result))
 }
 
 /// Without --yes: on a terminal, the operator types `drop <n>`; elsewhere, refuse.
@@ -483,17 +663,22 @@ fn confirm_drop(tenants: &[crate::tenant::Tenant], archive: bool) -> anyhow::Res
 }
 
 pub async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<i32> {
-    let results = each(&ctx.targets, |t| list_one(ctx, t)).await;
+    let select = super::selector(args.select.as_deref())?;
+    let select = select.as_ref();
+    let results = each(&ctx.targets, |t| list_one(ctx, t, select)).await;
     finish(ctx, results, args.json)
 }
 
-async fn list_one(ctx: &Ctx, target: &Target) -> anyhow::Result<Done> {
+async fn list_one(ctx: &Ctx, target: &Target, select: Option<&Selector>) -> anyhow::Result<Done> {
     let session = ctx.session(target, false).await?;
-    let rows = if session.control.exists(&session.client).await? {
+    let mut rows = if session.control.exists(&session.client).await? {
         session.control.tenants(&session.client, None).await?
     } else {
         Vec::new()
     };
+    if let Some(sel) = select {
+        rows.retain(|r| sel.matches(&r.labels));
+    }
     let active = rows
         .iter()
         .filter(|r| r.state == TenantState::Active)
@@ -507,13 +692,18 @@ async fn list_one(ctx: &Ctx, target: &Target) -> anyhow::Result<Done> {
         rows.iter()
             .map(|r| {
                 json!({
-                    "id": r.tenant.id(), "schema": r.tenant.schema(), "state": r.state,
-                    "version": r.version, "created_at": r.created_at, "archived_as": r.archived_as,
+                    "id": r.tenant.id(), "schema": r.tenant.schema(), "labels": r.labels,
+                    "state": r.state, "version": r.version, "created_at": r.created_at,
+                    "archived_as": r.archived_as,
                 })
             })
             .collect(),
     );
-    Ok(Done::new(crate::exit::SUCCESS, list_text(&rows), part).counts(counts))
+    let text = match select {
+        Some(sel) if rows.is_empty() => format!("no tenant matches --select {sel}\n"),
+        _ => list_text(&rows),
+    };
+    Ok(Done::new(crate::exit::SUCCESS, text, part).counts(counts))
 }
 
 fn list_text(rows: &[TenantRow]) -> String {
@@ -535,30 +725,40 @@ fn list_text(rows: &[TenantRow]) -> String {
         .max(6);
     let mut out = String::new();
     let archives = rows.iter().any(|r| r.archived_as.is_some());
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| crate::labels::show(&r.labels))
+        .collect();
+    let w_labels = labels.iter().map(String::len).max().unwrap_or(6).max(6);
     let _ = writeln!(
         out,
-        "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}{}",
+        "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}  {}",
         "ID",
         "SCHEMA",
         "STATE",
         "VERSION",
         "CREATED",
-        if archives { "  ARCHIVED AS" } else { "" }
+        if archives {
+            format!("{:<w_labels$}  ARCHIVED AS", "LABELS")
+        } else {
+            "LABELS".to_string()
+        }
     );
-    for r in rows {
+    for (r, labels) in rows.iter().zip(&labels) {
         let v = r.version.map_or("-".to_string(), |v| format!("V{v}"));
-        let archived = match &r.archived_as {
-            Some(a) => format!("  {a}"),
-            None => String::new(),
+        let last = match &r.archived_as {
+            Some(a) => format!("{labels:<w_labels$}  {a}"),
+            None => labels.clone(),
         };
         let _ = writeln!(
             out,
-            "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}{archived}",
+            "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}  {}",
             r.tenant.id(),
             r.tenant.schema(),
             r.state,
             v,
-            r.created_at
+            r.created_at,
+            last.trim_end()
         );
     }
     let _ = writeln!(out, "{} tenant(s)", rows.len());

@@ -11,6 +11,7 @@ use super::{
     failed, states, stored_list, Control, Param, RunCommand, RunState, SchemaResult, SchemaState,
     TenantState, TS,
 };
+use crate::labels::Labels;
 use crate::tenant::{quote_literal, Tenant};
 use crate::whoami::hostname;
 
@@ -100,6 +101,27 @@ impl RunCounts {
     }
 }
 
+/// One wave of a staged rollout, as the ledger counts it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WaveRow {
+    pub wave: i32,
+    /// This wave's tenants in scope.
+    pub tenants: i64,
+    /// Done or with nothing to do.
+    pub succeeded: i64,
+    pub failed: i64,
+    pub not_started: i64,
+    /// `done`, `halted`, `not_started`, `running`, `interrupted`.
+    pub state: &'static str,
+}
+
+/// Why a staged rollout halted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Halted {
+    pub wave: i32,
+    pub reason: String,
+}
+
 /// A run as `status`, `audit` and the busy message show it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunRow {
@@ -118,6 +140,9 @@ pub struct RunRow {
     /// Tenants in scope.
     pub total: i32,
     pub counts: RunCounts,
+    /// A staged rollout's waves (empty for a run in one wave).
+    pub waves: Vec<WaveRow>,
+    pub halted: Option<Halted>,
     /// The migration set's digest and the tenant scope: what a resumed run must match.
     #[serde(skip)]
     digest: String,
@@ -163,7 +188,10 @@ pub struct FailureRow {
 pub struct SchemaRow {
     pub id: String,
     pub schema: String,
+    pub labels: Labels,
     pub result: SchemaResult,
+    /// Its wave in a staged rollout (null otherwise).
+    pub wave: Option<i32>,
     pub version_before: Option<i32>,
     /// Where it is now.
     pub version: Option<i32>,
@@ -173,6 +201,53 @@ pub struct SchemaRow {
     /// `tenant drop --archive`: the schema its data was renamed to.
     pub archived_as: Option<String>,
     pub failure: Option<FailureRow>,
+}
+
+/// A rollout's waves from its sizes (JSON array, or null for a run in one wave) and the
+/// ledger's per-wave counts (`[[wave, done, failed, pending], …]`).
+fn wave_rows(
+    sizes: Option<String>,
+    counts: String,
+    halted: Option<i32>,
+    state: RunState,
+) -> anyhow::Result<Vec<WaveRow>> {
+    let Some(sizes) = sizes else {
+        return Ok(Vec::new());
+    };
+    let bad =
+        |e: serde_json::Error| anyhow::anyhow!("reading a rollout's waves from the ledger: {e}");
+    let sizes: Vec<i64> = serde_json::from_str(&sizes).map_err(bad)?;
+    let counts: Vec<[Option<i64>; 4]> = serde_json::from_str(&counts).map_err(bad)?;
+    Ok(sizes
+        .iter()
+        .enumerate()
+        .map(|(i, tenants)| {
+            let wave = i as i32;
+            let [_, done, failed, pending] = counts
+                .iter()
+                .find(|c| c[0] == Some(wave as i64))
+                .copied()
+                .unwrap_or([None, Some(0), Some(0), Some(0)]);
+            let (done, failed, pending) =
+                (done.unwrap_or(0), failed.unwrap_or(0), pending.unwrap_or(0));
+            let state = match halted {
+                Some(h) if h == wave => "halted",
+                _ if pending == 0 => "done",
+                Some(h) if h < wave => "not_started",
+                _ if done + failed == 0 && state != RunState::Running => "not_started",
+                _ if state == RunState::Running => "running",
+                _ => "interrupted",
+            };
+            WaveRow {
+                wave,
+                tenants: *tenants,
+                succeeded: tenants - failed - pending,
+                failed,
+                not_started: pending,
+                state,
+            }
+        })
+        .collect())
 }
 
 fn command_of(r: &Row, i: usize) -> anyhow::Result<RunCommand> {
@@ -229,11 +304,19 @@ impl Control {
                     greatest(0, r.total - count(s.run_id)) \
                       + count(*) FILTER (WHERE s.state = {succeeded} AND r.command IN ({fleet}) AND NOT {CHANGED}), \
                     count(*) FILTER (WHERE s.state = {failed}), count(*) FILTER (WHERE s.state = {pending}), \
-                    count(*) FILTER (WHERE s.state = {skipped}), r.digest, r.scope \
-             FROM (SELECT * FROM {runs} r WHERE {filter} ORDER BY id DESC LIMIT {limit}) r \
+                    count(*) FILTER (WHERE s.state = {skipped}), r.digest, r.scope, r.w_sizes, r.h_wave, r.h_reason, \
+                    (SELECT coalesce(json_agg(json_build_array(w.wave, w.done, w.failed, w.pending) ORDER BY w.wave), '[]')::text \
+                     FROM (SELECT (to_jsonb(s2) ->> 'wave')::int AS wave, \
+                                  count(*) FILTER (WHERE s2.state = {succeeded}) AS done, \
+                                  count(*) FILTER (WHERE s2.state = {failed}) AS failed, \
+                                  count(*) FILTER (WHERE s2.state = {pending}) AS pending \
+                           FROM {rs} s2 WHERE s2.run_id = r.id AND r.w_sizes IS NOT NULL GROUP BY 1) w) \
+             FROM (SELECT r.*, nullif((to_jsonb(r) -> 'waves')::text, 'null') AS w_sizes, (to_jsonb(r) ->> 'halted_wave')::int AS h_wave, \
+                          to_jsonb(r) ->> 'halted' AS h_reason \
+                   FROM {runs} r WHERE {filter} ORDER BY id DESC LIMIT {limit}) r \
              LEFT JOIN {rs} s ON s.run_id = r.id \
              GROUP BY r.id, r.command, r.argv, r.target_version, r.state, r.actor, r.host, r.pid, r.started_at, \
-                      r.finished_at, r.total, r.digest, r.scope \
+                      r.finished_at, r.total, r.digest, r.scope, r.w_sizes, r.h_wave, r.h_reason \
              ORDER BY r.id DESC",
             runs = self.table("runs"),
             rs = self.table("run_schemas"),
@@ -248,12 +331,15 @@ impl Control {
             .map_err(|e| failed("reading the run ledger", &e))?;
         rows.iter()
             .map(|r| {
+                let state = state_of(r, 4)?;
+                let halted: Option<i32> = r.get(19);
+                let waves = wave_rows(r.get(18), r.get(21), halted, state)?;
                 Ok(RunRow {
                     id: r.get(0),
                     command: command_of(r, 1)?,
                     command_line: r.get(2),
                     target_version: r.get(3),
-                    state: state_of(r, 4)?,
+                    state,
                     actor: r.get(5),
                     host: r.get(6),
                     pid: r.get(7),
@@ -269,6 +355,11 @@ impl Control {
                     },
                     digest: r.get(16),
                     scope: r.get(17),
+                    waves,
+                    halted: halted.map(|wave| Halted {
+                        wave,
+                        reason: r.get::<_, Option<String>>(20).unwrap_or_default(),
+                    }),
                 })
             })
             .collect()
@@ -293,16 +384,19 @@ impl Control {
             .await
     }
 
-    /// The newest run of any command.
+    /// The newest run of any command but `tenant label` (labels change no schema; `audit`
+    /// shows them).
     pub async fn last_run(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
-        self.newest_run(client, "true", &[]).await
+        let filter = format!("r.command <> {}", RunCommand::TenantLabel.literal());
+        self.newest_run(client, &filter, &[]).await
     }
 
     /// The newest run that worked on any schema (changed it, or failed to): what a no-op
     /// deploy since must not hide.
     pub async fn last_change(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
         let filter = format!(
-            "EXISTS (SELECT 1 FROM {} s WHERE s.run_id = r.id)",
+            "r.command <> {} AND EXISTS (SELECT 1 FROM {} s WHERE s.run_id = r.id)",
+            RunCommand::TenantLabel.literal(),
             self.table("run_schemas")
         );
         self.newest_run(client, &filter, &[]).await
@@ -338,7 +432,7 @@ impl Control {
             )
             .await?;
         Ok(run.filter(|r| {
-            r.state == RunState::Interrupted
+            matches!(r.state, RunState::Interrupted | RunState::Halted)
                 && r.target_version == info.target
                 && r.digest == info.digest
                 && r.scope == info.scope
@@ -377,7 +471,8 @@ impl Control {
             "SELECT s.tenant_id, s.schema_name, s.state, {CHANGED}, s.version_before, s.version_after, \
                     coalesce({applied}::int, 0), s.attempts, coalesce({kind}, 'other'), {sqlstate}, s.failed_migration, \
                     {line}::int, coalesce({message}, s.error, ''), coalesce(s.error, ''), \
-                    CASE WHEN $3 THEN t.archived_as END \
+                    CASE WHEN $3 THEN t.archived_as END, (to_jsonb(s) ->> 'wave')::int, \
+                    coalesce(to_jsonb(t) -> 'labels', '{{}}')::text \
              FROM {rs} s LEFT JOIN {tenants} t ON t.id = s.tenant_id \
              WHERE s.run_id = $1 AND (NOT $2 OR s.state = {failed}) ORDER BY s.tenant_id",
             rs = self.table("run_schemas"),
@@ -423,7 +518,9 @@ impl Control {
                 Ok(SchemaRow {
                     id: r.get(0),
                     schema: r.get(1),
+                    labels: super::registry::labels_of(r.get(16))?,
                     result,
+                    wave: r.get(15),
                     version_before: before,
                     version,
                     applied: r.get(6),
@@ -465,38 +562,40 @@ impl Control {
         client: &Client,
         info: &RunInfo<'_>,
         resume: Option<i64>,
-        schemas: &[(&Tenant, Option<i32>)],
+        schemas: &[(&Tenant, Option<i32>, Option<i32>)],
         files: &[(i32, String)],
+        wave_sizes: Option<&[i32]>,
     ) -> anyhow::Result<(i64, i64)> {
         let file_versions: Vec<i32> = files.iter().map(|f| f.0).collect();
         let file_names: Vec<&str> = files.iter().map(|f| f.1.as_str()).collect();
         let ids: Vec<&str> = schemas.iter().map(|r| r.0.id()).collect();
         let names: Vec<&str> = schemas.iter().map(|r| r.0.schema()).collect();
         let versions: Vec<Option<i32>> = schemas.iter().map(|r| r.1).collect();
+        let waves: Vec<Option<i32>> = schemas.iter().map(|r| r.2).collect();
         let run = match resume {
             Some(_) => format!(
                 "locked AS (SELECT id FROM {runs} WHERE id = $1 FOR UPDATE), \
                  r AS (UPDATE {runs} u SET state = {running}, finished_at = NULL, attempts = u.attempts + 1, \
                      epoch = u.epoch + 1, actor = $2, argv = $3, host = $4, pid = $5, \
-                     backend_pid = pg_backend_pid(), total = $6 \
+                     backend_pid = pg_backend_pid(), total = $6, waves = $17, halted = NULL, halted_wave = NULL \
                  FROM locked WHERE u.id = locked.id RETURNING u.id, u.epoch)",
                 runs = self.table("runs"),
                 running = RunState::Running.literal(),
             ),
             None => format!(
-                "r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total) \
-                 VALUES ($7, $8, $9, $10, {running}, $2, $3, $4, $5, $6) RETURNING id, epoch)",
+                "r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, waves) \
+                 VALUES ($7, $8, $9, $10, {running}, $2, $3, $4, $5, $6, $17) RETURNING id, epoch)",
                 runs = self.table("runs"),
                 running = RunState::Running.literal(),
             ),
         };
         let sql = format!(
             "WITH {run}, \
-                  s AS (INSERT INTO {rs} AS rs (run_id, tenant_id, schema_name, version_before, state) \
-                        SELECT r.id, t.id, t.schema_name, t.v, {pending} \
-                        FROM r, unnest($11::text[], $12::text[], $13::int4[]) AS t(id, schema_name, v) \
+                  s AS (INSERT INTO {rs} AS rs (run_id, tenant_id, schema_name, version_before, state, wave) \
+                        SELECT r.id, t.id, t.schema_name, t.v, {pending}, t.w \
+                        FROM r, unnest($11::text[], $12::text[], $13::int4[], $16::int4[]) AS t(id, schema_name, v, w) \
                         ON CONFLICT (run_id, tenant_id) DO UPDATE SET state = EXCLUDED.state, \
-                            version_before = EXCLUDED.version_before, version_after = NULL \
+                            version_before = EXCLUDED.version_before, version_after = NULL, wave = EXCLUDED.wave \
                         WHERE rs.state <> {succeeded}), \
                   k AS (INSERT INTO {known} (version, name, first_run) \
                         SELECT f.v, f.n, r.id FROM r, unnest($14::int4[], $15::text[]) AS f(v, n) \
@@ -512,7 +611,7 @@ impl Control {
             std::process::id() as i32,
             i32::try_from(info.total).unwrap_or(i32::MAX),
         );
-        let params: [Param<'_>; 15] = [
+        let params: [Param<'_>; 17] = [
             (&resume, Type::INT8),
             (&info.actor, Type::TEXT),
             (&info.argv, Type::TEXT),
@@ -528,6 +627,8 @@ impl Control {
             (&versions, Type::INT4_ARRAY),
             (&file_versions, Type::INT4_ARRAY),
             (&file_names, Type::TEXT_ARRAY),
+            (&waves, Type::INT4_ARRAY),
+            (&wave_sizes, Type::INT4_ARRAY),
         ];
         let rows = client
             .query_typed(&sql, &params)
@@ -776,12 +877,15 @@ impl Control {
         run_id: i64,
         epoch: i64,
         state: RunState,
+        halted: Option<(usize, &str)>,
     ) -> anyhow::Result<bool> {
         let sql = format!(
-            "WITH u AS (UPDATE {} SET state = $2, finished_at = clock_timestamp() WHERE id = $1 AND epoch = $3 RETURNING 1) \
+            "WITH u AS (UPDATE {} SET state = $2, finished_at = clock_timestamp(), halted_wave = $4, halted = $5 \
+                        WHERE id = $1 AND epoch = $3 RETURNING 1) \
              SELECT EXISTS (SELECT 1 FROM u), pg_advisory_unlock({LOCK_RUN}, $1::int8::int4)",
             self.table("runs"),
         );
+        let (wave, reason) = (halted.map(|h| h.0 as i32), halted.map(|h| h.1));
         let row = client
             .query_typed_one(
                 &sql,
@@ -789,6 +893,8 @@ impl Control {
                     (&run_id, Type::INT8),
                     (&state.as_str(), Type::TEXT),
                     (&epoch, Type::INT8),
+                    (&wave, Type::INT4),
+                    (&reason, Type::TEXT),
                 ],
             )
             .await

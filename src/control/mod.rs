@@ -15,7 +15,8 @@ mod registry;
 mod states;
 
 pub use ledger::{
-    FailureRecord, FailureRow, RunCounts, RunInfo, RunRow, SchemaRow, SharedOutcome, SHARED_ROW,
+    FailureRecord, FailureRow, Halted, RunCounts, RunInfo, RunRow, SchemaRow, SharedOutcome,
+    WaveRow, SHARED_ROW,
 };
 pub use locks::{schema_lock_sql, session_lock_sql, LOCK_NAMESPACE};
 pub use registry::TenantRow;
@@ -28,7 +29,7 @@ use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
 
 /// Bumped whenever the DDL below changes; stored as the control schema's comment.
-const CONTROL_VERSION: &str = "tenantctl control schema v6";
+const CONTROL_VERSION: &str = "tenantctl control schema v7";
 
 /// SQLSTATE raised inside a schema's transaction when its run was taken over (fencing).
 pub const SQLSTATE_FENCED: &str = "TNF01";
@@ -164,6 +165,13 @@ ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS kind text;
 ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS sqlstate text;
 ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS line integer;
 ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS message text;
+ALTER TABLE {q}.tenants ADD COLUMN IF NOT EXISTS labels jsonb NOT NULL DEFAULT '{{}}';
+ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS wave integer;
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS waves integer[];
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS halted_wave integer;
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS halted text;
+ALTER TABLE {q}.runs DROP CONSTRAINT IF EXISTS runs_state_check;
+ALTER TABLE {q}.runs ADD CONSTRAINT runs_state_check CHECK (state IN ({run_states}));
 COMMENT ON SCHEMA {q} IS {comment};
 "#
         )

@@ -5,6 +5,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::{failed, states, Control, TenantState, TS};
+use crate::labels::Labels;
 use crate::tenant::{quote_literal, Tenant};
 
 /// One registered tenant as the registry sees it.
@@ -18,6 +19,18 @@ pub struct TenantRow {
     pub drift: Option<String>,
     /// A tenant dropped with `--archive`: the schema its data was renamed to.
     pub archived_as: Option<String>,
+    pub labels: Labels,
+}
+
+/// SQL: a tenant row's labels as JSON text, `{}` on a control schema older than labels
+/// (read-only commands do not upgrade it).
+pub(super) const LABELS: &str = "coalesce(to_jsonb(t) -> 'labels', '{}')::text";
+
+/// Labels read back from [`LABELS`].
+pub(super) fn labels_of(text: &str) -> anyhow::Result<Labels> {
+    serde_json::from_str(text).map_err(|e| {
+        anyhow::anyhow!("the control schema holds labels {text:?} this tenantctl cannot read: {e}")
+    })
 }
 
 /// `NULL` or the number, for hot-path SQL text.
@@ -49,8 +62,8 @@ impl Control {
         ids: Option<&[String]>,
     ) -> anyhow::Result<Vec<TenantRow>> {
         let sql = format!(
-            "SELECT id, schema_name, state, version, to_char(created_at AT TIME ZONE 'UTC', {TS}), drift, archived_as \
-             FROM {} WHERE ($1::text[] IS NULL OR id = ANY($1)) ORDER BY id",
+            "SELECT id, schema_name, state, version, to_char(created_at AT TIME ZONE 'UTC', {TS}), drift, archived_as, {LABELS} \
+             FROM {} t WHERE ($1::text[] IS NULL OR id = ANY($1)) ORDER BY id",
             self.table("tenants")
         );
         let ids: Option<Vec<String>> = ids.map(<[String]>::to_vec);
@@ -69,24 +82,80 @@ impl Control {
                     created_at: r.get(4),
                     drift: r.get(5),
                     archived_as: r.get(6),
+                    labels: labels_of(r.get(7))?,
                 })
             })
             .collect()
     }
 
-    /// Hot path: registers `tenant` (or revives a dropped one). Affects no row when the id
-    /// is already an active tenant: the caller checks the command's row count.
-    pub fn register_sql(&self, tenant: &Tenant) -> String {
+    /// Hot path: registers `tenant` with `labels` (or revives a dropped one). Affects no row
+    /// when the id is already an active tenant: the caller checks the command's row count.
+    pub fn register_sql(&self, tenant: &Tenant, labels: &Labels) -> String {
+        let labels = serde_json::to_string(labels).expect("strings");
         format!(
-            "INSERT INTO {t} AS t (id, schema_name) VALUES ({id}, {schema}) \
+            "INSERT INTO {t} AS t (id, schema_name, labels) VALUES ({id}, {schema}, {labels}::jsonb) \
              ON CONFLICT (id) DO UPDATE SET state = {active}, version = NULL, drift = NULL, archived_as = NULL, \
-                 role = NULL, created_at = now(), updated_at = now() WHERE t.state = {dropped}",
+                 role = NULL, labels = EXCLUDED.labels, created_at = now(), updated_at = now() WHERE t.state = {dropped}",
             t = self.table("tenants"),
             id = quote_literal(tenant.id()),
             schema = quote_literal(tenant.schema()),
+            labels = quote_literal(&labels),
             active = TenantState::Active.literal(),
             dropped = TenantState::Dropped.literal(),
         )
+    }
+
+    /// `tenant label`: sets and removes labels of the given active tenants and records it as a
+    /// finished run (one ledger row per tenant), in one statement. Returns the run's id.
+    pub async fn set_labels(
+        &self,
+        client: &Client,
+        info: &super::RunInfo<'_>,
+        ids: &[String],
+        set: &Labels,
+        remove: &[String],
+    ) -> anyhow::Result<i64> {
+        let sql = format!(
+            "WITH r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, finished_at) \
+                        VALUES ($1, NULL, $2, $3, {succeeded_run}, $4, $5, $6, $7, $8, clock_timestamp()) RETURNING id), \
+                  u AS (UPDATE {t} t SET labels = (t.labels || $9::text::jsonb) - $10::text[], updated_at = now() \
+                        WHERE t.id = ANY($11) AND t.state = {active} RETURNING t.id, t.schema_name, t.version), \
+                  s AS (INSERT INTO {rs} (run_id, tenant_id, schema_name, state, version_before, version_after, applied, attempts, started_at, finished_at) \
+                        SELECT r.id, u.id, u.schema_name, {succeeded}, u.version, u.version, 1, 1, now(), clock_timestamp() FROM r, u) \
+             SELECT id FROM r",
+            runs = self.table("runs"),
+            t = self.table("tenants"),
+            rs = self.table("run_schemas"),
+            succeeded_run = super::RunState::Succeeded.literal(),
+            succeeded = super::SchemaState::Succeeded.literal(),
+            active = TenantState::Active.literal(),
+        );
+        let set = serde_json::to_string(set).expect("strings");
+        let (host, pid, total) = (
+            crate::whoami::hostname(),
+            std::process::id() as i32,
+            i32::try_from(ids.len()).unwrap_or(i32::MAX),
+        );
+        let row = client
+            .query_typed_one(
+                &sql,
+                &[
+                    (&info.command.as_str(), Type::TEXT),
+                    (&info.digest, Type::TEXT),
+                    (&info.scope, Type::TEXT),
+                    (&info.actor, Type::TEXT),
+                    (&info.argv, Type::TEXT),
+                    (&host, Type::TEXT),
+                    (&pid, Type::INT4),
+                    (&total, Type::INT4),
+                    (&set, Type::TEXT),
+                    (&remove, Type::TEXT_ARRAY),
+                    (&ids, Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+            .map_err(|e| failed("setting labels", &e))?;
+        Ok(row.get(0))
     }
 
     /// Hot path: records the role made for `tenant` (role per tenant).

@@ -69,6 +69,8 @@ stored_enum! {
         TenantCreateShared => "tenant create (shared)",
         /// `repair --accept`: an edited, already applied file's checksum recorded anew.
         Repair => "repair",
+        /// `tenant label`: labels set or removed.
+        TenantLabel => "tenant label",
     }
 }
 
@@ -79,6 +81,9 @@ stored_enum! {
         Succeeded => "succeeded",
         Failed => "failed",
         Interrupted => "interrupted",
+        /// A staged rollout stopped by its own rule (a wave's failures, the between-waves
+        /// command): later waves not started; the same command resumes it.
+        Halted => "halted",
     }
 }
 
@@ -144,14 +149,18 @@ impl RunCommand {
             | RunCommand::TenantDrop
             | RunCommand::TenantDropArchive
             | RunCommand::MigrateShared
-            | RunCommand::TenantCreateShared => false,
+            | RunCommand::TenantCreateShared
+            | RunCommand::TenantLabel => false,
         }
     }
 
     /// Whether the command moves tenants to a version (a drop has none to name).
     pub fn has_target(self) -> bool {
         match self {
-            RunCommand::TenantDrop | RunCommand::TenantDropArchive | RunCommand::Repair => false,
+            RunCommand::TenantDrop
+            | RunCommand::TenantDropArchive
+            | RunCommand::Repair
+            | RunCommand::TenantLabel => false,
             RunCommand::TenantCreate
             | RunCommand::TenantAdopt
             | RunCommand::Migrate
@@ -179,7 +188,10 @@ mod tests {
             assert_eq!(RunCommand::parse(c.as_str()), Some(*c));
         }
         let states: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(states, ["running", "succeeded", "failed", "interrupted"]);
+        assert_eq!(
+            states,
+            ["running", "succeeded", "failed", "interrupted", "halted"]
+        );
         let states: Vec<&str> = SchemaState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(states, ["pending", "succeeded", "failed", "skipped"]);
         assert_eq!(TenantState::parse("dropped"), Some(TenantState::Dropped));

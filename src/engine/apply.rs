@@ -39,6 +39,8 @@ pub struct ApplyCtx<'a> {
     pub role_template: Option<&'a str>,
     /// Where warnings go (an INVALID index dropped before a build is retried).
     pub events: &'a Events,
+    /// Labels of the tenants a create or adopt registers, by id.
+    pub labels: &'a std::collections::HashMap<String, crate::labels::Labels>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -572,7 +574,9 @@ fn begin_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, mode: Mode) -> String {
     ));
     if registers {
         sql.push(' ');
-        sql.push_str(&ctx.control.register_sql(tenant));
+        let none = crate::labels::Labels::new();
+        let labels = ctx.labels.get(tenant.id()).unwrap_or(&none);
+        sql.push_str(&ctx.control.register_sql(tenant, labels));
     }
     sql
 }

@@ -54,6 +54,21 @@ pub enum Event<'a> {
     Warning {
         message: &'a str,
     },
+    /// Something worth a line of its own (not a problem).
+    Info {
+        message: &'a str,
+    },
+    /// A staged rollout starts a wave here (`tenants`: this cluster's tenants in it with work).
+    WaveStarted {
+        wave: usize,
+        waves: usize,
+        tenants: usize,
+    },
+    /// Between waves: the next one starts in `left` (emitted about every second).
+    Pausing {
+        next_wave: usize,
+        left: Duration,
+    },
     /// Every schema of the run has finished (or was left unstarted); the ledger is closed next.
     RunFinished,
 }

@@ -87,7 +87,7 @@ impl Cancel {
     }
 
     /// Whether nothing new may start (a signal, or fencing).
-    fn stopping(&self) -> bool {
+    pub fn stopping(&self) -> bool {
         self.is_cancelled() || self.fenced().is_some()
     }
 
@@ -143,6 +143,8 @@ pub enum Stop {
     DatabaseDown(String),
     /// The run lost its locks and another runner took it over (or could: fencing).
     Fenced(String),
+    /// A staged rollout's wave failed more than allowed, or the between-waves command said no.
+    Halted { wave: usize, reason: String },
 }
 
 impl Stop {
@@ -153,6 +155,7 @@ impl Stop {
             Stop::Interrupted => "interrupted",
             Stop::DatabaseDown(_) => "database_down",
             Stop::Fenced(_) => "fenced",
+            Stop::Halted { .. } => "halted",
         }
     }
 
@@ -163,6 +166,7 @@ impl Stop {
             Stop::Interrupted => "interrupted",
             Stop::DatabaseDown(_) => "the database could not be reached",
             Stop::Fenced(_) => "this process lost the run",
+            Stop::Halted { .. } => "the rollout halted",
         }
     }
 }
@@ -187,6 +191,8 @@ impl FleetOutcome {
     pub fn state(&self) -> RunState {
         if self.interrupted {
             RunState::Interrupted
+        } else if self.halted().is_some() {
+            RunState::Halted
         } else if self.failed.is_empty() && self.not_started.is_empty() {
             RunState::Succeeded
         } else {
@@ -200,6 +206,26 @@ impl FleetOutcome {
             Some(Stop::DatabaseDown(why)) => Some(why),
             _ => None,
         }
+    }
+
+    /// The rollout halted after a wave: (wave, why).
+    pub fn halted(&self) -> Option<(usize, &str)> {
+        match &self.stopped {
+            Some(Stop::Halted { wave, reason }) => Some((*wave, reason)),
+            _ => None,
+        }
+    }
+
+    /// Adds a wave's outcome to the run's.
+    pub fn absorb(&mut self, wave: FleetOutcome) {
+        self.succeeded.extend(wave.succeeded);
+        self.failed.extend(wave.failed);
+        self.dropped.extend(wave.dropped);
+        self.not_started.extend(wave.not_started);
+        if self.stopped.is_none() {
+            self.stopped = wave.stopped;
+        }
+        self.interrupted |= wave.interrupted;
     }
 
     /// The run lost its locks during the run.

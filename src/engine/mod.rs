@@ -2,8 +2,9 @@
 //! schemas with bounded concurrency; [`apply`] does one schema in one transaction, in the
 //! two pipelined round trips of [`schema_tx`], against its [`history`]; [`failure`] says what
 //! went wrong; [`heartbeat`] keeps the run's locks honest;
-//! [`shared`] is the once-per-cluster step; [`plan`] is pure planning; [`verify`] reads the
-//! schemas' own histories. The engine never prints: it emits [`events`].
+//! [`shared`] is the once-per-cluster step; [`plan`] is pure planning; [`waves`] stages a
+//! rollout; [`verify`] reads the schemas' own histories. The engine never prints: it emits
+//! [`events`].
 
 pub mod apply;
 pub mod events;
@@ -16,3 +17,4 @@ pub mod run;
 pub mod schema_tx;
 pub mod shared;
 pub mod verify;
+pub mod waves;

@@ -5,20 +5,22 @@
 //! from the fleet below it. Commands turn their arguments into a [`RunRequest`] and the
 //! [`RunResult`] into output.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::control::{
-    FailureRecord, RunCommand, RunCounts, RunInfo, RunRow, RunState, SchemaResult, SchemaRow,
-    SchemaState,
+    FailureRecord, Halted, RunCommand, RunCounts, RunInfo, RunRow, RunState, SchemaResult,
+    SchemaRow, SchemaState, WaveRow,
 };
 use crate::db::Session;
 use crate::engine::apply::{ApplyCtx, Mode};
 use crate::engine::events::{Event, Events};
 use crate::engine::failure::{Failure, FailureKind};
-use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, FleetOutcome, SchemaJob};
+use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, FleetOutcome, SchemaJob, Stop};
 use crate::engine::heartbeat::Heartbeat;
 use crate::engine::schema_tx::TxSettings;
+use crate::engine::waves::{Deciding, Decision, WavePlan};
 use crate::exit::{self, BusyError, InterruptedError, UsageError};
 use crate::migrations::MigrationSet;
 use crate::signals::{RunGuard, Signals};
@@ -55,6 +57,10 @@ pub struct RunRequest<'a> {
     pub tenants: Vec<Planned>,
     /// Tenants refused before any work (e.g. already exist), reported as failed.
     pub refused: Vec<(Tenant, Failure)>,
+    /// Labels of the tenants a create or adopt registers, by id.
+    pub labels: std::collections::HashMap<String, crate::labels::Labels>,
+    /// A staged rollout: the wave of every tenant in scope and its rules (None: one wave).
+    pub waves: Option<crate::engine::waves::WavePlan>,
     /// Continue an interrupted run of the same command, target, files and scope.
     pub resume: bool,
     pub fail_fast: bool,
@@ -78,6 +84,9 @@ pub struct RunResult {
     pub counts: RunCounts,
     /// Every tenant the run worked on (resumed runs: in earlier attempts too), by id.
     pub tenants: Vec<SchemaRow>,
+    /// A staged rollout's waves, as the ledger counts them (empty for one wave).
+    pub waves: Vec<WaveRow>,
+    pub halted: Option<Halted>,
 }
 
 impl RunResult {
@@ -91,6 +100,7 @@ impl RunResult {
         match self.state {
             RunState::Succeeded => exit::SUCCESS,
             RunState::Interrupted => exit::INTERRUPTED,
+            RunState::Halted => exit::HALTED,
             RunState::Failed | RunState::Running => exit::FAILED,
         }
     }
@@ -212,12 +222,23 @@ pub async fn run(
         .collect();
     let (run_id, epoch, resumed) = open(session, env, &req, &jobs).await?;
     let skipped = req.tenants.len() - jobs.len();
+    // A resumed rollout retries the tenants that failed first, in their wave.
+    let failed_before: HashSet<String> = match (&req.waves, &resumed) {
+        (Some(_), Some(run)) => session
+            .control
+            .run_schemas(&session.client, run, true)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect(),
+        _ => HashSet::new(),
+    };
     let workers = match workers_allowed(session, env, jobs.len()).await {
         Ok(w) => w,
         Err(e) => {
             session
                 .control
-                .finish_run(&session.client, run_id, epoch, RunState::Failed)
+                .finish_run(&session.client, run_id, epoch, RunState::Failed, None)
                 .await?;
             return Err(e);
         }
@@ -251,6 +272,7 @@ pub async fn run(
         },
         role_template: env.config.tenants.role_template.as_deref(),
         events: &env.events,
+        labels: &req.labels,
     };
     let opts = FleetOpts {
         mode: req.mode,
@@ -259,6 +281,7 @@ pub async fn run(
         retries: run.retries,
         retry_delay: run.retry_delay,
     };
+    let session_target = session.target.name.clone();
     let (done, watching) = tokio::sync::watch::channel(false);
     let heartbeat = Heartbeat {
         session,
@@ -269,7 +292,18 @@ pub async fn run(
         cancel: cancel.clone(),
     };
     let fleet = async {
-        let outcome = run_fleet(&pool, &ctx, jobs, &opts, &env.events, &cancel).await;
+        let outcome = match &req.waves {
+            None => run_fleet(&pool, &ctx, jobs, &opts, &env.events, &cancel).await,
+            Some(plan) => {
+                let staged = Staged {
+                    plan,
+                    failed_before: &failed_before,
+                    cluster: &session_target,
+                    run_id,
+                };
+                staged.run(&pool, &ctx, jobs, &opts, env, &cancel).await
+            }
+        };
         let _ = done.send(true);
         outcome
     };
@@ -305,7 +339,17 @@ pub async fn run(
         },
         _ => None,
     };
-    let (counts, tenants) = read_back.unwrap_or_else(|| seen_report(command, &outcome, skipped));
+    let (counts, tenants, waves, halted) = match read_back {
+        Some((run, tenants)) => (run.counts, tenants, run.waves, run.halted),
+        None => {
+            let (counts, tenants) = seen_report(command, &outcome, skipped);
+            let halted = outcome.halted().map(|(wave, reason)| Halted {
+                wave: wave as i32,
+                reason: reason.to_string(),
+            });
+            (counts, tenants, Vec::new(), halted)
+        }
+    };
     Ok(RunResult {
         command,
         run_id,
@@ -316,7 +360,90 @@ pub async fn run(
         ledger_note,
         counts,
         tenants,
+        waves,
+        halted,
     })
+}
+
+/// A staged rollout on one cluster: its jobs wave by wave, meeting the other clusters at the
+/// gate after each.
+struct Staged<'a> {
+    plan: &'a WavePlan,
+    failed_before: &'a HashSet<String>,
+    cluster: &'a str,
+    run_id: i64,
+}
+
+impl Staged<'_> {
+    async fn run(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        ctx: &ApplyCtx<'_>,
+        jobs: Vec<SchemaJob>,
+        opts: &FleetOpts,
+        env: &RunEnv<'_>,
+        cancel: &Cancel,
+    ) -> FleetOutcome {
+        let started = Instant::now();
+        let waves = self.plan.waves.len();
+        let mut by_wave: Vec<Vec<SchemaJob>> = (0..waves).map(|_| Vec::new()).collect();
+        for job in jobs {
+            let w = self
+                .plan
+                .wave_of
+                .get(job.tenant.id())
+                .copied()
+                .unwrap_or(waves - 1);
+            by_wave[w].push(job);
+        }
+        let seat = &self.plan.seat;
+        let mut total = FleetOutcome::default();
+        let how = Deciding {
+            events: &env.events,
+            signals: env.signals,
+        };
+        for (wave, mut wave_jobs) in by_wave.into_iter().enumerate() {
+            if total.stopped.is_some() || cancel.stopping() {
+                total
+                    .not_started
+                    .extend(wave_jobs.into_iter().map(|j| j.tenant));
+                continue;
+            }
+            // Failed last time: first this time.
+            wave_jobs.sort_by_key(|j| !self.failed_before.contains(j.tenant.id()));
+            let worked = !wave_jobs.is_empty();
+            if worked {
+                env.events.emit(&Event::WaveStarted {
+                    wave,
+                    waves,
+                    tenants: wave_jobs.len(),
+                });
+            }
+            let outcome = run_fleet(pool, ctx, wave_jobs, opts, &env.events, cancel).await;
+            let failed: Vec<String> = outcome
+                .failed
+                .iter()
+                .map(|(t, _)| t.id().to_string())
+                .collect();
+            total.absorb(outcome);
+            if total.stopped.is_some() {
+                seat.leave();
+                continue;
+            }
+            let run = (self.cluster.to_string(), self.run_id);
+            match seat.arrive(wave, failed, worked, run, &how).await {
+                Decision::Go => {}
+                Decision::Halt(reason) => total.stopped = Some(Stop::Halted { wave, reason }),
+                Decision::Interrupted => {
+                    cancel.cancel();
+                    total.stopped = Some(Stop::Interrupted);
+                    total.interrupted = true;
+                }
+            }
+        }
+        total.elapsed = started.elapsed();
+        total
+    }
 }
 
 /// A failed migration that other tenants already have: the advice is not to edit it (see
@@ -345,11 +472,12 @@ async fn advise_on_failures(session: &Session<'_>, failed: &mut [(Tenant, Failur
     }
 }
 
-/// The run's counts and tenants as the ledger holds them; None if the run is gone.
-async fn read_report(
+/// The run (with its counts and waves) and its tenants as the ledger holds them; None if
+/// the run is gone.
+pub async fn read_report(
     session: &Session<'_>,
     run_id: i64,
-) -> anyhow::Result<Option<(RunCounts, Vec<SchemaRow>)>> {
+) -> anyhow::Result<Option<(RunRow, Vec<SchemaRow>)>> {
     let Some(run) = session.control.run(&session.client, run_id).await? else {
         return Ok(None);
     };
@@ -357,7 +485,7 @@ async fn read_report(
         .control
         .run_schemas(&session.client, &run, false)
         .await?;
-    Ok(Some((run.counts, tenants)))
+    Ok(Some((run, tenants)))
 }
 
 /// The run's counts and tenants from what this process saw, by the ledger's rules.
@@ -376,6 +504,8 @@ fn seen_report(
         attempts: 1,
         archived_as: None,
         failure: None,
+        wave: None,
+        labels: crate::labels::Labels::new(),
     };
     let mut tenants: Vec<SchemaRow> = Vec::new();
     for (t, a) in &outcome.succeeded {
@@ -438,11 +568,18 @@ async fn open(
     // Ledger rows only for schemas this run works on (and those it refused, which are
     // recorded as failed at the end): a no-op deploy over 10,000 current tenants writes one
     // run row, not 10,000 "skipped" rows (runs.total keeps the count).
-    let ledger_rows: Vec<(&Tenant, Option<i32>)> = jobs
+    let wave_of = |t: &Tenant| {
+        req.waves
+            .as_ref()
+            .and_then(|w| w.wave_of.get(t.id()))
+            .map(|w| *w as i32)
+    };
+    let ledger_rows: Vec<(&Tenant, Option<i32>, Option<i32>)> = jobs
         .iter()
-        .map(|j| (&j.tenant, j.version))
-        .chain(req.refused.iter().map(|(t, f)| (t, f.still_at)))
+        .map(|j| (&j.tenant, j.version, wave_of(&j.tenant)))
+        .chain(req.refused.iter().map(|(t, f)| (t, f.still_at, wave_of(t))))
         .collect();
+    let sizes = req.waves.as_ref().map(WavePlan::sizes_here);
     let (run_id, epoch) = session
         .control
         .open_run(
@@ -451,6 +588,7 @@ async fn open(
             resumed.as_ref().map(|r| r.id),
             &ledger_rows,
             &req.migrations.versions(),
+            sizes.as_deref(),
         )
         .await?;
     if let Some(run) = &resumed {
@@ -546,7 +684,7 @@ async fn record_outcome(
                 .await?;
             session
                 .control
-                .finish_run(&session.client, run_id, epoch, state)
+                .finish_run(&session.client, run_id, epoch, state, outcome.halted())
                 .await
         };
         match write.await {

@@ -111,6 +111,7 @@ pub fn document(results: &[ClusterResult<'_>], code: i32) -> Value {
     for (key, items) in lists {
         let merged = match key {
             "summary" => merge_summary(items),
+            "waves" => merge_waves(items),
             _ => items,
         };
         doc.insert(key.into(), Value::Array(merged));
@@ -147,6 +148,31 @@ fn merge_summary(items: Vec<Value>) -> Vec<Value> {
     }
     // Highest version first, nothing applied last (as the text table).
     out.sort_by_key(|v| std::cmp::Reverse(v["version"].as_i64().map_or(i64::MIN, |n| n)));
+    out
+}
+
+/// A rollout's waves over the clusters: counts summed by wave; a wave halted anywhere is
+/// halted.
+fn merge_waves(items: Vec<Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for mut item in items {
+        if let Some(map) = item.as_object_mut() {
+            map.shift_remove("cluster");
+        }
+        match out.iter_mut().find(|o| o["wave"] == item["wave"]) {
+            Some(o) => {
+                for key in ["tenants", "succeeded", "failed", "not_started"] {
+                    let sum = o[key].as_i64().unwrap_or(0) + item[key].as_i64().unwrap_or(0);
+                    o[key] = json!(sum);
+                }
+                if item["state"] == "halted" || o["state"] == "done" {
+                    o["state"] = item["state"].clone();
+                }
+            }
+            None => out.push(item),
+        }
+    }
+    out.sort_by_key(|w| w["wave"].as_i64());
     out
 }
 

@@ -10,6 +10,7 @@ pub mod summary;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::control::{RunCommand, SchemaResult};
 use crate::engine::events::{Event, Events};
@@ -96,6 +97,20 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
             run.total
         )),
         Event::Warning { message } => Some(format!("warning: {message}")),
+        Event::Info { message } => Some(message.to_string()),
+        Event::WaveStarted {
+            wave,
+            waves,
+            tenants,
+        } => Some(format!(
+            "wave {wave} of {}{}: {tenants} tenant(s) to do here",
+            waves - 1,
+            if *wave == 0 { " (canary)" } else { "" }
+        )),
+        Event::Pausing { next_wave, left } => Some(format!(
+            "pausing before wave {next_wave}: {} left (SIGINT stops here cleanly; the same command resumes)",
+            humantime::format_duration(Duration::from_secs(left.as_millis().div_ceil(1000) as u64))
+        )),
         Event::SchemaSucceeded { .. }
         | Event::SchemaFailed { .. }
         | Event::SchemaDropped { .. }
@@ -179,6 +194,7 @@ fn verbs(command: RunCommand) -> (&'static str, &'static str) {
             ("applied", "already current")
         }
         RunCommand::Repair => ("repaired", "already accepted"),
+        RunCommand::TenantLabel => ("labelled", "unchanged"),
     }
 }
 

@@ -19,6 +19,8 @@ struct State {
     failed: usize,
     started: Instant,
     last_line: Instant,
+    /// When the last line about a pause between waves was printed.
+    pause_line: Option<Instant>,
 }
 
 pub struct Plain {
@@ -40,6 +42,7 @@ impl Plain {
                 failed: 0,
                 started: Instant::now(),
                 last_line: Instant::now(),
+                pause_line: None,
             }),
         }
     }
@@ -101,9 +104,30 @@ impl Reporter for Plain {
                 ));
             }
             Event::RunFinished => {}
+            Event::Pausing { left, .. } => {
+                // A line when the pause starts, then one a minute.
+                let first = s.pause_line.is_none();
+                let due = s
+                    .pause_line
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                if first || due {
+                    s.pause_line = Some(Instant::now());
+                    if let Some(line) = super::notice(event) {
+                        crate::output::stderr_line(&format!("{}{line}", self.label));
+                    }
+                }
+                let _ = left;
+            }
+            Event::WaveStarted { .. } => {
+                s.pause_line = None;
+                if let Some(line) = super::notice(event) {
+                    crate::output::stderr_line(&format!("{}{line}", self.label));
+                }
+            }
             other @ (Event::Interrupting { .. }
             | Event::Waiting { .. }
             | Event::Resuming { .. }
+            | Event::Info { .. }
             | Event::Warning { .. }) => {
                 if let Some(line) = super::notice(other) {
                     crate::output::stderr_line(&format!("{}{line}", self.label));

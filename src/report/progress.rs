@@ -18,6 +18,8 @@ pub struct Bar {
     failed: AtomicUsize,
     skipped: AtomicUsize,
     causes: CauseCap,
+    /// The countdown between waves, while one runs.
+    pause: std::sync::Mutex<Option<ProgressBar>>,
 }
 
 impl Bar {
@@ -38,6 +40,7 @@ impl Bar {
             failed: AtomicUsize::new(0),
             skipped: AtomicUsize::new(0),
             causes: CauseCap::default(),
+            pause: std::sync::Mutex::new(None),
         }
     }
 
@@ -54,6 +57,13 @@ impl Bar {
                 String::new()
             }
         ));
+    }
+
+    fn end_pause(&self) {
+        if let Some(p) = self.pause.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            p.finish_and_clear();
+            self.multi.remove(&p);
+        }
     }
 
     /// A line above the bars (scrubbed); a closed stderr is ignored.
@@ -95,13 +105,31 @@ impl Reporter for Bar {
                 self.bar.inc(1);
             }
             Event::RunFinished => {
+                self.end_pause();
                 self.bar.finish_and_clear();
                 self.multi.remove(&self.bar);
             }
-            other @ (Event::Interrupting { .. }
+            Event::Pausing { .. } => {
+                let mut pause = self.pause.lock().unwrap_or_else(|e| e.into_inner());
+                let bar = pause.get_or_insert_with(|| {
+                    let p = self.multi.add(ProgressBar::new_spinner());
+                    p.set_prefix(self.label.clone());
+                    p
+                });
+                if let Some(line) = super::notice(event) {
+                    bar.set_message(line);
+                    bar.tick();
+                }
+            }
+            other @ (Event::WaveStarted { .. }
+            | Event::Interrupting { .. }
             | Event::Waiting { .. }
             | Event::Resuming { .. }
+            | Event::Info { .. }
             | Event::Warning { .. }) => {
+                if matches!(other, Event::WaveStarted { .. }) {
+                    self.end_pause();
+                }
                 if let Some(line) = super::notice(other) {
                     self.println(&format!("{}{line}", self.label));
                 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::control::{RunCommand, RunCounts, SchemaResult, SchemaRow};
+use crate::control::{Halted, RunCommand, RunCounts, SchemaResult, SchemaRow, WaveRow};
 use crate::engine::run::RunResult;
 
 use super::json::Part;
@@ -106,6 +106,35 @@ pub fn failures_text<'a>(
     }
 }
 
+/// A staged rollout's waves, one line each, and why it halted (the same for `status`).
+pub fn waves_text(out: &mut String, waves: &[WaveRow], halted: Option<&Halted>) {
+    if waves.is_empty() {
+        return;
+    }
+    out.push_str("waves:\n");
+    for w in waves {
+        let _ = write!(
+            out,
+            "  wave {}{}: {}/{} done",
+            w.wave,
+            if w.wave == 0 { " (canary)" } else { "" },
+            w.succeeded,
+            w.tenants
+        );
+        if w.failed > 0 {
+            let _ = write!(out, ", {} failed", w.failed);
+        }
+        let _ = writeln!(out, " — {}", w.state.replace('_', " "));
+    }
+    if let Some(h) = halted {
+        let _ = writeln!(
+            out,
+            "HALTED after wave {}: {}. Later waves were not started. Fix the cause and run the same command again: it resumes at wave {} (failed tenants first); --fresh starts over",
+            h.wave, h.reason, h.wave
+        );
+    }
+}
+
 /// A run's result as people and pipelines read it.
 pub struct RunSummary<'a>(pub &'a RunResult);
 
@@ -143,6 +172,7 @@ impl RunSummary<'_> {
         if let Some(note) = &r.ledger_note {
             let _ = writeln!(out, "warning: {note}");
         }
+        waves_text(&mut out, &r.waves, r.halted.as_ref());
         let archived: Vec<&SchemaRow> = r
             .tenants
             .iter()
@@ -198,7 +228,11 @@ impl RunSummary<'_> {
                 match &o.stopped {
                     Some(s) => json!({
                         "reason": s.as_str(),
-                        "message": o.database_down().or(o.fenced()).unwrap_or(s.why()),
+                        "message": o
+                            .database_down()
+                            .or(o.fenced())
+                            .or(o.halted().map(|h| h.1))
+                            .unwrap_or(s.why()),
                     }),
                     None => serde_json::Value::Null,
                 },
@@ -206,6 +240,14 @@ impl RunSummary<'_> {
             .cluster("ledger_warning", json!(r.ledger_note))
             // Set by the commands that have a shared step (migrate, tenant create).
             .cluster("shared", serde_json::Value::Null)
+            .top("halted", json!(r.halted))
+            .list(
+                "waves",
+                r.waves
+                    .iter()
+                    .map(|w| serde_json::to_value(w).expect("plain data"))
+                    .collect(),
+            )
     }
 }
 
@@ -217,7 +259,9 @@ pub fn no_run_part(command: RunCommand, target: Option<i32>) -> Part {
         .top("command", json!(command))
         .top("dry_run", json!(false))
         .top("target_version", json!(target))
-        .list("tenants", Vec::new());
+        .top("halted", serde_json::Value::Null)
+        .list("tenants", Vec::new())
+        .list("waves", Vec::new());
     for key in [
         "run_id",
         "state",
@@ -258,6 +302,8 @@ mod tests {
                 ..RunCounts::default()
             },
             tenants: Vec::new(),
+            waves: Vec::new(),
+            halted: None,
         }
     }
 

@@ -29,9 +29,18 @@ fn shape(v: &Value) -> Shape {
                 .map(shape)
                 .fold(Shape::Unknown, |a, b| merge(a, b, "[]")),
         )),
-        Value::Object(map) => {
-            Shape::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
-        }
+        // Labels are a map of the user's keys: a value, not a structure.
+        Value::Object(map) => Shape::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let s = match (k.as_str(), v) {
+                        ("labels", Value::Object(_)) => Shape::Scalar,
+                        _ => shape(v),
+                    };
+                    (k.clone(), s)
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -179,11 +188,37 @@ fn scenario(p: &Project, seen: &mut Printed) {
                 &["tenant", "drop", "t0003", "--archive", "--yes", "--json"],
                 0,
             ),
+            (
+                "run",
+                &["tenant", "label", "t0000", "t0001", "tier=free", "--json"],
+                0,
+            ),
             ("tenant-list", &["tenant", "list", "--json"], 0),
+            (
+                "tenant-list",
+                &["tenant", "list", "--select", "tier=free", "--json"],
+                0,
+            ),
             ("audit", &["audit", "--json"], 0),
             ("error", &["migrate", "--tenant", "BAD", "--json"], 2),
             ("error", &["migrate", "--bogus-flag", "--json"], 2),
             ("error", &["status", "--tenant", "nobody", "--json"], 2),
+        ],
+    );
+    // A staged rollout, and what status and audit say of it.
+    p.add_migration("V10__later.sql", "CREATE TABLE later (id int);\n");
+    steps(
+        p,
+        seen,
+        &[
+            (
+                "plan",
+                &["migrate", "--all", "--canary", "1", "--dry-run", "--json"],
+                0,
+            ),
+            ("run", &["migrate", "--all", "--canary", "1", "--json"], 7),
+            ("status", &["status", "--json"], 0),
+            ("audit", &["audit", "--json"], 0),
         ],
     );
 }

@@ -17,3 +17,4 @@ mod rollback;
 mod security;
 mod snapshots;
 mod status;
+mod waves;

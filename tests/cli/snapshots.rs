@@ -117,15 +117,7 @@ fn what_a_run_prints() {
         0,
     );
     snapshot_json("tenant_drop_json", &drop);
-    let state: String = p
-        .db()
-        .query_one(
-            "SELECT state FROM tenantctl.tenants WHERE id = 't0003'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(state, "dropped");
+    assert_eq!(p.tenant_state("t0003"), "dropped");
 
     let archive = p.run(
         &["tenant", "drop", "t0002", "--archive", "--yes", "--json"],

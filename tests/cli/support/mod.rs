@@ -448,6 +448,14 @@ impl Project {
         c
     }
 
+    /// A tenant's state in the registry (`active`, `dropped`).
+    pub fn tenant_state(&self, id: &str) -> String {
+        self.db()
+            .query_one("SELECT state FROM tenantctl.tenants WHERE id = $1", &[&id])
+            .unwrap()
+            .get(0)
+    }
+
     /// Whether `schema` has a table named `table`.
     pub fn schema_has_table(&self, schema: &str, table: &str) -> bool {
         self.db()
