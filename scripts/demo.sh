@@ -11,10 +11,11 @@ profile=${DEMO_PROFILE:-release}
 
 echo "==> building tenantctl ($profile)"
 if [ "$profile" = release ]; then
-  cargo build --quiet --release --manifest-path "$root/Cargo.toml"
+  echo "    (the first build compiles about 225 crates: 2 to 3 minutes on 2 cores once downloaded; later ones take seconds)"
+  cargo build --release --manifest-path "$root/Cargo.toml"
   bin="$root/target/release/tenantctl"
 else
-  cargo build --quiet --manifest-path "$root/Cargo.toml"
+  cargo build --manifest-path "$root/Cargo.toml"
   bin="$root/target/debug/tenantctl"
 fi
 

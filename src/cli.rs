@@ -41,6 +41,7 @@ pub struct GlobalOpts {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "TENANTCTL_CONFIG",
         default_value = "tenants.toml",
         value_name = "PATH"
@@ -52,6 +53,7 @@ pub struct GlobalOpts {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "TENANTCTL_DATABASE_URL",
         hide_env_values = true,
         value_name = "URL"
@@ -59,19 +61,18 @@ pub struct GlobalOpts {
     pub database_url: Option<String>,
 
     /// Work only on this cluster (repeatable; names are the `[clusters.<name>]` tables of the
-    /// config; the `[database]` form is the cluster `default`). With `tenant create`, the
-    /// new tenants are placed on it.
-    #[arg(long, global = true, value_name = "NAME")]
+    /// config; the `[database]` form is the cluster `default`).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "NAME"
+    )]
     pub cluster: Vec<String>,
 
     /// No progress output on stderr (results still go to stdout).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = "Global options")]
     pub quiet: bool,
-
-    /// Who to record as running this command in the audit trail (default: $TENANTCTL_ACTOR,
-    /// else the OS user). Useful in CI: --actor "deploy-bot (pipeline 4242)".
-    #[arg(long, global = true, value_name = "NAME")]
-    pub actor: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +156,37 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Repair(RepairArgs),
 
+    /// Start a project: a commented tenants.toml and an empty migrations/ folder.
+    ///
+    /// The config reads the database URL from ${DATABASE_URL}; nothing is contacted. Refuses
+    /// to overwrite an existing tenants.toml unless --force.
+    ///
+    /// Examples:
+    ///   tenantctl init
+    ///   tenantctl init my-service
+    #[command(verbatim_doc_comment)]
+    Init(InitArgs),
+
+    /// Write, list and check migration files (no database needed).
+    #[command(subcommand)]
+    Migration(MigrationCommand),
+
+    /// Print a shell completion script.
+    ///
+    /// Examples:
+    ///   tenantctl completions bash > ~/.local/share/bash-completion/completions/tenantctl
+    ///   tenantctl completions zsh > "${fpath[1]}/_tenantctl"
+    ///   tenantctl completions fish > ~/.config/fish/completions/tenantctl.fish
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+
+    /// Print the manual page (roff).
+    ///
+    /// Example:
+    ///   tenantctl man > /usr/local/share/man/man1/tenantctl.1 && man tenantctl
+    #[command(verbatim_doc_comment)]
+    Man,
+
     /// Show the audit trail of every change: who, where, what, when, and the outcome.
     ///
     /// Every create, adopt, migrate, rollback and drop: who ran it (OS user or --actor), on
@@ -168,9 +200,88 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where (default: the current folder; created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Overwrite an existing tenants.toml.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrationCommand {
+    /// Create the next migration file: V<highest + 1>__<name>.sql.
+    ///
+    /// The name is lowercased, spaces and dashes become underscores; other characters are
+    /// refused. Prints the paths of the files made.
+    ///
+    /// Examples:
+    ///   tenantctl migration new add_invoices --down
+    ///   tenantctl migration new "index invoices by due date" --no-transaction
+    #[command(verbatim_doc_comment)]
+    New(MigrationNewArgs),
+
+    /// List the migration files: version, name, checksum, rollback script, no-transaction.
+    List(MigrationListArgs),
+
+    /// Check the migration files before they meet a database.
+    ///
+    /// Everything `migrate` refuses (names, duplicates, transaction control, objects outside
+    /// the tenant), plus what is risky on a fleet of live tenants, each finding with its file,
+    /// line, rule, level and fix: statements that cannot run in a transaction, CREATE INDEX
+    /// without CONCURRENTLY, ADD COLUMN ... NOT NULL without a default, ALTER COLUMN ... TYPE,
+    /// DROP TABLE/COLUMN, RENAME, a missing rollback script. A warning can be silenced for one
+    /// statement with `-- tenantctl:allow RULE` on the line before it.
+    ///
+    /// Exit codes: 0 no error-level finding (warnings are printed); 1 error-level findings;
+    /// 2 the set cannot be read.
+    #[command(verbatim_doc_comment)]
+    Check(MigrationCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrationNewArgs {
+    /// What the migration does: add_invoices, "add invoices".
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Also create the rollback script V<n>__<name>.down.sql.
+    #[arg(long)]
+    pub down: bool,
+
+    /// A no-transaction migration (for CREATE INDEX CONCURRENTLY and the like).
+    #[arg(long)]
+    pub no_transaction: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrationListArgs {
+    /// Print one JSON document on stdout (see docs/json.md), errors included.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrationCheckArgs {
+    /// Print one JSON document on stdout (see docs/json.md), errors included.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, powershell or elvish.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// Only runs started within this long ago (e.g. 24h, 7d, 30m).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// Only runs started since: a duration ago (24h, 7d, 30m), `today`, `yesterday`, a date
+    /// (2026-11-26, UTC) or an RFC 3339 time (2026-11-26T15:00:00Z).
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
     pub since: Option<Duration>,
 
     /// At most this many runs (the newest).
@@ -252,8 +363,12 @@ pub enum TenantCommand {
 #[derive(Debug, Args)]
 pub struct DropArgs {
     /// Tenant ids to drop.
-    #[arg(value_name = "ID", required_unless_present = "select")]
+    #[arg(value_name = "ID", required_unless_present_any = ["select", "from_file"])]
     pub ids: Vec<String>,
+
+    /// Drop the tenants listed in a file, one id per line (`-` for stdin).
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
 
     /// Only tenants whose labels match (with ids: those of them that match).
     #[arg(long, value_name = "SELECTOR")]
@@ -271,6 +386,41 @@ pub struct DropArgs {
     pub run: RunOpts,
 }
 
+/// `--since`: how long ago, from a duration, `today`, `yesterday`, a date or an RFC 3339 time.
+pub fn parse_since(s: &str) -> Result<Duration, String> {
+    use time::format_description::well_known::Rfc3339;
+    use time::{Date, OffsetDateTime, Time};
+    let now = OffsetDateTime::now_utc();
+    let ago = |t: OffsetDateTime| -> Result<Duration, String> {
+        let d = now - t;
+        if d.is_negative() {
+            return Err(format!("{s:?} is in the future"));
+        }
+        Ok(Duration::from_secs_f64(d.as_seconds_f64()))
+    };
+    let midnight = |d: Date| d.with_time(Time::MIDNIGHT).assume_utc();
+    match s {
+        "today" => return ago(midnight(now.date())),
+        "yesterday" => return ago(midnight(now.date() - time::Duration::days(1))),
+        _ => {}
+    }
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return ago(t);
+    }
+    let date = || -> Option<Date> {
+        let mut parts = s.splitn(3, '-').map(|p| p.parse::<u32>().ok());
+        let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
+        let month = time::Month::try_from(u8::try_from(m).ok()?).ok()?;
+        Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?).ok()
+    };
+    if let Some(d) = date() {
+        return ago(midnight(d));
+    }
+    humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is not a time: write a duration (24h, 7d), today, yesterday, a date (2026-11-26) or an RFC 3339 time (2026-11-26T15:00:00Z)")
+    })
+}
+
 /// Parses `7` or `V7`.
 pub fn parse_version(s: &str) -> Result<i32, String> {
     let digits = s.strip_prefix(['V', 'v']).unwrap_or(s);
@@ -285,6 +435,11 @@ pub fn parse_version(s: &str) -> Result<i32, String> {
 
 #[derive(Debug, Args)]
 pub struct RunOpts {
+    /// Who to record as running this command in the audit trail (default: $TENANTCTL_ACTOR,
+    /// else the OS user). Useful in CI: --actor "deploy-bot (pipeline 4242)".
+    #[arg(long, value_name = "NAME")]
+    pub actor: Option<String>,
+
     /// How many tenant schemas to work on at once (connections: this + 1).
     /// Default: `[run] jobs` in the config, else 4 (about 2 x the server's cores is fastest).
     #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=512))]
@@ -444,15 +599,19 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "select", "shared_only"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "from_file", "select", "shared_only"])))]
 pub struct MigrateArgs {
     /// Migrate every registered tenant.
-    #[arg(long, conflicts_with = "tenant")]
+    #[arg(long, conflicts_with_all = ["tenant", "from_file"])]
     pub all: bool,
 
-    /// Migrate only this tenant (repeatable).
-    #[arg(long, value_name = "ID")]
+    /// Migrate only these tenants (repeatable, or a comma list: --tenant a,b,c).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
     pub tenant: Vec<String>,
+
+    /// Migrate only the tenants listed in a file, one id per line (`-` for stdin).
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
 
     /// Apply only the shared migrations (`[migrations] shared_dir`, once per cluster into
     /// `shared_schema`), no tenant migrations.
@@ -472,19 +631,23 @@ pub struct MigrateArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "select"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "from_file", "select"])))]
 pub struct RollbackArgs {
     /// The version to go back to (0 reverts everything).
     #[arg(long, value_name = "VERSION", value_parser = parse_version)]
     pub to: i32,
 
     /// Roll back every registered tenant.
-    #[arg(long, conflicts_with = "tenant")]
+    #[arg(long, conflicts_with_all = ["tenant", "from_file"])]
     pub all: bool,
 
-    /// Roll back only this tenant (repeatable).
-    #[arg(long, value_name = "ID")]
+    /// Roll back only these tenants (repeatable, or a comma list: --tenant a,b,c).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
     pub tenant: Vec<String>,
+
+    /// Roll back only the tenants listed in a file, one id per line (`-` for stdin).
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub fleet: FleetOpts,
@@ -501,8 +664,8 @@ pub struct RepairArgs {
     #[arg(long)]
     pub all: bool,
 
-    /// Only this tenant (repeatable).
-    #[arg(long, value_name = "ID")]
+    /// Only these tenants (repeatable, or a comma list: --tenant a,b,c).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
     pub tenant: Vec<String>,
 
     /// Do not ask for confirmation (required when there is no terminal to ask on).
@@ -524,9 +687,13 @@ pub struct RepairArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Show only these tenants (repeatable).
-    #[arg(long, value_name = "ID")]
+    /// Show only these tenants (repeatable, or a comma list: --tenant a,b,c).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
     pub tenant: Vec<String>,
+
+    /// Show only the tenants listed in a file, one id per line (`-` for stdin).
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
 
     /// Show only tenants whose labels match, e.g. 'tier=free', 'region in (eu,us)', '!canary'.
     #[arg(long, value_name = "SELECTOR")]

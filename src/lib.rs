@@ -23,7 +23,7 @@ mod whoami;
 
 use clap::Parser as _;
 
-use cli::{Cli, Command, TenantCommand};
+use cli::{Cli, Command, MigrationCommand, TenantCommand};
 use config::{Config, Overrides};
 
 /// The whole program: parse, run, and the exit code. Errors print with their whole cause
@@ -90,6 +90,8 @@ struct Needs {
     jobs: Option<u16>,
     database: bool,
     json: bool,
+    /// --actor, for commands that change something.
+    actor: Option<String>,
 }
 
 fn needs(command: &Command) -> Needs {
@@ -97,13 +99,25 @@ fn needs(command: &Command) -> Needs {
         jobs: r.jobs,
         database: true,
         json: r.json,
+        actor: r.actor.clone(),
     };
     let read = |json: bool| Needs {
         jobs: None,
         database: true,
         json,
+        actor: None,
+    };
+    let local = |json: bool| Needs {
+        database: false,
+        ..read(json)
     };
     match command {
+        Command::Init(_) | Command::Completions(_) | Command::Man => local(false),
+        Command::Migration(m) => match m {
+            MigrationCommand::New(_) => local(false),
+            MigrationCommand::List(a) => local(a.json),
+            MigrationCommand::Check(a) => local(a.json),
+        },
         Command::Migrate(a) => run(&a.fleet.run),
         Command::Rollback(a) => run(&a.fleet.run),
         Command::Repair(a) => run(&a.run),
@@ -127,6 +141,14 @@ fn command_name(command: &Command) -> &'static str {
         Command::Repair(_) => "repair",
         Command::Status(_) => "status",
         Command::Audit(_) => "audit",
+        Command::Init(_) => "init",
+        Command::Completions(_) => "completions",
+        Command::Man => "man",
+        Command::Migration(m) => match m {
+            MigrationCommand::New(_) => "migration new",
+            MigrationCommand::List(_) => "migration list",
+            MigrationCommand::Check(_) => "migration check",
+        },
         Command::Tenant(t) => match t {
             TenantCommand::Create(_) => "tenant create",
             TenantCommand::Adopt(_) => "tenant adopt",
@@ -139,12 +161,29 @@ fn command_name(command: &Command) -> &'static str {
 
 /// Runs the parsed command line and returns the exit code.
 fn run(cli: Cli) -> anyhow::Result<i32> {
+    // Commands that need no configuration at all.
+    match &cli.command {
+        Command::Init(args) => return commands::scaffold::init(args),
+        Command::Completions(args) => return commands::scaffold::completions(args),
+        Command::Man => return commands::scaffold::man(),
+        _ => {}
+    }
     let needs = needs(&cli.command);
     let overrides = Overrides {
         database_url: cli.global.database_url.clone(),
         jobs: needs.jobs.map(usize::from),
     };
-    let config = Config::load(&cli.global.config, &overrides)?;
+    let path = &cli.global.config;
+    let config = match &cli.command {
+        // Migration files need no database: without a config, `migrations/` here.
+        Command::Migration(_) if !path.exists() && path == std::path::Path::new("tenants.toml") => {
+            Config::parse(path, "", &overrides)?
+        }
+        _ => Config::load(path, &overrides)?,
+    };
+    if let Command::Migration(command) = cli.command {
+        return commands::scaffold::migration(&config, command);
+    }
     let targets = if needs.database {
         config.targets(&cli.global.cluster)?
     } else {
@@ -158,7 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         let ctx = &commands::Ctx {
             reporters: report::Reporters::new(cli.global.quiet, config.multi_cluster),
             signals: signals::Signals::install(),
-            actor: whoami::actor(cli.global.actor.as_deref()),
+            actor: whoami::actor(needs.actor.as_deref()),
             targets,
             config,
         };
@@ -175,6 +214,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Repair(args) => commands::repair::repair(ctx, args).await,
             Command::Status(args) => commands::status::status(ctx, args).await,
             Command::Audit(args) => commands::audit::audit(ctx, args).await,
+            Command::Init(_) | Command::Completions(_) | Command::Man | Command::Migration(_) => {
+                unreachable!("handled before the runtime")
+            }
         }
     })
 }

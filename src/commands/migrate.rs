@@ -50,7 +50,9 @@ pub async fn migrate(ctx: &Ctx, args: MigrateArgs) -> anyhow::Result<i32> {
         }
         None => migrations.latest(),
     };
-    let tenants = (!args.all && !args.shared_only).then_some(args.tenant.as_slice());
+    // --tenant/--from-file name tenants; --all, or --select alone, means every tenant.
+    let ids = super::ids_from(&args.tenant, args.from_file.as_deref())?;
+    let tenants = (!args.all && !args.shared_only && !ids.is_empty()).then_some(ids.as_slice());
     let sides = Sides {
         shared: shared.as_ref(),
         tenants: !args.shared_only,

@@ -7,10 +7,12 @@ pub mod clusters;
 pub mod migrate;
 pub mod repair;
 pub mod rollback;
+pub mod scaffold;
 pub mod status;
 pub mod tenant;
 
 use std::collections::BTreeSet;
+use std::io::Read as _;
 
 use crate::config::{Config, Target};
 use crate::db::Session;
@@ -60,6 +62,51 @@ impl Ctx {
             signals: &self.signals,
         }
     }
+}
+
+/// Reads ids from a file or stdin: one per line, blanks and `#` comments ignored.
+pub fn read_id_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| UsageError(format!("cannot read tenant ids from stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| {
+            UsageError(format!(
+                "cannot read tenant ids from {}: {e}",
+                path.display()
+            ))
+        })?
+    };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Ids from the command line and, with `--from-file`, from a file (or stdin).
+/// A file that lists no id is an error (it must never widen a command to every tenant).
+pub fn ids_from(
+    ids: &[String],
+    from_file: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<String>> {
+    let mut all = ids.to_vec();
+    if let Some(path) = from_file {
+        let listed = read_id_file(path)?;
+        if listed.is_empty() {
+            return Err(UsageError(format!(
+                "{} lists no tenant id; nothing was changed",
+                path.display()
+            ))
+            .into());
+        }
+        all.extend(listed);
+    }
+    Ok(all)
 }
 
 /// Validates ids (all of them, reporting every bad one) and refuses duplicates.
@@ -196,7 +243,7 @@ pub fn load_migrations(config: &Config) -> anyhow::Result<MigrationSet> {
 }
 
 /// The checks for one kind of migration set under this configuration.
-fn rules_for(config: &Config, kind: SetKind) -> Rules<'_> {
+pub fn rules_for(config: &Config, kind: SetKind) -> Rules<'_> {
     let m = &config.migrations;
     Rules {
         kind,

@@ -13,7 +13,9 @@ pub async fn rollback(ctx: &Ctx, args: RollbackArgs) -> anyhow::Result<i32> {
     if args.to != 0 {
         require_on_disk(&migrations, args.to, "--to")?;
     }
-    let tenants = (!args.all).then_some(args.tenant.as_slice());
+    // --tenant/--from-file name tenants; --all, or --select alone, means every tenant.
+    let ids = super::ids_from(&args.tenant, args.from_file.as_deref())?;
+    let tenants = (!args.all && !ids.is_empty()).then_some(ids.as_slice());
     fleet_command(
         ctx,
         &migrations,

@@ -119,11 +119,12 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
     let config = &ctx.config;
     let migrations = load_migrations(config)?;
     let shared = load_shared(config)?;
-    let wanted = if args.tenant.is_empty() {
+    let ids = super::ids_from(&args.tenant, args.from_file.as_deref())?;
+    let wanted = if ids.is_empty() {
         None
     } else {
         Some(
-            parse_ids(config, &args.tenant)?
+            parse_ids(config, &ids)?
                 .iter()
                 .map(|t| t.id().to_string())
                 .collect::<Vec<_>>(),

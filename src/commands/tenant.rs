@@ -1,7 +1,6 @@
 //! `tenantctl tenant create|adopt|drop|list`, across clusters.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 
 use serde_json::json;
 
@@ -22,30 +21,6 @@ use crate::tenant::Tenant;
 
 use super::clusters::{each, failed_names, finish, finish_some, single_error, Done};
 use super::{load_migrations, load_shared, parse_ids, run_output, Ctx};
-
-/// Reads ids from a file or stdin: one per line, blanks and `#` comments ignored.
-fn read_id_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| UsageError(format!("cannot read tenant ids from stdin: {e}")))?;
-        s
-    } else {
-        std::fs::read_to_string(path).map_err(|e| {
-            UsageError(format!(
-                "cannot read tenant ids from {}: {e}",
-                path.display()
-            ))
-        })?
-    };
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
-}
 
 /// Every bad label at once (exit 2).
 fn bad_labels(errors: &[String]) -> anyhow::Result<()> {
@@ -84,7 +59,7 @@ fn ids_and_labels(
         .map(|id| (id.clone(), base.clone()))
         .collect();
     if let Some(path) = from_file {
-        for line in read_id_file(path)? {
+        for line in super::read_id_file(path)? {
             let mut words = line.split_whitespace();
             let id = words.next().unwrap_or_default().to_string();
             let mut labels = base.clone();
@@ -449,7 +424,8 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
     let config = &ctx.config;
     let migrations =
         load_migrations(config).unwrap_or_else(|_| MigrationSet::empty(&config.migrations.dir));
-    let tenants = parse_ids(config, &args.ids)?;
+    let ids = super::ids_from(&args.ids, args.from_file.as_deref())?;
+    let tenants = parse_ids(config, &ids)?;
     let select = super::selector(args.select.as_deref())?;
     let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
     let (id_list, wanted) = (

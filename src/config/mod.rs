@@ -168,7 +168,7 @@ impl Config {
         let text = std::fs::read(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 ConfigError(format!(
-                    "config file {} not found; create it (see the commented tenants.toml in the tenantctl repository) or pass --config PATH / set TENANTCTL_CONFIG",
+                    "config file {} not found; `tenantctl init` creates a commented one (and migrations/), or pass --config PATH / set TENANTCTL_CONFIG",
                     path.display()
                 ))
             } else {

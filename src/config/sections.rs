@@ -159,12 +159,13 @@ impl Source<'_> {
         Ok(Some(self.base().join(s)))
     }
 
+    /// The config's folder; empty for a config in the current folder (paths then read
+    /// `migrations/…`, not `./migrations/…`).
     fn base(&self) -> PathBuf {
         self.path
             .parent()
-            .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
+            .unwrap_or_default()
     }
 }
 

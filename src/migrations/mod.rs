@@ -3,6 +3,7 @@
 //! or its companion `V<n>__<name>.down.sql`, and any problem stops the command before
 //! any database work, naming the file.
 
+pub mod lint;
 pub mod rules;
 pub mod scan;
 
@@ -159,6 +160,22 @@ fn holds_sql(dir: &Path) -> bool {
             p.extension().is_some_and(|x| x == "sql")
         }
     })
+}
+
+/// The highest version among the files in `dir` whose names follow the rule (the others, and
+/// anything else wrong with the set, are `migration check`'s to report). None: no migration.
+pub fn highest_version(dir: &Path) -> Result<Option<i32>, MigrationSetError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        MigrationSetError(format!(
+            "cannot read migrations directory {}: {e}; `tenantctl init` creates it",
+            dir.display()
+        ))
+    })?;
+    Ok(entries
+        .flatten()
+        .filter_map(|e| parse_file_name(&e.file_name().to_string_lossy()).ok())
+        .map(|p| p.version)
+        .max())
 }
 
 impl MigrationSet {

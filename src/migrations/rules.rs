@@ -40,6 +40,21 @@ pub struct Rules<'a> {
     pub allowed: Vec<&'a str>,
 }
 
+/// Something `migrate` refuses: where, which rule, what and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub path: std::path::PathBuf,
+    pub line: usize,
+    pub rule: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
 /// Checks every file (up and down) of `set`; all findings at once.
 pub fn check_set(set: &MigrationSet, rules: &Rules<'_>) -> Result<(), MigrationSetError> {
     let mut findings = Vec::new();
@@ -66,12 +81,25 @@ pub fn check_set(set: &MigrationSet, rules: &Rules<'_>) -> Result<(), MigrationS
 
 /// The findings for one file, as `path:line: message`.
 pub fn check_file(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<String> {
-    let at = |line: usize, msg: String| format!("{}:{line}: {msg}", path.display());
+    file_findings(path, sql, rules)
+        .iter()
+        .map(Finding::to_string)
+        .collect()
+}
+
+/// What `migrate` refuses in one file, each with its rule.
+pub fn file_findings(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<Finding> {
+    let at = |line: usize, rule: &'static str, message: String| Finding {
+        path: path.to_path_buf(),
+        line,
+        rule,
+        message,
+    };
     let mut out = Vec::new();
     let no_tx = is_no_transaction(sql);
     if no_tx && rules.kind == SetKind::Shared {
         out.push(at(
-            1,
+            1, "no-transaction-in-shared",
             format!("`{NO_TRANSACTION}` is for tenant migrations; shared migrations run in one transaction per cluster"),
         ));
     }
@@ -80,10 +108,10 @@ pub fn check_file(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<String> {
     let mut added: Vec<(String, usize)> = Vec::new();
     let scanned = for_each_statement(sql, |s| {
         if let Some(msg) = transaction_control(&s) {
-            out.push(at(s.line, msg));
+            out.push(at(s.line, "transaction-control", msg));
         }
         if let Some(msg) = session_setting(&s, no_tx) {
-            out.push(at(s.line, msg));
+            out.push(at(s.line, "session-setting", msg));
         }
         if !no_tx {
             if let Some(what) = outside_transaction_only(&s) {
@@ -94,7 +122,7 @@ pub fn check_file(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<String> {
                     SetKind::Shared => "shared migrations run in one transaction per cluster; use the plain form there".to_string(),
                 };
                 out.push(at(
-                    s.line,
+                    s.line, "needs-no-transaction",
                     format!("`{what}` cannot run inside a transaction, and this file's statements run in one: {fix}"),
                 ));
             }
@@ -109,7 +137,7 @@ pub fn check_file(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<String> {
             for (value, line) in uses {
                 if let Some((_, added_at)) = added.iter().find(|(v, _)| *v == value) {
                     out.push(at(
-                        line,
+                        line, "enum-value-in-same-transaction",
                         format!(
                             "uses the enum value '{value}' added on line {added_at} in the same transaction, which PostgreSQL refuses (unsafe use of new value): move the `ALTER TYPE … ADD VALUE` into a no-transaction migration (`{NO_TRANSACTION}`) of its own, before this one"
                         ),
@@ -122,19 +150,19 @@ pub fn check_file(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<String> {
         }
         if rules.kind == SetKind::Tenant {
             if let Some(msg) = database_wide(&s) {
-                out.push(at(s.line, msg));
+                out.push(at(s.line, "database-wide", msg));
             }
             let bodies = s.bodies();
             for inner in std::iter::once(&s).chain(&bodies) {
                 for (q, line) in inner.qualifiers() {
                     if let Some(msg) = outside_tenant(&q, rules) {
-                        out.push(at(line, msg));
+                        out.push(at(line, "outside-tenant", msg));
                     }
                 }
                 if let Some((q, line)) = inner.ddl_target_qualifier() {
                     if rules.allowed.contains(&q.as_str()) {
                         out.push(at(
-                            line,
+                            line, "shared-ddl",
                             format!(
                                 "`{}` on `{q}.…` changes the schema shared by every tenant, once per tenant; put it in migrations/shared/ (tenant migrations may only refer to shared objects)",
                                 inner.head(2)
@@ -148,6 +176,7 @@ pub fn check_file(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<String> {
     if let Err(e) = scanned {
         out.push(at(
             e.line,
+            "unreadable-sql",
             format!(
                 "cannot be read as SQL ({}); PostgreSQL would refuse it too",
                 e.message

@@ -19,6 +19,7 @@ pub enum Tok<'a> {
         quoted: bool,
     },
     Dot,
+    Comma,
     LParen,
     RParen,
     /// The inside of a dollar quote (a function body, a DO block).
@@ -239,6 +240,7 @@ impl<'a> Lexer<'a> {
                 let tok = match c {
                     '.' => Tok::Dot,
                     '(' => Tok::LParen,
+                    ',' => Tok::Comma,
                     ')' => Tok::RParen,
                     _ => Tok::Other,
                 };

@@ -205,6 +205,25 @@ fn scenario(p: &Project, seen: &mut Printed) {
             ("error", &["status", "--tenant", "nobody", "--json"], 2),
         ],
     );
+    // The migration files, no database needed.
+    steps(
+        p,
+        seen,
+        &[
+            ("migration-list", &["migration", "list", "--json"], 0),
+            ("migration-check", &["migration", "check", "--json"], 0),
+        ],
+    );
+    p.add_migration(
+        "V11__risky.sql",
+        "ALTER TABLE tasks ADD COLUMN z int NOT NULL;\n",
+    );
+    steps(
+        p,
+        seen,
+        &[("migration-check", &["migration", "check", "--json"], 1)],
+    );
+    std::fs::remove_file(p.migrations_dir().join("V11__risky.sql")).unwrap();
     // A staged rollout, and what status and audit say of it.
     p.add_migration("V10__later.sql", "CREATE TABLE later (id int);\n");
     steps(

@@ -370,10 +370,10 @@ fn audit_trail_records_every_change() {
     let url_with_pw = p.url.replace("postgres@", "postgres:Aud1t-Secret@");
     p.cmd()
         .args([
-            "--actor",
-            "deploy-bot",
             "migrate",
             "--all",
+            "--actor",
+            "deploy-bot",
             "--database-url",
             &url_with_pw,
         ])
@@ -415,7 +415,7 @@ fn audit_trail_records_every_change() {
     assert_eq!(runs[1]["counts"]["done"], 2);
     let line = runs[1]["command_line"].as_str().unwrap();
     assert!(
-        line.contains("migrate --all --database-url") && line.contains("***"),
+        line.contains("migrate --all --actor deploy-bot --database-url") && line.contains("***"),
         "{line}"
     );
     assert!(
