@@ -8,6 +8,7 @@
 //!   cargo bench --bench fleet -- --jobs-sweep  # migrate at N = 1,000 for J = 1, 2, 4, 8, 16
 //!   cargo bench --bench fleet -- --clusters 3 --n 900  # one cluster vs N spread over three
 //!   cargo bench --bench fleet -- --plan --n 10000      # planning a staged rollout (dry run)
+//!   cargo bench --bench fleet -- --pool --n 1000,10000 # tenant create with and without a warm pool
 //!
 //! Without --url (or BENCH_DATABASE_URL) it starts a throwaway cluster with
 //! scripts/throwaway-pg.sh and removes it afterwards. Timings are medians; machines are shared
@@ -33,6 +34,8 @@ struct Opts {
     clusters: usize,
     /// Time planning (dry runs) with and without waves.
     plan: bool,
+    /// Time `tenant create` with and without a warm pool, and a burst of creators.
+    pool: bool,
 }
 
 fn parse_args() -> Opts {
@@ -46,6 +49,7 @@ fn parse_args() -> Opts {
         sweep: false,
         clusters: 0,
         plan: false,
+        pool: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -77,6 +81,7 @@ fn parse_args() -> Opts {
             }
             "--jobs-sweep" => o.sweep = true,
             "--plan" => o.plan = true,
+            "--pool" => o.pool = true,
             "--clusters" => {
                 o.clusters = val(i).parse().expect("--clusters takes a number");
                 i += 1;
@@ -108,7 +113,7 @@ impl Server {
             .arg("start")
             .env(
                 "TENANTCTL_PG_EXTRA",
-                "-c shared_preload_libraries=pg_stat_statements",
+                "-c shared_preload_libraries=pg_stat_statements -c max_connections=400",
             )
             .output()
             .expect("running scripts/throwaway-pg.sh");
@@ -509,6 +514,115 @@ fn bench_plan(server: &Server, o: &Opts) {
     }
 }
 
+/// `tenant create` of one tenant, process start to exit, on a fleet of N migrated tenants:
+/// the median of `creates` without a pool and with a warm one (`[tenants] pool` larger than
+/// `creates`, filled first). Then, on the largest fleet, a burst: `burst` creators at once
+/// for `burst` ids with a pool of half that, checked (every id once, every pooled schema
+/// taken once, half from the pool).
+fn bench_pool(server: &Server, o: &Opts, creates: usize, burst: usize) {
+    println!("| N | create 1, no pool (median of {creates}) | create 1, warm pool (median of {creates}) | pool / no pool |");
+    println!("|---:|---:|---:|---:|");
+    let mut last = None;
+    for &n in &o.sizes {
+        let (url, p) = empty_fleet(server, &format!("bench_pool_{n}"), n, o.jobs);
+        p.timed(&["migrate", "--all"]);
+        let cold = median(
+            (0..creates)
+                .map(|i| p.timed(&["tenant", "create", &format!("cold_{i}")]).0)
+                .collect(),
+        );
+        let config = format!(
+            "[database]\nurl = \"{url}\"\n[run]\njobs = {}\n[tenants]\npool = {}\n",
+            o.jobs,
+            creates + 5
+        );
+        std::fs::write(p.dir.path().join("tenants.toml"), config).unwrap();
+        p.timed(&["tenant", "pool", "fill"]);
+        let warm = median(
+            (0..creates)
+                .map(|i| p.timed(&["tenant", "create", &format!("warm_{i}")]).0)
+                .collect(),
+        );
+        let from_pool: i64 = p
+            .db()
+            .query_one(
+                "SELECT count(*) FROM tenantctl.run_schemas WHERE from_pool AND tenant_id LIKE 'warm\\_%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            from_pool as usize, creates,
+            "every warm create took a pooled schema"
+        );
+        println!(
+            "| {n} | {} | {} | {:.2} |",
+            secs(cold),
+            secs(warm),
+            warm.as_secs_f64() / cold.as_secs_f64()
+        );
+        last = Some(p);
+    }
+    let p = last.expect("a size");
+    p.timed(&["tenant", "pool", "drain", "--yes"]);
+    p.timed(&["tenant", "pool", "fill", "--size", &(burst / 2).to_string()]);
+    let pooled: Vec<String> = pool_names(&p);
+    let t0 = Instant::now();
+    let children: Vec<_> = (0..burst)
+        .map(|i| {
+            p.cmd(&["tenant", "create", &format!("burst_{i}")])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let failed = children
+        .into_iter()
+        .map(|mut c| c.wait().unwrap())
+        .filter(|s| !s.success())
+        .count();
+    let took = t0.elapsed();
+    let mut db = p.db();
+    let row = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT schema_name), \
+                    (SELECT count(*) FROM tenantctl.run_schemas s WHERE s.from_pool AND s.tenant_id LIKE 'burst\\_%'), \
+                    (SELECT count(*) FROM tenantctl.run_schemas s WHERE s.tenant_id LIKE 'burst\\_%'), \
+                    (SELECT count(*) FROM pg_namespace WHERE nspname = ANY($1)) \
+             FROM tenantctl.tenants WHERE id LIKE 'burst\\_%' AND state = 'active'",
+            &[&pooled],
+        )
+        .unwrap();
+    let (tenants, schemas, from_pool, ledger, left): (i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    println!(
+        "\n{burst} simultaneous `tenant create` processes, pool of {}: {failed} failed, {tenants} tenants ({schemas} distinct schemas, {ledger} ledger rows), {from_pool} from the pool, {left} pooled schema(s) left under their pool names; {}",
+        burst / 2,
+        secs(took)
+    );
+    assert_eq!(
+        (failed, tenants, schemas, ledger, from_pool, left),
+        (
+            0,
+            burst as i64,
+            burst as i64,
+            burst as i64,
+            (burst / 2) as i64,
+            0
+        ),
+        "the burst"
+    );
+}
+
+/// The pool's schema names now.
+fn pool_names(p: &Project) -> Vec<String> {
+    p.db()
+        .query("SELECT schema_name FROM tenantctl.pool", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Statements per migrated schema from pg_stat_statements, when the server has it.
 fn statements_per_schema(p: &Project, n: usize) -> Option<f64> {
     let mut db = p.db();
@@ -599,6 +713,10 @@ fn main() {
     }
     if o.plan {
         bench_plan(&server, &o);
+        return;
+    }
+    if o.pool {
+        bench_pool(&server, &o, 20, 100);
         return;
     }
     if o.sweep {

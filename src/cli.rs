@@ -334,6 +334,22 @@ pub enum TenantCommand {
     #[command(verbatim_doc_comment)]
     List(ListArgs),
 
+    /// Keep schemas created and migrated ahead of `tenant create` ([tenants] pool = N).
+    ///
+    /// A pooled schema is made and migrated under a reserved name (<prefix>pool__<n>, which no
+    /// tenant id can take); `tenant create` takes one at the latest version in its own
+    /// transaction (renamed to the tenant's schema, role, seed and registration included), so
+    /// creation costs a rename instead of every migration. migrate --all and rollback --all
+    /// move the pool along with the tenants.
+    ///
+    /// Examples:
+    ///   tenantctl tenant pool fill            (to [tenants] pool)
+    ///   tenantctl tenant pool fill --size 50
+    ///   tenantctl tenant pool status
+    ///   tenantctl tenant pool drain --yes
+    #[command(subcommand, verbatim_doc_comment)]
+    Pool(PoolCommand),
+
     /// Set and remove tenants' labels: `key=value` sets, `key-` removes (as kubectl does).
     ///
     /// Labels (lowercase letters, digits, `_ - .`, at most 63 characters) select tenants for
@@ -553,6 +569,56 @@ pub struct CreateArgs {
     /// With --from-file, a line may carry its own: `ID key=value ...`.
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+
+    /// A variable for the seed ([tenants] seed), used there as :'KEY' (a string) or :"KEY"
+    /// (an identifier); repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+
+    /// After creating, start `tenant pool fill` in the background to top the pool up.
+    #[arg(long)]
+    pub refill: bool,
+
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create and migrate pooled schemas until the pool holds its size at the latest version.
+    Fill(PoolFillArgs),
+    /// The pool's size and versions.
+    Status(PoolStatusArgs),
+    /// Drop every pooled schema.
+    Drain(PoolDrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PoolFillArgs {
+    /// How many schemas the pool should hold (default: [tenants] pool).
+    #[arg(long, value_name = "N")]
+    pub size: Option<usize>,
+
+    /// If a migrate/rollback is running, wait up to this long for it (e.g. 10m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolStatusArgs {
+    /// Print one JSON document on stdout (see docs/json.md), errors included.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolDrainArgs {
+    /// Do not ask: required when not on a terminal.
+    #[arg(long)]
+    pub yes: bool,
 
     #[command(flatten)]
     pub run: RunOpts,

@@ -17,13 +17,14 @@ mod output;
 mod pgerror;
 mod redact;
 mod report;
+mod seed;
 mod signals;
 pub mod tenant;
 mod whoami;
 
 use clap::Parser as _;
 
-use cli::{Cli, Command, MigrationCommand, TenantCommand};
+use cli::{Cli, Command, MigrationCommand, PoolCommand, TenantCommand};
 use config::{Config, Overrides};
 
 /// The whole program: parse, run, and the exit code. Errors print with their whole cause
@@ -129,6 +130,11 @@ fn needs(command: &Command) -> Needs {
             TenantCommand::Drop(a) => run(&a.run),
             TenantCommand::Label(a) => run(&a.run),
             TenantCommand::List(a) => read(a.json),
+            TenantCommand::Pool(p) => match p {
+                PoolCommand::Fill(a) => run(&a.run),
+                PoolCommand::Drain(a) => run(&a.run),
+                PoolCommand::Status(a) => read(a.json),
+            },
         },
     }
 }
@@ -155,6 +161,11 @@ fn command_name(command: &Command) -> &'static str {
             TenantCommand::Drop(_) => "tenant drop",
             TenantCommand::Label(_) => "tenant label",
             TenantCommand::List(_) => "tenant list",
+            TenantCommand::Pool(p) => match p {
+                PoolCommand::Fill(_) => "tenant pool fill",
+                PoolCommand::Status(_) => "tenant pool status",
+                PoolCommand::Drain(_) => "tenant pool drain",
+            },
         },
     }
 }
@@ -209,6 +220,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Tenant(TenantCommand::List(args)) => commands::tenant::list(ctx, args).await,
             Command::Tenant(TenantCommand::Drop(args)) => commands::tenant::drop(ctx, args).await,
             Command::Tenant(TenantCommand::Label(args)) => commands::tenant::label(ctx, args).await,
+            Command::Tenant(TenantCommand::Pool(command)) => {
+                commands::pool::pool(ctx, command).await
+            }
             Command::Migrate(args) => commands::migrate::migrate(ctx, args).await,
             Command::Rollback(args) => commands::rollback::rollback(ctx, args).await,
             Command::Repair(args) => commands::repair::repair(ctx, args).await,

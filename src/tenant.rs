@@ -21,7 +21,7 @@ pub enum IdError {
         schema: String,
         len: usize,
     },
-    #[error("tenant id {0:?} is invalid: a double underscore is reserved for tenantctl's own names (archived schemas); use single underscores")]
+    #[error("tenant id {0:?} is invalid: a double underscore is reserved for tenantctl's own names (archived and pooled schemas); use single underscores")]
     DoubleUnderscore(String),
     #[error("tenant id {id:?} is reserved: its schema name {schema:?} {why}")]
     Reserved {
@@ -102,6 +102,20 @@ impl Tenant {
         Tenant { id, schema }
     }
 
+    /// A pooled schema (see `tenant pool`), worked on like a tenant: its id is its schema's
+    /// name, which holds `__` and so can never be a tenant's.
+    pub(crate) fn pooled(schema: String) -> Tenant {
+        Tenant {
+            id: schema.clone(),
+            schema,
+        }
+    }
+
+    /// Whether this is a pooled schema rather than a tenant.
+    pub(crate) fn is_pooled(&self) -> bool {
+        self.id.contains("__")
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -118,7 +132,10 @@ impl Tenant {
 
 impl fmt::Display for Tenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tenant {} (schema {})", self.id, self.schema)
+        match self.is_pooled() {
+            true => write!(f, "pooled schema {}", self.schema),
+            false => write!(f, "tenant {} (schema {})", self.id, self.schema),
+        }
     }
 }
 

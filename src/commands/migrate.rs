@@ -132,10 +132,13 @@ pub async fn fleet_command(
     let opts = &opts;
     let select = super::selector(opts.select.as_deref())?;
     let waves = WaveSpec::parse(&opts.waves.ask())?;
+    // The whole fleet (--all, nothing narrowing it) includes the pool: a pooled schema left
+    // behind would give `tenant create` a tenant at an old version.
+    let with_pool = wanted_ids.is_none() && select.is_none() && sides.tenants;
     let mut prepared = futures::future::join_all(
         ctx.targets
             .iter()
-            .map(|t| prepare(ctx, t, migrations, wanted_ids.as_deref(), opts)),
+            .map(|t| prepare(ctx, t, migrations, wanted_ids.as_deref(), opts, with_pool)),
     )
     .await;
     if let Some(i) = prepared
@@ -195,6 +198,7 @@ pub async fn fleet_command(
                 .flat_map(|p| {
                     p.active
                         .iter()
+                        .filter(|a| !a.tenant.is_pooled())
                         .map(|a| (a.tenant.id().to_string(), a.labels.clone()))
                 })
                 .collect();
@@ -209,6 +213,9 @@ pub async fn fleet_command(
             (Ok(p), Some((gate, waves))) => {
                 let mine: std::collections::HashSet<&str> =
                     p.active.iter().map(|a| a.tenant.id()).collect();
+                // Pooled schemas go with the last wave: no tenant waits on them, and none
+                // is created from a pooled schema ahead of the fleet.
+                let last = waves.len().saturating_sub(1);
                 let wave_of = waves
                     .iter()
                     .enumerate()
@@ -217,6 +224,12 @@ pub async fn fleet_command(
                             .filter(|id| mine.contains(id.as_str()))
                             .map(move |id| (id.clone(), w))
                     })
+                    .chain(
+                        p.active
+                            .iter()
+                            .filter(|a| a.tenant.is_pooled())
+                            .map(|a| (a.tenant.id().to_string(), last)),
+                    )
                     .collect();
                 Some(WavePlan {
                     wave_of,
@@ -261,6 +274,7 @@ async fn prepare<'a>(
     migrations: &MigrationSet,
     wanted_ids: Option<&[String]>,
     opts: &FleetOpts,
+    with_pool: bool,
 ) -> anyhow::Result<Prepared<'a>> {
     // A dry run changes nothing: it does not even create the control schema.
     let session = ctx.session(target, !opts.dry_run).await?;
@@ -274,7 +288,7 @@ async fn prepare<'a>(
         session.control.tenants(&session.client, wanted_ids).await?
     };
     engine_run::refuse_out_of_order(&session, migrations).await?;
-    let active: Vec<Active> = rows
+    let mut active: Vec<Active> = rows
         .into_iter()
         .filter(|r| r.state == TenantState::Active)
         .map(|r| Active {
@@ -284,6 +298,15 @@ async fn prepare<'a>(
             labels: r.labels,
         })
         .collect();
+    if with_pool && session.control.exists(&session.client).await? {
+        let pool = session.control.pool(&session.client).await?;
+        active.extend(pool.into_iter().map(|(tenant, version)| Active {
+            tenant,
+            version,
+            drifted: false,
+            labels: Default::default(),
+        }));
+    }
     Ok(Prepared {
         session,
         active,
@@ -392,6 +415,7 @@ async fn execute(
             refused: Vec::new(),
             labels: std::collections::HashMap::new(),
             waves,
+            seed: None,
             resume: !opts.fresh,
             fail_fast: opts.run.fail_fast,
         },

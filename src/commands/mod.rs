@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod clusters;
 pub mod migrate;
+pub mod pool;
 pub mod repair;
 pub mod rollback;
 pub mod scaffold;

@@ -134,6 +134,7 @@ pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
                 refused: Vec::new(),
                 labels: std::collections::HashMap::new(),
                 waves: None,
+                seed: None,
                 resume: false,
                 fail_fast: args.run.fail_fast,
             },

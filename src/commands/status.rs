@@ -171,9 +171,10 @@ async fn status_one(
 ) -> anyhow::Result<(BTreeSet<String>, Done)> {
     let config = &ctx.config;
     let session = ctx.session(target, false).await?;
-    let (rows, last_run, last_change) = if session.control.exists(&session.client).await? {
+    let (rows, last_run, last_change, pool) = if session.control.exists(&session.client).await? {
         let (control, client) = (&session.control, &session.client);
         let rows = control.tenants(client, wanted).await?;
+        let pool = control.pool(client).await?;
         let last = as_seen(control, client, control.last_run(client).await?).await?;
         let change = match as_seen(control, client, control.last_change(client).await?).await? {
             Some(run) => {
@@ -182,9 +183,9 @@ async fn status_one(
             }
             None => None,
         };
-        (rows, last, change)
+        (rows, last, change, pool)
     } else {
-        (Vec::new(), None, None)
+        (Vec::new(), None, None, Vec::new())
     };
     let late = if session.control.is_current(&session.client).await? {
         session
@@ -256,6 +257,15 @@ async fn status_one(
         text.push_str(&format!("no tenant matches --select {sel}\n"));
     }
     text.insert_str(text.find("tenants:").unwrap_or(text.len()), &shared_line);
+    // The pool, when there is one (or one is configured), after the tenants' line.
+    let pool_size = config.tenants.pool;
+    if !pool.is_empty() || pool_size > 0 {
+        let line = super::pool::pool_line(&pool, pool_size, migrations.latest());
+        let at = text.find("tenants:").map_or(text.len(), |i| {
+            text[i..].find('\n').map_or(text.len(), |n| i + n + 1)
+        });
+        text.insert_str(at, &line);
+    }
     if !late.is_empty() {
         let names: Vec<String> = late.iter().map(|(v, n)| format!("V{v}__{n}")).collect();
         text.push_str(&format!(
@@ -284,6 +294,10 @@ async fn status_one(
                 .iter()
                 .map(|(version, name)| json!({ "version": version, "name": name }))
                 .collect::<Vec<_>>()),
+        )
+        .cluster(
+            "pool",
+            super::pool::pool_json(&pool, pool_size, migrations.latest()),
         )
         .cluster("last_run", serde_json::to_value(&last_run)?)
         .cluster("verify", serde_json::to_value(&verification)?);

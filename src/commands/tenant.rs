@@ -17,6 +17,7 @@ use crate::labels::{Labels, Selector};
 use crate::migrations::{version_label, MigrationSet};
 use crate::report::json::Part;
 use crate::report::Tally;
+use crate::seed::Seed;
 use crate::tenant::Tenant;
 
 use super::clusters::{each, failed_names, finish, finish_some, single_error, Done};
@@ -80,8 +81,9 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<i32> {
         mode: Mode::Create,
         target: migrations.latest(),
         if_not_exists: args.if_not_exists,
+        seed: load_seed(&ctx.config, &args.vars)?,
     };
-    register(
+    let code = register(
         ctx,
         &migrations,
         &args.ids,
@@ -90,7 +92,63 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<i32> {
         request,
         &args.run,
     )
-    .await
+    .await?;
+    if args.refill {
+        refill(ctx)?;
+    }
+    Ok(code)
+}
+
+/// The seed of `[tenants] seed` with the `--var`s given, checked before anything changes
+/// (exit 2 for an unknown variable, or `--var` with no seed to use it).
+fn load_seed(config: &crate::config::Config, vars: &[String]) -> anyhow::Result<Option<Seed>> {
+    let vars = crate::seed::parse_vars(vars)?;
+    match &config.tenants.seed {
+        Some(path) => Ok(Some(Seed::load(
+            path,
+            vars,
+            config.tenants.role_template.is_some(),
+        )?)),
+        None if !vars.is_empty() => Err(UsageError(
+            "--var is for the seed, and there is none: set [tenants] seed = \"seed.sql\" in the config; nothing was changed".into(),
+        )
+        .into()),
+        None => Ok(None),
+    }
+}
+
+/// `--refill`: `tenant pool fill` in a process of its own, detached, with this one's config
+/// and clusters; its output goes nowhere (`tenant pool status` shows the pool). The create
+/// has finished by then: nothing of it waits for the fill.
+fn refill(ctx: &Ctx) -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--config").arg(&ctx.config.path);
+    match (ctx.multi(), ctx.targets.as_slice()) {
+        // The URL in use (the config's or --database-url's) by the environment: a command
+        // line is visible to every user of the machine, the password with it.
+        (false, [only]) => {
+            cmd.env("TENANTCTL_DATABASE_URL", &only.url);
+        }
+        _ => {
+            for t in &ctx.targets {
+                cmd.arg("--cluster").arg(&t.name);
+            }
+        }
+    }
+    cmd.env("TENANTCTL_ACTOR", &ctx.actor);
+    cmd.args(["tenant", "pool", "fill", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Its own process group: a Ctrl-C meant for the caller's shell does not stop it.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().map_err(|e| {
+        anyhow::anyhow!("--refill: could not start `tenantctl tenant pool fill`: {e}")
+    })?;
+    Ok(())
 }
 
 pub async fn adopt(ctx: &Ctx, args: AdoptArgs) -> anyhow::Result<i32> {
@@ -110,6 +168,7 @@ pub async fn adopt(ctx: &Ctx, args: AdoptArgs) -> anyhow::Result<i32> {
         },
         target: Some(args.baseline),
         if_not_exists: false,
+        seed: None,
     };
     register(
         ctx,
@@ -128,6 +187,8 @@ struct Registration {
     mode: Mode,
     target: Option<i32>,
     if_not_exists: bool,
+    /// create: the seed each new tenant gets.
+    seed: Option<Seed>,
 }
 
 /// What one cluster knows about the ids being registered.
@@ -232,13 +293,18 @@ async fn ask_clusters<'a>(
                 active: 0,
             });
         }
-        if selected {
-            engine_run::refuse_out_of_order(&session, migrations).await?;
-        }
-        let existing = session
-            .control
-            .tenants(&session.client, Some(id_list))
-            .await?
+        // Sent together (one round trip): the files' order check and the ids' lookup.
+        let (order, rows) = futures::join!(
+            async {
+                match selected {
+                    true => engine_run::refuse_out_of_order(&session, migrations).await,
+                    false => Ok(()),
+                }
+            },
+            session.control.tenants(&session.client, Some(id_list))
+        );
+        order?;
+        let existing = rows?
             .into_iter()
             .filter(|r| r.state == TenantState::Active)
             .map(|r| (r.tenant.id().to_string(), r.version))
@@ -412,6 +478,7 @@ async fn register_on(
             refused: work.refused,
             labels: how.labels.clone(),
             waves: None,
+            seed: request.seed.as_ref(),
             resume: false,
             fail_fast: run.fail_fast,
         },
@@ -505,6 +572,7 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
             refused: Vec::new(),
             labels: HashMap::new(),
             waves: None,
+            seed: None,
             resume: false,
             fail_fast: args.run.fail_fast,
         };
@@ -591,6 +659,7 @@ async fn label_on(
         total: ids.len(),
         actor: &ctx.actor,
         argv: &argv,
+        seed: None,
     };
     let run_id = session
         .control

@@ -78,6 +78,10 @@ pub struct TenantsConfig {
     pub schema_prefix: String,
     /// Role-per-tenant template (`{schema}` / `{id}`), off when None.
     pub role_template: Option<String>,
+    /// Schemas kept created and migrated ahead of `tenant create` (0: no pool).
+    pub pool: usize,
+    /// SQL run in each new tenant's transaction after its migrations.
+    pub seed: Option<std::path::PathBuf>,
 }
 
 impl TenantsConfig {

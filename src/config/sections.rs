@@ -61,6 +61,8 @@ pub(super) struct RawMigrations {
 pub(super) struct RawTenants {
     schema_prefix: Option<Spanned<String>>,
     role: Option<Spanned<String>>,
+    pool: Option<Spanned<i64>>,
+    seed: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -319,9 +321,24 @@ pub(super) fn tenants_section(
         }
         None => None,
     };
+    let pool = match &raw.pool {
+        Some(n) if (0..=10_000).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => {
+            return Err(src.err_at(
+                n.span(),
+                "tenants.pool",
+                format!("{} is out of range; use 0 (off) to 10000", n.get_ref()),
+            ))
+        }
+        None => 0,
+    };
+    // A seed is a file relative to the config, like the migrations folder.
+    let seed = src.folder(&raw.seed, "tenants.seed")?;
     Ok(TenantsConfig {
         schema_prefix,
         role_template,
+        pool,
+        seed,
     })
 }
 

@@ -28,6 +28,8 @@ pub struct RunInfo<'a> {
     pub actor: &'a str,
     /// The command line, secrets redacted.
     pub argv: &'a str,
+    /// `tenant create` with a seed: which seed, and its fingerprint.
+    pub seed: Option<&'a str>,
 }
 
 /// The tenant id of the ledger row of a shared migrations' step.
@@ -143,6 +145,8 @@ pub struct RunRow {
     /// A staged rollout's waves (empty for a run in one wave).
     pub waves: Vec<WaveRow>,
     pub halted: Option<Halted>,
+    /// `tenant create`: the seed run in each new tenant (path and fingerprint), if any.
+    pub seed: Option<String>,
     /// The migration set's digest and the tenant scope: what a resumed run must match.
     #[serde(skip)]
     digest: String,
@@ -200,6 +204,8 @@ pub struct SchemaRow {
     pub attempts: i32,
     /// `tenant drop --archive`: the schema its data was renamed to.
     pub archived_as: Option<String>,
+    /// `tenant create`: whether its schema came from the pool (null for other commands).
+    pub from_pool: Option<bool>,
     pub failure: Option<FailureRow>,
 }
 
@@ -294,7 +300,7 @@ impl Control {
         let fleet = stored_list(
             RunCommand::ALL
                 .iter()
-                .filter(|c| c.is_fleet_command())
+                .filter(|c| c.counts_rechecks())
                 .map(|c| c.as_str()),
         );
         let sql = format!(
@@ -310,13 +316,14 @@ impl Control {
                                   count(*) FILTER (WHERE s2.state = {succeeded}) AS done, \
                                   count(*) FILTER (WHERE s2.state = {failed}) AS failed, \
                                   count(*) FILTER (WHERE s2.state = {pending}) AS pending \
-                           FROM {rs} s2 WHERE s2.run_id = r.id AND r.w_sizes IS NOT NULL GROUP BY 1) w) \
+                           FROM {rs} s2 WHERE s2.run_id = r.id AND r.w_sizes IS NOT NULL GROUP BY 1) w), \
+                    r.seed_desc \
              FROM (SELECT r.*, nullif((to_jsonb(r) -> 'waves')::text, 'null') AS w_sizes, (to_jsonb(r) ->> 'halted_wave')::int AS h_wave, \
-                          to_jsonb(r) ->> 'halted' AS h_reason \
+                          to_jsonb(r) ->> 'halted' AS h_reason, to_jsonb(r) ->> 'seed' AS seed_desc \
                    FROM {runs} r WHERE {filter} ORDER BY id DESC LIMIT {limit}) r \
              LEFT JOIN {rs} s ON s.run_id = r.id \
              GROUP BY r.id, r.command, r.argv, r.target_version, r.state, r.actor, r.host, r.pid, r.started_at, \
-                      r.finished_at, r.total, r.digest, r.scope, r.w_sizes, r.h_wave, r.h_reason \
+                      r.finished_at, r.total, r.digest, r.scope, r.w_sizes, r.h_wave, r.h_reason, r.seed_desc \
              ORDER BY r.id DESC",
             runs = self.table("runs"),
             rs = self.table("run_schemas"),
@@ -360,6 +367,7 @@ impl Control {
                         wave,
                         reason: r.get::<_, Option<String>>(20).unwrap_or_default(),
                     }),
+                    seed: r.get(22),
                 })
             })
             .collect()
@@ -472,7 +480,8 @@ impl Control {
                     coalesce({applied}::int, 0), s.attempts, coalesce({kind}, 'other'), {sqlstate}, s.failed_migration, \
                     {line}::int, coalesce({message}, s.error, ''), coalesce(s.error, ''), \
                     CASE WHEN $3 THEN t.archived_as END, (to_jsonb(s) ->> 'wave')::int, \
-                    coalesce(to_jsonb(t) -> 'labels', '{{}}')::text \
+                    coalesce(to_jsonb(t) -> 'labels', '{{}}')::text, \
+                    CASE WHEN $4 THEN coalesce((to_jsonb(s) ->> 'from_pool')::boolean, false) END \
              FROM {rs} s LEFT JOIN {tenants} t ON t.id = s.tenant_id \
              WHERE s.run_id = $1 AND (NOT $2 OR s.state = {failed}) ORDER BY s.tenant_id",
             rs = self.table("run_schemas"),
@@ -485,6 +494,7 @@ impl Control {
             message = v6!("message"),
         );
         let archived = run.command == RunCommand::TenantDropArchive;
+        let creates = run.command == RunCommand::TenantCreate;
         let rows = client
             .query_typed(
                 &sql,
@@ -492,6 +502,7 @@ impl Control {
                     (&run.id, Type::INT8),
                     (&failed_only, Type::BOOL),
                     (&archived, Type::BOOL),
+                    (&creates, Type::BOOL),
                 ],
             )
             .await
@@ -526,6 +537,7 @@ impl Control {
                     applied: r.get(6),
                     attempts: r.get(7),
                     archived_as: r.get(14),
+                    from_pool: r.get(17),
                     failure,
                 })
             })
@@ -583,8 +595,8 @@ impl Control {
                 running = RunState::Running.literal(),
             ),
             None => format!(
-                "r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, waves) \
-                 VALUES ($7, $8, $9, $10, {running}, $2, $3, $4, $5, $6, $17) RETURNING id, epoch)",
+                "r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, waves, seed) \
+                 VALUES ($7, $8, $9, $10, {running}, $2, $3, $4, $5, $6, $17, $18) RETURNING id, epoch)",
                 runs = self.table("runs"),
                 running = RunState::Running.literal(),
             ),
@@ -611,7 +623,7 @@ impl Control {
             std::process::id() as i32,
             i32::try_from(info.total).unwrap_or(i32::MAX),
         );
-        let params: [Param<'_>; 17] = [
+        let params: [Param<'_>; 18] = [
             (&resume, Type::INT8),
             (&info.actor, Type::TEXT),
             (&info.argv, Type::TEXT),
@@ -629,6 +641,7 @@ impl Control {
             (&file_names, Type::TEXT_ARRAY),
             (&waves, Type::INT4_ARRAY),
             (&wave_sizes, Type::INT4_ARRAY),
+            (&info.seed, Type::TEXT),
         ];
         let rows = client
             .query_typed(&sql, &params)
@@ -715,6 +728,15 @@ impl Control {
                 "version_after = {}, applied = {applied}",
                 int_or_null(after)
             ),
+        )
+    }
+
+    /// Hot path, `tenant create`: the tenant's schema came from the pool.
+    pub fn taken_from_pool_sql(&self, run_id: i64, tenant: &Tenant) -> String {
+        format!(
+            "; UPDATE {} SET from_pool = true WHERE run_id = {run_id} AND tenant_id = {}",
+            self.table("run_schemas"),
+            quote_literal(tenant.id())
         )
     }
 

@@ -29,7 +29,7 @@ use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
 
 /// Bumped whenever the DDL below changes; stored as the control schema's comment.
-const CONTROL_VERSION: &str = "tenantctl control schema v7";
+const CONTROL_VERSION: &str = "tenantctl control schema v8";
 
 /// SQLSTATE raised inside a schema's transaction when its run was taken over (fencing).
 pub const SQLSTATE_FENCED: &str = "TNF01";
@@ -48,6 +48,8 @@ const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
 pub struct Control {
     name: String,
     q: String,
+    /// Seen to be this version's (it is never downgraded): not asked again.
+    current: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn failed(what: &str, e: &tokio_postgres::Error) -> anyhow::Error {
@@ -69,6 +71,7 @@ impl Control {
         Control {
             name: name.to_string(),
             q: quote_ident(name),
+            current: Default::default(),
         }
     }
 
@@ -138,7 +141,16 @@ BEGIN
         RAISE EXCEPTION 'run % was taken over by another tenantctl (its epoch moved past %)', p_run, p_epoch
             USING ERRCODE = '{fenced}';
     END IF;
-    IF p_tenant IS NOT NULL AND NOT EXISTS (
+    -- A pooled schema (its name holds '__', which no tenant id can): its pool row, locked
+    -- until this transaction ends, so that `tenant create` (FOR UPDATE SKIP LOCKED) never
+    -- takes a schema a run is working on, and a run never works on one that was taken.
+    IF strpos(p_tenant, '__') > 0 THEN
+        PERFORM 1 FROM {q}.pool WHERE schema_name = p_tenant FOR UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'pooled schema % left the pool (taken by tenant create, or drained) while this run was going on', p_tenant
+                USING ERRCODE = '{dropped}';
+        END IF;
+    ELSIF p_tenant IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM {q}.tenants WHERE id = p_tenant AND state = {active}) THEN
         RAISE EXCEPTION 'tenant % was dropped while this run was going on', p_tenant
             USING ERRCODE = '{dropped}';
@@ -172,6 +184,14 @@ ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS halted_wave integer;
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS halted text;
 ALTER TABLE {q}.runs DROP CONSTRAINT IF EXISTS runs_state_check;
 ALTER TABLE {q}.runs ADD CONSTRAINT runs_state_check CHECK (state IN ({run_states}));
+CREATE TABLE IF NOT EXISTS {q}.pool (
+    schema_name text PRIMARY KEY,
+    version     integer,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE SEQUENCE IF NOT EXISTS {q}.pool_seq;
+ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS from_pool boolean;
+ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS seed text;
 COMMENT ON SCHEMA {q} IS {comment};
 "#
         )
@@ -189,6 +209,10 @@ COMMENT ON SCHEMA {q} IS {comment};
     }
 
     async fn installed_version(&self, client: &Client) -> anyhow::Result<Option<String>> {
+        use std::sync::atomic::Ordering;
+        if self.current.load(Ordering::Relaxed) {
+            return Ok(Some(CONTROL_VERSION.into()));
+        }
         let rows = client
             .query_typed(
                 "SELECT coalesce(obj_description(oid, 'pg_namespace'), '') FROM pg_namespace WHERE nspname = $1",
@@ -196,7 +220,11 @@ COMMENT ON SCHEMA {q} IS {comment};
             )
             .await
             .map_err(|e| failed(&format!("checking the control schema {}", self.name), &e))?;
-        Ok(rows.first().map(|r| r.get(0)))
+        let version: Option<String> = rows.first().map(|r| r.get(0));
+        if version.as_deref() == Some(CONTROL_VERSION) {
+            self.current.store(true, Ordering::Relaxed);
+        }
+        Ok(version)
     }
 
     /// Creates (or upgrades) the control schema on first use. Concurrent first runs
@@ -217,6 +245,8 @@ COMMENT ON SCHEMA {q} IS {comment};
                 describe(&e)
             );
         }
+        self.current
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }

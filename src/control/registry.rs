@@ -168,8 +168,21 @@ impl Control {
         )
     }
 
-    /// Hot path: `tenant version = after` (and its drift mark cleared).
+    /// Hot path: `tenant version = after` (and its drift mark cleared); for a pooled schema,
+    /// its pool row (added at `pool fill`).
     pub(super) fn set_version_sql(&self, tenant: &Tenant, after: Option<i32>) -> String {
+        // A pooled schema's row is made when `pool fill` brings it to a version (it has one:
+        // fill refuses an empty set); a drained one's is gone, and stays gone.
+        if tenant.is_pooled() {
+            let (pool, s) = (self.table("pool"), quote_literal(tenant.schema()));
+            return match after {
+                Some(v) => format!(
+                    "INSERT INTO {pool} AS p (schema_name, version) VALUES ({s}, {v}) \
+                     ON CONFLICT (schema_name) DO UPDATE SET version = EXCLUDED.version"
+                ),
+                None => format!("UPDATE {pool} SET version = NULL WHERE schema_name = {s}"),
+            };
+        }
         format!(
             "UPDATE {} SET version = {}, drift = NULL, updated_at = now() WHERE id = {}",
             self.table("tenants"),
@@ -178,12 +191,105 @@ impl Control {
         )
     }
 
+    /// Hot path, `tenant create`: takes a pooled schema at `version` if there is one (a
+    /// creator that finds it locked by another takes the next: SKIP LOCKED) and renames it to
+    /// the tenant's; else creates the schema. Either way the tenant's schema exists after it,
+    /// and a rollback puts the pooled schema back in the pool.
+    pub fn claim_or_create_sql(&self, tenant: &Tenant, version: Option<i32>) -> String {
+        format!(
+            "DO $tenantctl$ DECLARE s text; BEGIN \
+                 SELECT schema_name INTO s FROM {pool} WHERE version IS NOT DISTINCT FROM {v} \
+                     ORDER BY created_at, schema_name LIMIT 1 FOR UPDATE SKIP LOCKED; \
+                 IF s IS NULL THEN EXECUTE format('CREATE SCHEMA %I', {schema}); \
+                 ELSE DELETE FROM {pool} WHERE schema_name = s; \
+                      EXECUTE format('ALTER SCHEMA %I RENAME TO %I', s, {schema}); END IF; \
+             END $tenantctl$",
+            pool = self.table("pool"),
+            v = int_or_null(version),
+            schema = quote_literal(tenant.schema()),
+        )
+    }
+
+    /// Hot path, `pool fill`: a pooled schema already in the pool is locked (a creator skips
+    /// it meanwhile) and migrated forward; a new one is created. One that `tenant create`
+    /// took since the fill read the pool is a tenant now: its name is free, and a new pooled
+    /// schema is created under it.
+    pub fn pool_lock_or_create_sql(&self, schema: &Tenant) -> String {
+        format!(
+            "DO $tenantctl$ BEGIN \
+                 PERFORM 1 FROM {pool} WHERE schema_name = {s} FOR UPDATE; \
+                 IF NOT FOUND THEN EXECUTE format('CREATE SCHEMA %I', {s}); END IF; \
+             END $tenantctl$",
+            pool = self.table("pool"),
+            s = quote_literal(schema.schema()),
+        )
+    }
+
+    /// Pooled schemas and their versions, oldest first (none on a control schema older than
+    /// the pool).
+    pub async fn pool(&self, client: &Client) -> anyhow::Result<Vec<(Tenant, Option<i32>)>> {
+        let exists: bool = client
+            .query_typed_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[(&self.table("pool"), Type::TEXT)],
+            )
+            .await
+            .map_err(|e| failed("reading the pool", &e))?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let rows = client
+            .query_typed(
+                &format!(
+                    "SELECT schema_name, version FROM {} ORDER BY created_at, schema_name",
+                    self.table("pool")
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| failed("reading the pool", &e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (Tenant::pooled(r.get(0)), r.get(1)))
+            .collect())
+    }
+
+    /// `n` fresh names for pooled schemas: `<prefix>pool__<n>` (a double underscore, so no
+    /// tenant id can ever take one).
+    pub async fn pool_names(
+        &self,
+        client: &Client,
+        prefix: &str,
+        n: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let n = i32::try_from(n).unwrap_or(i32::MAX);
+        let rows = client
+            .query_typed(
+                &format!(
+                    "SELECT $1 || 'pool__' || nextval('{}') FROM generate_series(1, $2)",
+                    self.table("pool_seq")
+                ),
+                &[(&prefix, Type::TEXT), (&n, Type::INT4)],
+            )
+            .await
+            .map_err(|e| failed("naming pooled schemas", &e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Hot path, `tenant drop`: drops the role recorded for the tenant at creation (the
     /// template may have changed since; DROP OWNED BY revokes its grants and default
     /// privileges in this database), then marks the tenant dropped, with the schema it was
     /// archived as, if any. DROP OWNED BY needs membership in the role: a CREATEROLE role that
     /// is not a superuser grants it to itself first (the grant goes with the role).
     pub fn drop_sql(&self, tenant: &Tenant, archived_as: Option<&str>) -> String {
+        if tenant.is_pooled() {
+            return format!(
+                "DELETE FROM {} WHERE schema_name = {}",
+                self.table("pool"),
+                quote_literal(tenant.schema())
+            );
+        }
         let t = self.table("tenants");
         let id = quote_literal(tenant.id());
         format!(

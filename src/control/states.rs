@@ -71,6 +71,10 @@ stored_enum! {
         Repair => "repair",
         /// `tenant label`: labels set or removed.
         TenantLabel => "tenant label",
+        /// `tenant pool fill`: schemas created and migrated ahead of `tenant create`.
+        PoolFill => "tenant pool fill",
+        /// `tenant pool drain`: pooled schemas dropped.
+        PoolDrain => "tenant pool drain",
     }
 }
 
@@ -126,7 +130,7 @@ impl SchemaResult {
     /// re-checked schema) is unchanged.
     pub fn of(command: RunCommand, state: SchemaState, changed: bool) -> SchemaResult {
         match state {
-            SchemaState::Succeeded if command.is_fleet_command() && !changed => {
+            SchemaState::Succeeded if command.counts_rechecks() && !changed => {
                 SchemaResult::Unchanged
             }
             SchemaState::Succeeded => SchemaResult::Done,
@@ -138,12 +142,23 @@ impl SchemaResult {
 }
 
 impl RunCommand {
+    /// A schema this command ran on without changing its version or applying anything is
+    /// "unchanged" (a re-check), not "done": fleet commands, except `pool drain` (whose every
+    /// schema is dropped, which changes no version on its ledger row).
+    pub fn counts_rechecks(self) -> bool {
+        self.is_fleet_command() && self != RunCommand::PoolDrain
+    }
+
     /// Fleet commands (migrate, rollback, repair) work on registered tenants that may already
     /// be where asked: they hold the fleet lock (one of them per control schema at a time),
     /// and a schema they re-check without changing counts as unchanged.
     pub fn is_fleet_command(self) -> bool {
         match self {
-            RunCommand::Migrate | RunCommand::Rollback | RunCommand::Repair => true,
+            RunCommand::Migrate
+            | RunCommand::Rollback
+            | RunCommand::Repair
+            | RunCommand::PoolFill
+            | RunCommand::PoolDrain => true,
             RunCommand::TenantCreate
             | RunCommand::TenantAdopt
             | RunCommand::TenantDrop
@@ -160,13 +175,15 @@ impl RunCommand {
             RunCommand::TenantDrop
             | RunCommand::TenantDropArchive
             | RunCommand::Repair
-            | RunCommand::TenantLabel => false,
+            | RunCommand::TenantLabel
+            | RunCommand::PoolDrain => false,
             RunCommand::TenantCreate
             | RunCommand::TenantAdopt
             | RunCommand::Migrate
             | RunCommand::Rollback
             | RunCommand::MigrateShared
-            | RunCommand::TenantCreateShared => true,
+            | RunCommand::TenantCreateShared
+            | RunCommand::PoolFill => true,
         }
     }
 }

@@ -11,7 +11,10 @@ pub use session::Session;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{
+    ConfigConnectImpl, Connect, Manager, ManagerConfig, Pool, RecyclingMethod,
+};
+use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config};
 
@@ -22,6 +25,36 @@ use crate::pgerror::describe;
 use tls::Tls;
 
 pub const APPLICATION_NAME: &str = "tenantctl";
+
+/// An open connection and the task that drives it.
+pub type Spare = (Client, JoinHandle<()>);
+
+/// A pool's way to connect: the spare connection first (if any, and still open), then new
+/// ones.
+struct SpareFirst {
+    spare: std::sync::Mutex<Option<Spare>>,
+    fresh: ConfigConnectImpl<Tls>,
+}
+
+impl Connect for SpareFirst {
+    fn connect(
+        &self,
+        pg_config: &Config,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Spare, tokio_postgres::Error>> + Send + '_>,
+    > {
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .filter(|(client, _)| !client.is_closed());
+        match spare {
+            Some(spare) => Box::pin(async move { Ok(spare) }),
+            None => self.fresh.connect(pg_config),
+        }
+    }
+}
 
 /// One connection string, ready to connect with.
 #[derive(Clone)]
@@ -75,6 +108,13 @@ impl Endpoint {
 
     /// Like [`Endpoint::connect`], with the server's major version.
     pub async fn connect_with_version(&self) -> anyhow::Result<(Client, u32)> {
+        let (client, major, _) = self.connect_with_task().await?;
+        Ok((client, major))
+    }
+
+    /// Like [`Endpoint::connect_with_version`], with the task that drives the connection
+    /// (a pool's connection is handed over with it).
+    pub async fn connect_with_task(&self) -> anyhow::Result<(Client, u32, JoinHandle<()>)> {
         let (client, connection) = self
             .pg
             .connect(self.tls.clone())
@@ -87,7 +127,7 @@ impl Endpoint {
             .parameter("server_version")
             .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
             .unwrap_or(0);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _ = connection.await;
         });
         if let Some(value) = conforming.filter(|v| v != "on") {
@@ -97,14 +137,22 @@ impl Endpoint {
             ))
             .into());
         }
-        Ok((client, major))
+        Ok((client, major, task))
     }
 
-    /// A pool of at most `size` worker connections.
-    pub fn pool(&self, size: usize) -> anyhow::Result<Pool> {
-        let manager = Manager::from_config(
+    /// A pool of at most `size` worker connections; its first connection is `spare` when
+    /// one is given (a connection already open to the same place, idle, not in a
+    /// transaction), which saves a connection's setup on short runs.
+    pub fn pool(&self, size: usize, spare: Option<Spare>) -> anyhow::Result<Pool> {
+        let connect = SpareFirst {
+            spare: std::sync::Mutex::new(spare),
+            fresh: ConfigConnectImpl {
+                tls: self.tls.clone(),
+            },
+        };
+        let manager = Manager::from_connect(
             self.pg.clone(),
-            self.tls.clone(),
+            connect,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

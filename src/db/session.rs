@@ -28,6 +28,8 @@ pub struct Session<'a> {
     pinned: AtomicBool,
     /// The server's major version (14 and up check for a gone client while a statement runs).
     pub server_major: u32,
+    /// The second connection [`Session::require_session`] opened, kept for the workers.
+    spare: std::sync::Mutex<Option<super::Spare>>,
 }
 
 impl<'a> Session<'a> {
@@ -43,7 +45,21 @@ impl<'a> Session<'a> {
             Some(direct) => Endpoint::new(direct)?,
             None => workers.clone(),
         };
-        let (client, server_major) = coordinator.connect_with_version().await?;
+        // A command that changes something checks the session with a second connection (see
+        // require_session), which then serves as the first worker: both connect at once.
+        let check = bootstrap && target.direct_url.is_none();
+        let (first, second) = futures::join!(coordinator.connect_with_version(), async {
+            match check {
+                true => Some(workers.connect_with_task().await),
+                false => None,
+            }
+        });
+        let (client, server_major) = first?;
+        let spare = match second {
+            Some(Ok((c, _, task))) => Some((c, task)),
+            Some(Err(e)) => return Err(e),
+            None => None,
+        };
         // The coordinator holds session locks: if this process vanishes without closing its
         // connection (a lost network, a frozen VM), the server must notice and free them
         // within seconds, not after the system's two hours of TCP silence.
@@ -61,6 +77,7 @@ impl<'a> Session<'a> {
             pinned: AtomicBool::new(target.direct_url.is_some()),
             coordinator,
             workers,
+            spare: std::sync::Mutex::new(spare),
         };
         if bootstrap {
             // A command that changes something takes session locks later: refuse a
@@ -71,9 +88,23 @@ impl<'a> Session<'a> {
         Ok(session)
     }
 
+    /// Whether the connection of the session check is kept for the pool.
+    pub fn has_spare(&self) -> bool {
+        self.spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
     /// A pool of at most `jobs` worker connections to this cluster.
+    /// Its first connection is the one the session check opened, if there is one.
     pub fn pool(&self, jobs: usize) -> anyhow::Result<Pool> {
-        self.workers.pool(jobs)
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        self.workers.pool(jobs, spare)
     }
 
     /// The TLS connector of the workers' connections (their cancel requests use it too).
@@ -120,13 +151,31 @@ impl<'a> Session<'a> {
         }
         let probe = async {
             let first = pid(&self.client).await?;
-            let other = self.workers.connect().await?;
+            let kept = self
+                .spare
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let (other, task) = match kept {
+                Some(spare) => spare,
+                None => {
+                    let (c, _, task) = self.workers.connect_with_task().await?;
+                    (c, task)
+                }
+            };
             let held = match other.batch_execute("BEGIN").await {
                 Ok(()) => Some(pid(&other).await?),
                 Err(_) => None,
             };
             let second = pid(&self.client).await?;
-            let _ = other.batch_execute("ROLLBACK").await;
+            // Out of its transaction, the connection is a worker's like any other: the
+            // run's pool starts with it.
+            if other.batch_execute("ROLLBACK").await.is_ok() {
+                *self
+                    .spare
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((other, task));
+            }
             anyhow::Ok(held.is_some_and(|h| h != first) && second == first)
         };
         let pinned = probe.await.map_err(|e| {

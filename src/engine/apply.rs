@@ -41,6 +41,8 @@ pub struct ApplyCtx<'a> {
     pub events: &'a Events,
     /// Labels of the tenants a create or adopt registers, by id.
     pub labels: &'a std::collections::HashMap<String, crate::labels::Labels>,
+    /// Seed data for the tenants a create makes.
+    pub seed: Option<&'a crate::seed::Seed>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,11 @@ pub enum Mode {
     /// `repair --accept`: record the file of `version` as it is now (its checksum and name)
     /// in the history of a schema that has it applied. Nothing is run.
     Repair { version: i32 },
+    /// `tenant pool fill`: create and migrate a pooled schema (no tenant, no role), checked
+    /// for objects that spell its name (they would not follow the rename at `tenant create`).
+    PoolFill,
+    /// `tenant pool drain`: drop a pooled schema and its pool row.
+    PoolDrain,
 }
 
 impl Mode {
@@ -72,6 +79,8 @@ impl Mode {
             Mode::Drop { archive: false } => RunCommand::TenantDrop,
             Mode::Drop { archive: true } => RunCommand::TenantDropArchive,
             Mode::Repair { .. } => RunCommand::Repair,
+            Mode::PoolFill => RunCommand::PoolFill,
+            Mode::PoolDrain => RunCommand::PoolDrain,
         }
     }
 
@@ -79,9 +88,12 @@ impl Mode {
     fn registers(self) -> bool {
         match self {
             Mode::Create | Mode::Adopt { .. } => true,
-            Mode::Migrate | Mode::Rollback { .. } | Mode::Drop { .. } | Mode::Repair { .. } => {
-                false
-            }
+            Mode::Migrate
+            | Mode::Rollback { .. }
+            | Mode::Drop { .. }
+            | Mode::Repair { .. }
+            | Mode::PoolFill
+            | Mode::PoolDrain => false,
         }
     }
 }
@@ -94,6 +106,8 @@ pub struct Applied {
     pub count: usize,
     /// `tenant drop --archive`: the schema the data was renamed to.
     pub archived_as: Option<String>,
+    /// `tenant create`: a pooled schema was taken.
+    pub from_pool: bool,
 }
 
 /// Applies pending migrations (or creates the tenant, …) in one transaction on `client`.
@@ -259,17 +273,26 @@ async fn transaction(
     // The opening: one round trip.
     let mut opening: Vec<(Step, String)> = vec![(Step::Begin, begin_sql(ctx, tenant, mode))];
     match mode {
+        // A pooled schema at the target if there is one, else a new one.
         Mode::Create => opening.push((
             Step::CreateSchema,
-            format!("CREATE SCHEMA {}", tenant.quoted_schema()),
+            ctx.control.claim_or_create_sql(tenant, ctx.target),
+        )),
+        Mode::PoolFill => opening.push((
+            Step::CreateSchema,
+            ctx.control.pool_lock_or_create_sql(tenant),
         )),
         Mode::Adopt { .. } => opening.push((Step::RequireSchema, require_schema_sql(tenant))),
-        Mode::Migrate | Mode::Rollback { .. } | Mode::Drop { .. } | Mode::Repair { .. } => {}
+        Mode::Migrate
+        | Mode::Rollback { .. }
+        | Mode::Drop { .. }
+        | Mode::Repair { .. }
+        | Mode::PoolDrain => {}
     }
     if let Some(role) = &role {
         opening.push((Step::CreateRole, create_role_sql(tenant, role)));
     }
-    let reads_history = !matches!(mode, Mode::Drop { .. });
+    let reads_history = !matches!(mode, Mode::Drop { .. } | Mode::PoolDrain);
     if reads_history {
         opening.push((Step::History, history::ensure_sql(&table)));
         opening.push((Step::History, history::read_sql(&table)));
@@ -300,18 +323,50 @@ async fn transaction(
         (true, Some(rows)) => history::parse(rows, registry_version)?,
         _ => Vec::new(),
     };
+    // A new schema has no history: one that has came from the pool.
+    let from_pool = mode == Mode::Create && !applied.is_empty();
 
     // The work and the bookkeeping: one round trip (more when a no-transaction script cuts
     // it into segments).
-    let work = plan_work(ctx, tenant, mode, &applied, &table, registry_version)?;
+    let mut work = plan_work(ctx, tenant, mode, &applied, &table, registry_version)?;
+    let seed_sql = match (mode, ctx.seed) {
+        (Mode::Create, Some(seed)) => {
+            Some(seed.render(tenant.id(), tenant.schema(), role.as_deref()))
+        }
+        _ => None,
+    };
+    let seed_label = ctx.seed.map(|s| format!("seed {}", s.path.display()));
+    if let (Some(sql), Some(label)) = (&seed_sql, seed_label) {
+        let script = Script {
+            label,
+            version: None,
+            sql,
+        };
+        match work.segments.last_mut() {
+            Some(last) if !last.no_transaction => last.scripts.push(script),
+            _ => work.segments.push(Segment {
+                no_transaction: false,
+                scripts: vec![script],
+                bookkeeping: String::new(),
+                after: work.after,
+                done: work.count,
+            }),
+        }
+    }
     let mut finish = String::new();
     if let Some(role) = &role {
         finish.push_str(&grant_existing_sql(ctx, tenant, role, &table));
+    }
+    if mode == Mode::PoolFill {
+        finish.push_str(&names_itself_sql(tenant));
     }
     finish.push_str(
         &ctx.control
             .schema_done_sql(ctx.run_id, tenant, work.after, work.count),
     );
+    if from_pool {
+        finish.push_str(&ctx.control.taken_from_pool_sql(ctx.run_id, tenant));
+    }
     match work.segments.as_slice() {
         [only] if !only.no_transaction => {
             let last = format!("{}{finish}; COMMIT;", only.bookkeeping);
@@ -324,7 +379,30 @@ async fn transaction(
         after: work.after,
         count: work.count,
         archived_as: work.archived_as,
+        from_pool,
     })
+}
+
+/// `pool fill`: refuses (rolls back) a pooled schema whose objects spell its own name: a
+/// function's body or `SET search_path`, a view's text. A schema rename (at `tenant create`)
+/// does not reach into them; tables, indexes, sequences, defaults, triggers and views by
+/// reference all follow it.
+fn names_itself_sql(tenant: &Tenant) -> String {
+    let lit = quote_literal(tenant.schema());
+    format!(
+        " DO $tenantctl$ DECLARE found text; BEGIN \
+             SELECT string_agg(what, ', ') INTO found FROM ( \
+                 SELECT format('function %s()', p.proname) AS what FROM pg_proc p \
+                 WHERE p.pronamespace = to_regnamespace({ident}) \
+                   AND (strpos(p.prosrc, {lit}) > 0 OR strpos(coalesce(array_to_string(p.proconfig, ','), ''), {lit}) > 0) \
+                 UNION ALL \
+                 SELECT format('view %s', v.viewname) FROM pg_views v \
+                 WHERE v.schemaname = {lit} AND strpos(v.definition, {lit}) > 0) s; \
+             IF found IS NOT NULL THEN RAISE EXCEPTION \
+                 'the migrations make objects that spell the schema''s own name (%): a pooled schema is renamed at tenant create, and these would still point at the old name. Write them without the schema name (no SET search_path FROM CURRENT, no schema-qualified names in function bodies); the pool takes nothing until then', found \
+                 USING ERRCODE = 'TNF04'; END IF; END $tenantctl$;",
+        ident = quote_literal(&tenant.quoted_schema()),
+    )
 }
 
 /// A schema whose work has no-transaction scripts: segment after segment, each recorded as
@@ -567,7 +645,8 @@ async fn drop_invalid(
 fn begin_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, mode: Mode) -> String {
     let registers = mode.registers();
     let mut sql = preamble(tenant.schema(), &ctx.tx);
-    let must_exist = (!registers).then_some(tenant);
+    // A pooled schema's pool row is made by `pool fill`, and checked (and locked) after.
+    let must_exist = (!registers && mode != Mode::PoolFill).then_some(tenant);
     sql.push_str(&format!(
         " {};",
         ctx.control.fence_sql(ctx.run_id, ctx.epoch, must_exist)
@@ -667,7 +746,7 @@ fn plan_work<'s>(
         })
     };
     match mode {
-        Mode::Create | Mode::Migrate => forward(ctx.target, true),
+        Mode::Create | Mode::Migrate | Mode::PoolFill => forward(ctx.target, true),
         Mode::Adopt { baseline } => forward(Some(baseline), false),
         Mode::Rollback { to } => {
             history::check(applied, set, false)?;
@@ -733,6 +812,17 @@ fn plan_work<'s>(
                 archived_as: None,
             })
         }
+        Mode::PoolDrain => Ok(Work {
+            before: registry_version,
+            after: None,
+            count: 0,
+            segments: vec![Segment::whole(
+                Vec::new(),
+                drop_sql(ctx, tenant, None),
+                None,
+            )],
+            archived_as: None,
+        }),
         Mode::Drop { archive } => {
             let archived_as = archive.then(|| archive_name(tenant.schema()));
             Ok(Work {

@@ -254,7 +254,7 @@ impl Failure {
             FailureKind::Fenced => format!(
                 "not committed, {at}: this process lost the run to another tenantctl, which carries on with this schema"
             ),
-            FailureKind::Dropped => "not touched: the tenant was dropped while the run was going on".into(),
+            FailureKind::Dropped => "not touched: the tenant was dropped (or the pooled schema taken) while the run was going on".into(),
             FailureKind::Other => format!("rolled back, {at}; re-run after fixing the cause"),
         }
     }

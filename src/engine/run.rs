@@ -61,6 +61,8 @@ pub struct RunRequest<'a> {
     pub labels: std::collections::HashMap<String, crate::labels::Labels>,
     /// A staged rollout: the wave of every tenant in scope and its rules (None: one wave).
     pub waves: Option<crate::engine::waves::WavePlan>,
+    /// Seed data for the tenants a create makes.
+    pub seed: Option<&'a crate::seed::Seed>,
     /// Continue an interrupted run of the same command, target, files and scope.
     pub resume: bool,
     pub fail_fast: bool,
@@ -220,7 +222,14 @@ pub async fn run(
             version: p.version,
         })
         .collect();
-    let (run_id, epoch, resumed) = open(session, env, &req, &jobs).await?;
+    // The server's free connection slots are asked in the same round trip as the ledger.
+    let (opened, free) = futures::join!(open(session, env, &req, &jobs), async {
+        match jobs.is_empty() {
+            true => Ok(0),
+            false => session.free_slots().await,
+        }
+    });
+    let (run_id, epoch, resumed) = opened?;
     let skipped = req.tenants.len() - jobs.len();
     // A resumed rollout retries the tenants that failed first, in their wave.
     let failed_before: HashSet<String> = match (&req.waves, &resumed) {
@@ -233,7 +242,7 @@ pub async fn run(
             .collect(),
         _ => HashSet::new(),
     };
-    let workers = match workers_allowed(session, env, jobs.len()).await {
+    let workers = match free.and_then(|free| workers_allowed(session, env, jobs.len(), free)) {
         Ok(w) => w,
         Err(e) => {
             session
@@ -273,6 +282,7 @@ pub async fn run(
         role_template: env.config.tenants.role_template.as_deref(),
         events: &env.events,
         labels: &req.labels,
+        seed: req.seed,
     };
     let opts = FleetOpts {
         mode: req.mode,
@@ -503,6 +513,7 @@ fn seen_report(
         applied: Some(0),
         attempts: 1,
         archived_as: None,
+        from_pool: None,
         failure: None,
         wave: None,
         labels: crate::labels::Labels::new(),
@@ -513,6 +524,7 @@ fn seen_report(
         tenants.push(SchemaRow {
             applied: Some(a.count as i32),
             archived_as: a.archived_as.clone(),
+            from_pool: (command == RunCommand::TenantCreate).then_some(a.from_pool),
             ..row(t, result, a.before, a.after)
         });
     }
@@ -545,6 +557,7 @@ async fn open(
     jobs: &[SchemaJob],
 ) -> anyhow::Result<(i64, i64, Option<RunRow>)> {
     let argv = command_line();
+    let seed = req.seed.map(crate::seed::Seed::describe);
     let info = RunInfo {
         command: req.mode.command(),
         target: req.target,
@@ -553,11 +566,15 @@ async fn open(
         total: req.tenants.len() + req.refused.len(),
         actor: env.actor,
         argv: &argv,
+        seed: seed.as_deref(),
     };
     // The run lock is a session lock: the coordinator must keep its session.
     session.require_session().await?;
-    session.control.reap_dead_runs(&session.client).await?;
+    let mut reaped = Some(session.control.reap_dead_runs(&session.client));
     let resumed = if req.resume {
+        if let Some(reap) = reaped.take() {
+            reap.await?;
+        }
         session
             .control
             .resumable_run(&session.client, &info)
@@ -580,17 +597,25 @@ async fn open(
         .chain(req.refused.iter().map(|(t, f)| (t, f.still_at, wave_of(t))))
         .collect();
     let sizes = req.waves.as_ref().map(WavePlan::sizes_here);
-    let (run_id, epoch) = session
-        .control
-        .open_run(
-            &session.client,
-            &info,
-            resumed.as_ref().map(|r| r.id),
-            &ledger_rows,
-            &req.migrations.versions(),
-            sizes.as_deref(),
-        )
-        .await?;
+    let versions = req.migrations.versions();
+    let opening = session.control.open_run(
+        &session.client,
+        &info,
+        resumed.as_ref().map(|r| r.id),
+        &ledger_rows,
+        &versions,
+        sizes.as_deref(),
+    );
+    // Without a run to resume, the dead runs are marked and this one opened in one round
+    // trip (the server takes them in order).
+    let (run_id, epoch) = match reaped {
+        None => opening.await?,
+        Some(reap) => {
+            let (reaped, opened) = futures::join!(reap, opening);
+            reaped?;
+            opened?
+        }
+    };
     if let Some(run) = &resumed {
         env.events.emit(&Event::Resuming { run });
     }
@@ -612,16 +637,18 @@ fn tie_to_signals(env: &RunEnv<'_>, cancel: &Cancel) -> RunGuard {
 
 /// How many workers the run may use: its `jobs`, no more than it has schemas, and no more
 /// than the server has free connection slots (with a warning when that lowers it).
-async fn workers_allowed(
+fn workers_allowed(
     session: &Session<'_>,
     env: &RunEnv<'_>,
     schemas: usize,
+    free: i64,
 ) -> anyhow::Result<usize> {
     let workers = session.target.jobs.min(schemas).max(1);
     if schemas == 0 {
         return Ok(workers);
     }
-    let free = session.free_slots().await?;
+    // The connection the session check opened is the pool's first: its slot is ours.
+    let free = free + i64::from(session.has_spare());
     if free < 1 {
         anyhow::bail!(
             "the server has no free connection slots (max_connections is used up); nothing was changed. Free some connections or raise max_connections, then re-run"

@@ -105,6 +105,7 @@ async fn apply_shared(
             after,
             count: pending.len(),
             archived_as: None,
+            from_pool: false,
         })
     }
     .await;
@@ -173,6 +174,7 @@ pub async fn apply_shared_recorded(
         total: 1,
         actor,
         argv: &argv,
+        seed: None,
     };
     // The shared transaction has committed (or rolled back) already: a ledger write that
     // fails here cannot change what happened, so it does not change the result either.

@@ -76,7 +76,11 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
             refused,
             jobs,
         } => Some(format!(
-            "{command}: run {run_id}: {total} tenant(s), {todo} to do, {} with nothing to do{}; {jobs} at a time",
+            "{command}: run {run_id}: {total} {}, {todo} to do, {} with nothing to do{}; {jobs} at a time",
+            match command {
+                RunCommand::PoolFill | RunCommand::PoolDrain => "pooled schema(s)",
+                _ => "tenant(s)",
+            },
             total - todo - refused,
             if *refused > 0 {
                 format!(", {refused} refused (see below)")
@@ -134,6 +138,9 @@ pub enum Tally {
     Drifted,
     Active,
     Dropped,
+    /// `tenant pool status`: schemas in the pool, and those of them at the latest version.
+    Pooled,
+    Ready,
 }
 
 impl Tally {
@@ -162,6 +169,8 @@ impl Tally {
             Tally::Drifted => "drifted",
             Tally::Active => "active",
             Tally::Dropped => "dropped",
+            Tally::Pooled => "pooled",
+            Tally::Ready => "ready",
         }
     }
 
@@ -178,6 +187,8 @@ impl Tally {
             Tally::Drifted => "drifted",
             Tally::Active => "active",
             Tally::Dropped => "dropped",
+            Tally::Pooled => "pooled",
+            Tally::Ready => "ready",
         }
     }
 }
@@ -195,6 +206,8 @@ fn verbs(command: RunCommand) -> (&'static str, &'static str) {
         }
         RunCommand::Repair => ("repaired", "already accepted"),
         RunCommand::TenantLabel => ("labelled", "unchanged"),
+        RunCommand::PoolFill => ("pooled", "already pooled"),
+        RunCommand::PoolDrain => ("drained", "skipped"),
     }
 }
 

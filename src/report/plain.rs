@@ -67,7 +67,15 @@ impl Reporter for Plain {
                 elapsed,
             } => {
                 s.done += 1;
-                if s.todo <= PER_SCHEMA_LINES_UP_TO {
+                if s.todo <= PER_SCHEMA_LINES_UP_TO && applied.from_pool {
+                    crate::output::stderr_line(&format!(
+                        "{}{}: ok   {tenant}: a pooled schema at {} taken ({} ms)",
+                        self.label,
+                        s.command,
+                        version_label(applied.after),
+                        elapsed.as_millis()
+                    ));
+                } else if s.todo <= PER_SCHEMA_LINES_UP_TO {
                     crate::output::stderr_line(&format!(
                         "{}{}: ok   {tenant}: {} -> {} ({} migration(s), {} ms)",
                         self.label,

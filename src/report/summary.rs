@@ -156,6 +156,20 @@ impl RunSummary<'_> {
         if let Some(done) = r.resumed_from {
             let _ = write!(out, " (resumed a run that had done {done} before)");
         }
+        let from_pool = r
+            .tenants
+            .iter()
+            .filter(|t| t.from_pool == Some(true))
+            .count();
+        if from_pool > 0 {
+            let _ = write!(out, " ({from_pool} from the pool)");
+        }
+        // migrate/rollback --all move the pool too: say which of the counted schemas are
+        // pooled (their ids are their schema names, `<prefix>pool__<n>`).
+        let pooled = r.tenants.iter().filter(|t| t.id.contains("__")).count();
+        if pooled > 0 && !matches!(r.command, RunCommand::PoolFill | RunCommand::PoolDrain) {
+            let _ = write!(out, " (pooled schemas among them: {pooled})");
+        }
         out.push('\n');
         if let Some(why) = o.database_down() {
             let _ = writeln!(

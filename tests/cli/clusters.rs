@@ -181,14 +181,18 @@ fn fleet_of_three_clusters_with_one_stopped_mid_run() {
             "{url}"
         );
     }
-    // The clusters worked at the same time: every cluster's run started before any ended.
+    // The clusters worked at the same time: every cluster's work (from its shared step to
+    // the end of its tenants' run) started before any ended. (From the shared step: a
+    // cluster whose shared step is slow under load starts its tenants later.)
     let spans: Vec<(f64, f64)> = urls
         .iter()
         .map(|u| {
             let r = connect(u)
                 .query_one(
-                    "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8 \
-                     FROM tenantctl.runs WHERE command = 'migrate' ORDER BY id DESC LIMIT 1",
+                    "SELECT (SELECT extract(epoch FROM started_at)::float8 FROM tenantctl.runs \
+                             WHERE command = 'migrate (shared)' ORDER BY id DESC LIMIT 1), \
+                            (SELECT extract(epoch FROM finished_at)::float8 FROM tenantctl.runs \
+                             WHERE command = 'migrate' ORDER BY id DESC LIMIT 1)",
                     &[],
                 )
                 .unwrap();

@@ -262,7 +262,8 @@ fn terminated_backends_restarts_and_outages_converge() {
         std::thread::sleep(Duration::from_millis(250));
         admin
             .batch_execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tenantctl' \
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'tenantctl' \
                  AND pid NOT IN (SELECT backend_pid FROM tenantctl.runs WHERE state = 'running')",
             )
             .unwrap();

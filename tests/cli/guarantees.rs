@@ -387,7 +387,8 @@ fn orphaned_work_stops_and_leftover_locks_are_named() {
     let sleeping = |p: &Project| -> i64 {
         p.db()
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3600)%' AND state = 'active' \
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE '%pg_sleep(3600)%' AND state = 'active' \
                  AND query NOT LIKE '%pg_stat_activity%'",
                 &[],
             )
@@ -405,7 +406,8 @@ fn orphaned_work_stops_and_leftover_locks_are_named() {
     let app: String = p
         .db()
         .query_one(
-            "SELECT application_name FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3600)%' AND state = 'active' \
+            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE '%pg_sleep(3600)%' AND state = 'active' \
              AND query NOT LIKE '%pg_stat_activity%'",
             &[],
         )

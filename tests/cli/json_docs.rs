@@ -224,6 +224,36 @@ fn scenario(p: &Project, seen: &mut Printed) {
         &[("migration-check", &["migration", "check", "--json"], 1)],
     );
     std::fs::remove_file(p.migrations_dir().join("V11__risky.sql")).unwrap();
+    // The pool: filled, taken by a create (with a seed), moved, shown, drained.
+    std::fs::write(
+        p.path().join("seed.sql"),
+        "INSERT INTO users (email, full_name) VALUES (:'tenant_id', :'name');\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(p.config_path()).unwrap();
+    std::fs::write(
+        p.config_path(),
+        format!("{config}\n[tenants]\npool = 1\nseed = \"seed.sql\"\n"),
+    )
+    .unwrap();
+    steps(
+        p,
+        seen,
+        &[
+            ("run", &["tenant", "pool", "fill", "--json"], 0),
+            ("pool-status", &["tenant", "pool", "status", "--json"], 0),
+            (
+                "run",
+                &["tenant", "create", "t0004", "--var", "name=N", "--json"],
+                0,
+            ),
+            ("run", &["tenant", "pool", "fill", "--json"], 0),
+            ("status", &["status", "--json"], 0),
+            ("audit", &["audit", "--json"], 0),
+            ("run", &["tenant", "pool", "drain", "--yes", "--json"], 0),
+        ],
+    );
+    std::fs::write(p.config_path(), config).unwrap();
     // A staged rollout, and what status and audit say of it.
     p.add_migration("V10__later.sql", "CREATE TABLE later (id int);\n");
     steps(
@@ -263,7 +293,7 @@ fn every_document_is_the_documented_one_for_one_database_and_for_several() {
     assert_eq!(clusters, ["a", "b"]);
     assert_eq!(
         list["counts"]["active"].as_i64().unwrap() + list["counts"]["dropped"].as_i64().unwrap(),
-        4
+        5
     );
 
     // The cluster with a failed tenant is not ok; the other is; the fleet exits 1.

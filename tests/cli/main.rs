@@ -13,6 +13,7 @@ mod json_docs;
 mod migrate;
 mod no_transaction;
 mod output;
+mod pool;
 mod quick_start;
 mod rollback;
 mod security;

@@ -575,6 +575,26 @@ pub fn wait_with_deadline(mut child: Child, limit: Duration) -> std::process::Ou
     }
 }
 
+/// Waits for a child with a deadline and asserts it exited 0.
+pub fn wait_ok(child: Child, limit: Duration) -> std::process::Output {
+    let out = wait_with_deadline(child, limit);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+/// Waits for a child with a deadline, asserts it exited 0 and returns its stdout as JSON.
+pub fn wait_json(child: Child, limit: Duration) -> serde_json::Value {
+    let out = wait_ok(child, limit);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(&out)))
+}
+
 impl Project {
     /// Starts the binary in the background with piped output.
     pub fn spawn(&self, args: &[&str]) -> Child {
