@@ -53,13 +53,15 @@ fn valid_index_count(p: &Project, name: &str) -> i64 {
         .get(0)
 }
 
-/// What a writer saw: inserts, lock waits over 1 ms (with `counting`), other errors, and the
+/// What a writer saw: inserts, lock waits over 100 ms (with `counting`), other errors, and the
 /// longest insert.
 type Seen = (u64, u64, Vec<String>, Duration);
 
 /// Inserts into every tenant's `items`, round robin, until stopped. With `counting`, under a
-/// 1 ms lock timeout: an insert that has to wait for a lock (a plain CREATE INDEX holds one
-/// against writers for the whole build) fails and is counted. Without, it waits, and the
+/// 100 ms lock timeout: an insert that has to wait for a lock (a plain CREATE INDEX holds one
+/// against writers for the whole build) fails and is counted. (Not 1 ms: the two writers share
+/// tables, and on a loaded machine one can wait a few ms for the other's relation-extension
+/// lock, which says nothing about the migration.) Without, it waits, and the
 /// longest insert is how long a writer was held up.
 fn writer(
     url: String,
@@ -70,7 +72,7 @@ fn writer(
     std::thread::spawn(move || {
         let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         if counting {
-            db.batch_execute("SET lock_timeout = '1ms'").unwrap();
+            db.batch_execute("SET lock_timeout = '100ms'").unwrap();
         }
         let (mut inserts, mut waits, mut errors, mut longest) =
             (0u64, 0u64, Vec::new(), Duration::ZERO);
@@ -166,7 +168,7 @@ fn concurrent_index_builds_across_the_fleet_never_block_writers() {
         while_writing(&p, &schemas);
     assert!(plain_errors.is_empty(), "{plain_errors:?}");
     eprintln!(
-        "writers during CREATE INDEX CONCURRENTLY: {inserts} inserts, {waits} waited over 1 ms for a lock; longest insert (no lock timeout) {longest:?}. \
+        "writers during CREATE INDEX CONCURRENTLY: {inserts} inserts, {waits} waited over 100 ms for a lock; longest insert (no lock timeout) {longest:?}. \
          During a plain CREATE INDEX: {plain_inserts} inserts, {plain_waits} waited; longest insert {plain_longest:?}"
     );
     assert_eq!(
