@@ -178,7 +178,9 @@ async fn status_one(
         let last = as_seen(control, client, control.last_run(client).await?).await?;
         let change = match as_seen(control, client, control.last_change(client).await?).await? {
             Some(run) => {
-                let failed = control.run_schemas(client, &run, true).await?;
+                let failed = control
+                    .run_schemas(client, (run.id, run.command), true)
+                    .await?;
                 Some((run, failed))
             }
             None => None,

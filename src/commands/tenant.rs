@@ -665,7 +665,7 @@ async fn label_on(
         .control
         .set_labels(&session.client, &info, ids, set, remove)
         .await?;
-    let (run, tenants) = engine_run::read_report(session, run_id)
+    let (run, tenants) = engine_run::read_report(session, run_id, RunCommand::TenantLabel)
         .await?
         .ok_or_else(|| anyhow::anyhow!("run {run_id} is not in the ledger after it was written"))?;
     let result = engine_run::RunResult {

@@ -273,9 +273,12 @@ fn schema_state_of(r: &Row, i: usize) -> anyhow::Result<SchemaState> {
 
 /// SQL: a column of ledger row `s` added in control schema v6, read so that a control schema
 /// not yet upgraded (read-only commands do not upgrade it) reads as NULL instead of failing.
+/// `s.j` is the row as JSON, made once per row (`SELECT s.*, to_jsonb(s) AS j ... OFFSET 0`:
+/// the OFFSET keeps the planner from inlining it back into every use; a 10,000-row read-back
+/// took 240 ms with one `to_jsonb` per column, 80 ms with one per row).
 macro_rules! v6 {
     ($col:literal) => {
-        concat!("(to_jsonb(s) ->> '", $col, "')")
+        concat!("(s.j ->> '", $col, "')")
     };
 }
 
@@ -289,11 +292,18 @@ const CHANGED: &str = concat!(
 
 impl Control {
     /// Runs matching `filter` (SQL over `r`, with `params`), newest first, at most `limit`,
-    /// each with its counts.
+    /// each with its counts, read from the run's own ledger rows (`key`: the run's id as SQL,
+    /// `r.id`, or a parameter when the caller knows it).
+    ///
+    /// The counts are a lateral aggregate per run, not a join over the whole ledger: the
+    /// ledger grows with every run, and a command's summary must not. Given the id as a
+    /// parameter, the planner sees the value (a small run among big ones reads its few rows
+    /// by index); with `r.id` it estimates from the number of runs.
     async fn runs(
         &self,
         client: &Client,
         filter: &str,
+        key: &str,
         params: &[Param<'_>],
         limit: i64,
     ) -> anyhow::Result<Vec<RunRow>> {
@@ -306,24 +316,26 @@ impl Control {
         let sql = format!(
             "SELECT r.id, r.command, r.argv, r.target_version, r.state, r.actor, r.host, r.pid, \
                     to_char(r.started_at AT TIME ZONE 'UTC', {TS}), to_char(r.finished_at AT TIME ZONE 'UTC', {TS}), r.total, \
-                    count(*) FILTER (WHERE s.state = {succeeded} AND (r.command NOT IN ({fleet}) OR {CHANGED})), \
-                    greatest(0, r.total - count(s.run_id)) \
-                      + count(*) FILTER (WHERE s.state = {succeeded} AND r.command IN ({fleet}) AND NOT {CHANGED}), \
-                    count(*) FILTER (WHERE s.state = {failed}), count(*) FILTER (WHERE s.state = {pending}), \
-                    count(*) FILTER (WHERE s.state = {skipped}), r.digest, r.scope, r.w_sizes, r.h_wave, r.h_reason, \
+                    c.done, greatest(0, r.total - c.recorded) + c.unchanged, c.failed, c.pending, c.skipped, \
+                    r.digest, r.scope, r.w_sizes, r.h_wave, r.h_reason, \
                     (SELECT coalesce(json_agg(json_build_array(w.wave, w.done, w.failed, w.pending) ORDER BY w.wave), '[]')::text \
                      FROM (SELECT (to_jsonb(s2) ->> 'wave')::int AS wave, \
                                   count(*) FILTER (WHERE s2.state = {succeeded}) AS done, \
                                   count(*) FILTER (WHERE s2.state = {failed}) AS failed, \
                                   count(*) FILTER (WHERE s2.state = {pending}) AS pending \
-                           FROM {rs} s2 WHERE s2.run_id = r.id AND r.w_sizes IS NOT NULL GROUP BY 1) w), \
+                           FROM {rs} s2 WHERE s2.run_id = {key} AND r.w_sizes IS NOT NULL GROUP BY 1) w), \
                     r.seed_desc \
              FROM (SELECT r.*, nullif((to_jsonb(r) -> 'waves')::text, 'null') AS w_sizes, (to_jsonb(r) ->> 'halted_wave')::int AS h_wave, \
                           to_jsonb(r) ->> 'halted' AS h_reason, to_jsonb(r) ->> 'seed' AS seed_desc \
                    FROM {runs} r WHERE {filter} ORDER BY id DESC LIMIT {limit}) r \
-             LEFT JOIN {rs} s ON s.run_id = r.id \
-             GROUP BY r.id, r.command, r.argv, r.target_version, r.state, r.actor, r.host, r.pid, r.started_at, \
-                      r.finished_at, r.total, r.digest, r.scope, r.w_sizes, r.h_wave, r.h_reason, r.seed_desc \
+             CROSS JOIN LATERAL ( \
+                 SELECT count(*) FILTER (WHERE s.state = {succeeded} AND (r.command NOT IN ({fleet}) OR {CHANGED})) AS done, \
+                        count(*) AS recorded, \
+                        count(*) FILTER (WHERE s.state = {succeeded} AND r.command IN ({fleet}) AND NOT {CHANGED}) AS unchanged, \
+                        count(*) FILTER (WHERE s.state = {failed}) AS failed, \
+                        count(*) FILTER (WHERE s.state = {pending}) AS pending, \
+                        count(*) FILTER (WHERE s.state = {skipped}) AS skipped \
+                 FROM (SELECT s.*, to_jsonb(s) AS j FROM {rs} s WHERE s.run_id = {key} OFFSET 0) s) c \
              ORDER BY r.id DESC",
             runs = self.table("runs"),
             rs = self.table("run_schemas"),
@@ -380,7 +392,7 @@ impl Control {
         params: &[Param<'_>],
     ) -> anyhow::Result<Option<RunRow>> {
         Ok(self
-            .runs(client, filter, params, 1)
+            .runs(client, filter, "r.id", params, 1)
             .await?
             .into_iter()
             .next())
@@ -388,8 +400,19 @@ impl Control {
 
     /// One run, by id.
     pub async fn run(&self, client: &Client, id: i64) -> anyhow::Result<Option<RunRow>> {
-        self.newest_run(client, "r.id = $1", &[(&id, Type::INT8)])
-            .await
+        Ok(self
+            .runs(client, "r.id = $1", "$1", &[(&id, Type::INT8)], 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Sends the read-back of a run that does not exist, without waiting for the answer: the
+    /// coordinator's backend plans it (loading the ledger's catalog entries) while the
+    /// workers run, not after them. The connection drops the answer.
+    pub fn warm_read_back(&self, client: &Client) {
+        use futures::FutureExt;
+        let _ = self.run(client, 0).now_or_never();
     }
 
     /// The newest run of any command but `tenant label` (labels change no schema; `audit`
@@ -459,6 +482,7 @@ impl Control {
             .runs(
                 client,
                 "$1::float8 IS NULL OR r.started_at >= now() - make_interval(secs => $1::float8)",
+                "r.id",
                 &[(&since_secs, Type::FLOAT8)],
                 limit,
             )
@@ -472,18 +496,23 @@ impl Control {
     pub async fn run_schemas(
         &self,
         client: &Client,
-        run: &RunRow,
+        (run_id, command): (i64, RunCommand),
         failed_only: bool,
     ) -> anyhow::Result<Vec<SchemaRow>> {
+        // Each row's tenant is looked up by its key (a lateral subquery the OFFSET keeps
+        // apart): a hash join over the registry reads every tenant for a one-tenant run
+        // whenever statistics are missing or stale, as they are right after a big run.
         let sql = format!(
             "SELECT s.tenant_id, s.schema_name, s.state, {CHANGED}, s.version_before, s.version_after, \
                     coalesce({applied}::int, 0), s.attempts, coalesce({kind}, 'other'), {sqlstate}, s.failed_migration, \
                     {line}::int, coalesce({message}, s.error, ''), coalesce(s.error, ''), \
-                    CASE WHEN $3 THEN t.archived_as END, (to_jsonb(s) ->> 'wave')::int, \
-                    coalesce(to_jsonb(t) -> 'labels', '{{}}')::text, \
-                    CASE WHEN $4 THEN coalesce((to_jsonb(s) ->> 'from_pool')::boolean, false) END \
-             FROM {rs} s LEFT JOIN {tenants} t ON t.id = s.tenant_id \
-             WHERE s.run_id = $1 AND (NOT $2 OR s.state = {failed}) ORDER BY s.tenant_id",
+                    CASE WHEN $3 THEN t.archived_as END, (s.j ->> 'wave')::int, \
+                    coalesce(t.labels, '{{}}')::text, \
+                    CASE WHEN $4 THEN coalesce((s.j ->> 'from_pool')::boolean, false) END \
+             FROM (SELECT s.*, to_jsonb(s) AS j FROM {rs} s WHERE s.run_id = $1 AND (NOT $2 OR s.state = {failed}) OFFSET 0) s \
+             LEFT JOIN LATERAL (SELECT t.archived_as, to_jsonb(t) -> 'labels' AS labels FROM {tenants} t \
+                                WHERE t.id = s.tenant_id OFFSET 0) t ON true \
+             ORDER BY s.tenant_id",
             rs = self.table("run_schemas"),
             tenants = self.table("tenants"),
             failed = SchemaState::Failed.literal(),
@@ -493,13 +522,13 @@ impl Control {
             line = v6!("line"),
             message = v6!("message"),
         );
-        let archived = run.command == RunCommand::TenantDropArchive;
-        let creates = run.command == RunCommand::TenantCreate;
+        let archived = command == RunCommand::TenantDropArchive;
+        let creates = command == RunCommand::TenantCreate;
         let rows = client
             .query_typed(
                 &sql,
                 &[
-                    (&run.id, Type::INT8),
+                    (&run_id, Type::INT8),
                     (&failed_only, Type::BOOL),
                     (&archived, Type::BOOL),
                     (&creates, Type::BOOL),
@@ -510,7 +539,7 @@ impl Control {
         rows.iter()
             .map(|r| {
                 let state = schema_state_of(r, 2)?;
-                let result = SchemaResult::of(run.command, state, r.get(3));
+                let result = SchemaResult::of(command, state, r.get(3));
                 let (before, after): (Option<i32>, Option<i32>) = (r.get(4), r.get(5));
                 // A schema recorded segment by segment may have got part of the way.
                 let version = match state {
@@ -660,6 +689,9 @@ impl Control {
     /// the highest version a tenant is at, so refinery would never apply them (it applies in
     /// version order) and they would be skipped silently. Empty until a first run has
     /// recorded a set (an upgraded control schema starts from what it sees).
+    ///
+    /// The fleet's highest version (a scan of the registry) is only read when a file is new:
+    /// the usual case, every file known, costs two index probes whatever the fleet's size.
     pub async fn out_of_order(
         &self,
         client: &Client,
@@ -668,11 +700,12 @@ impl Control {
         let versions: Vec<i32> = files.iter().map(|f| f.0).collect();
         let names: Vec<&str> = files.iter().map(|f| f.1.as_str()).collect();
         let sql = format!(
-            "SELECT f.v, f.n FROM unnest($1::int4[], $2::text[]) AS f(v, n) \
-             WHERE EXISTS (SELECT 1 FROM {known}) \
-               AND NOT EXISTS (SELECT 1 FROM {known} k WHERE k.version = f.v) \
-               AND f.v < (SELECT max(version) FROM {tenants} WHERE state = {active}) \
-             ORDER BY 1",
+            "WITH unknown AS MATERIALIZED ( \
+                 SELECT f.v, f.n FROM unnest($1::int4[], $2::text[]) AS f(v, n) \
+                 WHERE EXISTS (SELECT 1 FROM {known}) \
+                   AND NOT EXISTS (SELECT 1 FROM {known} k WHERE k.version = f.v)) \
+             SELECT v, n FROM unknown \
+             WHERE v < (SELECT max(version) FROM {tenants} WHERE state = {active}) ORDER BY 1",
             known = self.table("versions"),
             tenants = self.table("tenants"),
             active = TenantState::Active.literal(),

@@ -80,6 +80,28 @@ impl Control {
         format!("{}.{table}", self.q)
     }
 
+    /// Sends, without waiting for the answer, a statement that makes a fresh worker backend
+    /// load what a schema's transaction touches first (the registry, the pool, the ledger,
+    /// PL/pgSQL): it runs on the server while the coordinator is still opening the run, not
+    /// at the start of the first tenant. It changes nothing, and whatever it meets (a control
+    /// schema not there yet, a lock held longer than 100 ms) ends it quietly; the
+    /// connection's next statement queues behind it.
+    pub fn warm_worker(&self, client: &Client) {
+        use futures::FutureExt;
+        let sql = format!(
+            "DO $tenantctl_warm$ BEGIN SET LOCAL lock_timeout = 100; \
+               PERFORM 1 FROM {tenants} WHERE id = ''; PERFORM 1 FROM {pool} WHERE schema_name = ''; \
+               PERFORM 1 FROM {runs} WHERE id = 0; PERFORM 1 FROM {rs} WHERE run_id = 0 AND tenant_id = ''; \
+             EXCEPTION WHEN OTHERS THEN NULL; END $tenantctl_warm$",
+            tenants = self.table("tenants"),
+            pool = self.table("pool"),
+            runs = self.table("runs"),
+            rs = self.table("run_schemas"),
+        );
+        // The first poll sends it; the connection drops the answer nobody waits for.
+        let _ = client.batch_execute(&sql).now_or_never();
+    }
+
     fn ddl(&self) -> String {
         let q = &self.q;
         let comment = quote_literal(CONTROL_VERSION);

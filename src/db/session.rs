@@ -60,15 +60,6 @@ impl<'a> Session<'a> {
             Some(Err(e)) => return Err(e),
             None => None,
         };
-        // The coordinator holds session locks: if this process vanishes without closing its
-        // connection (a lost network, a frozen VM), the server must notice and free them
-        // within seconds, not after the system's two hours of TCP silence.
-        client
-            .batch_execute(
-                "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("setting up the connection: {}", describe(&e)))?;
         let session = Session {
             server_major,
             target,
@@ -79,12 +70,29 @@ impl<'a> Session<'a> {
             workers,
             spare: std::sync::Mutex::new(spare),
         };
-        if bootstrap {
-            // A command that changes something takes session locks later: refuse a
-            // connection that cannot hold them before the first change.
-            session.require_session().await?;
-            session.control.bootstrap(&session.client).await?;
-        }
+        // The coordinator holds session locks: if this process vanishes without closing its
+        // connection (a lost network, a frozen VM), the server must notice and free them
+        // within seconds, not after the system's two hours of TCP silence. Sent first, it
+        // shares a round trip with the session check.
+        let keepalives = session.client.batch_execute(
+            "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+        );
+        let checks = async {
+            if bootstrap {
+                // A command that changes something takes session locks later: refuse a
+                // connection that cannot hold them before the first change. Nothing else
+                // may be in flight on the coordinator meanwhile: through a pooler in
+                // transaction mode, a statement still running on the server connection the
+                // check's first statement used would steer the check's transaction to
+                // another one, and the check would pass.
+                session.require_session().await?;
+                session.control.bootstrap(&session.client).await?;
+            }
+            anyhow::Ok(())
+        };
+        let (set, checked) = futures::join!(keepalives, checks);
+        set.map_err(|e| anyhow::anyhow!("setting up the connection: {}", describe(&e)))?;
+        checked?;
         Ok(session)
     }
 
@@ -163,14 +171,24 @@ impl<'a> Session<'a> {
                     (c, task)
                 }
             };
-            let held = match other.batch_execute("BEGIN").await {
-                Ok(()) => Some(pid(&other).await?),
+            // One round trip: the transaction and the backend it holds.
+            let held = match other.simple_query("BEGIN; SELECT pg_backend_pid()").await {
+                Ok(messages) => messages.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        row.get(0).and_then(|p| p.parse::<i32>().ok())
+                    }
+                    _ => None,
+                }),
                 Err(_) => None,
             };
             let second = pid(&self.client).await?;
             // Out of its transaction, the connection is a worker's like any other: the
-            // run's pool starts with it.
-            if other.batch_execute("ROLLBACK").await.is_ok() {
+            // run's pool starts with it. The ROLLBACK is not waited for: the worker's first
+            // statement queues behind it (and a connection lost meanwhile is replaced).
+            if !other.is_closed() {
+                use futures::FutureExt;
+                let _ = other.batch_execute("ROLLBACK").now_or_never();
+                self.control.warm_worker(&other);
                 *self
                     .spare
                     .lock()

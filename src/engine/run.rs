@@ -222,9 +222,11 @@ pub async fn run(
             version: p.version,
         })
         .collect();
-    // The server's free connection slots are asked in the same round trip as the ledger.
+    // The server's free connection slots are asked in the same round trip as the ledger;
+    // not at all when one worker does and the session check's connection is open for it.
+    let one_spare = session.target.jobs.min(jobs.len()) <= 1 && session.has_spare();
     let (opened, free) = futures::join!(open(session, env, &req, &jobs), async {
-        match jobs.is_empty() {
+        match jobs.is_empty() || one_spare {
             true => Ok(0),
             false => session.free_slots().await,
         }
@@ -235,7 +237,7 @@ pub async fn run(
     let failed_before: HashSet<String> = match (&req.waves, &resumed) {
         (Some(_), Some(run)) => session
             .control
-            .run_schemas(&session.client, run, true)
+            .run_schemas(&session.client, (run.id, run.command), true)
             .await?
             .into_iter()
             .map(|r| r.id)
@@ -292,6 +294,7 @@ pub async fn run(
         retry_delay: run.retry_delay,
     };
     let session_target = session.target.name.clone();
+    session.control.warm_read_back(&session.client);
     let (done, watching) = tokio::sync::watch::channel(false);
     let heartbeat = Heartbeat {
         session,
@@ -338,7 +341,7 @@ pub async fn run(
     // What the ledger says is what this command reports, so the two always agree; what
     // this process saw, when the ledger is not (or no longer) this run's to read.
     let read_back = match (&ledger_note, outcome.fenced()) {
-        (None, None) => match read_report(session, run_id).await {
+        (None, None) => match read_report(session, run_id, command).await {
             Ok(report) => report,
             Err(e) => {
                 ledger_note = Some(format!(
@@ -487,15 +490,17 @@ async fn advise_on_failures(session: &Session<'_>, failed: &mut [(Tenant, Failur
 pub async fn read_report(
     session: &Session<'_>,
     run_id: i64,
+    command: RunCommand,
 ) -> anyhow::Result<Option<(RunRow, Vec<SchemaRow>)>> {
-    let Some(run) = session.control.run(&session.client, run_id).await? else {
-        return Ok(None);
-    };
-    let tenants = session
-        .control
-        .run_schemas(&session.client, &run, false)
-        .await?;
-    Ok(Some((run, tenants)))
+    // One round trip: the run and its rows are asked for together.
+    let (run, tenants) = futures::join!(
+        session.control.run(&session.client, run_id),
+        session
+            .control
+            .run_schemas(&session.client, (run_id, command), false)
+    );
+    let (run, tenants) = (run?, tenants?);
+    Ok(run.map(|run| (run, tenants)))
 }
 
 /// The run's counts and tenants from what this process saw, by the ledger's rules.
