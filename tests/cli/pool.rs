@@ -238,6 +238,25 @@ fn the_pool_refuses_migrations_that_spell_its_schema_name() {
     assert!(text.contains("SET search_path FROM CURRENT"), "{text}");
     assert!(pool_rows(&p).is_empty());
     assert!(pooled_schemas(&p).is_empty(), "nothing half-made is left");
+    // A function body and a view that spell the schema's name (built from current_schema()
+    // while the migration ran) are refused too, each named.
+    for (sql, named) in [
+        (
+            "DO $m$ BEGIN EXECUTE format('CREATE FUNCTION user_count() RETURNS bigint LANGUAGE sql AS %L',              format('SELECT count(*) FROM %I.users', current_schema())); END $m$;\n",
+            "function user_count()",
+        ),
+        (
+            "DO $m$ BEGIN EXECUTE format('CREATE VIEW home AS SELECT %L::text AS schema_name', current_schema()); END $m$;\n",
+            "view home",
+        ),
+    ] {
+        p.add_migration("V2__counter.sql", sql);
+        let text = stdout(&p.run(&["tenant", "pool", "fill"], 1));
+        assert!(text.contains("spell the schema's own name"), "{text}");
+        assert!(text.contains(named), "{text}");
+        assert!(pool_rows(&p).is_empty());
+        assert!(pooled_schemas(&p).is_empty(), "nothing half-made is left");
+    }
     // Written without the schema's name, it pools (and tenants still create as before).
     p.add_migration(
         "V2__counter.sql",
