@@ -9,6 +9,8 @@
 //!   cargo bench --bench fleet -- --clusters 3 --n 900  # one cluster vs N spread over three
 //!   cargo bench --bench fleet -- --plan --n 10000      # planning a staged rollout (dry run)
 //!   cargo bench --bench fleet -- --pool --n 1000,10000 # tenant create with and without a warm pool
+//!   cargo bench --bench fleet -- --latency 0,2 --n 1000 # through a proxy adding RTT (ms), with
+//!                                                      # round trips and the batched limit
 //!
 //! Without --url (or BENCH_DATABASE_URL) it starts a throwaway cluster with
 //! scripts/throwaway-pg.sh and removes it afterwards. Timings are medians; machines are shared
@@ -20,6 +22,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod proxy;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenantctl");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -36,6 +40,8 @@ struct Opts {
     plan: bool,
     /// Time `tenant create` with and without a warm pool, and a burst of creators.
     pool: bool,
+    /// Round-trip times (ms) to measure through the latency proxy.
+    latency: Vec<f64>,
 }
 
 fn parse_args() -> Opts {
@@ -50,6 +56,7 @@ fn parse_args() -> Opts {
         clusters: 0,
         plan: false,
         pool: false,
+        latency: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -82,6 +89,13 @@ fn parse_args() -> Opts {
             "--jobs-sweep" => o.sweep = true,
             "--plan" => o.plan = true,
             "--pool" => o.pool = true,
+            "--latency" => {
+                o.latency = val(i)
+                    .split(',')
+                    .map(|s| s.parse().expect("--latency takes milliseconds"))
+                    .collect();
+                i += 1;
+            }
             "--clusters" => {
                 o.clusters = val(i).parse().expect("--clusters takes a number");
                 i += 1;
@@ -324,20 +338,7 @@ fn psql_limit(url: &str, n: usize, jobs: usize, work: &Path) -> Duration {
         ));
     }
     db.batch_execute(&drop).unwrap();
-    let mut ups: Vec<(i32, String)> = std::fs::read_dir(format!("{ROOT}/migrations"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            if name.ends_with(".down.sql") {
-                return None;
-            }
-            let v: i32 = name[1..name.find("__")?].parse().ok()?;
-            Some((v, std::fs::read_to_string(e.path()).ok()?))
-        })
-        .collect();
-    ups.sort();
-    let body: String = ups.iter().map(|(_, sql)| format!("{sql}\n")).collect();
+    let body = example_body();
     let files: Vec<PathBuf> = (0..jobs)
         .map(|j| {
             let p = work.join(format!("psql_{j}.sql"));
@@ -369,6 +370,103 @@ fn psql_limit(url: &str, n: usize, jobs: usize, work: &Path) -> Duration {
         assert!(c.wait().unwrap().success(), "psql failed");
     }
     t0.elapsed()
+}
+
+/// The example set's up scripts, in version order, as one text.
+fn example_body() -> String {
+    let mut ups: Vec<(i32, String)> = std::fs::read_dir(format!("{ROOT}/migrations"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if name.ends_with(".down.sql") {
+                return None;
+            }
+            let v: i32 = name[1..name.find("__")?].parse().ok()?;
+            Some((v, std::fs::read_to_string(e.path()).ok()?))
+        })
+        .collect();
+    ups.sort();
+    ups.iter().map(|(_, sql)| format!("{sql}\n")).collect()
+}
+
+/// The batched limit: J connections, each sending one schema's whole SQL as one simple query
+/// (`BEGIN; SET LOCAL search_path ...; ...; COMMIT`): one round trip per schema, no
+/// bookkeeping. `url` is where the work goes (the proxy, say); `setup` where the fresh
+/// schemas are made.
+fn batched_limit(setup: &str, url: &str, n: usize, jobs: usize) -> Duration {
+    let mut db = postgres::Client::connect(setup, postgres::NoTls).unwrap();
+    let fresh: String = (0..n)
+        .map(|i| format!("DROP SCHEMA IF EXISTS batch_{i} CASCADE; CREATE SCHEMA batch_{i};\n"))
+        .collect();
+    db.batch_execute(&fresh).unwrap();
+    let body = Arc::new(example_body());
+    let clients: Vec<postgres::Client> = (0..jobs)
+        .map(|_| postgres::Client::connect(url, postgres::NoTls).unwrap())
+        .collect();
+    let t0 = Instant::now();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(j, mut c)| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                for i in (j..n).step_by(jobs) {
+                    c.batch_execute(&format!(
+                        "BEGIN; SET LOCAL search_path TO batch_{i};\n{body}\nCOMMIT;"
+                    ))
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    t0.elapsed()
+}
+
+/// tenantctl, the psql limit and the batched limit through a proxy that adds each RTT, in
+/// the same run on the same server, with the round trips the proxy counted.
+fn bench_latency(server: &Server, o: &Opts) {
+    let n = *o.sizes.first().unwrap();
+    let j = o.jobs;
+    println!("N = {n}, J = {j}, through a proxy adding the RTT (half each way)\n");
+    println!("| RTT | migrate | psql limit | ratio | batched limit | ratio | round trips per schema: tenantctl / psql / batched | no-op migrate | no-op round trips |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &rtt in &o.latency {
+        let (url, p) = empty_fleet(server, &format!("bench_rtt_{}", (rtt * 10.0) as u64), n, j);
+        let proxy = proxy::Proxy::start(&url, Duration::from_secs_f64(rtt / 2000.0));
+        let via = proxy.url(&url);
+        std::fs::write(
+            p.dir.path().join("tenants.toml"),
+            format!("[database]\nurl = \"{via}\"\n[run]\njobs = {j}\n"),
+        )
+        .unwrap();
+        proxy.take_trips();
+        let (ours, _) = p.timed(&["migrate", "--all"]);
+        let ours_trips = proxy.take_trips();
+        let (noop, _) = p.timed(&["migrate", "--all"]);
+        let noop_trips = proxy.take_trips();
+        let limit = psql_limit(&via, n, j, p.dir.path());
+        let psql_trips = proxy.take_trips();
+        let batched = batched_limit(&url, &via, n, j);
+        let batched_trips = proxy.take_trips();
+        let per = |t: u64| t as f64 / n as f64;
+        println!(
+            "| {rtt} ms | {} | {} | {:.2} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {} | {noop_trips} |",
+            secs(ours),
+            secs(limit),
+            ours.as_secs_f64() / limit.as_secs_f64(),
+            secs(batched),
+            ours.as_secs_f64() / batched.as_secs_f64(),
+            per(ours_trips),
+            per(psql_trips),
+            per(batched_trips),
+            secs(noop),
+        );
+    }
+    println!("\nRound trips include connecting (2 per connection: the TLS request, then the startup).");
 }
 
 /// A fresh database with `n` registered tenants whose schemas are empty, and the example set
@@ -717,6 +815,10 @@ fn main() {
     }
     if o.pool {
         bench_pool(&server, &o, 20, 100);
+        return;
+    }
+    if !o.latency.is_empty() {
+        bench_latency(&server, &o);
         return;
     }
     if o.sweep {
