@@ -466,7 +466,9 @@ fn bench_latency(server: &Server, o: &Opts) {
             secs(noop),
         );
     }
-    println!("\nRound trips include connecting (2 per connection: the TLS request, then the startup).");
+    println!(
+        "\nRound trips include connecting (2 per connection: the TLS request, then the startup)."
+    );
 }
 
 /// A fresh database with `n` registered tenants whose schemas are empty, and the example set

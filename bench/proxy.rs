@@ -94,7 +94,10 @@ fn pipe(
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     on_chunk();
-                    if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
                         break;
                     }
                 }
