@@ -136,6 +136,11 @@ pub async fn lock_fleet(
 ) -> anyhow::Result<()> {
     session.require_session().await?;
     let deadline = wait.map(|w| Instant::now() + w);
+    // A holder with no running run in the ledger is a process between taking the lock and
+    // opening its run, or one that has just finished (its backend releases the lock as it
+    // exits, a few milliseconds after the process): both pass in moments, so they are given
+    // a short grace before the lock counts as busy.
+    let unseen_grace = Instant::now() + Duration::from_secs(3);
     let mut announced = false;
     loop {
         if let Some(signal) = env.signals.received() {
@@ -148,6 +153,10 @@ pub async fn lock_fleet(
             return session.control.reap_dead_runs(&session.client).await;
         }
         let holder = session.control.running_fleet_run(&session.client).await?;
+        if holder.is_none() && Instant::now() < unseen_grace {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         let who = holder.map_or_else(
             || "another tenantctl migrate/rollback (its run is not visible yet)".to_string(),
             |r| r.describe(),

@@ -295,3 +295,28 @@ fn connections_never_exceed_jobs_plus_one() {
     );
     assert!(p.versions().values().all(|v| *v == Some(8)));
 }
+
+#[test]
+fn a_fleet_lock_held_by_no_visible_run_is_given_a_moment() {
+    // A process that has just finished releases the fleet lock as its backend exits, a few
+    // milliseconds after the process itself: the next command, started at once, waits that
+    // out instead of failing as busy (CI saw exactly that between two back-to-back commands).
+    let p = Project::new("migrate_lock_grace", 6);
+    p.create_tenants(3);
+    p.copy_migrations(7, 8);
+    let mut holder = p.db();
+    holder
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock({}, hashtext('tenantctl'))",
+            0x0074_6e74 + 1
+        ))
+        .unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        drop(holder);
+    });
+    let out = p.run(&["migrate", "--all"], 0);
+    assert!(stdout(&out).contains("3 migrated"), "{}", stdout(&out));
+    release.join().unwrap();
+    p.assert_converged(8);
+}
