@@ -304,13 +304,7 @@ fn a_fleet_lock_held_by_no_visible_run_is_given_a_moment() {
     let p = Project::new("migrate_lock_grace", 6);
     p.create_tenants(3);
     p.copy_migrations(7, 8);
-    let mut holder = p.db();
-    holder
-        .batch_execute(&format!(
-            "SELECT pg_advisory_lock({}, hashtext('tenantctl'))",
-            0x0074_6e74 + 1
-        ))
-        .unwrap();
+    let holder = p.hold_fleet_lock();
     let release = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(600));
         drop(holder);

@@ -236,13 +236,7 @@ fn errors_are_json_documents_with_their_own_exit_codes() {
     assert_eq!(kind(&v), "usage");
 
     // Busy: another run holds the fleet lock.
-    let mut holder = p.db();
-    holder
-        .batch_execute(&format!(
-            "SELECT pg_advisory_lock({}, hashtext('tenantctl'))",
-            0x0074_6e74 + 1
-        ))
-        .unwrap();
+    let holder = p.hold_fleet_lock();
     let runs_before = p.last_run_state().0;
     let v = p.json(&["migrate", "--all", "--json"], 3);
     assert_eq!(kind(&v), "busy");

@@ -467,6 +467,19 @@ impl Project {
             .get(0)
     }
 
+    /// A connection holding the project's fleet lock, as a running migrate would (no run row):
+    /// the lock goes when the connection is dropped.
+    pub fn hold_fleet_lock(&self) -> postgres::Client {
+        let mut holder = self.db();
+        holder
+            .batch_execute(&format!(
+                "SELECT pg_advisory_lock({}, hashtext('tenantctl'))",
+                0x0074_6e74 + 1
+            ))
+            .unwrap();
+        holder
+    }
+
     pub fn db(&self) -> postgres::Client {
         postgres::Client::connect(&self.admin, postgres::NoTls).expect("connect to test database")
     }
