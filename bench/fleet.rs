@@ -9,6 +9,8 @@
 //!   cargo bench --bench fleet -- --clusters 3 --n 900  # one cluster vs N spread over three
 //!   cargo bench --bench fleet -- --plan --n 10000      # planning a staged rollout (dry run)
 //!   cargo bench --bench fleet -- --pool --n 1000,10000 # tenant create with and without a warm pool
+//!   cargo bench --bench fleet -- --memory --n 10000    # worker backends' memory, recycled or not
+//!   cargo bench --bench fleet -- --recycle 250,0 --n 10000  # the same, these worker_recycle values
 //!   cargo bench --bench fleet -- --latency 0,2 --n 1000 # through a proxy adding RTT (ms), with
 //!                                                      # round trips and the batched limit
 //!
@@ -42,6 +44,8 @@ struct Opts {
     pool: bool,
     /// Round-trip times (ms) to measure through the latency proxy.
     latency: Vec<f64>,
+    /// Worker backends' memory during a migrate, for each of these `worker_recycle` values.
+    memory: Vec<usize>,
 }
 
 fn parse_args() -> Opts {
@@ -57,6 +61,7 @@ fn parse_args() -> Opts {
         plan: false,
         pool: false,
         latency: Vec::new(),
+        memory: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -89,6 +94,14 @@ fn parse_args() -> Opts {
             "--jobs-sweep" => o.sweep = true,
             "--plan" => o.plan = true,
             "--pool" => o.pool = true,
+            "--memory" => o.memory = vec![0, 250],
+            "--recycle" => {
+                o.memory = val(i)
+                    .split(',')
+                    .map(|s| s.parse().expect("--recycle takes numbers of schemas"))
+                    .collect();
+                i += 1;
+            }
             "--latency" => {
                 o.latency = val(i)
                     .split(',')
@@ -158,6 +171,15 @@ impl Server {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
         self.url(name)
+    }
+
+    /// Drops a benchmark's database (the next one should not share a server with its
+    /// 10,000 schemas' catalog).
+    fn drop_db(&self, name: &str) {
+        let mut admin = postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap();
     }
 }
 
@@ -469,6 +491,96 @@ fn bench_latency(server: &Server, o: &Opts) {
     println!(
         "\nRound trips include connecting (2 per connection: the TLS request, then the startup)."
     );
+}
+
+/// The largest memory of any backend of `db` other than the sampler's own, seen every
+/// 100 ms until stopped: (PSS, private) in KiB, from /proc/PID/smaps_rollup (the server runs on
+/// this machine; reading another user's needs root).
+struct MemSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl MemSampler {
+    fn start(url: &str) -> MemSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, url) = (stop.clone(), url.to_string());
+        let handle = std::thread::spawn(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let (mut pss, mut private) = (0u64, 0u64);
+            while !s.load(Ordering::SeqCst) {
+                let pids: Vec<i32> = db
+                    .query(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                         AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for pid in pids {
+                    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                    else {
+                        continue;
+                    };
+                    let kib = |key: &str| -> u64 {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix(key))
+                            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                            .unwrap_or(0)
+                    };
+                    pss = pss.max(kib("Pss:"));
+                    private = private.max(kib("Private_Clean:") + kib("Private_Dirty:"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (pss, private)
+        });
+        MemSampler { stop, handle }
+    }
+
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+/// Migrating N empty tenants with worker connections never replaced and replaced every K
+/// schemas (`[run] worker_recycle`): time and the largest worker backend.
+fn bench_memory(server: &Server, o: &Opts) {
+    let n = *o.sizes.last().unwrap();
+    let j = o.jobs;
+    println!("N = {n}, J = {j}: migrate --all of the example set into empty tenants\n");
+    println!("| worker_recycle | migrate | largest worker backend: PSS | private |");
+    println!("|---:|---:|---:|---:|");
+    let mut first = None;
+    for &recycle in &o.memory {
+        let (url, p) = empty_fleet(server, &format!("bench_mem_{recycle}"), n, j);
+        std::fs::write(
+            p.dir.path().join("tenants.toml"),
+            format!("[database]\nurl = \"{url}\"\n[run]\njobs = {j}\nworker_recycle = {recycle}\n"),
+        )
+        .unwrap();
+        let sampler = MemSampler::start(&url);
+        let (t, _) = p.timed(&["migrate", "--all"]);
+        let (pss, private) = sampler.finish();
+        let base = *first.get_or_insert(t);
+        println!(
+            "| {} | {} ({:.2}) | {:.0} MB | {:.0} MB |",
+            if recycle == 0 {
+                "0 (never)".to_string()
+            } else {
+                recycle.to_string()
+            },
+            secs(t),
+            t.as_secs_f64() / base.as_secs_f64(),
+            pss as f64 / 1024.0,
+            private as f64 / 1024.0
+        );
+        drop(p);
+        server.drop_db(&format!("bench_mem_{recycle}"));
+    }
 }
 
 /// A fresh database with `n` registered tenants whose schemas are empty, and the example set
@@ -821,6 +933,10 @@ fn main() {
     }
     if !o.latency.is_empty() {
         bench_latency(&server, &o);
+        return;
+    }
+    if !o.memory.is_empty() {
+        bench_memory(&server, &o);
         return;
     }
     if o.sweep {

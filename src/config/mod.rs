@@ -35,6 +35,9 @@ pub const DEFAULT_SHARED_SCHEMA: &str = "public";
 pub const DEFAULT_PREFIX: &str = "tenant_";
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 3;
+/// Schemas a worker connection migrates before it is replaced (see `RunConfig::worker_recycle`):
+/// chosen from `cargo bench --bench fleet -- --memory` (README, Performance).
+pub const DEFAULT_WORKER_RECYCLE: usize = 250;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
@@ -106,6 +109,10 @@ pub struct RunConfig {
     pub retry_delay: Duration,
     /// After SIGINT/SIGTERM, how long in-flight schemas may take before they are cancelled.
     pub grace_period: Duration,
+    /// Schemas a worker connection migrates before it is closed and replaced (0: never): a
+    /// backend keeps the catalog entries of every relation it touched, so a long-lived one
+    /// grows with the fleet.
+    pub worker_recycle: usize,
 }
 
 /// One PostgreSQL cluster (server + database) holding a share of the tenants, with its own

@@ -13,7 +13,8 @@ use super::env::expand_env;
 use super::{
     err_at_line, ConfigError, Databases, Located, MigrationsConfig, Overrides, RunConfig,
     TenantsConfig, Written, DEFAULT_GRACE_PERIOD, DEFAULT_JOBS, DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_PREFIX, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, DEFAULT_SHARED_SCHEMA, MAX_JOBS,
+    DEFAULT_PREFIX, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, DEFAULT_SHARED_SCHEMA,
+    DEFAULT_WORKER_RECYCLE, MAX_JOBS,
 };
 use crate::tenant::validate_schema_word;
 
@@ -75,6 +76,7 @@ pub(super) struct RawRun {
     retries: Option<Spanned<i64>>,
     retry_delay: Option<Spanned<String>>,
     grace_period: Option<Spanned<String>>,
+    worker_recycle: Option<Spanned<i64>>,
 }
 
 /// The file being parsed: for line numbers and error messages.
@@ -206,6 +208,20 @@ pub(super) fn run_section(
         }
         None => DEFAULT_RETRIES,
     };
+    let worker_recycle = match &raw.worker_recycle {
+        Some(r) if (0..=1_000_000).contains(r.get_ref()) => *r.get_ref() as usize,
+        Some(r) => {
+            return Err(src.err_at(
+                r.span(),
+                "run.worker_recycle",
+                format!(
+                    "{} is out of range; use the number of schemas a worker connection migrates before it is replaced (1 to 1000000), or 0 for never",
+                    r.get_ref()
+                ),
+            ))
+        }
+        None => DEFAULT_WORKER_RECYCLE,
+    };
     let statement_timeout = src.duration_or(
         &raw.statement_timeout,
         "run.statement_timeout",
@@ -227,6 +243,7 @@ pub(super) fn run_section(
         )?,
         statement_timeout: (!statement_timeout.is_zero()).then_some(statement_timeout),
         retries,
+        worker_recycle,
         retry_delay: src.duration_or(&raw.retry_delay, "run.retry_delay", DEFAULT_RETRY_DELAY)?,
         grace_period: src.duration_or(
             &raw.grace_period,

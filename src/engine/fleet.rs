@@ -245,6 +245,8 @@ pub struct FleetOpts {
     pub retries: u32,
     /// First pause before a retry; doubles each time, at most 30 s.
     pub retry_delay: Duration,
+    /// Schemas a worker connection serves before it is closed and replaced (0: never).
+    pub recycle_after: usize,
 }
 
 /// The pause before attempt `attempt + 1`.
@@ -277,11 +279,12 @@ async fn checkout(pool: &Pool, still_at: Option<i32>) -> Result<Object, Failure>
 async fn attempt(
     pool: &Pool,
     ctx: &ApplyCtx<'_>,
-    mode: Mode,
+    opts: &FleetOpts,
     job: &SchemaJob,
     slot: usize,
     cancel: &Cancel,
 ) -> Result<Applied, Failure> {
+    let mode = opts.mode;
     let conn = checkout(pool, job.version).await?;
     cancel.track(slot, conn.cancel_token());
     let mut result = apply_schema(&conn, ctx, &job.tenant, mode, job.version).await;
@@ -300,7 +303,14 @@ async fn attempt(
         if f.broken_connection {
             // Never hand a connection in an unknown state to the next schema.
             drop(Object::take(conn));
+            return result;
         }
+    }
+    // A backend keeps the catalog entries of every relation it touched (each schema's
+    // tables, indexes, views): retired after `recycle_after` schemas, a worker's backend
+    // stays small however large the fleet (the next checkout connects afresh).
+    if opts.recycle_after > 0 && Object::metrics(&conn).recycle_count + 1 >= opts.recycle_after {
+        drop(Object::take(conn));
     }
     result
 }
@@ -360,7 +370,7 @@ async fn one_schema(
     let mut tries = 0;
     loop {
         tries += 1;
-        match attempt(pool, ctx, opts.mode, job, slot, cancel).await {
+        match attempt(pool, ctx, opts, job, slot, cancel).await {
             Ok(applied) => return Ok(applied),
             Err(mut f) => {
                 let retry = f.kind.is_transient() && tries <= opts.retries;

@@ -301,6 +301,7 @@ pub async fn run(
         fail_fast: req.fail_fast,
         retries: run.retries,
         retry_delay: run.retry_delay,
+        recycle_after: run.worker_recycle,
     };
     let session_target = session.target.name.clone();
     session.control.warm_read_back(&session.client);

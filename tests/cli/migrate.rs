@@ -314,3 +314,40 @@ fn a_fleet_lock_held_by_no_visible_run_is_given_a_moment() {
     release.join().unwrap();
     p.assert_converged(8);
 }
+
+#[test]
+fn worker_connections_are_replaced_after_worker_recycle_schemas() {
+    // Each tenant records the backend that migrated it.
+    let backends = |p: &Project| -> usize {
+        let ids: Vec<String> = p.versions().keys().cloned().collect();
+        let sql = ids
+            .iter()
+            .map(|id| format!("SELECT pid FROM tenant_{id}.who"))
+            .collect::<Vec<_>>()
+            .join(" UNION ");
+        p.db()
+            .query(&format!("SELECT DISTINCT pid FROM ({sql}) s"), &[])
+            .unwrap()
+            .len()
+    };
+    let p = Project::new("migrate_recycle", 8);
+    p.create_tenants(6);
+    p.add_migration(
+        "V9__who.sql",
+        "CREATE TABLE who AS SELECT pg_backend_pid() AS pid;\n",
+    );
+    p.add_migration("V9__who.down.sql", "DROP TABLE who;\n");
+    p.write_config("[run]\njobs = 1\nworker_recycle = 2\n");
+    p.run(&["migrate", "--all"], 0);
+    p.assert_converged(9);
+    assert_eq!(backends(&p), 3, "one connection per 2 schemas");
+
+    p.run(&["rollback", "--to", "8", "--all"], 0);
+    p.write_config("[run]\njobs = 1\nworker_recycle = 0\n");
+    p.run(&["migrate", "--all"], 0);
+    assert_eq!(backends(&p), 1, "0: one connection for the whole run");
+
+    p.write_config("[run]\nworker_recycle = -1\n");
+    let err = stderr(&p.run(&["migrate", "--all"], 2));
+    assert!(err.contains("run.worker_recycle"), "{err}");
+}
