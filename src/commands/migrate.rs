@@ -282,12 +282,28 @@ async fn prepare<'a>(
     if !opts.dry_run {
         engine_run::lock_fleet(&session, &env, opts.wait).await?;
     }
-    let rows = if opts.dry_run && !session.control.exists(&session.client).await? {
-        Vec::new()
-    } else {
-        session.control.tenants(&session.client, wanted_ids).await?
-    };
-    engine_run::refuse_out_of_order(&session, migrations).await?;
+    // Nothing to read on a dry run before the control schema exists. Otherwise the registry,
+    // the out-of-order check and the pool are read in one round trip (after the fleet lock
+    // and the reaping, which `lock_fleet` has awaited).
+    let exists = session.control.exists(&session.client).await?;
+    let (rows, in_order, pool) = futures::join!(
+        async {
+            match exists {
+                true => session.control.tenants(&session.client, wanted_ids).await,
+                false => Ok(Vec::new()),
+            }
+        },
+        engine_run::refuse_out_of_order(&session, migrations),
+        async {
+            match with_pool && exists {
+                true => session.control.pool(&session.client).await,
+                false => Ok(Vec::new()),
+            }
+        }
+    );
+    let rows = rows?;
+    in_order?;
+    let pool = pool?;
     let mut active: Vec<Active> = rows
         .into_iter()
         .filter(|r| r.state == TenantState::Active)
@@ -298,15 +314,12 @@ async fn prepare<'a>(
             labels: r.labels,
         })
         .collect();
-    if with_pool && session.control.exists(&session.client).await? {
-        let pool = session.control.pool(&session.client).await?;
-        active.extend(pool.into_iter().map(|(tenant, version)| Active {
-            tenant,
-            version,
-            drifted: false,
-            labels: Default::default(),
-        }));
-    }
+    active.extend(pool.into_iter().map(|(tenant, version)| Active {
+        tenant,
+        version,
+        drifted: false,
+        labels: Default::default(),
+    }));
     Ok(Prepared {
         session,
         active,
