@@ -721,14 +721,15 @@ impl Control {
     }
 
     /// Hot path, inside a schema's transaction: its registry version and its ledger row
-    /// `succeeded` (with how many migrations it applied), so that what the ledger says
-    /// commits with what happened.
+    /// `succeeded` (with how many migrations it applied, and whether `tenant create` took its
+    /// schema from the pool), so that what the ledger says commits with what happened.
     pub fn schema_done_sql(
         &self,
         run_id: i64,
         tenant: &Tenant,
         after: Option<i32>,
         applied: usize,
+        from_pool: bool,
     ) -> String {
         self.schema_row_sql(
             run_id,
@@ -737,9 +738,10 @@ impl Control {
             &format!(
                 "state = {succeeded}, version_after = {v}, applied = {applied}, \
                  attempts = attempts + 1, started_at = now(), finished_at = clock_timestamp(), error = NULL, \
-                 failed_migration = NULL, kind = NULL, sqlstate = NULL, line = NULL, message = NULL",
+                 failed_migration = NULL, kind = NULL, sqlstate = NULL, line = NULL, message = NULL{pooled}",
                 succeeded = SchemaState::Succeeded.literal(),
                 v = int_or_null(after),
+                pooled = if from_pool { ", from_pool = true" } else { "" },
             ),
         )
     }
@@ -761,15 +763,6 @@ impl Control {
                 "version_after = {}, applied = {applied}",
                 int_or_null(after)
             ),
-        )
-    }
-
-    /// Hot path, `tenant create`: the tenant's schema came from the pool.
-    pub fn taken_from_pool_sql(&self, run_id: i64, tenant: &Tenant) -> String {
-        format!(
-            "; UPDATE {} SET from_pool = true WHERE run_id = {run_id} AND tenant_id = {}",
-            self.table("run_schemas"),
-            quote_literal(tenant.id())
         )
     }
 

@@ -362,11 +362,8 @@ async fn transaction(
     }
     finish.push_str(
         &ctx.control
-            .schema_done_sql(ctx.run_id, tenant, work.after, work.count),
+            .schema_done_sql(ctx.run_id, tenant, work.after, work.count, from_pool),
     );
-    if from_pool {
-        finish.push_str(&ctx.control.taken_from_pool_sql(ctx.run_id, tenant));
-    }
     match work.segments.as_slice() {
         [only] if !only.no_transaction => {
             let last = format!("{}{finish}; COMMIT;", only.bookkeeping);
