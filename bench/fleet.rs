@@ -21,7 +21,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -310,56 +310,57 @@ fn secs(d: Duration) -> String {
     }
 }
 
-/// Samples how many connections tenantctl holds, until stopped.
-struct ConnSampler {
+/// A thread that samples the database every `every` with `sample` (its own connection to
+/// `url`), folding what it sees into a `T`, until [`Sampler::finish`] returns it.
+struct Sampler<T> {
     stop: Arc<AtomicBool>,
-    max: Arc<AtomicI64>,
-    handle: Option<std::thread::JoinHandle<()>>,
+    handle: std::thread::JoinHandle<T>,
 }
 
-impl ConnSampler {
-    fn start(url: &str) -> ConnSampler {
+impl<T: Send + 'static> Sampler<T> {
+    fn start(
+        url: &str,
+        every: Duration,
+        mut seen: T,
+        mut sample: impl FnMut(&mut postgres::Client, &mut T) + Send + 'static,
+    ) -> Sampler<T> {
         let stop = Arc::new(AtomicBool::new(false));
-        let max = Arc::new(AtomicI64::new(0));
-        let (s, m, url) = (stop.clone(), max.clone(), url.to_string());
+        let (s, url) = (stop.clone(), url.to_string());
         let handle = std::thread::spawn(move || {
             let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
             while !s.load(Ordering::SeqCst) {
-                let n: i64 = db
-                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantctl'", &[])
-                    .unwrap()
-                    .get(0);
-                m.fetch_max(n, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(5));
+                sample(&mut db, &mut seen);
+                std::thread::sleep(every);
             }
+            seen
         });
-        ConnSampler {
-            stop,
-            max,
-            handle: Some(handle),
-        }
+        Sampler { stop, handle }
     }
 
-    fn finish(mut self) -> i64 {
+    fn finish(self) -> T {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap();
-        self.max.load(Ordering::SeqCst)
+        self.handle.join().unwrap()
     }
+}
+
+/// How many connections tenantctl holds, at most, until finished.
+fn conn_sampler(url: &str) -> Sampler<i64> {
+    Sampler::start(url, Duration::from_millis(5), 0, |db, max| {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantctl'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        *max = (*max).max(n);
+    })
 }
 
 /// The limit: the example set's SQL fed by psql in `jobs` sessions, one transaction per
 /// schema, into `n` fresh schemas. Returns the wall time of the psql part only.
 fn psql_limit(url: &str, n: usize, jobs: usize, work: &Path) -> Duration {
-    let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
-    db.batch_execute("DROP SCHEMA IF EXISTS psql_bench_0 CASCADE")
-        .ok();
-    let mut drop = String::new();
-    for i in 0..n {
-        drop.push_str(&format!(
-            "DROP SCHEMA IF EXISTS psql_{i} CASCADE; CREATE SCHEMA psql_{i};\n"
-        ));
-    }
-    db.batch_execute(&drop).unwrap();
+    reset_schemas(url, "psql", n, true);
     let body = example_body();
     let files: Vec<PathBuf> = (0..jobs)
         .map(|j| {
@@ -412,11 +413,18 @@ fn example_body() -> String {
     ups.iter().map(|(_, sql)| format!("{sql}\n")).collect()
 }
 
-/// Drops `<prefix>_0` .. `<prefix>_<n-1>`.
-fn drop_schemas(url: &str, prefix: &str, n: usize) {
+/// Drops `<prefix>_0` .. `<prefix>_<n-1>`, and with `create` makes them again, empty.
+fn reset_schemas(url: &str, prefix: &str, n: usize, create: bool) {
     let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
     let sql: String = (0..n)
-        .map(|i| format!("DROP SCHEMA IF EXISTS {prefix}_{i} CASCADE;\n"))
+        .map(|i| {
+            let again = if create {
+                format!(" CREATE SCHEMA {prefix}_{i};")
+            } else {
+                String::new()
+            };
+            format!("DROP SCHEMA IF EXISTS {prefix}_{i} CASCADE;{again}\n")
+        })
         .collect();
     db.batch_execute(&sql).unwrap();
 }
@@ -426,11 +434,7 @@ fn drop_schemas(url: &str, prefix: &str, n: usize) {
 /// bookkeeping. `url` is where the work goes (the proxy, say); `setup` where the fresh
 /// schemas are made.
 fn batched_limit(setup: &str, url: &str, n: usize, jobs: usize) -> Duration {
-    let mut db = postgres::Client::connect(setup, postgres::NoTls).unwrap();
-    let fresh: String = (0..n)
-        .map(|i| format!("DROP SCHEMA IF EXISTS batch_{i} CASCADE; CREATE SCHEMA batch_{i};\n"))
-        .collect();
-    db.batch_execute(&fresh).unwrap();
+    reset_schemas(setup, "batch", n, true);
     let body = Arc::new(example_body());
     let clients: Vec<postgres::Client> = (0..jobs)
         .map(|_| postgres::Client::connect(url, postgres::NoTls).unwrap())
@@ -490,7 +494,7 @@ fn bench_latency(server: &Server, o: &Opts) {
         proxy.take_trips();
         let limit = psql_limit(&via, n, j, p.dir.path());
         let psql_trips = proxy.take_trips();
-        drop_schemas(&url, "psql", n);
+        reset_schemas(&url, "psql", n, false);
         let batched = batched_limit(&url, &via, n, j);
         let batched_trips = proxy.take_trips();
         let per = |t: u64| t as f64 / n as f64;
@@ -512,57 +516,40 @@ fn bench_latency(server: &Server, o: &Opts) {
     );
 }
 
-/// The largest memory of any backend of `db` other than the sampler's own, seen every
-/// 100 ms until stopped: (PSS, private) in KiB, from /proc/PID/smaps_rollup (the server runs on
-/// this machine; reading another user's needs root).
-struct MemSampler {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<(u64, u64)>,
-}
-
-impl MemSampler {
-    fn start(url: &str) -> MemSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, url) = (stop.clone(), url.to_string());
-        let handle = std::thread::spawn(move || {
-            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-            let (mut pss, mut private) = (0u64, 0u64);
-            while !s.load(Ordering::SeqCst) {
-                let pids: Vec<i32> = db
-                    .query(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                         AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                        &[],
-                    )
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                for pid in pids {
-                    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-                    else {
-                        continue;
-                    };
-                    let kib = |key: &str| -> u64 {
-                        text.lines()
-                            .find_map(|l| l.strip_prefix(key))
-                            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                            .unwrap_or(0)
-                    };
-                    pss = pss.max(kib("Pss:"));
-                    private = private.max(kib("Private_Clean:") + kib("Private_Dirty:"));
-                }
-                std::thread::sleep(Duration::from_millis(100));
+/// The largest memory of any backend of `url`'s database other than the sampler's own, seen
+/// every 100 ms until finished: (PSS, private) in KiB, from /proc/PID/smaps_rollup (the server
+/// runs on this machine; reading another user's needs root).
+fn mem_sampler(url: &str) -> Sampler<(u64, u64)> {
+    Sampler::start(
+        url,
+        Duration::from_millis(100),
+        (0, 0),
+        |db, (pss, private)| {
+            let pids: Vec<i32> = db
+                .query(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for pid in pids {
+                let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+                    continue;
+                };
+                let kib = |key: &str| -> u64 {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(key))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                *pss = (*pss).max(kib("Pss:"));
+                *private = (*private).max(kib("Private_Clean:") + kib("Private_Dirty:"));
             }
-            (pss, private)
-        });
-        MemSampler { stop, handle }
-    }
-
-    fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().unwrap()
-    }
+        },
+    )
 }
 
 /// Migrating N empty tenants with worker connections never replaced and replaced every K
@@ -581,7 +568,7 @@ fn bench_memory(server: &Server, o: &Opts) {
             format!("[database]\nurl = \"{url}\"\n[run]\njobs = {j}\nworker_recycle = {recycle}\n"),
         )
         .unwrap();
-        let sampler = MemSampler::start(&url);
+        let sampler = mem_sampler(&url);
         let (t, _) = p.timed(&["migrate", "--all"]);
         let (pss, private) = sampler.finish();
         let base = *first.get_or_insert(t);
@@ -691,7 +678,7 @@ fn migrate_vs_limit(
         if r > 0 {
             p.timed(&["rollback", "--to", "0", "--all"]);
         }
-        let sampler = ConnSampler::start(url);
+        let sampler = conn_sampler(url);
         let (t, kib) = p.timed(&["migrate", "--all", "--jobs", &jobs.to_string()]);
         conns = conns.max(sampler.finish());
         rss = rss.max(kib);
