@@ -199,6 +199,16 @@ fn a_pooled_schema_becomes_a_working_tenant_with_its_seed() {
         "{}",
         stderr(&out)
     );
+    // ... and so does the ledger, in the row that committed with the claim.
+    let recorded: bool = p
+        .db()
+        .query_one(
+            "SELECT from_pool FROM tenantctl.run_schemas WHERE tenant_id = 'beta' AND state = 'succeeded'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(recorded, "the ledger says beta's schema came from the pool");
     let status = p.json(&["status", "--json"], 0);
     assert_eq!(status["clusters"][0]["pool"]["ready"], 1, "{status}");
     assert_eq!(status["clusters"][0]["pool"]["size"], 3, "{status}");
