@@ -276,12 +276,7 @@ async fn prepare<'a>(
     opts: &FleetOpts,
     with_pool: bool,
 ) -> anyhow::Result<Prepared<'a>> {
-    // A dry run changes nothing: it does not even create the control schema.
-    let session = ctx.session(target, !opts.dry_run).await?;
-    let env = ctx.run_env(target);
-    if !opts.dry_run {
-        engine_run::lock_fleet(&session, &env, opts.wait).await?;
-    }
+    let (session, env) = ctx.fleet_session(target, opts.dry_run, opts.wait).await?;
     // Nothing to read on a dry run before the control schema exists. Otherwise the registry,
     // the out-of-order check and the pool are read in one round trip (after the fleet lock
     // and the reaping, which `lock_fleet` has awaited).

@@ -54,6 +54,23 @@ impl Ctx {
         Session::open(target, &self.config.control_schema, bootstrap).await
     }
 
+    /// The session of a fleet command on `target` (migrate, rollback, repair, pool fill and
+    /// drain) and what its run needs: the control schema created if needed and the fleet lock
+    /// taken (waiting up to `wait`), except on a dry run, which changes nothing.
+    pub async fn fleet_session<'a>(
+        &'a self,
+        target: &'a Target,
+        dry_run: bool,
+        wait: Option<std::time::Duration>,
+    ) -> anyhow::Result<(Session<'a>, RunEnv<'a>)> {
+        let session = self.session(target, !dry_run).await?;
+        let env = self.run_env(target);
+        if !dry_run {
+            crate::engine::run::lock_fleet(&session, &env, wait).await?;
+        }
+        Ok((session, env))
+    }
+
     /// What a run on `target` needs besides its request.
     pub fn run_env(&self, target: &Target) -> RunEnv<'_> {
         RunEnv {

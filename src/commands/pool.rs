@@ -131,9 +131,7 @@ async fn fill_one(
     size: usize,
     args: &PoolFillArgs,
 ) -> anyhow::Result<Done> {
-    let mut session = ctx.session(target, true).await?;
-    let env = ctx.run_env(target);
-    engine_run::lock_fleet(&session, &env, args.wait).await?;
+    let (mut session, env) = ctx.fleet_session(target, false, args.wait).await?;
     engine_run::refuse_out_of_order(&session, migrations).await?;
     let latest = migrations.latest();
     let pool = session.control.pool(&session.client).await?;
@@ -231,9 +229,7 @@ async fn drain(ctx: &Ctx, args: PoolDrainArgs) -> anyhow::Result<i32> {
         .unwrap_or_else(|_| MigrationSet::empty(&ctx.config.migrations.dir));
     let (migrations, args) = (&migrations, &args);
     let results = each(&ctx.targets, |t| async move {
-        let mut session = ctx.session(t, true).await?;
-        let env = ctx.run_env(t);
-        engine_run::lock_fleet(&session, &env, None).await?;
+        let (mut session, env) = ctx.fleet_session(t, false, None).await?;
         let tenants = session
             .control
             .pool(&session.client)

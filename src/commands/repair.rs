@@ -157,11 +157,7 @@ async fn plan_one<'a>(
     wanted: Option<&[String]>,
     args: &RepairArgs,
 ) -> anyhow::Result<Plan<'a>> {
-    let session = ctx.session(target, !args.dry_run).await?;
-    let env = ctx.run_env(target);
-    if !args.dry_run {
-        engine_run::lock_fleet(&session, &env, args.wait).await?;
-    }
+    let (session, _) = ctx.fleet_session(target, args.dry_run, args.wait).await?;
     let rows = if args.dry_run && !session.control.exists(&session.client).await? {
         Vec::new()
     } else {
