@@ -468,7 +468,8 @@ impl Project {
     }
 
     /// A connection holding the project's fleet lock, as a running migrate would (no run row):
-    /// the lock goes when the connection is dropped.
+    /// the lock goes when the connection is dropped. The key is `LOCK_FLEET` of
+    /// src/control/locks.rs (`LOCK_NAMESPACE + 1`, the control schema's name hashed).
     pub fn hold_fleet_lock(&self) -> postgres::Client {
         let mut holder = self.db();
         holder
