@@ -1,7 +1,8 @@
 //! A TCP proxy that puts a fixed delay on every chunk in each direction (a network between the
 //! runner and the database) and counts round trips: a round trip is a turn of the
 //! conversation, the client sending after the server has answered (pipelined messages sent
-//! before any answer share one).
+//! before any answer share one). A client's goodbye (a lone Terminate message, which nothing
+//! answers) is not one.
 //!
 //! Threads rather than tokio tasks: tokio's timer has millisecond granularity, which would
 //! turn a 1 ms delay into 1-2 ms; a thread's sleep is within tens of microseconds.
@@ -12,6 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The protocol's Terminate message: 'X' and its length.
+const TERMINATE: &[u8] = b"X\0\0\0\x04";
 
 pub struct Proxy {
     pub port: u16,
@@ -40,13 +44,13 @@ impl Proxy {
                 pipe(up.0, up.1, one_way, {
                     let answered = answered.clone();
                     let trips = counted.clone();
-                    move || {
-                        if answered.swap(false, Ordering::SeqCst) {
+                    move |chunk: &[u8]| {
+                        if chunk != TERMINATE && answered.swap(false, Ordering::SeqCst) {
                             trips.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 });
-                pipe(server, client, one_way, move || {
+                pipe(server, client, one_way, move |_: &[u8]| {
                     answered.store(true, Ordering::SeqCst)
                 });
             }
@@ -84,7 +88,7 @@ fn pipe(
     mut from: TcpStream,
     mut to: TcpStream,
     delay: Duration,
-    on_chunk: impl Fn() + Send + 'static,
+    on_chunk: impl Fn(&[u8]) + Send + 'static,
 ) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     std::thread::spawn(move || {
@@ -93,7 +97,7 @@ fn pipe(
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    on_chunk();
+                    on_chunk(&buf[..n]);
                     if tx
                         .send((Instant::now() + delay, buf[..n].to_vec()))
                         .is_err()
