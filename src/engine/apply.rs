@@ -1,10 +1,10 @@
-//! One schema, one transaction, exactly once, in two round trips (see [`schema_tx`]). The
-//! opening: the preamble (a per-schema advisory lock, `SET LOCAL` search_path and timeouts),
-//! the fence, the registration (create, adopt), and the schema's history. Then the work: the
-//! pending migrations (or down scripts) as they are on disk, each its own message, and the
-//! bookkeeping (history rows, the registry's version, the ledger row) with COMMIT. Commit =
-//! done; anything else = nothing happened. Create, adopt, migrate, rollback and drop are the
-//! modes of one shape.
+//! One schema, one transaction, exactly once, in two round trips (see [`schema_tx`]), or one
+//! (see [`in_one_trip`]). The opening: the preamble (a per-schema advisory lock, `SET LOCAL`
+//! search_path and timeouts), the fence, the registration (create, adopt), and the schema's
+//! history. Then the work: the pending migrations (or down scripts) as they are on disk, each
+//! its own message, and the bookkeeping (history rows, the registry's version, the ledger row)
+//! with COMMIT. Commit = done; anything else = nothing happened. Create, adopt, migrate,
+//! rollback and drop are the modes of one shape.
 //!
 //! [`schema_tx`]: crate::engine::schema_tx
 
@@ -265,6 +265,9 @@ async fn transaction(
     registry_version: Option<i32>,
 ) -> Result<Applied, Failure> {
     let table = history::table(tenant);
+    if let Some(done) = in_one_trip(client, ctx, tenant, mode, registry_version, &table).await {
+        return done;
+    }
     let role = ctx
         .role_template
         .map(|t| role_name(t, tenant))
@@ -378,6 +381,71 @@ async fn transaction(
         archived_as: work.archived_as,
         from_pool,
     })
+}
+
+/// Migrate and rollback in one round trip instead of two, when the registry's version says
+/// what the history holds (it does whenever tenantctl wrote both, in one transaction): the
+/// work is planned from the files up to that version, and the opening checks the history
+/// against them (one statement, [`history::guard_sql`]) ahead of the scripts, in the same
+/// pipeline and transaction, so nothing runs on a history that is not the expected one.
+/// None: not tried (another mode, a plan that does not fit one transaction), or the opening
+/// failed (the history is not as expected, say): the transaction is rolled back and the
+/// caller goes the usual way, which reads the history and says what it found.
+async fn in_one_trip(
+    client: &Client,
+    ctx: &ApplyCtx<'_>,
+    tenant: &Tenant,
+    mode: Mode,
+    registry_version: Option<i32>,
+    table: &str,
+) -> Option<Result<Applied, Failure>> {
+    if !matches!(mode, Mode::Migrate | Mode::Rollback { .. }) {
+        return None;
+    }
+    let expected: Vec<&crate::migrations::MigrationFile> = ctx
+        .migrations
+        .files()
+        .iter()
+        .filter(|f| registry_version.is_some_and(|v| f.version <= v))
+        .collect();
+    let applied: Vec<Migration> = expected.iter().map(|f| f.migration.clone()).collect();
+    let work = plan_work(ctx, tenant, mode, &applied, table, registry_version).ok()?;
+    let [only] = work.segments.as_slice() else {
+        return None;
+    };
+    if only.no_transaction {
+        return None;
+    }
+    // One message: each message is answered (and flushed) on its own.
+    let opening = format!(
+        "{} {}; {};",
+        begin_sql(ctx, tenant, mode),
+        history::ensure_sql(table),
+        history::guard_sql(table, &expected),
+    );
+    let last = format!(
+        "{}{}; COMMIT;",
+        only.bookkeeping,
+        ctx.control
+            .schema_done_sql(ctx.run_id, tenant, work.after, work.count, false)
+    );
+    match only
+        .send_after(client, &[&opening], &last, work.before)
+        .await
+    {
+        Ok(()) => Some(Ok(Applied {
+            before: work.before,
+            after: work.after,
+            count: work.count,
+            archived_as: None,
+            from_pool: false,
+        })),
+        Err((0, f)) if !f.broken_connection => match client.batch_execute("ROLLBACK").await {
+            Ok(()) => None,
+            Err(e) => Some(Err(Failure::from_pg(&e, work.before))),
+        },
+        Err((_, f)) => Some(Err(f)),
+    }
 }
 
 /// `pool fill`: refuses (rolls back) a pooled schema whose objects spell its own name: a
@@ -915,11 +983,24 @@ impl Segment<'_> {
         last: &str,
         still_at: Option<i32>,
     ) -> Result<(), Failure> {
+        let first: Vec<&str> = first.into_iter().collect();
+        self.send_after(client, &first, last, still_at)
+            .await
+            .map_err(|(_, f)| f)
+    }
+
+    /// [`Segment::send`] after several opening messages; a failure comes with the index of
+    /// the message that failed (the openings first).
+    pub async fn send_after(
+        &self,
+        client: &Client,
+        first: &[&str],
+        last: &str,
+        still_at: Option<i32>,
+    ) -> Result<(), (usize, Failure)> {
         // (script, lines before this piece in it, text)
         let mut pieces: Vec<(Option<&Script<'_>>, usize, &str)> = Vec::new();
-        if let Some(first) = first {
-            pieces.push((None, 0, first));
-        }
+        pieces.extend(first.iter().map(|m| (None, 0, *m)));
         for script in &self.scripts {
             match chunks(script.sql, PIECE) {
                 Ok(cut) => pieces.extend(cut.into_iter().map(|(n, p)| (Some(script), n, p))),
@@ -949,6 +1030,6 @@ impl Segment<'_> {
             }
             (None, ..) => {}
         }
-        Err(f)
+        Err((e.index, f))
     }
 }

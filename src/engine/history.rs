@@ -33,6 +33,32 @@ pub fn read_sql(table: &str) -> String {
     format!("SELECT version, name, applied_on, checksum FROM {table} ORDER BY version ASC")
 }
 
+/// SQLSTATE of [`guard_sql`]: the history is not the one expected.
+pub const SQLSTATE_NOT_AS_EXPECTED: &str = "TNF05";
+
+/// A statement that fails (SQLSTATE [`SQLSTATE_NOT_AS_EXPECTED`]) unless the table holds
+/// exactly `expected`, oldest first, by version, name and checksum: what [`check`] would
+/// compare, in one SHA-256 of the rows as text (so the statement's size does not grow with
+/// the history).
+pub fn guard_sql(table: &str, expected: &[&MigrationFile]) -> String {
+    use sha2::{Digest, Sha256};
+    let rows: Vec<String> = expected
+        .iter()
+        .map(|f| format!("{}:{}:{}", f.version, f.name, f.migration.checksum()))
+        .collect();
+    let digest: String = Sha256::digest(rows.join(",").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "DO $tenantctl$ BEGIN IF (SELECT encode(sha256(convert_to(coalesce(string_agg(\
+             version::text || ':' || coalesce(name, '') || ':' || coalesce(checksum, ''), ',' ORDER BY version), ''), 'UTF8')), 'hex') \
+             FROM {table}) IS DISTINCT FROM '{digest}' THEN \
+             RAISE EXCEPTION '{HISTORY_TABLE} is not what the registry''s version says' USING ERRCODE = '{SQLSTATE_NOT_AS_EXPECTED}'; \
+         END IF; END $tenantctl$"
+    )
+}
+
 /// The rows of [`read_sql`] as refinery migrations; a row that cannot be read is drift.
 pub fn parse(
     messages: &[SimpleQueryMessage],
