@@ -101,6 +101,9 @@ struct Prepared<'a> {
     session: Session<'a>,
     active: Vec<Active>,
     env: RunEnv<'a>,
+    /// Nothing to do: the probe's transaction is open, holding the fleet lock, to record
+    /// the run in (see [`engine_run::probe`]).
+    nothing_to_do: bool,
 }
 
 /// An active tenant in scope, as the registry has it.
@@ -135,11 +138,19 @@ pub async fn fleet_command(
     // The whole fleet (--all, nothing narrowing it) includes the pool: a pooled schema left
     // behind would give `tenant create` a tenant at an old version.
     let with_pool = wanted_ids.is_none() && select.is_none() && sides.tenants;
-    let mut prepared = futures::future::join_all(
-        ctx.targets
-            .iter()
-            .map(|t| prepare(ctx, t, migrations, wanted_ids.as_deref(), opts, with_pool)),
-    )
+    // A run with nothing to do can be found so, and recorded, in one transaction (see
+    // engine_run::probe): not for a dry run (which takes no lock), a staged rollout or a
+    // shared set (their runs record more).
+    let probe = (!opts.dry_run && waves.is_none() && sides.shared.is_none() && sides.tenants)
+        .then_some(direction);
+    let mut prepared = futures::future::join_all(ctx.targets.iter().map(|t| {
+        let ask = Ask {
+            ids: wanted_ids.as_deref(),
+            with_pool,
+            probe,
+        };
+        prepare(ctx, t, migrations, ask, opts)
+    }))
     .await;
     if let Some(i) = prepared
         .iter()
@@ -268,15 +279,97 @@ pub async fn fleet_command(
     )
 }
 
+/// What phase 1 reads on each cluster.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    /// --tenant/--from-file (None: every tenant).
+    ids: Option<&'a [String]>,
+    /// The pool's schemas too.
+    with_pool: bool,
+    /// Try finding nothing to do in one transaction first (see [`engine_run::probe`]).
+    probe: Option<Direction>,
+}
+
 async fn prepare<'a>(
     ctx: &'a Ctx,
     target: &'a Target,
     migrations: &MigrationSet,
-    wanted_ids: Option<&[String]>,
+    ask: Ask<'_>,
     opts: &FleetOpts,
+) -> anyhow::Result<Prepared<'a>> {
+    let Ask {
+        ids: wanted_ids,
+        with_pool,
+        probe,
+    } = ask;
+    if let Some(direction) = probe {
+        let session = Session::connect(target, &ctx.config.control_schema).await?;
+        let command = match direction {
+            Direction::Forward { .. } => RunCommand::Migrate,
+            Direction::Backward { .. } => RunCommand::Rollback,
+        };
+        let env = ctx.run_env(target);
+        let found = engine_run::probe(&session, command, migrations, wanted_ids, with_pool).await?;
+        // Still open: the probe found no obstacle (its transaction is to be ended).
+        let open = found.is_some();
+        if let Some(found) = found {
+            let active = active_of(found.tenants, found.pool);
+            if active.iter().all(|a| !todo(migrations, a, direction)) {
+                return Ok(Prepared {
+                    session,
+                    active,
+                    env,
+                    nothing_to_do: true,
+                });
+            }
+        }
+        engine_run::settle_fleet(&session, &env, opts.wait, open).await?;
+        return read_fleet(session, env, migrations, wanted_ids, with_pool).await;
+    }
+    let (session, env) = ctx.fleet_session(target, opts.dry_run, opts.wait).await?;
+    read_fleet(session, env, migrations, wanted_ids, with_pool).await
+}
+
+/// Whether a run works on `a`. A drift-marked tenant is looked at again even when it seems
+/// current: if its files were restored, the check passes and the mark clears; if not, it
+/// is reported again.
+fn todo(migrations: &MigrationSet, a: &Active, direction: Direction) -> bool {
+    plan::needs_work(migrations, a.version, direction)
+        || (a.drifted && matches!(direction, Direction::Forward { .. }))
+}
+
+/// The active tenants of the registry's rows, then the pool's schemas.
+fn active_of(
+    rows: Vec<crate::control::TenantRow>,
+    pool: Vec<(Tenant, Option<i32>)>,
+) -> Vec<Active> {
+    let mut active: Vec<Active> = rows
+        .into_iter()
+        .filter(|r| r.state == TenantState::Active)
+        .map(|r| Active {
+            drifted: r.drift.is_some(),
+            tenant: r.tenant,
+            version: r.version,
+            labels: r.labels,
+        })
+        .collect();
+    active.extend(pool.into_iter().map(|(tenant, version)| Active {
+        tenant,
+        version,
+        drifted: false,
+        labels: Default::default(),
+    }));
+    active
+}
+
+/// Phase 1's reads, under the fleet lock.
+async fn read_fleet<'a>(
+    session: Session<'a>,
+    env: RunEnv<'a>,
+    migrations: &MigrationSet,
+    wanted_ids: Option<&[String]>,
     with_pool: bool,
 ) -> anyhow::Result<Prepared<'a>> {
-    let (session, env) = ctx.fleet_session(target, opts.dry_run, opts.wait).await?;
     // Nothing to read on a dry run before the control schema exists. Otherwise the registry,
     // the out-of-order check and the pool are read in one round trip (after the fleet lock
     // and the reaping, which `lock_fleet` has awaited).
@@ -299,26 +392,11 @@ async fn prepare<'a>(
     let rows = rows?;
     in_order?;
     let pool = pool?;
-    let mut active: Vec<Active> = rows
-        .into_iter()
-        .filter(|r| r.state == TenantState::Active)
-        .map(|r| Active {
-            drifted: r.drift.is_some(),
-            tenant: r.tenant,
-            version: r.version,
-            labels: r.labels,
-        })
-        .collect();
-    active.extend(pool.into_iter().map(|(tenant, version)| Active {
-        tenant,
-        version,
-        drifted: false,
-        labels: Default::default(),
-    }));
     Ok(Prepared {
         session,
-        active,
+        active: active_of(rows, pool),
         env,
+        nothing_to_do: false,
     })
 }
 
@@ -353,6 +431,7 @@ async fn execute(
         mut session,
         active,
         env,
+        nothing_to_do,
     } = p;
     let shared = match sides.shared {
         Some(set) => match shared_step(ctx, &session, set, opts.dry_run, direction).await? {
@@ -397,38 +476,31 @@ async fn execute(
     } else {
         scope_of(None)
     };
-    // A drift-marked tenant is looked at again even when it seems current: if its files were
-    // restored, the check passes and the mark clears; if not, it is reported again.
     let tenants = active
         .into_iter()
-        .map(|a| {
-            let todo = plan::needs_work(migrations, a.version, direction)
-                || (a.drifted && matches!(direction, Direction::Forward { .. }));
-            Planned {
-                tenant: a.tenant,
-                version: a.version,
-                todo,
-            }
+        .map(|a| Planned {
+            todo: todo(migrations, &a, direction),
+            tenant: a.tenant,
+            version: a.version,
         })
         .collect();
-    let result = engine_run::run(
-        &mut session,
-        &env,
-        RunRequest {
-            mode,
-            migrations,
-            target,
-            scope,
-            tenants,
-            refused: Vec::new(),
-            labels: std::collections::HashMap::new(),
-            waves,
-            seed: None,
-            resume: !opts.fresh,
-            fail_fast: opts.run.fail_fast,
-        },
-    )
-    .await?;
+    let req = RunRequest {
+        mode,
+        migrations,
+        target,
+        scope,
+        tenants,
+        refused: Vec::new(),
+        labels: std::collections::HashMap::new(),
+        waves,
+        seed: None,
+        resume: !opts.fresh,
+        fail_fast: opts.run.fail_fast,
+    };
+    let result = match nothing_to_do {
+        true => engine_run::record_nothing_to_do(&session, &env, req).await?,
+        false => engine_run::run(&mut session, &env, req).await?,
+    };
     Ok(with_shared(run_output(&result)))
 }
 

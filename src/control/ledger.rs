@@ -290,6 +290,16 @@ const CHANGED: &str = concat!(
     "::int > 0, s.version_after IS DISTINCT FROM s.version_before)"
 );
 
+/// How [`Control::open_run`] records a new run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Running, its run lock held by this session until it finishes.
+    Running,
+    /// Already succeeded: a run with nothing to do, recorded inside the transaction that
+    /// found so (it is never seen running, so it needs no run lock).
+    Finished,
+}
+
 impl Control {
     /// Runs matching `filter` (SQL over `r`, with `params`), newest first, at most `limit`,
     /// each with its counts, read from the run's own ledger rows (`key`: the run's id as SQL,
@@ -470,6 +480,39 @@ impl Control {
         }))
     }
 
+    /// Whether the ledger has nothing for a new run of `command` to take over: no run is
+    /// running (alive, or dead and waiting to be marked), and the newest run of `command`
+    /// did not stop midway (there would be one to resume).
+    pub async fn is_quiet(&self, client: &Client, command: RunCommand) -> anyhow::Result<bool> {
+        let sql = format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM {runs} WHERE state = {running}) \
+                AND coalesce((SELECT state FROM {runs} WHERE command = $1 ORDER BY id DESC LIMIT 1) \
+                             NOT IN ({midway}), true)",
+            runs = self.table("runs"),
+            running = RunState::Running.literal(),
+            midway = stored_list([RunState::Interrupted, RunState::Halted].iter().map(|s| s.as_str())),
+        );
+        let row = client
+            .query_typed_one(&sql, &[(&command.as_str(), Type::TEXT)])
+            .await
+            .map_err(|e| failed("reading the run ledger", &e))?;
+        Ok(row.get(0))
+    }
+
+    /// The run this session opened last (in this transaction: see [`Control::open_run`]
+    /// with `finished`), read like any other.
+    pub async fn run_just_opened(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
+        let filter = format!(
+            "r.id = currval(pg_get_serial_sequence({}, 'id'))",
+            quote_literal(&self.table("runs"))
+        );
+        Ok(self
+            .runs(client, &filter, "r.id", &[], 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
     /// The audit trail: runs started since `since` (seconds ago; all when None), the newest
     /// `limit` of them, oldest first.
     pub async fn audit(
@@ -598,6 +641,8 @@ impl Control {
     /// is taken before anyone can see the row. On a resumed run, rows already succeeded are
     /// kept as they are, and the epoch moves on (after waiting, FOR UPDATE, for any schema
     /// transaction of the run's earlier process still in flight). Returns (run id, epoch).
+    /// With [`Opening::Finished`] (and no `resume`), records a finished run instead.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open_run(
         &self,
         client: &Client,
@@ -606,6 +651,7 @@ impl Control {
         schemas: &[(&Tenant, Option<i32>, Option<i32>)],
         files: &[(i32, String)],
         wave_sizes: Option<&[i32]>,
+        opening: Opening,
     ) -> anyhow::Result<(i64, i64)> {
         let file_versions: Vec<i32> = files.iter().map(|f| f.0).collect();
         let file_names: Vec<&str> = files.iter().map(|f| f.1.as_str()).collect();
@@ -624,11 +670,22 @@ impl Control {
                 running = RunState::Running.literal(),
             ),
             None => format!(
-                "r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, waves, seed) \
-                 VALUES ($7, $8, $9, $10, {running}, $2, $3, $4, $5, $6, $17, $18) RETURNING id, epoch)",
+                "r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, waves, seed, finished_at) \
+                 VALUES ($7, $8, $9, $10, {state}, $2, $3, $4, $5, $6, $17, $18, {finished_at}) RETURNING id, epoch)",
                 runs = self.table("runs"),
-                running = RunState::Running.literal(),
+                state = match opening {
+                    Opening::Running => RunState::Running.literal(),
+                    Opening::Finished => RunState::Succeeded.literal(),
+                },
+                finished_at = match opening {
+                    Opening::Running => "NULL",
+                    Opening::Finished => "clock_timestamp()",
+                },
             ),
+        };
+        let lock = match opening {
+            Opening::Running => format!(", pg_advisory_lock({LOCK_RUN}, id::int)"),
+            Opening::Finished => String::new(),
         };
         let sql = format!(
             "WITH {run}, \
@@ -641,7 +698,7 @@ impl Control {
                   k AS (INSERT INTO {known} (version, name, first_run) \
                         SELECT f.v, f.n, r.id FROM r, unnest($14::int4[], $15::text[]) AS f(v, n) \
                         ON CONFLICT (version) DO NOTHING) \
-             SELECT id, epoch, pg_advisory_lock({LOCK_RUN}, id::int) FROM r",
+             SELECT id, epoch{lock} FROM r",
             known = self.table("versions"),
             rs = self.table("run_schemas"),
             pending = SchemaState::Pending.literal(),

@@ -129,9 +129,21 @@ impl Control {
 
     /// Takes the fleet lock without waiting. False: another fleet run holds it.
     pub async fn try_fleet_lock(&self, client: &Client) -> anyhow::Result<bool> {
+        self.try_fleet_lock_as(client, "pg_try_advisory_lock").await
+    }
+
+    /// Takes the fleet lock without waiting, until the current transaction ends (the same
+    /// key as [`Control::try_fleet_lock`]: each excludes the other). Needs no session of
+    /// its own, so it holds through a pooler in transaction mode.
+    pub async fn try_fleet_xact_lock(&self, client: &Client) -> anyhow::Result<bool> {
+        self.try_fleet_lock_as(client, "pg_try_advisory_xact_lock")
+            .await
+    }
+
+    async fn try_fleet_lock_as(&self, client: &Client, function: &str) -> anyhow::Result<bool> {
         let row = client
             .query_typed_one(
-                &format!("SELECT pg_try_advisory_lock({LOCK_FLEET}, hashtext($1))"),
+                &format!("SELECT {function}({LOCK_FLEET}, hashtext($1))"),
                 &[(&self.name, Type::TEXT)],
             )
             .await

@@ -15,8 +15,8 @@ mod registry;
 mod states;
 
 pub use ledger::{
-    FailureRecord, FailureRow, Halted, RunCounts, RunInfo, RunRow, SchemaRow, SharedOutcome,
-    WaveRow, SHARED_ROW,
+    FailureRecord, FailureRow, Halted, Opening, RunCounts, RunInfo, RunRow, SchemaRow,
+    SharedOutcome, WaveRow, SHARED_ROW,
 };
 pub use locks::{schema_lock_sql, session_lock_sql, LOCK_NAMESPACE};
 pub use registry::TenantRow;

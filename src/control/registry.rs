@@ -239,6 +239,12 @@ impl Control {
         if !exists {
             return Ok(Vec::new());
         }
+        self.pool_rows(client).await
+    }
+
+    /// The pooled schemas, oldest first (the pool table must exist: a current control
+    /// schema has it).
+    pub async fn pool_rows(&self, client: &Client) -> anyhow::Result<Vec<(Tenant, Option<i32>)>> {
         let rows = client
             .query_typed(
                 &format!(

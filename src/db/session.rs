@@ -40,16 +40,33 @@ impl<'a> Session<'a> {
         control_schema: &str,
         bootstrap: bool,
     ) -> anyhow::Result<Session<'a>> {
+        // A command that changes something checks the session with a second connection (see
+        // require_session), which then serves as the first worker: both connect at once.
+        let check = bootstrap && target.direct_url.is_none();
+        let session = Session::connect_with(target, control_schema, check).await?;
+        session.settle(bootstrap).await?;
+        Ok(session)
+    }
+
+    /// Connects the coordinator and sends nothing: the caller settles the session
+    /// ([`Session::settle`]) or works in one transaction that needs no session of its own.
+    pub async fn connect(target: &'a Target, control_schema: &str) -> anyhow::Result<Session<'a>> {
+        Session::connect_with(target, control_schema, false).await
+    }
+
+    /// Connects the coordinator and, with `spare`, the session check's connection at once.
+    async fn connect_with(
+        target: &'a Target,
+        control_schema: &str,
+        spare: bool,
+    ) -> anyhow::Result<Session<'a>> {
         let workers = Endpoint::new(&target.url)?;
         let coordinator = match &target.direct_url {
             Some(direct) => Endpoint::new(direct)?,
             None => workers.clone(),
         };
-        // A command that changes something checks the session with a second connection (see
-        // require_session), which then serves as the first worker: both connect at once.
-        let check = bootstrap && target.direct_url.is_none();
         let (first, second) = futures::join!(coordinator.connect_with_version(), async {
-            match check {
+            match spare {
                 true => Some(workers.connect_with_task().await),
                 false => None,
             }
@@ -60,7 +77,7 @@ impl<'a> Session<'a> {
             Some(Err(e)) => return Err(e),
             None => None,
         };
-        let session = Session {
+        Ok(Session {
             server_major,
             target,
             client,
@@ -69,14 +86,34 @@ impl<'a> Session<'a> {
             coordinator,
             workers,
             spare: std::sync::Mutex::new(spare),
-        };
+        })
+    }
+
+    /// Opens the connection the session check uses (and the pool then starts with), unless
+    /// the coordinator connects directly and needs no check.
+    pub async fn open_spare(&self) -> anyhow::Result<()> {
+        if self.target.direct_url.is_none() && !self.has_spare() {
+            let (c, _, task) = self.workers.connect_with_task().await?;
+            self.keep_spare((c, task));
+        }
+        Ok(())
+    }
+
+    fn keep_spare(&self, spare: super::Spare) {
+        *self
+            .spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(spare);
+    }
+
+    /// Makes a connected session ready: keepalives for the session locks it will hold and,
+    /// with `bootstrap`, the session check and the control schema.
+    pub async fn settle(&self, bootstrap: bool) -> anyhow::Result<()> {
         // The coordinator holds session locks: if this process vanishes without closing its
         // connection (a lost network, a frozen VM), the server must notice and free them
         // within seconds, not after the system's two hours of TCP silence. Sent first, it
         // shares a round trip with the session check.
-        let keepalives = session.client.batch_execute(
-            "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
-        );
+        let keepalives = self.client.batch_execute(KEEPALIVES);
         let checks = async {
             if bootstrap {
                 // A command that changes something takes session locks later: refuse a
@@ -85,15 +122,14 @@ impl<'a> Session<'a> {
                 // transaction mode, a statement still running on the server connection the
                 // check's first statement used would steer the check's transaction to
                 // another one, and the check would pass.
-                session.require_session().await?;
-                session.control.bootstrap(&session.client).await?;
+                self.require_session().await?;
+                self.control.bootstrap(&self.client).await?;
             }
             anyhow::Ok(())
         };
         let (set, checked) = futures::join!(keepalives, checks);
         set.map_err(|e| anyhow::anyhow!("setting up the connection: {}", describe(&e)))?;
-        checked?;
-        Ok(session)
+        checked
     }
 
     /// Whether the connection of the session check is kept for the pool.
@@ -227,6 +263,11 @@ impl<'a> Session<'a> {
         Ok(row.get::<_, i64>(0).max(0))
     }
 }
+
+/// The coordinator's keepalives (see [`Session::settle`]); `SET LOCAL` them for a
+/// transaction that must not outlive a vanished client.
+pub const KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
 
 /// The backend process serving `client`'s next statement.
 async fn pid(client: &Client) -> Result<i32, tokio_postgres::Error> {

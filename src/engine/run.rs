@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::control::{
-    FailureRecord, Halted, RunCommand, RunCounts, RunInfo, RunRow, RunState, SchemaResult,
+    FailureRecord, Halted, Opening, RunCommand, RunCounts, RunInfo, RunRow, RunState, SchemaResult,
     SchemaRow, SchemaState, WaveRow,
 };
 use crate::db::Session;
@@ -183,6 +183,161 @@ pub async fn lock_fleet(
             }
         }
     }
+}
+
+/// What a fleet command's first look read: the registry and the pool, as they stand while
+/// the transaction that read them holds the fleet lock.
+pub struct Probe {
+    pub tenants: Vec<crate::control::TenantRow>,
+    pub pool: Vec<(Tenant, Option<i32>)>,
+}
+
+/// A fleet command's first look, on a connected session that has sent nothing yet: one
+/// round trip, in a transaction that takes the fleet lock for itself (a transaction lock:
+/// it needs no session, so no session check and no second connection). Some: the control
+/// schema is current, the lock was free, no run is running or waits to be resumed, no file
+/// is out of order; the transaction stays open, holding the lock, for
+/// [`record_nothing_to_do`] when nothing is to be done. None: anything else, the
+/// transaction is over and the caller goes the full way ([`settle_fleet`]), which deals
+/// with what was found.
+pub async fn probe(
+    session: &Session<'_>,
+    command: RunCommand,
+    migrations: &MigrationSet,
+    ids: Option<&[String]>,
+    with_pool: bool,
+) -> anyhow::Result<Option<Probe>> {
+    let (c, control) = (&session.client, &session.control);
+    let versions = migrations.versions();
+    // The keepalives are the transaction's own: a vanished client must not keep the lock.
+    let begin = format!(
+        "BEGIN; {}",
+        crate::db::KEEPALIVES.replace("SET ", "SET LOCAL ")
+    );
+    let (begun, locked, current, quiet, tenants, late, pool) = futures::join!(
+        c.batch_execute(&begin),
+        control.try_fleet_xact_lock(c),
+        control.is_current(c),
+        control.is_quiet(c, command),
+        control.tenants(c, ids),
+        control.out_of_order(c, &versions),
+        async {
+            match with_pool {
+                true => control.pool_rows(c).await,
+                false => Ok(Vec::new()),
+            }
+        }
+    );
+    let found = begun.is_ok()
+        && matches!(locked, Ok(true))
+        && matches!(current, Ok(true))
+        && matches!(quiet, Ok(true))
+        && matches!(&late, Ok(l) if l.is_empty());
+    match (found, tenants, pool) {
+        (true, Ok(tenants), Ok(pool)) => Ok(Some(Probe { tenants, pool })),
+        // Whatever failed (no control schema yet, say) is met again, and reported, on the
+        // full way.
+        _ => {
+            end_probe(session).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Ends the probe's transaction (and with it its fleet lock).
+async fn end_probe(session: &Session<'_>) -> anyhow::Result<()> {
+    session
+        .client
+        .batch_execute("ROLLBACK")
+        .await
+        .map_err(|e| anyhow::anyhow!("ending the first look: {}", crate::pgerror::describe(&e)))
+}
+
+/// The full way into a fleet run after a [`probe`] that found work (or did not get a clear
+/// look; `probe_open`: its transaction is still open): the session check (its connection
+/// opened while the probe's transaction ends), the
+/// control schema, and the fleet lock, as [`crate::db::Session::open`] and [`lock_fleet`].
+pub async fn settle_fleet(
+    session: &Session<'_>,
+    env: &RunEnv<'_>,
+    wait: Option<Duration>,
+    probe_open: bool,
+) -> anyhow::Result<()> {
+    let (ended, spare) = futures::join!(
+        async {
+            match probe_open {
+                true => end_probe(session).await,
+                false => Ok(()),
+            }
+        },
+        session.open_spare()
+    );
+    ended?;
+    spare?;
+    session.settle(true).await?;
+    lock_fleet(session, env, wait).await
+}
+
+/// Records a run with nothing to do in the transaction [`probe`] left open (holding the
+/// fleet lock) and commits it: one round trip. The run is never seen running, so it takes
+/// no run lock; it is the same ledger row, read back the same way, as a run that found
+/// nothing to do the full way.
+pub async fn record_nothing_to_do(
+    session: &Session<'_>,
+    env: &RunEnv<'_>,
+    req: RunRequest<'_>,
+) -> anyhow::Result<RunResult> {
+    let command = req.mode.command();
+    let argv = command_line();
+    let total = req.tenants.len();
+    let info = RunInfo {
+        command,
+        target: req.target,
+        digest: req.migrations.digest(),
+        scope: &req.scope,
+        total,
+        actor: env.actor,
+        argv: &argv,
+        seed: None,
+    };
+    let versions = req.migrations.versions();
+    let (c, control) = (&session.client, &session.control);
+    let (opened, read, committed) = futures::join!(
+        control.open_run(c, &info, None, &[], &versions, None, Opening::Finished),
+        control.run_just_opened(c),
+        c.batch_execute("COMMIT")
+    );
+    let (run_id, _) = opened?;
+    let run = read?;
+    committed
+        .map_err(|e| anyhow::anyhow!("recording run {run_id}: {}", crate::pgerror::describe(&e)))?;
+    env.events.emit(&Event::RunStarted {
+        command,
+        run_id,
+        total,
+        todo: 0,
+        refused: 0,
+        jobs: 1,
+    });
+    env.events.emit(&Event::RunFinished);
+    let outcome = FleetOutcome::default();
+    let (counts, waves, halted) = match run {
+        Some(run) => (run.counts, run.waves, run.halted),
+        None => (seen_report(command, &outcome, total).0, Vec::new(), None),
+    };
+    Ok(RunResult {
+        command,
+        run_id,
+        state: RunState::Succeeded,
+        target: req.target,
+        outcome,
+        resumed_from: None,
+        ledger_note: None,
+        counts,
+        tenants: Vec::new(),
+        waves,
+        halted,
+    })
 }
 
 /// Refuses (exit 2, before any change) a migration file numbered below the fleet's version
@@ -620,6 +775,7 @@ async fn open(
         &ledger_rows,
         &versions,
         sizes.as_deref(),
+        Opening::Running,
     );
     // Without a run to resume, the dead runs are marked and this one opened in one round
     // trip (the server takes them in order).

@@ -538,4 +538,35 @@ fn pgbouncer_session_mode_and_transaction_mode() {
         ["\"$user\", public"],
         "a tenant's search_path reached another client of the pool"
     );
+
+    // Transaction mode without direct_url again, the fleet current: a migrate with nothing
+    // to do needs no session lock (one transaction holds the fleet lock), so it goes through
+    // and is recorded; one with work is still refused before any change.
+    std::fs::write(
+        p.config_path(),
+        format!("[database]\nurl = \"{}\"\n", transaction.url(&db)),
+    )
+    .unwrap();
+    let runs = |p: &Project| -> i64 {
+        p.db()
+            .query_one(
+                "SELECT count(*) FROM tenantctl.runs WHERE command = 'migrate' AND state = 'succeeded'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let before = runs(&p);
+    let out = p.run(&["migrate", "--all"], 0);
+    assert!(
+        stdout(&out).contains("200 already current"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(runs(&p), before + 1);
+    p.add_migration("V10__more.sql", "CREATE TABLE more (id int);\n");
+    let before = p.fingerprint();
+    let err = stderr(&p.run(&["migrate", "--all"], 2));
+    assert!(err.contains("direct_url"), "{err}");
+    assert_eq!(before, p.fingerprint(), "nothing was changed");
 }

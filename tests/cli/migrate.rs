@@ -316,6 +316,109 @@ fn a_fleet_lock_held_by_no_visible_run_is_given_a_moment() {
 }
 
 #[test]
+fn a_run_with_nothing_to_do_is_one_transaction_under_the_fleet_lock() {
+    let p = Project::new("migrate_nothing_to_do", 4);
+    p.create_tenants(5);
+    p.copy_migrations(7, 8);
+    p.run(&["migrate", "--all"], 0);
+    let newest = "SELECT id, state, total, finished_at IS NOT NULL, attempts, \
+                  (SELECT count(*) FROM tenantctl.run_schemas s WHERE s.run_id = r.id) \
+                  FROM tenantctl.runs r ORDER BY id DESC LIMIT 1";
+
+    // Recorded like any run, and what is printed is what the ledger says.
+    let doc = p.json(&["migrate", "--all", "--json"], 0);
+    let mut db = p.db();
+    let row = db.query_one(newest, &[]).unwrap();
+    let id: i64 = row.get(0);
+    assert_eq!(doc["clusters"][0]["run_id"].as_i64(), Some(id), "{doc}");
+    assert_eq!(doc["counts"]["unchanged"].as_i64(), Some(5), "{doc}");
+    assert_eq!(row.get::<_, String>(1), "succeeded");
+    assert_eq!(row.get::<_, i32>(2), 5);
+    assert!(row.get::<_, bool>(3), "finished");
+    assert_eq!(
+        row.get::<_, i64>(5),
+        0,
+        "no ledger rows for tenants it left alone"
+    );
+    let audit = stdout(&p.run(&["audit"], 0));
+    assert!(
+        audit.contains(&format!("run {id} migrate to V8: succeeded")),
+        "{audit}"
+    );
+    // Nothing held afterwards.
+    let held: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0);
+
+    // It takes the fleet lock like any fleet command: busy while another holds it.
+    let holder = p.hold_fleet_lock();
+    let out = p.run(&["migrate", "--all"], 3);
+    assert!(stderr(&out).contains("in progress"), "{}", stderr(&out));
+    drop(holder);
+    let after: i64 = db.query_one(newest, &[]).unwrap().get(0);
+    assert_eq!(after, id, "a refused run records nothing");
+
+    // A run that stopped midway is resumed (the same run, another attempt), not passed by
+    // with a new one because nothing seems left to do.
+    db.batch_execute(&format!(
+        "UPDATE tenantctl.runs SET state = 'interrupted' WHERE id = {id}"
+    ))
+    .unwrap();
+    let out = p.run(&["migrate", "--all"], 0);
+    let row = db.query_one(newest, &[]).unwrap();
+    assert_eq!(row.get::<_, i64>(0), id, "{}", stderr(&out));
+    assert_eq!(row.get::<_, String>(1), "succeeded");
+    assert_eq!(row.get::<_, i32>(4), 2, "a second attempt of the same run");
+}
+
+#[test]
+fn a_history_ahead_of_the_registry_is_read_not_assumed() {
+    // A schema's migrations and the history check share one round trip when the registry's
+    // version says what the history holds; when it does not (here the registry is behind:
+    // V6 is applied, the registry says V5), the check stops the pipeline before any script
+    // runs, and the schema goes the usual way: V6 is not run a second time.
+    let p = Project::new("migrate_registry_behind", 6);
+    let ids = p.create_tenants(4);
+    p.db()
+        .execute(
+            "UPDATE tenantctl.tenants SET version = 5 WHERE id = $1",
+            &[&ids[0]],
+        )
+        .unwrap();
+    p.copy_migrations(7, 8);
+    let out = p.run(&["migrate", "--all"], 0);
+    assert!(
+        stdout(&out).contains("4 migrated, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    p.assert_converged(8);
+    let row = p
+        .db()
+        .query_one(
+            "SELECT version_before, version_after, applied FROM tenantctl.run_schemas \
+             WHERE tenant_id = $1 AND run_id = (SELECT max(id) FROM tenantctl.runs)",
+            &[&ids[0]],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, Option<i32>>(0),
+            row.get::<_, Option<i32>>(1),
+            row.get::<_, Option<i32>>(2)
+        ),
+        (Some(5), Some(8), Some(2)),
+        "planned from the registry, done from the history: V7 and V8 applied"
+    );
+}
+
+#[test]
 fn worker_connections_are_replaced_after_worker_recycle_schemas() {
     // Each tenant records the backend that migrated it.
     let backends = |p: &Project| -> usize {
