@@ -358,9 +358,20 @@ fn conn_sampler(url: &str) -> Sampler<i64> {
 }
 
 /// The limit: the example set's SQL fed by psql in `jobs` sessions, one transaction per
-/// schema, into `n` fresh schemas. Returns the wall time of the psql part only.
-fn psql_limit(url: &str, n: usize, jobs: usize, work: &Path) -> Duration {
-    reset_schemas(url, "psql", n, true);
+/// schema, into `n` fresh schemas (made through `setup`, then [`settle`]d when asked). Returns
+/// the wall time of the psql part only.
+fn psql_limit(
+    setup: &str,
+    url: &str,
+    n: usize,
+    jobs: usize,
+    work: &Path,
+    settled: bool,
+) -> Duration {
+    reset_schemas(setup, "psql", n, true);
+    if settled {
+        settle(setup);
+    }
     let body = example_body();
     let files: Vec<PathBuf> = (0..jobs)
         .map(|j| {
@@ -413,6 +424,17 @@ fn example_body() -> String {
     ups.iter().map(|(_, sql)| format!("{sql}\n")).collect()
 }
 
+/// Clears what the measurement before left behind, so that the next starts from the same
+/// state whatever came before it: the dead catalog rows of the schemas and tables it dropped
+/// (which autovacuum would otherwise clear during the next one, on the same cores) and the
+/// dirty buffers (which a checkpoint would write meanwhile). Needs a superuser for the
+/// checkpoint; without one, the vacuum alone.
+fn settle(url: &str) {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    db.batch_execute("VACUUM").unwrap();
+    let _ = db.batch_execute("CHECKPOINT");
+}
+
 /// Drops `<prefix>_0` .. `<prefix>_<n-1>`, and with `create` makes them again, empty.
 fn reset_schemas(url: &str, prefix: &str, n: usize, create: bool) {
     let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
@@ -432,9 +454,12 @@ fn reset_schemas(url: &str, prefix: &str, n: usize, create: bool) {
 /// The batched limit: J connections, each sending one schema's whole SQL as one simple query
 /// (`BEGIN; SET LOCAL search_path ...; ...; COMMIT`): one round trip per schema, no
 /// bookkeeping. `url` is where the work goes (the proxy, say); `setup` where the fresh
-/// schemas are made.
-fn batched_limit(setup: &str, url: &str, n: usize, jobs: usize) -> Duration {
+/// schemas are made (then [`settle`]d when asked).
+fn batched_limit(setup: &str, url: &str, n: usize, jobs: usize, settled: bool) -> Duration {
     reset_schemas(setup, "batch", n, true);
+    if settled {
+        settle(setup);
+    }
     let body = Arc::new(example_body());
     let clients: Vec<postgres::Client> = (0..jobs)
         .map(|_| postgres::Client::connect(url, postgres::NoTls).unwrap())
@@ -484,23 +509,26 @@ fn bench_latency(server: &Server, o: &Opts) {
         p.timed(&["migrate", "--all"]);
         p.timed(&["rollback", "--to", "0", "--all"]);
         proxy.take_trips();
-        // The three are measured in turn, `runs` times, and each reported as its median: a
-        // 2-core machine's noise (autovacuum of the catalogs, say) then falls on all three
-        // alike instead of on whichever was measured alone at the wrong moment. Each
-        // measurement writes into catalog space the one before freed (rolled back, dropped).
+        // The three are measured in turn, `runs` times, and each reported as its median, each
+        // starting [`settle`]d: otherwise each paid for the one before it (measured at
+        // N = 1,000: tenantctl, timed right after the batched limit's thousand dropped
+        // schemas, ran 1-3 s slower at 2 ms than at 0 ms where its round trips account for
+        // 0.5 s; settled, 0.36 s). Each measurement writes into catalog space the one before
+        // freed (rolled back, dropped).
         let (mut ours, mut noop, mut limit, mut batched) = (vec![], vec![], vec![], vec![]);
         let (mut ours_trips, mut noop_trips, mut psql_trips, mut batched_trips) = (0, 0, 0, 0);
         for _ in 0..o.runs {
+            settle(&url);
             ours.push(p.timed(&["migrate", "--all"]).0);
             ours_trips = proxy.take_trips();
             noop.push(p.timed(&["migrate", "--all"]).0);
             noop_trips = proxy.take_trips();
             p.timed(&["rollback", "--to", "0", "--all"]);
             proxy.take_trips();
-            limit.push(psql_limit(&via, n, j, p.dir.path()));
+            limit.push(psql_limit(&url, &via, n, j, p.dir.path(), true));
             psql_trips = proxy.take_trips();
             reset_schemas(&url, "psql", n, false);
-            batched.push(batched_limit(&url, &via, n, j));
+            batched.push(batched_limit(&url, &via, n, j, true));
             batched_trips = proxy.take_trips();
             reset_schemas(&url, "batch", n, false);
         }
@@ -692,7 +720,7 @@ fn migrate_vs_limit(
         conns = conns.max(sampler.finish());
         rss = rss.max(kib);
         ours.push(t);
-        limit.push(psql_limit(url, n, jobs, p.dir.path()));
+        limit.push(psql_limit(url, url, n, jobs, p.dir.path(), false));
     }
     (median(ours), median(limit), rss, conns)
 }
