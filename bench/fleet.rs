@@ -435,20 +435,26 @@ fn settle(url: &str) {
     let _ = db.batch_execute("CHECKPOINT");
 }
 
-/// Drops `<prefix>_0` .. `<prefix>_<n-1>`, and with `create` makes them again, empty.
+/// Drops `<prefix>_0` .. `<prefix>_<n-1>`, and with `create` makes them again, empty. 100
+/// schemas a transaction: a simple query of many statements is one transaction, and dropping
+/// 10,000 migrated schemas in one runs out of lock slots (each object dropped is a lock).
 fn reset_schemas(url: &str, prefix: &str, n: usize, create: bool) {
     let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
-    let sql: String = (0..n)
-        .map(|i| {
-            let again = if create {
-                format!(" CREATE SCHEMA {prefix}_{i};")
-            } else {
-                String::new()
-            };
-            format!("DROP SCHEMA IF EXISTS {prefix}_{i} CASCADE;{again}\n")
-        })
-        .collect();
-    db.batch_execute(&sql).unwrap();
+    let ids: Vec<usize> = (0..n).collect();
+    for some in ids.chunks(100) {
+        let sql: String = some
+            .iter()
+            .map(|i| {
+                let again = if create {
+                    format!(" CREATE SCHEMA {prefix}_{i};")
+                } else {
+                    String::new()
+                };
+                format!("DROP SCHEMA IF EXISTS {prefix}_{i} CASCADE;{again}\n")
+            })
+            .collect();
+        db.batch_execute(&sql).unwrap();
+    }
 }
 
 /// The batched limit: J connections, each sending one schema's whole SQL as one simple query
