@@ -101,9 +101,19 @@ struct Prepared<'a> {
     session: Session<'a>,
     active: Vec<Active>,
     env: RunEnv<'a>,
+    /// Whether a run has anything to do here, when the first look found out.
+    idle: Idle,
+}
+
+/// What a fleet command's first look found (see [`engine_run::probe`]).
+enum Idle {
+    /// Work to do, or no clear look: the full way.
+    No,
     /// Nothing to do: the probe's transaction is open, holding the fleet lock, to record
-    /// the run in (see [`engine_run::probe`]).
-    nothing_to_do: bool,
+    /// the run in.
+    ToRecord,
+    /// Nothing to do, and the run already recorded (see [`engine_run::record_if_idle`]).
+    Recorded(Box<engine_run::Recorded>),
 }
 
 /// An active tenant in scope, as the registry has it.
@@ -143,11 +153,16 @@ pub async fn fleet_command(
     // shared set (their runs record more).
     let probe = (!opts.dry_run && waves.is_none() && sides.shared.is_none() && sides.tenants)
         .then_some(direction);
+    // On one cluster, over the whole fleet, the server can decide in the same transaction
+    // and record the run (engine_run::record_if_idle): there is nothing the other clusters
+    // or the tenant list could still refuse after it.
+    let at_once = with_pool && ctx.targets.len() == 1;
     let mut prepared = futures::future::join_all(ctx.targets.iter().map(|t| {
         let ask = Ask {
             ids: wanted_ids.as_deref(),
             with_pool,
             probe,
+            at_once,
         };
         prepare(ctx, t, migrations, ask, opts)
     }))
@@ -288,6 +303,8 @@ struct Ask<'a> {
     with_pool: bool,
     /// Try finding nothing to do in one transaction first (see [`engine_run::probe`]).
     probe: Option<Direction>,
+    /// With `probe`: let the server decide, and record the run, in that transaction.
+    at_once: bool,
 }
 
 async fn prepare<'a>(
@@ -301,14 +318,37 @@ async fn prepare<'a>(
         ids: wanted_ids,
         with_pool,
         probe,
+        at_once,
     } = ask;
     if let Some(direction) = probe {
         let session = Session::connect(target, &ctx.config.control_schema).await?;
-        let command = match direction {
-            Direction::Forward { .. } => RunCommand::Migrate,
-            Direction::Backward { .. } => RunCommand::Rollback,
+        let (command, target_version) = match direction {
+            Direction::Forward { target } => (RunCommand::Migrate, target),
+            Direction::Backward { to } => (RunCommand::Rollback, Some(to)),
         };
         let env = ctx.run_env(target);
+        if at_once {
+            let work =
+                |version: &str, drifted: &str| todo_sql(migrations, direction, version, drifted);
+            let recorded = engine_run::record_if_idle(
+                &session,
+                &env,
+                (command, target_version),
+                migrations,
+                work,
+            )
+            .await?;
+            if let Some(recorded) = recorded {
+                return Ok(Prepared {
+                    session,
+                    active: Vec::new(),
+                    env,
+                    idle: Idle::Recorded(Box::new(recorded)),
+                });
+            }
+            engine_run::settle_fleet(&session, &env, opts.wait, false).await?;
+            return read_fleet(session, env, migrations, wanted_ids, with_pool).await;
+        }
         let found = engine_run::probe(&session, command, migrations, wanted_ids, with_pool).await?;
         // Still open: the probe found no obstacle (its transaction is to be ended).
         let open = found.is_some();
@@ -319,7 +359,7 @@ async fn prepare<'a>(
                     session,
                     active,
                     env,
-                    nothing_to_do: true,
+                    idle: Idle::ToRecord,
                 });
             }
         }
@@ -336,6 +376,20 @@ async fn prepare<'a>(
 fn todo(migrations: &MigrationSet, a: &Active, direction: Direction) -> bool {
     plan::needs_work(migrations, a.version, direction)
         || (a.drifted && matches!(direction, Direction::Forward { .. }))
+}
+
+/// [`todo`] as a SQL condition over a registry row's `version` and `drifted` (SQL).
+fn todo_sql(
+    migrations: &MigrationSet,
+    direction: Direction,
+    version: &str,
+    drifted: &str,
+) -> String {
+    let needs = plan::needs_work_sql(migrations, version, direction);
+    match direction {
+        Direction::Forward { .. } => format!("({needs} OR {drifted})"),
+        Direction::Backward { .. } => needs,
+    }
 }
 
 /// The active tenants of the registry's rows, then the pool's schemas.
@@ -396,7 +450,7 @@ async fn read_fleet<'a>(
         session,
         active: active_of(rows, pool),
         env,
-        nothing_to_do: false,
+        idle: Idle::No,
     })
 }
 
@@ -431,7 +485,7 @@ async fn execute(
         mut session,
         active,
         env,
-        nothing_to_do,
+        idle,
     } = p;
     let shared = match sides.shared {
         Some(set) => match shared_step(ctx, &session, set, opts.dry_run, direction).await? {
@@ -497,9 +551,20 @@ async fn execute(
         resume: !opts.fresh,
         fail_fast: opts.run.fail_fast,
     };
-    let result = match nothing_to_do {
-        true => engine_run::record_nothing_to_do(&session, &env, req).await?,
-        false => engine_run::run(&mut session, &env, req).await?,
+    let result = match idle {
+        Idle::ToRecord => engine_run::record_nothing_to_do(&session, &env, req).await?,
+        Idle::Recorded(r) => {
+            let total = usize::try_from(r.run.total).unwrap_or_default();
+            engine_run::nothing_done(
+                &env,
+                req.mode.command(),
+                target,
+                r.run_id,
+                total,
+                Some(r.run),
+            )
+        }
+        Idle::No => engine_run::run(&mut session, &env, req).await?,
     };
     Ok(with_shared(run_output(&result)))
 }

@@ -292,13 +292,21 @@ const CHANGED: &str = concat!(
 
 /// How [`Control::open_run`] records a new run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opening {
+pub enum Opening<'a> {
     /// Running, its run lock held by this session until it finishes.
     Running,
     /// Already succeeded: a run with nothing to do, recorded inside the transaction that
     /// found so (it is never seen running, so it needs no run lock).
     Finished,
+    /// Finished, if `when` (SQL, evaluated by the insert itself) holds, with `total` (SQL)
+    /// tenants in scope; no row otherwise. See [`Control::idle_when`].
+    FinishedIf { when: &'a str, total: &'a str },
 }
+
+/// The transaction-local setting in which [`Control::open_run`] leaves the id of a finished
+/// run it recorded, for [`Control::run_just_opened`] (a setting, not `currval`: that is the
+/// server session's, and through a pooler in transaction mode the session is shared).
+const OPENED_RUN: &str = "tenantctl.opened_run";
 
 impl Control {
     /// Runs matching `filter` (SQL over `r`, with `params`), newest first, at most `limit`,
@@ -484,27 +492,67 @@ impl Control {
     /// running (alive, or dead and waiting to be marked), and the newest run of `command`
     /// did not stop midway (there would be one to resume).
     pub async fn is_quiet(&self, client: &Client, command: RunCommand) -> anyhow::Result<bool> {
-        let sql = format!(
-            "SELECT NOT EXISTS (SELECT 1 FROM {runs} WHERE state = {running}) \
-                AND coalesce((SELECT state FROM {runs} WHERE command = $1 ORDER BY id DESC LIMIT 1) \
-                             NOT IN ({midway}), true)",
-            runs = self.table("runs"),
-            running = RunState::Running.literal(),
-            midway = stored_list([RunState::Interrupted, RunState::Halted].iter().map(|s| s.as_str())),
-        );
         let row = client
-            .query_typed_one(&sql, &[(&command.as_str(), Type::TEXT)])
+            .query_typed_one(&format!("SELECT {}", self.quiet_sql(command)), &[])
             .await
             .map_err(|e| failed("reading the run ledger", &e))?;
         Ok(row.get(0))
     }
 
+    /// [`Control::is_quiet`] as a SQL condition.
+    fn quiet_sql(&self, command: RunCommand) -> String {
+        format!(
+            "(NOT EXISTS (SELECT 1 FROM {runs} WHERE state = {running}) \
+              AND coalesce((SELECT state FROM {runs} WHERE command = {command} ORDER BY id DESC LIMIT 1) \
+                           NOT IN ({midway}), true))",
+            runs = self.table("runs"),
+            running = RunState::Running.literal(),
+            command = command.literal(),
+            midway = stored_list([RunState::Interrupted, RunState::Halted].iter().map(|s| s.as_str())),
+        )
+    }
+
+    /// When a new run of `command` has nothing to do, as one SQL condition for
+    /// [`Opening::FinishedIf`], and the count of tenants in its scope (every active tenant
+    /// and the pool's schemas): the fleet lock is free (taken until the transaction ends),
+    /// the control schema is this version's, the ledger is quiet ([`Control::is_quiet`]), no
+    /// file is out of order ([`Control::out_of_order`], over the run's files), and no active
+    /// tenant or pooled schema has work, `work(version, drifted)` being that test in SQL over
+    /// a row's version and drift mark.
+    pub fn idle_when(
+        &self,
+        command: RunCommand,
+        work: impl Fn(&str, &str) -> String,
+    ) -> (String, String) {
+        let (tenants, pool) = (self.table("tenants"), self.table("pool"));
+        let active = TenantState::Active.literal();
+        let when = format!(
+            "pg_try_advisory_xact_lock({lock}, hashtext({name})) \
+             AND (SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = {name}) = {version} \
+             AND {quiet} \
+             AND NOT EXISTS ({late}) \
+             AND NOT EXISTS (SELECT 1 FROM {tenants} t WHERE t.state = {active} AND ({tenant_work})) \
+             AND NOT EXISTS (SELECT 1 FROM {pool} p WHERE {pool_work})",
+            lock = super::locks::LOCK_FLEET,
+            name = quote_literal(&self.name),
+            version = quote_literal(super::CONTROL_VERSION),
+            quiet = self.quiet_sql(command),
+            late = self.out_of_order_sql("$14", "$15"),
+            tenant_work = work("t.version", "t.drift IS NOT NULL"),
+            pool_work = work("p.version", "false"),
+        );
+        let total = format!(
+            "(SELECT count(*) FROM {tenants} WHERE state = {active}) + (SELECT count(*) FROM {pool})"
+        );
+        (when, total)
+    }
+
     /// The run this session opened last (in this transaction: see [`Control::open_run`]
-    /// with `finished`), read like any other.
+    /// with `finished`), read like any other; None when it recorded none.
     pub async fn run_just_opened(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
         let filter = format!(
-            "r.id = currval(pg_get_serial_sequence({}, 'id'))",
-            quote_literal(&self.table("runs"))
+            "r.id = nullif(current_setting({}, true), '')::int8",
+            quote_literal(OPENED_RUN)
         );
         Ok(self
             .runs(client, &filter, "r.id", &[], 1)
@@ -651,8 +699,8 @@ impl Control {
         schemas: &[(&Tenant, Option<i32>, Option<i32>)],
         files: &[(i32, String)],
         wave_sizes: Option<&[i32]>,
-        opening: Opening,
-    ) -> anyhow::Result<(i64, i64)> {
+        opening: Opening<'_>,
+    ) -> anyhow::Result<Option<(i64, i64)>> {
         let file_versions: Vec<i32> = files.iter().map(|f| f.0).collect();
         let file_names: Vec<&str> = files.iter().map(|f| f.1.as_str()).collect();
         let ids: Vec<&str> = schemas.iter().map(|r| r.0.id()).collect();
@@ -669,23 +717,28 @@ impl Control {
                 runs = self.table("runs"),
                 running = RunState::Running.literal(),
             ),
-            None => format!(
-                "r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, waves, seed, finished_at) \
-                 VALUES ($7, $8, $9, $10, {state}, $2, $3, $4, $5, $6, $17, $18, {finished_at}) RETURNING id, epoch)",
-                runs = self.table("runs"),
-                state = match opening {
-                    Opening::Running => RunState::Running.literal(),
-                    Opening::Finished => RunState::Succeeded.literal(),
-                },
-                finished_at = match opening {
-                    Opening::Running => "NULL",
-                    Opening::Finished => "clock_timestamp()",
-                },
-            ),
+            None => {
+                let (state, finished_at, total, when) = match opening {
+                    Opening::Running => (RunState::Running, "NULL", "$6", "true"),
+                    Opening::Finished => (RunState::Succeeded, "clock_timestamp()", "$6", "true"),
+                    Opening::FinishedIf { when, total } => {
+                        (RunState::Succeeded, "clock_timestamp()", total, when)
+                    }
+                };
+                format!(
+                    "r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, waves, seed, finished_at) \
+                     SELECT $7, $8, $9, $10, {state}, $2, $3, $4, $5, {total}, $17, $18, {finished_at} WHERE {when} RETURNING id, epoch)",
+                    runs = self.table("runs"),
+                    state = state.literal(),
+                )
+            }
         };
         let lock = match opening {
             Opening::Running => format!(", pg_advisory_lock({LOCK_RUN}, id::int)"),
-            Opening::Finished => String::new(),
+            Opening::Finished | Opening::FinishedIf { .. } => format!(
+                ", set_config({}, id::text, true)",
+                quote_literal(OPENED_RUN)
+            ),
         };
         let sql = format!(
             "WITH {run}, \
@@ -733,13 +786,14 @@ impl Control {
             .query_typed(&sql, &params)
             .await
             .map_err(|e| failed(&format!("recording the run in {}.runs", self.name), &e))?;
-        rows.first().map(|r| (r.get(0), r.get(1))).ok_or_else(|| {
-            anyhow::anyhow!(
-                "recording the run in {}.runs: run {} to resume is gone; re-run with --fresh",
+        match (rows.first(), resume) {
+            (Some(r), _) => Ok(Some((r.get(0), r.get(1)))),
+            (None, Some(id)) => Err(anyhow::anyhow!(
+                "recording the run in {}.runs: run {id} to resume is gone; re-run with --fresh",
                 self.name,
-                resume.unwrap_or_default()
-            )
-        })
+            )),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Migration files that are out of order: never part of any earlier run's set, yet below
@@ -756,17 +810,7 @@ impl Control {
     ) -> anyhow::Result<Vec<(i32, String)>> {
         let versions: Vec<i32> = files.iter().map(|f| f.0).collect();
         let names: Vec<&str> = files.iter().map(|f| f.1.as_str()).collect();
-        let sql = format!(
-            "WITH unknown AS MATERIALIZED ( \
-                 SELECT f.v, f.n FROM unnest($1::int4[], $2::text[]) AS f(v, n) \
-                 WHERE EXISTS (SELECT 1 FROM {known}) \
-                   AND NOT EXISTS (SELECT 1 FROM {known} k WHERE k.version = f.v)) \
-             SELECT v, n FROM unknown \
-             WHERE v < (SELECT max(version) FROM {tenants} WHERE state = {active}) ORDER BY 1",
-            known = self.table("versions"),
-            tenants = self.table("tenants"),
-            active = TenantState::Active.literal(),
-        );
+        let sql = format!("{} ORDER BY 1", self.out_of_order_sql("$1", "$2"));
         let rows = client
             .query_typed(
                 &sql,
@@ -775,6 +819,22 @@ impl Control {
             .await
             .map_err(|e| failed("comparing the migration files with the runs so far", &e))?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// [`Control::out_of_order`] as a query, over the files' versions and names in the
+    /// array parameters `versions` and `names`.
+    fn out_of_order_sql(&self, versions: &str, names: &str) -> String {
+        format!(
+            "WITH unknown AS MATERIALIZED ( \
+                 SELECT f.v, f.n FROM unnest({versions}::int4[], {names}::text[]) AS f(v, n) \
+                 WHERE EXISTS (SELECT 1 FROM {known}) \
+                   AND NOT EXISTS (SELECT 1 FROM {known} k WHERE k.version = f.v)) \
+             SELECT v, n FROM unknown \
+             WHERE v < (SELECT max(version) FROM {tenants} WHERE state = {active})",
+            known = self.table("versions"),
+            tenants = self.table("tenants"),
+            active = TenantState::Active.literal(),
+        )
     }
 
     /// Hot path, inside a schema's transaction: its registry version and its ledger row

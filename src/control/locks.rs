@@ -15,7 +15,7 @@ use crate::tenant::{quote_literal, Tenant};
 /// schema's `hashtext`. Also the key of the bootstrap lock (second half 0).
 pub const LOCK_NAMESPACE: i32 = 0x0074_6e74;
 /// Fleet lock: one migrate/rollback at a time per control schema.
-const LOCK_FLEET: i32 = LOCK_NAMESPACE + 1;
+pub(super) const LOCK_FLEET: i32 = LOCK_NAMESPACE + 1;
 /// Run lock: held by a run's coordinator for the run's life; key = run id.
 pub(super) const LOCK_RUN: i32 = LOCK_NAMESPACE + 2;
 

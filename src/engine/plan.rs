@@ -57,6 +57,19 @@ pub fn needs_work(set: &MigrationSet, version: Option<i32>, direction: Direction
     }
 }
 
+/// [`needs_work`] as a SQL condition over the SQL expression `version` (NULL: nothing
+/// applied), for the server to decide on the registry's rows.
+pub fn needs_work_sql(set: &MigrationSet, version: &str, direction: Direction) -> String {
+    match direction {
+        Direction::Forward { target: None } => "false".into(),
+        Direction::Forward { target: Some(t) } if Some(t) == set.latest() => {
+            format!("({version} IS NULL OR {version} <> {t})")
+        }
+        Direction::Forward { target: Some(t) } => format!("({version} IS NULL OR {version} < {t})"),
+        Direction::Backward { to } => format!("coalesce({version} > {to}, false)"),
+    }
+}
+
 /// The step for one tenant, or None when it has nothing to do.
 pub fn step(
     set: &MigrationSet,

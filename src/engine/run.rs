@@ -209,11 +209,7 @@ pub async fn probe(
 ) -> anyhow::Result<Option<Probe>> {
     let (c, control) = (&session.client, &session.control);
     let versions = migrations.versions();
-    // The keepalives are the transaction's own: a vanished client must not keep the lock.
-    let begin = format!(
-        "BEGIN; {}",
-        crate::db::KEEPALIVES.replace("SET ", "SET LOCAL ")
-    );
+    let begin = begin_with_keepalives();
     let (begun, locked, current, quiet, tenants, late, pool) = futures::join!(
         c.batch_execute(&begin),
         control.try_fleet_xact_lock(c),
@@ -290,16 +286,14 @@ pub async fn record_nothing_to_do(
     let command = req.mode.command();
     let argv = command_line();
     let total = req.tenants.len();
-    let info = RunInfo {
-        command,
-        target: req.target,
-        digest: req.migrations.digest(),
-        scope: &req.scope,
+    let info = idle_info(
+        env,
+        (command, req.target),
+        req.migrations,
+        &req.scope,
+        &argv,
         total,
-        actor: env.actor,
-        argv: &argv,
-        seed: None,
-    };
+    );
     let versions = req.migrations.versions();
     let (c, control) = (&session.client, &session.control);
     let (opened, read, committed) = futures::join!(
@@ -307,10 +301,109 @@ pub async fn record_nothing_to_do(
         control.run_just_opened(c),
         c.batch_execute("COMMIT")
     );
-    let (run_id, _) = opened?;
+    let (run_id, _) =
+        opened?.ok_or_else(|| anyhow::anyhow!("recording the run: the ledger returned no row"))?;
     let run = read?;
     committed
         .map_err(|e| anyhow::anyhow!("recording run {run_id}: {}", crate::pgerror::describe(&e)))?;
+    Ok(nothing_done(env, command, req.target, run_id, total, run))
+}
+
+/// A run with nothing to do that [`record_if_idle`] found and recorded, as read back.
+pub struct Recorded {
+    pub run_id: i64,
+    pub run: RunRow,
+}
+
+/// A fleet command's first look over the whole fleet (every active tenant and the pool),
+/// on a connected session that has sent nothing yet, when the run is to be recorded with
+/// nothing to do: one round trip in all. The server decides, in the insert of the run's row
+/// ([`crate::control::Control::idle_when`]): the fleet lock free, the control schema
+/// current, no run running or to resume, no file out of order, and `work(version, drifted)`
+/// (SQL) true for no tenant. The row is read back and committed in the same message. None:
+/// nothing was recorded and the transaction is over; the caller goes the full way
+/// ([`settle_fleet`]), which meets again, and reports, whatever stood in the way.
+pub async fn record_if_idle(
+    session: &Session<'_>,
+    env: &RunEnv<'_>,
+    (command, target): (RunCommand, Option<i32>),
+    migrations: &MigrationSet,
+    work: impl Fn(&str, &str) -> String,
+) -> anyhow::Result<Option<Recorded>> {
+    let argv = command_line();
+    let scope = scope_of(None);
+    // The total is the server's count (see `idle_when`).
+    let info = idle_info(env, (command, target), migrations, &scope, &argv, 0);
+    let versions = migrations.versions();
+    let (c, control) = (&session.client, &session.control);
+    let (when, total) = control.idle_when(info.command, work);
+    let begin = begin_with_keepalives();
+    let (begun, opened, read, committed) = futures::join!(
+        c.batch_execute(&begin),
+        control.open_run(
+            c,
+            &info,
+            None,
+            &[],
+            &versions,
+            None,
+            Opening::FinishedIf {
+                when: &when,
+                total: &total
+            }
+        ),
+        control.run_just_opened(c),
+        c.batch_execute("COMMIT")
+    );
+    // Anything that failed aborted the transaction, and the COMMIT rolled it back.
+    let (Ok(()), Ok(Some((run_id, _))), Ok(Some(run))) = (begun, opened, read) else {
+        return Ok(None);
+    };
+    committed
+        .map_err(|e| anyhow::anyhow!("recording run {run_id}: {}", crate::pgerror::describe(&e)))?;
+    Ok(Some(Recorded { run_id, run }))
+}
+
+/// `BEGIN` and the keepalives as the transaction's own (a vanished client must not keep the
+/// fleet lock the transaction takes).
+fn begin_with_keepalives() -> String {
+    format!(
+        "BEGIN; {}",
+        crate::db::KEEPALIVES.replace("SET ", "SET LOCAL ")
+    )
+}
+
+/// The run row of a run with nothing to do.
+fn idle_info<'a>(
+    env: &RunEnv<'a>,
+    (command, target): (RunCommand, Option<i32>),
+    migrations: &'a MigrationSet,
+    scope: &'a str,
+    argv: &'a str,
+    total: usize,
+) -> RunInfo<'a> {
+    RunInfo {
+        command,
+        target,
+        digest: migrations.digest(),
+        scope,
+        total,
+        actor: env.actor,
+        argv,
+        seed: None,
+    }
+}
+
+/// The result of a run with nothing to do, recorded as `run_id` (`run`: its row as read
+/// back), with its start and end emitted.
+pub fn nothing_done(
+    env: &RunEnv<'_>,
+    command: RunCommand,
+    target: Option<i32>,
+    run_id: i64,
+    total: usize,
+    run: Option<RunRow>,
+) -> RunResult {
     env.events.emit(&Event::RunStarted {
         command,
         run_id,
@@ -325,11 +418,11 @@ pub async fn record_nothing_to_do(
         Some(run) => (run.counts, run.waves, run.halted),
         None => (seen_report(command, &outcome, total).0, Vec::new(), None),
     };
-    Ok(RunResult {
+    RunResult {
         command,
         run_id,
         state: RunState::Succeeded,
-        target: req.target,
+        target,
         outcome,
         resumed_from: None,
         ledger_note: None,
@@ -337,7 +430,7 @@ pub async fn record_nothing_to_do(
         tenants: Vec::new(),
         waves,
         halted,
-    })
+    }
 }
 
 /// Refuses (exit 2, before any change) a migration file numbered below the fleet's version
@@ -779,7 +872,7 @@ async fn open(
     );
     // Without a run to resume, the dead runs are marked and this one opened in one round
     // trip (the server takes them in order).
-    let (run_id, epoch) = match reaped {
+    let opened = match reaped {
         None => opening.await?,
         Some(reap) => {
             let (reaped, opened) = futures::join!(reap, opening);
@@ -787,6 +880,9 @@ async fn open(
             opened?
         }
     };
+    // Unconditional: the insert always makes its row (a resumed run that is gone is an error).
+    let (run_id, epoch) =
+        opened.ok_or_else(|| anyhow::anyhow!("recording the run: the ledger returned no row"))?;
     if let Some(run) = &resumed {
         env.events.emit(&Event::Resuming { run });
     }

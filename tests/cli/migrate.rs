@@ -378,6 +378,108 @@ fn a_run_with_nothing_to_do_is_one_transaction_under_the_fleet_lock() {
 }
 
 #[test]
+fn the_server_finds_nothing_to_do_exactly_when_the_plan_does() {
+    // On one cluster over the whole fleet, the server decides "nothing to do" and records
+    // the run in the same transaction (SQL twins of the plan's rules). Each case where the
+    // two could part is run here, and the run's ledger rows say which way it went.
+    let p = Project::new("migrate_idle_rules", 4);
+    p.write_config("[tenants]\npool = 2\n");
+    p.run(&["tenant", "pool", "fill"], 0);
+    p.copy_migrations(5, 8);
+    let mut db = p.db();
+    // (run id, target, ledger rows) of the newest run.
+    let mut newest = || -> (i64, Option<i32>, i64) {
+        let row = db
+            .query_one(
+                "SELECT id, target_version, \
+                        (SELECT count(*) FROM tenantctl.run_schemas s WHERE s.run_id = r.id) \
+                 FROM tenantctl.runs r ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+
+    // No tenant yet, the pool behind: the pool moves.
+    p.run(&["migrate", "--all"], 0);
+    assert_eq!(newest().2, 2, "both pooled schemas worked on");
+    let ids = p.create_tenants(3);
+    p.run(&["migrate", "--all"], 0);
+    let (idle, _, rows) = newest();
+    assert_eq!(rows, 0, "everything current: nothing to do");
+
+    // A drift mark on a current tenant: looked at again, and cleared (its files match).
+    p.db()
+        .execute(
+            "UPDATE tenantctl.tenants SET drift = 'V8__x was changed' WHERE id = $1",
+            &[&ids[0]],
+        )
+        .unwrap();
+    p.run(&["migrate", "--all"], 0);
+    assert_eq!(newest().2, 1, "the drift-marked tenant worked on");
+    let marks: i64 = p
+        .db()
+        .query_one(
+            "SELECT count(*) FROM tenantctl.tenants WHERE drift IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(marks, 0);
+
+    // A tenant with nothing applied (registry version NULL) is worked on.
+    p.db()
+        .execute(
+            "UPDATE tenantctl.tenants SET version = NULL WHERE id = $1",
+            &[&ids[1]],
+        )
+        .unwrap();
+    p.run(&["migrate", "--all"], 0);
+    assert_eq!(newest().2, 1, "the tenant without a version worked on");
+    p.assert_converged(8);
+
+    // A target below the fleet is nothing to do for migrate (it never goes down), and so
+    // is a rollback to where the fleet is; a rollback below it is work.
+    p.run(&["migrate", "--all", "--to", "7"], 0);
+    let (_, target, rows) = newest();
+    assert_eq!(
+        (target, rows),
+        (Some(7), 0),
+        "below the fleet: nothing to do"
+    );
+    p.run(&["rollback", "--all", "--to", "8"], 0);
+    let (id, target, rows) = newest();
+    assert!(
+        id > idle && target == Some(8) && rows == 0,
+        "{id} {target:?} {rows}"
+    );
+    let pooled: i64 = p
+        .db()
+        .query_one("SELECT count(*) FROM tenantctl.pool", &[])
+        .unwrap()
+        .get(0);
+    p.run(&["rollback", "--all", "--to", "7"], 0);
+    assert_eq!(
+        newest().2,
+        3 + pooled,
+        "the tenants and the pool rolled back"
+    );
+    p.assert_converged(7);
+
+    // A registry version ahead of the files is looked at (the history decides), not passed by.
+    p.run(&["migrate", "--all"], 0);
+    p.db()
+        .execute(
+            "UPDATE tenantctl.tenants SET version = 9 WHERE id = $1",
+            &[&ids[2]],
+        )
+        .unwrap();
+    p.run(&["migrate", "--all"], 0);
+    assert_eq!(newest().2, 1);
+    p.assert_converged(8);
+}
+
+#[test]
 fn a_history_ahead_of_the_registry_is_read_not_assumed() {
     // A schema's migrations and the history check share one round trip when the registry's
     // version says what the history holds; when it does not (here the registry is behind:
