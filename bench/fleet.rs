@@ -457,16 +457,69 @@ fn reset_schemas(url: &str, prefix: &str, n: usize, create: bool) {
     }
 }
 
+/// The example set's versions and names, in version order.
+fn example_files() -> Vec<(i32, String)> {
+    let mut files: Vec<(i32, String)> = std::fs::read_dir(format!("{ROOT}/migrations"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".sql")?;
+            if stem.ends_with(".down") {
+                return None;
+            }
+            let at = stem.find("__")?;
+            Some((stem[1..at].parse().ok()?, stem[at + 2..].to_string()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A schema's history as tenantctl keeps it, for the batched limit "with history": the table
+/// it makes (`engine::history::ensure_sql`, refinery's format) before the scripts, and a row
+/// per migration (as `engine::history::insert_sql`) after them.
+fn history_sql() -> (String, String) {
+    let table = "CREATE TABLE IF NOT EXISTS refinery_schema_history( version int4 PRIMARY KEY, \
+                 name VARCHAR(255), applied_on VARCHAR(255), checksum VARCHAR(255));\n";
+    let rows: Vec<String> = example_files()
+        .iter()
+        .map(|(v, name)| {
+            format!(
+                "({v}, '{name}', '2026-12-02T00:00:00Z', '{}')",
+                1_000_000_007u64 * *v as u64
+            )
+        })
+        .collect();
+    let insert = format!(
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES {};\n",
+        rows.join(", ")
+    );
+    (table.to_string(), insert)
+}
+
 /// The batched limit: J connections, each sending one schema's whole SQL as one simple query
 /// (`BEGIN; SET LOCAL search_path ...; ...; COMMIT`): one round trip per schema, no
-/// bookkeeping. `url` is where the work goes (the proxy, say); `setup` where the fresh
-/// schemas are made (then [`settle`]d when asked).
-fn batched_limit(setup: &str, url: &str, n: usize, jobs: usize, settled: bool) -> Duration {
+/// bookkeeping; `with_history`: and the schema's history table made and filled in the same
+/// message (what refinery's format costs the server, whoever sends it). `url` is where the
+/// work goes (the proxy, say); `setup` where the fresh schemas are made (then [`settle`]d
+/// when asked).
+fn batched_limit(
+    setup: &str,
+    url: &str,
+    (n, jobs): (usize, usize),
+    settled: bool,
+    with_history: bool,
+) -> Duration {
     reset_schemas(setup, "batch", n, true);
     if settled {
         settle(setup);
     }
-    let body = Arc::new(example_body());
+    let (before, after) = match with_history {
+        true => history_sql(),
+        false => Default::default(),
+    };
+    let body = Arc::new(format!("{before}{}\n{after}", example_body()));
     let clients: Vec<postgres::Client> = (0..jobs)
         .map(|_| postgres::Client::connect(url, postgres::NoTls).unwrap())
         .collect();
@@ -479,7 +532,7 @@ fn batched_limit(setup: &str, url: &str, n: usize, jobs: usize, settled: bool) -
             std::thread::spawn(move || {
                 for i in (j..n).step_by(jobs) {
                     c.batch_execute(&format!(
-                        "BEGIN; SET LOCAL search_path TO batch_{i};\n{body}\nCOMMIT;"
+                        "BEGIN; SET LOCAL search_path TO batch_{i};\n{body}COMMIT;"
                     ))
                     .unwrap();
                 }
@@ -498,8 +551,8 @@ fn bench_latency(server: &Server, o: &Opts) {
     let n = *o.sizes.first().unwrap();
     let j = o.jobs;
     println!("N = {n}, J = {j}, through a proxy adding the RTT (half each way)\n");
-    println!("| RTT | migrate | psql limit | ratio | batched limit | ratio | round trips per schema: tenantctl / psql / batched | no-op migrate | no-op round trips |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| RTT | migrate | psql limit | ratio | batched limit | ratio | batched + history | ratio | round trips per schema: tenantctl / psql / batched | no-op migrate | no-op round trips |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &rtt in &o.latency {
         let (url, p) = empty_fleet(server, &format!("bench_rtt_{}", (rtt * 10.0) as u64), n, j);
         let proxy = proxy::Proxy::start(&url, Duration::from_secs_f64(rtt / 2000.0));
@@ -522,6 +575,7 @@ fn bench_latency(server: &Server, o: &Opts) {
         // 0.5 s; settled, 0.36 s). Each measurement writes into catalog space the one before
         // freed (rolled back, dropped).
         let (mut ours, mut noop, mut limit, mut batched) = (vec![], vec![], vec![], vec![]);
+        let mut with_history = vec![];
         let (mut ours_trips, mut noop_trips, mut psql_trips, mut batched_trips) = (0, 0, 0, 0);
         for _ in 0..o.runs {
             settle(&url);
@@ -534,20 +588,25 @@ fn bench_latency(server: &Server, o: &Opts) {
             limit.push(psql_limit(&url, &via, n, j, p.dir.path(), true));
             psql_trips = proxy.take_trips();
             reset_schemas(&url, "psql", n, false);
-            batched.push(batched_limit(&url, &via, n, j, true));
+            batched.push(batched_limit(&url, &via, (n, j), true, false));
             batched_trips = proxy.take_trips();
+            with_history.push(batched_limit(&url, &via, (n, j), true, true));
+            proxy.take_trips();
             reset_schemas(&url, "batch", n, false);
         }
         let (ours, noop, limit, batched) =
             (median(ours), median(noop), median(limit), median(batched));
+        let with_history = median(with_history);
         let per = |t: u64| t as f64 / n as f64;
         println!(
-            "| {rtt} ms | {} | {} | {:.2} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {} | {noop_trips} |",
+            "| {rtt} ms | {} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {} | {noop_trips} |",
             secs(ours),
             secs(limit),
             ours.as_secs_f64() / limit.as_secs_f64(),
             secs(batched),
             ours.as_secs_f64() / batched.as_secs_f64(),
+            secs(with_history),
+            ours.as_secs_f64() / with_history.as_secs_f64(),
             per(ours_trips),
             per(psql_trips),
             per(batched_trips),
