@@ -457,68 +457,54 @@ fn reset_schemas(url: &str, prefix: &str, n: usize, create: bool) {
     }
 }
 
-/// The example set's versions and names, in version order.
-fn example_files() -> Vec<(i32, String)> {
-    let mut files: Vec<(i32, String)> = std::fs::read_dir(format!("{ROOT}/migrations"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let stem = name.strip_suffix(".sql")?;
-            if stem.ends_with(".down") {
-                return None;
-            }
-            let at = stem.find("__")?;
-            Some((stem[1..at].parse().ok()?, stem[at + 2..].to_string()))
-        })
-        .collect();
-    files.sort();
-    files
-}
+/// The history table as tenantctl makes it (`engine::history::ensure_sql`, refinery's
+/// format), for the batched limit "with history".
+const HISTORY_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS refinery_schema_history( version int4 PRIMARY KEY, \
+                             name VARCHAR(255), applied_on VARCHAR(255), checksum VARCHAR(255));\n";
 
-/// A schema's history as tenantctl keeps it, for the batched limit "with history": the table
-/// it makes (`engine::history::ensure_sql`, refinery's format) before the scripts, and a row
-/// per migration (as `engine::history::insert_sql`) after them.
-fn history_sql() -> (String, String) {
-    let table = "CREATE TABLE IF NOT EXISTS refinery_schema_history( version int4 PRIMARY KEY, \
-                 name VARCHAR(255), applied_on VARCHAR(255), checksum VARCHAR(255));\n";
-    let rows: Vec<String> = example_files()
-        .iter()
-        .map(|(v, name)| {
-            format!(
-                "({v}, '{name}', '2026-12-02T00:00:00Z', '{}')",
-                1_000_000_007u64 * *v as u64
-            )
-        })
-        .collect();
-    let insert = format!(
-        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES {};\n",
-        rows.join(", ")
-    );
-    (table.to_string(), insert)
+/// The rows tenantctl wrote into the history of a schema it migrated (its names, checksums
+/// and times, as it writes them), as one INSERT, for the batched limit "with history".
+fn history_insert(url: &str) -> String {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let schema: String = c
+        .query_one(
+            "SELECT quote_ident(schemaname) FROM pg_tables \
+             WHERE tablename = 'refinery_schema_history' AND schemaname NOT LIKE 'batch%' LIMIT 1",
+            &[],
+        )
+        .expect("a schema tenantctl migrated")
+        .get(0);
+    c.query_one(
+        &format!(
+            "SELECT format('INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES %s;\n', \
+                    string_agg(format('(%s, %L, %L, %L)', version, name, applied_on, checksum), ', ' ORDER BY version)) \
+             FROM {schema}.refinery_schema_history"
+        ),
+        &[],
+    )
+    .unwrap()
+    .get(0)
 }
 
 /// The batched limit: J connections, each sending one schema's whole SQL as one simple query
 /// (`BEGIN; SET LOCAL search_path ...; ...; COMMIT`): one round trip per schema, no
-/// bookkeeping; `with_history`: and the schema's history table made and filled in the same
-/// message (what refinery's format costs the server, whoever sends it). `url` is where the
-/// work goes (the proxy, say); `setup` where the fresh schemas are made (then [`settle`]d
-/// when asked).
+/// bookkeeping; `history` (from [`history_insert`]): and the schema's history table made
+/// and filled in the same message (what refinery's format costs the server, whoever sends
+/// it). `url` is where the work goes (the proxy, say); `setup` where the fresh schemas are
+/// made (then [`settle`]d when asked).
 fn batched_limit(
     setup: &str,
     url: &str,
     (n, jobs): (usize, usize),
     settled: bool,
-    with_history: bool,
+    history: Option<&str>,
 ) -> Duration {
     reset_schemas(setup, "batch", n, true);
     if settled {
         settle(setup);
     }
-    let (before, after) = match with_history {
-        true => history_sql(),
-        false => Default::default(),
-    };
+    let (before, after) = history.map_or(("", ""), |rows| (HISTORY_TABLE, rows));
     let body = Arc::new(format!("{before}{}\n{after}", example_body()));
     let clients: Vec<postgres::Client> = (0..jobs)
         .map(|_| postgres::Client::connect(url, postgres::NoTls).unwrap())
@@ -545,8 +531,9 @@ fn batched_limit(
     t0.elapsed()
 }
 
-/// tenantctl, the psql limit and the batched limit through a proxy that adds each RTT, in
-/// the same run on the same server, with the round trips the proxy counted.
+/// tenantctl, the psql limit and the batched limit (without and with the history table)
+/// through a proxy that adds each RTT, in the same run on the same server, with the round
+/// trips the proxy counted.
 fn bench_latency(server: &Server, o: &Opts) {
     let n = *o.sizes.first().unwrap();
     let j = o.jobs;
@@ -566,9 +553,10 @@ fn bench_latency(server: &Server, o: &Opts) {
         // 2.8 s against 0.8 s for 200 schemas): one untimed migrate and rollback first, so
         // that tenantctl, measured first, is not the one that pays it.
         p.timed(&["migrate", "--all"]);
+        let history = history_insert(&url);
         p.timed(&["rollback", "--to", "0", "--all"]);
         proxy.take_trips();
-        // The three are measured in turn, `runs` times, and each reported as its median, each
+        // The four are measured in turn, `runs` times, and each reported as its median, each
         // starting [`settle`]d: otherwise each paid for the one before it (measured at
         // N = 1,000: tenantctl, timed right after the batched limit's thousand dropped
         // schemas, ran 1-3 s slower at 2 ms than at 0 ms where its round trips account for
@@ -588,9 +576,9 @@ fn bench_latency(server: &Server, o: &Opts) {
             limit.push(psql_limit(&url, &via, n, j, p.dir.path(), true));
             psql_trips = proxy.take_trips();
             reset_schemas(&url, "psql", n, false);
-            batched.push(batched_limit(&url, &via, (n, j), true, false));
+            batched.push(batched_limit(&url, &via, (n, j), true, None));
             batched_trips = proxy.take_trips();
-            with_history.push(batched_limit(&url, &via, (n, j), true, true));
+            with_history.push(batched_limit(&url, &via, (n, j), true, Some(&history)));
             proxy.take_trips();
             reset_schemas(&url, "batch", n, false);
         }
