@@ -9,17 +9,17 @@
 //! schema's bookkeeping rides in the batch it already sends; that text is made from validated
 //! identifiers and integers only (see [`crate::tenant::quote_literal`]).
 
+mod files;
 mod ledger;
 mod locks;
 mod registry;
+mod runs;
 mod states;
 
-pub use ledger::{
-    FailureRecord, FailureRow, Halted, Opening, RunCounts, RunInfo, RunRow, SchemaRow,
-    SharedOutcome, WaveRow, SHARED_ROW,
-};
+pub use ledger::{FailureRow, Halted, RunCounts, RunRow, SchemaRow, WaveRow};
 pub use locks::{schema_lock_sql, session_lock_sql, LOCK_NAMESPACE};
 pub use registry::TenantRow;
+pub use runs::{FailureRecord, Opening, RunInfo, SharedOutcome, SHARED_ROW};
 pub use states::{RunCommand, RunState, SchemaResult, SchemaState, TenantState};
 
 use tokio_postgres::types::{ToSql, Type};

@@ -26,7 +26,6 @@ use crate::tenant::{quote_ident, quote_literal, role_name, Tenant};
 /// SQLSTATE raised in the opening of `tenant adopt` when the schema is not there.
 const SQLSTATE_NO_SCHEMA: &str = "TNF03";
 
-
 /// What every schema transaction of a run shares.
 pub struct ApplyCtx<'a> {
     pub migrations: &'a MigrationSet,
@@ -149,7 +148,6 @@ enum Step {
     CreateRole,
     History,
 }
-
 
 async fn transaction(
     client: &Client,

@@ -10,7 +10,6 @@ use crate::engine::history;
 use crate::engine::work::plan_work;
 use crate::tenant::Tenant;
 
-
 /// Migrate and rollback in one round trip instead of two, when the registry's version says
 /// what the history holds (it does whenever tenantctl wrote both, in one transaction): the
 /// work is planned from the files up to that version, and the opening checks the history

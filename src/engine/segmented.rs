@@ -16,7 +16,6 @@ use crate::migrations::rules::concurrent_index_names;
 use crate::migrations::scan::for_each_statement;
 use crate::tenant::{quote_ident, Tenant};
 
-
 /// A schema whose work has no-transaction scripts: segment after segment, each recorded as
 /// it is done, under the schema's advisory lock held for the session meanwhile (each commit
 /// would release the transaction's). Whatever happens, the connection is left as it was
