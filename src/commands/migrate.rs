@@ -204,6 +204,28 @@ pub async fn fleet_command(
             .into());
         }
     }
+    // What would be applied must pass `migration check` (its errors gate, as it says).
+    let versions: Vec<Option<i32>> = prepared
+        .iter()
+        .flatten()
+        .flat_map(|p| p.active.iter().map(|a| a.version))
+        .collect();
+    super::gate(
+        &ctx.config,
+        migrations,
+        |v| match direction {
+            Direction::Forward { target } => {
+                target.is_none_or(|t| v <= t) && versions.iter().any(|a| a.is_none_or(|a| a < v))
+            }
+            Direction::Backward { .. } => false,
+        },
+        |v| match direction {
+            Direction::Forward { .. } => false,
+            Direction::Backward { to } => {
+                v > to && versions.iter().any(|a| a.is_some_and(|a| a >= v))
+            }
+        },
+    )?;
     // With given tenants (every one found above), a cluster holding none of them is left
     // out, reachable or not: ids are unique across clusters.
     let explicit = wanted_ids.is_some() || select.is_some();
@@ -435,7 +457,7 @@ async fn read_fleet<'a>(
                 false => Ok(Vec::new()),
             }
         },
-        engine_run::refuse_out_of_order(&session, migrations),
+        crate::engine::files::refuse_unfaithful(&session, migrations),
         async {
             match with_pool && exists {
                 true => session.control.pool(&session.client).await,

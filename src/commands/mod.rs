@@ -260,6 +260,19 @@ pub fn load_migrations(config: &Config) -> anyhow::Result<MigrationSet> {
     Ok(set)
 }
 
+/// Refuses (exit 2) the error-level `migration check` findings of the up scripts of the
+/// versions `applies` selects and the down scripts `downs` selects: what a command is about
+/// to run (see [`crate::migrations::lint::gate`]).
+pub fn gate(
+    config: &Config,
+    set: &MigrationSet,
+    applies: impl Fn(i32) -> bool,
+    downs: impl Fn(i32) -> bool,
+) -> anyhow::Result<()> {
+    let rules = rules_for(config, SetKind::Tenant);
+    Ok(crate::migrations::lint::gate(set, &rules, applies, downs)?)
+}
+
 /// The checks for one kind of migration set under this configuration.
 pub fn rules_for(config: &Config, kind: SetKind) -> Rules<'_> {
     let m = &config.migrations;

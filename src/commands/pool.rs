@@ -112,6 +112,7 @@ async fn fill(ctx: &Ctx, args: PoolFillArgs) -> anyhow::Result<i32> {
         .into());
     }
     let migrations = load_migrations(config)?;
+    super::gate(config, &migrations, |_| true, |_| false)?;
     if migrations.latest().is_none() {
         return Err(UsageError(format!(
             "there are no migrations in {}: a pooled schema would be an empty schema, which `tenant create` makes as fast; nothing was changed",
@@ -132,7 +133,7 @@ async fn fill_one(
     args: &PoolFillArgs,
 ) -> anyhow::Result<Done> {
     let (mut session, env) = ctx.fleet_session(target, false, args.wait).await?;
-    engine_run::refuse_out_of_order(&session, migrations).await?;
+    crate::engine::files::refuse_unfaithful(&session, migrations).await?;
     let latest = migrations.latest();
     let pool = session.control.pool(&session.client).await?;
     // Behind: migrated forward. Ahead of the files (a rollback of the files, not of the

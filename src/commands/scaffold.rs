@@ -285,29 +285,14 @@ fn check(config: &Config, args: &MigrationCheckArgs) -> anyhow::Result<i32> {
     }
     let mut out = String::new();
     for f in &findings {
-        let level = match f.level {
-            Level::Error => "error",
-            Level::Warning => "warning",
-        };
-        let message = f
-            .message
-            .strip_prefix(&format!("{}:{}: ", f.file.display(), f.line))
-            .unwrap_or(&f.message);
-        let _ = writeln!(
-            out,
-            "{}:{}: {level}[{}]: {message}",
-            f.file.display(),
-            f.line,
-            f.rule
-        );
-        let _ = writeln!(out, "    fix: {}", f.fix);
+        out.push_str(&f.show());
     }
     let _ = writeln!(
         out,
         "{} migration(s) checked: {errors} error(s), {warnings} warning(s){}",
         set.files().len() + shared.as_ref().map_or(0, |s| s.files().len()),
-        if warnings > 0 {
-            " (silence a warning with `-- tenantctl:allow RULE` on the line before the statement)"
+        if findings.iter().any(|f| f.rule != "missing-down") {
+            " (a finding that is right for this fleet is accepted by `-- tenantctl:allow RULE` on the line before the statement)"
         } else {
             ""
         }

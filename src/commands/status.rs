@@ -189,14 +189,8 @@ async fn status_one(
     } else {
         (Vec::new(), None, None, Vec::new())
     };
-    let late = if session.control.is_current(&session.client).await? {
-        session
-            .control
-            .out_of_order(&session.client, &migrations.versions())
-            .await?
-    } else {
-        Vec::new()
-    };
+    let files = crate::engine::files::check(&session, migrations).await?;
+    let late = files.late.clone();
     let rows: Vec<TenantRow> = rows
         .into_iter()
         .filter(|r| r.state == TenantState::Active)
@@ -250,8 +244,10 @@ async fn status_one(
         ),
         _ => String::new(),
     };
+    let unfaithful = !files.changed.is_empty() || !files.missing.is_empty();
     let code = match &verification {
         Some(v) if !v.problems.is_empty() => crate::exit::FAILED,
+        _ if unfaithful => crate::exit::FAILED,
         _ => SUCCESS,
     };
     let mut text = to_text(config, target, migrations, &rows, wanted.is_some());
@@ -275,6 +271,16 @@ async fn status_one(
             names.join(", ")
         ));
     }
+    if unfaithful {
+        let only = crate::control::FileCheck {
+            late: Vec::new(),
+            ..files.clone()
+        };
+        text.push_str("\nFILES CHANGED AFTER THE FLEET APPLIED THEM: migrate, rollback and tenant create refuse to run until this is resolved\n");
+        for line in crate::engine::files::problems(migrations, &only) {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
     runs_text(&mut text, &last_run, &last_change);
     if let Some(ver) = &verification {
         text.push_str(&verify_text(ver));
@@ -297,6 +303,18 @@ async fn status_one(
                 .map(|(version, name)| json!({ "version": version, "name": name }))
                 .collect::<Vec<_>>()),
         )
+        .cluster("changed_files", changed_json(migrations, &files))
+        .cluster(
+            "missing_files",
+            json!(files
+                .missing
+                .iter()
+                .map(|(version, name, tenants)| json!({
+                    "version": version, "name": name, "tenants": tenants,
+                    "file": migrations.dir.join(format!("V{version}__{name}.sql")).display().to_string(),
+                }))
+                .collect::<Vec<_>>()),
+        )
         .cluster(
             "pool",
             super::pool::pool_json(&pool, pool_size, migrations.latest()),
@@ -315,6 +333,30 @@ async fn status_one(
         },
     );
     Ok((found, Done::new(code, text, part).counts(counts)))
+}
+
+/// The files whose text differs from what the fleet applied under their version: each with
+/// its file, its checksum now, how many tenants applied another text, and every form held.
+fn changed_json(migrations: &MigrationSet, files: &crate::control::FileCheck) -> serde_json::Value {
+    json!(files
+        .changed
+        .iter()
+        .map(|c| {
+            let file = migrations.get(c.version);
+            let now = file
+                .map(|f| f.migration.checksum().to_string())
+                .unwrap_or_default();
+            json!({
+                "version": c.version,
+                "file": file.map(|f| f.path.display().to_string()),
+                "checksum": now,
+                "tenants": c.other_than(&now),
+                "forms": c.forms.iter().map(|(sum, n)| json!({
+                    "checksum": sum, "tenants": n, "current": *sum == now,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect::<Vec<_>>())
 }
 
 /// Tenants per version (None = nothing applied), highest first.

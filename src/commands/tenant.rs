@@ -77,6 +77,8 @@ fn ids_and_labels(
 
 pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<i32> {
     let migrations = load_migrations(&ctx.config)?;
+    // A new tenant gets every file: each must pass `migration check`.
+    super::gate(&ctx.config, &migrations, |_| true, |_| false)?;
     let request = Registration {
         mode: Mode::Create,
         target: migrations.latest(),
@@ -297,7 +299,7 @@ async fn ask_clusters<'a>(
         let (order, rows) = futures::join!(
             async {
                 match selected {
-                    true => engine_run::refuse_out_of_order(&session, migrations).await,
+                    true => crate::engine::files::refuse_unfaithful(&session, migrations).await,
                     false => Ok(()),
                 }
             },

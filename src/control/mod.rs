@@ -16,6 +16,7 @@ mod registry;
 mod runs;
 mod states;
 
+pub use files::{Changed, FileCheck, HISTORY_TABLE};
 pub use ledger::{FailureRow, Halted, RunCounts, RunRow, SchemaRow, WaveRow};
 pub use locks::{schema_lock_sql, session_lock_sql, LOCK_NAMESPACE};
 pub use registry::TenantRow;
@@ -29,7 +30,7 @@ use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
 
 /// Bumped whenever the DDL below changes; stored as the control schema's comment.
-const CONTROL_VERSION: &str = "tenantctl control schema v8";
+const CONTROL_VERSION: &str = "tenantctl control schema v9";
 
 /// SQLSTATE raised inside a schema's transaction when its run was taken over (fencing).
 pub const SQLSTATE_FENCED: &str = "TNF01";
@@ -110,6 +111,7 @@ impl Control {
         let schema_states = stored_list(SchemaState::ALL.iter().map(|s| s.as_str()));
         let (fenced, dropped) = (SQLSTATE_FENCED, SQLSTATE_DROPPED);
         let active = TenantState::Active.literal();
+        let applied = self.applied_ddl();
         format!(
             r#"
 CREATE SCHEMA IF NOT EXISTS {q};
@@ -214,7 +216,14 @@ CREATE TABLE IF NOT EXISTS {q}.pool (
 CREATE SEQUENCE IF NOT EXISTS {q}.pool_seq;
 ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS from_pool boolean;
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS seed text;
-COMMENT ON SCHEMA {q} IS {comment};
+{applied}
+-- The version is written once `applied` is complete (at once, unless it is new and the
+-- schemas that existed before it must be counted first: see fill_applied).
+DO $tenantctl$ BEGIN
+    IF to_regclass('{q}.applied_fill') IS NULL THEN
+        COMMENT ON SCHEMA {q} IS {comment};
+    END IF;
+END $tenantctl$;
 "#
         )
     }
@@ -267,6 +276,8 @@ COMMENT ON SCHEMA {q} IS {comment};
                 describe(&e)
             );
         }
+        // A new `applied` counts the histories of the schemas that were there before it.
+        self.fill_applied(client).await?;
         self.current
             .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())

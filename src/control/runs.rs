@@ -121,7 +121,7 @@ impl Control {
             "pg_try_advisory_xact_lock({lock}, hashtext({name})) \
              AND (SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = {name}) = {version} \
              AND {quiet} \
-             AND NOT EXISTS ({late}) \
+             AND NOT EXISTS ({late}) AND {faithful} \
              AND NOT EXISTS (SELECT 1 FROM {tenants} t WHERE t.state = {active} AND ({tenant_work})) \
              AND NOT EXISTS (SELECT 1 FROM {pool} p WHERE {pool_work})",
             lock = super::locks::LOCK_FLEET,
@@ -129,6 +129,7 @@ impl Control {
             version = quote_literal(super::CONTROL_VERSION),
             quiet = self.quiet_sql(command),
             late = self.out_of_order_sql("$14", "$15"),
+            faithful = self.files_faithful_sql("$14", "$19"),
             tenant_work = work("t.version", "t.drift IS NOT NULL"),
             pool_work = work("p.version", "false"),
         );
@@ -165,12 +166,13 @@ impl Control {
         info: &RunInfo<'_>,
         resume: Option<i64>,
         schemas: &[(&Tenant, Option<i32>, Option<i32>)],
-        files: &[(i32, String)],
+        files: &[(i32, String, String)],
         wave_sizes: Option<&[i32]>,
         opening: Opening<'_>,
     ) -> anyhow::Result<Option<(i64, i64)>> {
         let file_versions: Vec<i32> = files.iter().map(|f| f.0).collect();
         let file_names: Vec<&str> = files.iter().map(|f| f.1.as_str()).collect();
+        let file_sums: Vec<&str> = files.iter().map(|f| f.2.as_str()).collect();
         let ids: Vec<&str> = schemas.iter().map(|r| r.0.id()).collect();
         let names: Vec<&str> = schemas.iter().map(|r| r.0.schema()).collect();
         let versions: Vec<Option<i32>> = schemas.iter().map(|r| r.1).collect();
@@ -230,7 +232,7 @@ impl Control {
             std::process::id() as i32,
             i32::try_from(info.total).unwrap_or(i32::MAX),
         );
-        let params: [Param<'_>; 18] = [
+        let params: [Param<'_>; 19] = [
             (&resume, Type::INT8),
             (&info.actor, Type::TEXT),
             (&info.argv, Type::TEXT),
@@ -249,6 +251,7 @@ impl Control {
             (&waves, Type::INT4_ARRAY),
             (&wave_sizes, Type::INT4_ARRAY),
             (&info.seed, Type::TEXT),
+            (&file_sums, Type::TEXT_ARRAY),
         ];
         let rows = client
             .query_typed(&sql, &params)

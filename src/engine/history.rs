@@ -9,12 +9,13 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio_postgres::SimpleQueryMessage;
 
+use crate::control::Control;
 use crate::engine::failure::{Failure, FailureKind};
 use crate::migrations::{MigrationFile, MigrationSet};
 use crate::tenant::{quote_ident, quote_literal, Tenant};
 
 /// refinery's history table, kept inside each tenant schema.
-pub const HISTORY_TABLE: &str = "refinery_schema_history";
+pub use crate::control::HISTORY_TABLE;
 
 /// Quoted `"schema".refinery_schema_history`.
 pub fn table(tenant: &Tenant) -> String {
@@ -179,25 +180,59 @@ pub fn insert_sql(table: &str, files: &[&MigrationFile]) -> String {
     )
 }
 
-/// Records `file` as it is now (name and checksum) for its applied version: `repair --accept`.
-pub fn accept_sql(table: &str, file: &MigrationFile) -> String {
+/// Records `files` as applied now in a tenant's (or pooled schema's) history, and counts them
+/// in the fleet's record of what is applied (see [`crate::control::FileCheck`]).
+pub fn record_sql(control: &Control, table: &str, files: &[&MigrationFile]) -> String {
+    if files.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<String> = files
+        .iter()
+        .map(|f| {
+            format!(
+                "({}, {}, 1)",
+                f.version,
+                quote_literal(&f.migration.checksum().to_string())
+            )
+        })
+        .collect();
     format!(
-        "UPDATE {table} SET name = {}, checksum = {} WHERE version = {};",
-        quote_literal(&file.name),
-        quote_literal(&file.migration.checksum().to_string()),
-        file.version
+        "{} {}",
+        insert_sql(table, files),
+        control.count_applied_sql("", &format!("VALUES {}", rows.join(", ")))
     )
 }
 
-/// Forgets `versions` (a rollback reverted them).
-pub fn delete_sql(table: &str, versions: &[i32]) -> String {
+/// Records `file` as it is now (name and checksum) for its applied version: `repair
+/// --accept`; the fleet's record moves from the old checksum to the new one.
+pub fn accept_sql(control: &Control, table: &str, file: &MigrationFile) -> String {
+    let sum = quote_literal(&file.migration.checksum().to_string());
+    let with = format!(
+        "WITH old AS (SELECT version, coalesce(checksum, '') AS checksum FROM {table} WHERE version = {v}), \
+              u AS (UPDATE {table} SET name = {name}, checksum = {sum} WHERE version = {v})",
+        v = file.version,
+        name = quote_literal(&file.name),
+    );
+    control.count_applied_sql(
+        &with,
+        &format!(
+            "SELECT version, checksum, -1 FROM old UNION ALL SELECT version, {sum}, 1 FROM old"
+        ),
+    )
+}
+
+/// Forgets `versions` (a rollback reverted them), in the fleet's record too.
+pub fn delete_sql(control: &Control, table: &str, versions: &[i32]) -> String {
     if versions.is_empty() {
         return String::new();
     }
     let list: Vec<String> = versions.iter().map(i32::to_string).collect();
-    format!(
-        "DELETE FROM {table} WHERE version IN ({});",
-        list.join(", ")
+    control.count_applied_sql(
+        &format!(
+            "WITH gone AS (DELETE FROM {table} WHERE version IN ({}) RETURNING version, checksum)",
+            list.join(", ")
+        ),
+        "SELECT version, coalesce(checksum, ''), -1 FROM gone",
     )
 }
 

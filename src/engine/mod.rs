@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod events;
 pub mod failure;
+pub mod files;
 pub mod fleet;
 pub mod heartbeat;
 pub mod history;

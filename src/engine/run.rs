@@ -21,7 +21,7 @@ use crate::engine::fleet::{run_fleet, Cancel, FleetOpts, FleetOutcome, SchemaJob
 use crate::engine::heartbeat::Heartbeat;
 use crate::engine::schema_tx::TxSettings;
 use crate::engine::waves::{Deciding, Decision, WavePlan};
-use crate::exit::{self, BusyError, InterruptedError, UsageError};
+use crate::exit::{self, BusyError, InterruptedError};
 use crate::migrations::MigrationSet;
 use crate::signals::{RunGuard, Signals};
 use crate::tenant::Tenant;
@@ -208,7 +208,7 @@ pub async fn probe(
     with_pool: bool,
 ) -> anyhow::Result<Option<Probe>> {
     let (c, control) = (&session.client, &session.control);
-    let versions = migrations.versions();
+    let files = migrations.checksums();
     let begin = begin_with_keepalives();
     let (begun, locked, current, quiet, tenants, late, pool) = futures::join!(
         c.batch_execute(&begin),
@@ -216,7 +216,7 @@ pub async fn probe(
         control.is_current(c),
         control.is_quiet(c, command),
         control.tenants(c, ids),
-        control.out_of_order(c, &versions),
+        control.file_check(c, &files),
         async {
             match with_pool {
                 true => control.pool_rows(c).await,
@@ -228,7 +228,7 @@ pub async fn probe(
         && matches!(locked, Ok(true))
         && matches!(current, Ok(true))
         && matches!(quiet, Ok(true))
-        && matches!(&late, Ok(l) if l.is_empty());
+        && matches!(&late, Ok(l) if l.is_clean());
     match (found, tenants, pool) {
         (true, Ok(tenants), Ok(pool)) => Ok(Some(Probe { tenants, pool })),
         // Whatever failed (no control schema yet, say) is met again, and reported, on the
@@ -294,7 +294,7 @@ pub async fn record_nothing_to_do(
         &argv,
         total,
     );
-    let versions = req.migrations.versions();
+    let versions = req.migrations.checksums();
     let (c, control) = (&session.client, &session.control);
     let (opened, read, committed) = futures::join!(
         control.open_run(c, &info, None, &[], &versions, None, Opening::Finished),
@@ -334,7 +334,7 @@ pub async fn record_if_idle(
     let scope = scope_of(None);
     // The total is the server's count (see `idle_when`).
     let info = idle_info(env, (command, target), migrations, &scope, &argv, 0);
-    let versions = migrations.versions();
+    let versions = migrations.checksums();
     let (c, control) = (&session.client, &session.control);
     let (when, total) = control.idle_when(info.command, work);
     let begin = begin_with_keepalives();
@@ -431,35 +431,6 @@ pub fn nothing_done(
         waves,
         halted,
     }
-}
-
-/// Refuses (exit 2, before any change) a migration file numbered below the fleet's version
-/// that no earlier run has seen: refinery applies in version order, so it would be skipped
-/// silently on every tenant already past it.
-pub async fn refuse_out_of_order(
-    session: &Session<'_>,
-    migrations: &MigrationSet,
-) -> anyhow::Result<()> {
-    if !session.control.is_current(&session.client).await? {
-        return Ok(());
-    }
-    let late = session
-        .control
-        .out_of_order(&session.client, &migrations.versions())
-        .await?;
-    if late.is_empty() {
-        return Ok(());
-    }
-    let files: Vec<String> = late.iter().map(|(v, n)| format!("V{v}__{n}")).collect();
-    let next = migrations.latest().map_or(1, |v| v + 1);
-    Err(UsageError(format!(
-        "out of order: {} {} new, but tenants are already past {} (their versions only go up: this would be skipped on them, silently); nothing was changed. Give it a version above the latest, e.g. V{next}__{}",
-        files.join(", "),
-        if files.len() == 1 { "is" } else { "are" },
-        if files.len() == 1 { "it" } else { "them" },
-        late[0].1
-    ))
-    .into())
 }
 
 /// Runs a fleet command end to end on one cluster.
@@ -860,7 +831,7 @@ async fn open(
         .chain(req.refused.iter().map(|(t, f)| (t, f.still_at, wave_of(t))))
         .collect();
     let sizes = req.waves.as_ref().map(WavePlan::sizes_here);
-    let versions = req.migrations.versions();
+    let versions = req.migrations.checksums();
     let opening = session.control.open_run(
         &session.client,
         &info,

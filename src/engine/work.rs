@@ -151,12 +151,12 @@ pub fn plan_work<'s>(
                     })
                     .collect(),
                 before,
-                |r| history::insert_sql(table, &pending[r]),
+                |r| history::record_sql(ctx.control, table, &pending[r]),
             ),
             // refinery's fake run: recorded as applied, not run.
             false => vec![Segment::whole(
                 Vec::new(),
-                history::insert_sql(table, &pending),
+                history::record_sql(ctx.control, table, &pending),
                 after,
             )],
         };
@@ -206,7 +206,9 @@ pub fn plan_work<'s>(
                 before,
                 after: versions.iter().copied().filter(|v| *v <= to).max(),
                 count,
-                segments: cut(items, before, |r| history::delete_sql(table, &reverted[r])),
+                segments: cut(items, before, |r| {
+                    history::delete_sql(ctx.control, table, &reverted[r])
+                }),
                 archived_as: None,
             })
         }
@@ -225,7 +227,7 @@ pub fn plan_work<'s>(
             let accepted = file.migration == *app;
             let bookkeeping = match accepted {
                 true => String::new(),
-                false => history::accept_sql(table, file),
+                false => history::accept_sql(ctx.control, table, file),
             };
             Ok(Work {
                 before,
@@ -271,7 +273,11 @@ fn drop_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, archived_as: Option<&str>) -> S
         Some(name) => format!("ALTER SCHEMA {schema_q} RENAME TO {};", quote_ident(name)),
         None => format!("DROP SCHEMA IF EXISTS {schema_q} CASCADE;"),
     };
-    format!("{first} {};", ctx.control.drop_sql(tenant, archived_as))
+    format!(
+        "{} {first} {};",
+        ctx.control.uncount_history_sql(tenant.schema()),
+        ctx.control.drop_sql(tenant, archived_as)
+    )
 }
 
 /// `<schema>__arch_<UTC yyyymmddhhmmss>`, cut to fit 63 bytes. Tenant ids cannot contain

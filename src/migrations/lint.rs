@@ -3,14 +3,18 @@
 //! are read with the project's SQL scanner (comments, strings, `E''` strings, dollar quotes and
 //! `BEGIN ATOMIC` bodies as PostgreSQL reads them), never with patterns over raw text.
 //!
-//! A warning is silenced for one statement by `-- tenantctl:allow RULE` (several rules may be
-//! listed) on the line before it; errors cannot be, since `migrate` refuses them anyway.
+//! A finding of [`super::risks`] is accepted for one statement by `-- tenantctl:allow RULE`
+//! (several rules may be listed) on the line before it (for `empty-migration`, anywhere in
+//! the file); what `migrate` refuses outright ([`super::rules`]) cannot be. Error-level
+//! findings of the files a command would apply gate `migrate` and `tenant create` ([`gate`]):
+//! `migration check` and `migrate` always agree.
 
 use std::path::{Path, PathBuf};
 
+use super::risks::{created_table, level_of, risks};
 use super::rules::{file_findings, Rules};
-use super::scan::{for_each_statement, Statement, Tok};
-use super::MigrationSet;
+use super::scan::for_each_statement;
+use super::{MigrationSet, MigrationSetError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,11 +53,9 @@ fn lint_set(set: &MigrationSet, rules: &Rules<'_>, tenants: bool) -> Vec<Finding
     let mut out = Vec::new();
     let with_down = set.files().iter().filter(|f| f.down.is_some()).count();
     for f in set.files() {
-        out.extend(lint_file(&f.path, f.sql(), rules, tenants));
-        match &f.down {
-            // A rollback script drops what its migration made: only what `migrate` refuses.
-            Some((path, sql)) => out.extend(lint_file(path, sql, rules, false)),
-            None if tenants && with_down > 0 => out.push(Finding {
+        let mut up = lint_file(&f.path, f.sql(), rules, tenants);
+        if tenants && with_down > 0 && f.down.is_none() {
+            up.push(Finding {
                 file: f.path.clone(),
                 line: 1,
                 rule: "missing-down",
@@ -63,11 +65,17 @@ fn lint_set(set: &MigrationSet, rules: &Rules<'_>, tenants: bool) -> Vec<Finding
                     f.label()
                 ),
                 fix: format!("add {}.down.sql", f.label()),
-            }),
-            None => {}
+            });
+            up.sort_by_key(|f| f.line);
+        }
+        out.extend(up);
+        // A rollback script drops what its migration made: only what `migrate` refuses.
+        if let Some((path, sql)) = &f.down {
+            out.extend(lint_file(path, sql, rules, false));
         }
     }
-    out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    // In version order (the set's), each file's findings by line; each once.
+    out.dedup_by(|a, b| a.file == b.file && a.line == b.line && a.rule == b.rule);
     out
 }
 
@@ -94,15 +102,15 @@ pub fn lint_file(path: &Path, sql: &str, rules: &Rules<'_>, tenants: bool) -> Ve
             true => risks(&s, &created),
             false => Vec::new(),
         };
-        for (rule, level, message, fix) in found {
-            if level == Level::Warning && allowed(&lines, s.line, rule) {
+        for (rule, message, fix) in found {
+            if allowed(&lines, s.line, rule) {
                 continue;
             }
             out.push(Finding {
                 file: path.to_path_buf(),
                 line: s.line,
                 rule,
-                level,
+                level: level_of(rule),
                 message,
                 fix: fix.to_string(),
             });
@@ -111,18 +119,74 @@ pub fn lint_file(path: &Path, sql: &str, rules: &Rules<'_>, tenants: bool) -> Ve
             created.push(t);
         }
     });
-    if statements == 0 && tenants {
+    let placeholder = lines.iter().any(|l| allows(l, "empty-migration"));
+    if statements == 0 && !placeholder {
         out.push(Finding {
             file: path.to_path_buf(),
             line: 1,
             rule: "empty-migration",
-            level: Level::Warning,
-            message: "has no SQL statement (only comments): it would be recorded as applied and do nothing".into(),
-            fix: "write its statements, or delete it".into(),
+            level: level_of("empty-migration"),
+            message: "has no SQL statement (only comments): it would be recorded as applied and do nothing, and its statements, written later, would never reach the tenants that had it".into(),
+            fix: "write its statements before any tenant gets it (or delete it); a placeholder meant to stay empty says `-- tenantctl:allow empty-migration`".into(),
         });
     }
     out.sort_by_key(|f| f.line);
     out
+}
+
+/// Refuses (exit 2) the error-level findings of the files a command is about to apply:
+/// `applies(version)` tells which up scripts (tenant risks and empty files), `downs` which
+/// down scripts (empty files only). The message lists each finding with its fix.
+pub fn gate(
+    set: &MigrationSet,
+    rules: &Rules<'_>,
+    applies: impl Fn(i32) -> bool,
+    downs: impl Fn(i32) -> bool,
+) -> Result<(), MigrationSetError> {
+    let mut errors: Vec<Finding> = Vec::new();
+    for f in set.files() {
+        if applies(f.version) {
+            errors.extend(lint_file(&f.path, f.sql(), rules, true));
+        }
+        if let (Some((path, sql)), true) = (&f.down, downs(f.version)) {
+            errors.extend(
+                lint_file(path, sql, rules, false)
+                    .into_iter()
+                    .filter(|x| x.rule == "empty-migration"),
+            );
+        }
+    }
+    errors.retain(|f| f.level == Level::Error);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let shown: String = errors.iter().map(Finding::show).collect();
+    Err(MigrationSetError(format!(
+        "{} error-level finding(s) in the migrations this would apply; nothing was changed (`tenantctl migration check` shows the same):\n{}  a finding that is right for this fleet is accepted by `-- tenantctl:allow RULE` on the line before the statement",
+        errors.len(),
+        shown
+    )))
+}
+
+impl Finding {
+    /// `path:line: level[rule]: message` and its fix, two lines.
+    pub fn show(&self) -> String {
+        let level = match self.level {
+            Level::Error => "error",
+            Level::Warning => "warning",
+        };
+        let message = self
+            .message
+            .strip_prefix(&format!("{}:{}: ", self.file.display(), self.line))
+            .unwrap_or(&self.message);
+        format!(
+            "{}:{}: {level}[{}]: {message}\n    fix: {}\n",
+            self.file.display(),
+            self.line,
+            self.rule,
+            self.fix
+        )
+    }
 }
 
 /// What to do about a refusal of `migrate`.
@@ -142,184 +206,17 @@ fn fix_for(rule: &str) -> &'static str {
 
 /// `-- tenantctl:allow RULE [RULE…]` on the line before line `line` (1-based).
 fn allowed(lines: &[&str], line: usize, rule: &str) -> bool {
-    line >= 2
-        && lines
-            .get(line - 2)
-            .and_then(|l| l.trim().strip_prefix("-- tenantctl:allow"))
-            .is_some_and(|rest| {
-                rest.split(|c: char| c == ',' || c.is_whitespace())
-                    .any(|r| r == rule)
-            })
+    line >= 2 && lines.get(line - 2).is_some_and(|l| allows(l, rule))
 }
 
-/// The first `n` words of a statement as written.
-fn written(s: &Statement<'_>, n: usize) -> String {
-    s.tokens
-        .iter()
-        .take(n)
-        .filter_map(|(t, _)| match t {
-            Tok::Word { text, .. } => Some(text.to_string()),
-            Tok::Dot => Some(".".into()),
-            _ => None,
+/// Whether `line` is `-- tenantctl:allow …` naming `rule`.
+fn allows(line: &str, rule: &str) -> bool {
+    line.trim()
+        .strip_prefix("-- tenantctl:allow")
+        .is_some_and(|rest| {
+            rest.split(|c: char| c == ',' || c.is_whitespace())
+                .any(|r| r == rule)
         })
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace(" . ", ".")
-}
-
-/// Unquoted names fold to lower case.
-fn name_at(s: &Statement<'_>, i: usize) -> Option<String> {
-    match s.tokens.get(i) {
-        Some((Tok::Word { text, quoted }, _)) => Some(match quoted {
-            true => text.to_string(),
-            false => text.to_lowercase(),
-        }),
-        _ => None,
-    }
-}
-
-/// `CREATE [UNLOGGED|TEMP] TABLE [IF NOT EXISTS] name`: the table's name.
-fn created_table(s: &Statement<'_>) -> Option<String> {
-    if s.word(0).as_deref() != Some("CREATE") {
-        return None;
-    }
-    let mut i = 1;
-    while matches!(
-        s.word(i).as_deref(),
-        Some("UNLOGGED" | "TEMP" | "TEMPORARY" | "GLOBAL" | "LOCAL")
-    ) {
-        i += 1;
-    }
-    if s.word(i).as_deref() != Some("TABLE") {
-        return None;
-    }
-    i += 1;
-    if s.word(i).as_deref() == Some("IF") {
-        i += 3;
-    }
-    name_at(s, i)
-}
-
-/// The table an `ALTER TABLE` or `CREATE INDEX … ON` statement acts on, and where its
-/// actions (or the rest) start.
-fn target_table(s: &Statement<'_>, from: usize) -> Option<(String, usize)> {
-    let mut i = from;
-    while matches!(s.word(i).as_deref(), Some("IF" | "EXISTS" | "ONLY")) {
-        i += 1;
-    }
-    let mut name = name_at(s, i)?;
-    // schema.table: the table.
-    if matches!(s.tokens.get(i + 1), Some((Tok::Dot, _))) {
-        name = name_at(s, i + 2)?;
-        i += 2;
-    }
-    Some((name, i + 1))
-}
-
-type Risk = (&'static str, Level, String, &'static str);
-
-/// The fleet risks of one statement; `created`: tables made earlier in the same file (empty,
-/// so indexing or constraining them locks nothing of consequence).
-fn risks(s: &Statement<'_>, created: &[String]) -> Vec<Risk> {
-    let mut out = Vec::new();
-    match s.word(0).as_deref() {
-        Some("CREATE") => {
-            let at = if s.word(1).as_deref() == Some("UNIQUE") { 2 } else { 1 };
-            if s.word(at).as_deref() == Some("INDEX") && s.word(at + 1).as_deref() != Some("CONCURRENTLY") {
-                let on = (0..s.tokens.len()).position(|i| s.word(i).as_deref() == Some("ON"));
-                let table = on.and_then(|on| target_table(s, on + 1)).map(|t| t.0);
-                if !table.as_ref().is_some_and(|t| created.contains(t)) {
-                    out.push((
-                        "index-without-concurrently",
-                        Level::Warning,
-                        format!(
-                            "`{}` blocks every write to {} for as long as the index takes to build, on every tenant",
-                            written(s, at + 2),
-                            table.map_or("the table".to_string(), |t| format!("`{t}`"))
-                        ),
-                        "build it with CREATE INDEX CONCURRENTLY IF NOT EXISTS in a no-transaction migration (`-- tenantctl:no-transaction`)",
-                    ));
-                }
-            }
-        }
-        Some("DROP") if s.word(1).as_deref() == Some("TABLE") => out.push((
-            "drop-table",
-            Level::Warning,
-            format!(
-                "`{}` deletes every tenant's data in it, and breaks application code that still uses it",
-                written(s, 3)
-            ),
-            "stop using the table in a deploy first, then drop it in a later migration",
-        )),
-        Some("ALTER") if s.word(1).as_deref() == Some("TABLE") => {
-            let Some((table, start)) = target_table(s, 2) else {
-                return out;
-            };
-            let fresh = created.contains(&table);
-            for (begin, end) in actions(s, start) {
-                let w = |i: usize| if i < end { s.word(i) } else { None };
-                let has = |word: &str| (begin..end).any(|i| s.word(i).as_deref() == Some(word));
-                match w(begin).as_deref() {
-                    Some("ADD") if !fresh => {
-                        let is_constraint = matches!(
-                            w(begin + 1).as_deref(),
-                            Some("CONSTRAINT" | "PRIMARY" | "UNIQUE" | "CHECK" | "FOREIGN" | "EXCLUDE")
-                        );
-                        let not_null = (begin..end).any(|i| s.word(i).as_deref() == Some("NOT") && s.word(i + 1).as_deref() == Some("NULL"));
-                        if !is_constraint && not_null && !has("DEFAULT") && !has("GENERATED") {
-                            out.push((
-                                "add-column-not-null-without-default",
-                                Level::Error,
-                                format!("a NOT NULL column without a default cannot be added to `{table}` on a tenant that has rows"),
-                                "give it a DEFAULT, or add it nullable, fill it, then SET NOT NULL in a later migration",
-                            ));
-                        }
-                    }
-                    Some("ALTER") if !fresh && has("TYPE") => out.push((
-                        "alter-column-type",
-                        Level::Warning,
-                        format!("changing a column's type rewrites `{table}` under an ACCESS EXCLUSIVE lock (no reads, no writes) on every tenant"),
-                        "add a new column, fill it, move the application over, then drop the old one",
-                    )),
-                    Some("DROP") if !matches!(w(begin + 1).as_deref(), Some("CONSTRAINT" | "DEFAULT" | "NOT" | "IDENTITY" | "EXPRESSION")) && !fresh => out.push((
-                        "drop-column",
-                        Level::Warning,
-                        format!("dropping a column of `{table}` deletes its data on every tenant and breaks application code that still reads it"),
-                        "stop using the column in a deploy first, then drop it in a later migration",
-                    )),
-                    Some("RENAME") if !fresh => out.push((
-                        "rename",
-                        Level::Warning,
-                        format!("renaming in `{table}` breaks the application code still running against the old name during the rollout"),
-                        "add the new name (a column or a view) first, move the application over, then drop the old name later",
-                    )),
-                    _ => {}
-                }
-            }
-        }
-        _ => {}
-    }
-    out
-}
-
-/// The actions of an `ALTER TABLE` (split at top-level commas): `(first token, end)`.
-fn actions(s: &Statement<'_>, start: usize) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut depth = 0i32;
-    let mut begin = start;
-    for (i, (t, _)) in s.tokens.iter().enumerate().skip(start) {
-        match t {
-            Tok::LParen => depth += 1,
-            Tok::RParen => depth -= 1,
-            Tok::Comma if depth == 0 => {
-                out.push((begin, i));
-                begin = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push((begin, s.tokens.len()));
-    out
 }
 
 #[cfg(test)]
@@ -343,25 +240,67 @@ mod tests {
     #[test]
     fn fleet_risks_and_what_makes_them_safe() {
         let sql = "CREATE TABLE fresh (id int);\nCREATE INDEX fresh_id ON fresh (id);\n\
-                   ALTER TABLE fresh ADD COLUMN n int NOT NULL;\n\
+                   ALTER TABLE fresh ADD COLUMN n int NOT NULL, ADD CONSTRAINT f FOREIGN KEY (n) REFERENCES old (id);\n\
                    CREATE INDEX old_id ON old (id);\n\
                    ALTER TABLE old ADD COLUMN a int NOT NULL, ADD COLUMN b int NOT NULL DEFAULT 0, ADD CONSTRAINT c CHECK (a IS NOT NULL);\n\
                    ALTER TABLE public.old ALTER COLUMN a TYPE bigint, DROP COLUMN z, DROP CONSTRAINT c;\n\
-                   ALTER TABLE old RENAME COLUMN a TO aa;\nDROP TABLE gone;\n\
+                   ALTER TABLE old RENAME COLUMN a TO aa;\nDROP TABLE IF EXISTS legacy, other;\n\
                    -- tenantctl:allow drop-table\nDROP TABLE also_gone;\n\
-                   SELECT 'ALTER TABLE old DROP COLUMN q';\n";
+                   SELECT 'ALTER TABLE old DROP COLUMN q';\n\
+                   ALTER TABLE old ADD CONSTRAINT k CHECK (a > 0) NOT VALID, ADD CONSTRAINT fk FOREIGN KEY (b) REFERENCES p (id) NOT VALID;\n\
+                   ALTER TABLE old ADD CONSTRAINT fk2 FOREIGN KEY (b) REFERENCES p (id);\n\
+                   ALTER TABLE old ALTER COLUMN b SET NOT NULL;\n\
+                   ALTER TABLE old ADD CONSTRAINT u UNIQUE (b), ADD CONSTRAINT u2 UNIQUE USING INDEX u2_idx;\n\
+                   ALTER TABLE old ADD PRIMARY KEY (id);\n\
+                   DROP INDEX IF EXISTS old_b;\nDROP INDEX CONCURRENTLY old_c;\n\
+                   ALTER TABLE old ADD COLUMN t timestamptz DEFAULT now(), ADD COLUMN u uuid DEFAULT gen_random_uuid();\n\
+                   ALTER TABLE old ADD COLUMN s bigserial, ADD COLUMN r int REFERENCES p (id);\n\
+                   -- tenantctl:allow add-column-not-null-without-default\n\
+                   ALTER TABLE old ADD COLUMN q int NOT NULL;\n\
+                   DROP TABLE fresh;\n";
         assert_eq!(
             lint(sql),
             [
                 (4, "index-without-concurrently"),
                 (5, "add-column-not-null-without-default"),
+                (5, "constraint-missing-not-valid"),
                 (6, "outside-tenant"),
                 (6, "alter-column-type"),
                 (6, "drop-column"),
                 (7, "rename"),
                 (8, "drop-table"),
+                (13, "adding-foreign-key"),
+                (14, "set-not-null"),
+                (15, "unique-without-index"),
+                (16, "unique-without-index"),
+                (17, "drop-index-without-concurrently"),
+                (18, "needs-no-transaction"),
+                (19, "volatile-default"),
+                (20, "volatile-default"),
+                (20, "adding-foreign-key"),
             ]
         );
         assert_eq!(lint("-- nothing\n"), [(1, "empty-migration")]);
+        assert!(lint("-- tenantctl:allow empty-migration\n-- kept empty\n").is_empty());
+        let rules = Rules {
+            kind: SetKind::Tenant,
+            prefix: "tenant_",
+            control_schema: "tenantctl",
+            allowed: vec![],
+        };
+        let found = lint_file(Path::new("V9__x.sql"), sql, &rules, true);
+        let drop = found.iter().find(|f| f.line == 8).unwrap();
+        assert!(
+            drop.message.contains("`legacy`, `other`"),
+            "{}",
+            drop.message
+        );
+        assert!(found
+            .iter()
+            .filter(|f| f.level == Level::Error)
+            .all(|f| matches!(
+                f.rule,
+                "add-column-not-null-without-default" | "outside-tenant" | "needs-no-transaction"
+            )));
     }
 }

@@ -4,6 +4,7 @@
 //! any database work, naming the file.
 
 pub mod lint;
+pub mod risks;
 pub mod rules;
 pub mod scan;
 
@@ -321,11 +322,17 @@ impl MigrationSet {
             .count()
     }
 
-    /// (version, name) of every file, in order.
-    pub fn versions(&self) -> Vec<(i32, String)> {
+    /// (version, name, checksum as the history table records it) of every file, in order.
+    pub fn checksums(&self) -> Vec<(i32, String, String)> {
         self.files
             .iter()
-            .map(|f| (f.version, f.name.clone()))
+            .map(|f| {
+                (
+                    f.version,
+                    f.name.clone(),
+                    f.migration.checksum().to_string(),
+                )
+            })
             .collect()
     }
 

@@ -153,39 +153,63 @@ fn drift_is_detected_before_any_change() {
     )
     .unwrap();
     let before = schema_only(&p);
-    let out = p.run(&["migrate", "--all"], 1);
-    let text = stdout(&out);
-    assert!(text.contains("0 migrated, 30 failed"), "{text}");
+    let ledger = p.fingerprint();
+    // Refused before any change, for every tenant (none of them has work to do with V3),
+    // naming the file, how many applied it, and the ways out.
+    let out = p.run(&["migrate", "--all"], 2);
+    let err = stderr(&out);
     assert!(
-        text.contains("30 tenants: drift: V3__create_tasks was changed after it was applied"),
-        "reported once: {text}"
+        err.contains("V3__create_tasks.sql changed after 30 tenant(s) applied it")
+            && err.contains("git checkout -- ")
+            && err.contains("tenantctl repair --accept 3"),
+        "{err}"
     );
-    assert_eq!(text.matches("drift:").count(), 1, "{text}");
-    assert_eq!(before, schema_only(&p), "no schema touched");
-    p.cmd().args(["status"]).assert().success().stdout(
-        predicate::str::contains("DRIFTED: 30 tenant(s)")
-            .and(predicate::str::contains("V3__create_tasks was changed")),
+    assert_eq!(
+        ledger,
+        p.fingerprint(),
+        "nothing changed, not even the ledger"
     );
-    p.cmd()
-        .args(["rollback", "--to", "7", "--all"])
-        .assert()
-        .code(1)
-        .stdout(predicate::str::contains(
-            "V3__create_tasks was changed after it was applied",
-        ));
+    let status = p.run(&["status"], 1);
+    assert!(
+        stdout(&status).contains("FILES CHANGED AFTER THE FLEET APPLIED THEM")
+            && stdout(&status).contains("V3__create_tasks.sql changed after 30 tenant(s)"),
+        "{}",
+        stdout(&status)
+    );
+    let v = p.json(&["status", "--json"], 1);
+    let changed = &v["clusters"][0]["changed_files"][0];
+    assert_eq!(
+        (changed["version"].as_i64(), changed["tenants"].as_i64()),
+        (Some(3), Some(30)),
+        "{v}"
+    );
+    let out = p.run(&["rollback", "--to", "7", "--all"], 2);
+    assert!(
+        stderr(&out).contains("V3__create_tasks.sql changed after"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.run(&["tenant", "create", "newcomer"], 2);
+    assert!(
+        stderr(&out).contains("V3__create_tasks.sql changed after"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(before, schema_only(&p));
+    assert_eq!(ledger, p.fingerprint());
     std::fs::write(&v3, &original).unwrap();
 
     // 2. An applied migration whose file was deleted.
     let v2 = std::fs::read_to_string(p.migrations_dir().join("V2__create_projects.sql")).unwrap();
     std::fs::remove_file(p.migrations_dir().join("V2__create_projects.sql")).unwrap();
     std::fs::remove_file(p.migrations_dir().join("V2__create_projects.down.sql")).unwrap();
-    let out = p.run(&["migrate", "--all"], 1);
+    let out = p.run(&["migrate", "--all"], 2);
     assert!(
-        stdout(&out).contains("V2__create_projects is applied here but its file is missing"),
+        stderr(&out).contains("V2__create_projects.sql is missing: 30 tenant(s) applied V2"),
         "{}",
-        stdout(&out)
+        stderr(&out)
     );
+    p.run(&["status"], 1);
     assert_eq!(before, schema_only(&p));
     std::fs::write(p.migrations_dir().join("V2__create_projects.sql"), &v2).unwrap();
 

@@ -156,6 +156,8 @@ fn migration_check_over_a_corpus_of_risky_and_safe_migrations() {
         ("V4__escapes.sql", "COMMIT;\nINSERT INTO tenant_other.audit SELECT 1;\nSET search_path TO public;\nCREATE INDEX CONCURRENTLY i ON users (id);\n"),
         ("V5__comments.sql", "-- DROP TABLE users;\nSELECT 'ALTER TABLE users RENAME TO x';\nDO $$ BEGIN PERFORM 1; END $$;\n"),
         ("V6__only_comments.sql", "-- TODO\n"),
+        ("V70__later.sql", "DROP INDEX IF EXISTS users_email;\n"),
+        ("V8__eight.sql", "ALTER TABLE users ALTER COLUMN name SET NOT NULL;\n"),
     ];
     for (file, sql) in corpus {
         std::fs::write(d.join(file), sql).unwrap();
