@@ -43,6 +43,7 @@ pub struct GlobalOpts {
         global = true,
         help_heading = "Global options",
         env = "TENANTCTL_CONFIG",
+        hide_env_values = true,
         default_value = "tenants.toml",
         value_name = "PATH"
     )]
@@ -542,6 +543,11 @@ pub struct FleetOpts {
     #[arg(long, value_name = "SELECTOR")]
     pub select: Option<String>,
 
+    /// Only the tenants whose last change failed (their newest run row, on every cluster);
+    /// with --select, those of them that match. None is not an error: nothing to do.
+    #[arg(long)]
+    pub failed: bool,
+
     #[command(flatten)]
     pub waves: WaveOpts,
 
@@ -659,13 +665,17 @@ pub struct ListArgs {
     #[arg(long, value_name = "SELECTOR")]
     pub select: Option<String>,
 
+    /// Only the tenants whose last change failed.
+    #[arg(long)]
+    pub failed: bool,
+
     /// Print one JSON document on stdout (see docs/json.md), errors included.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "from_file", "select", "shared_only"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "from_file", "select", "failed", "shared_only"])))]
 pub struct MigrateArgs {
     /// Migrate every registered tenant.
     #[arg(long, conflicts_with_all = ["tenant", "from_file"])]
@@ -697,7 +707,7 @@ pub struct MigrateArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "from_file", "select"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).multiple(true).args(["all", "tenant", "from_file", "select", "failed"])))]
 pub struct RollbackArgs {
     /// The version to go back to (0 reverts everything).
     #[arg(long, value_name = "VERSION", value_parser = parse_version)]
@@ -742,6 +752,11 @@ pub struct RepairArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Record the checksum even where tenants applied the version in different forms (their
+    /// schemas may differ: repair refuses that by default and shows the groups).
+    #[arg(long)]
+    pub accept_split: bool,
+
     /// If another migrate/rollback/repair is running on this database, wait up to this long
     /// for it (e.g. 30s, 10m) instead of exiting with code 3.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -764,6 +779,10 @@ pub struct StatusArgs {
     /// Show only tenants whose labels match, e.g. 'tier=free', 'region in (eu,us)', '!canary'.
     #[arg(long, value_name = "SELECTOR")]
     pub select: Option<String>,
+
+    /// Show only the tenants whose last change failed.
+    #[arg(long)]
+    pub failed: bool,
 
     /// Also read every tenant schema's own history table and report where the registry
     /// disagrees with it, drifted schemas, registered tenants whose schema is gone, and

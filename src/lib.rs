@@ -55,8 +55,19 @@ pub fn main() -> i32 {
 
 /// A command line clap refused (or `--help`, `--version`): clap prints it as usual; with
 /// `--json` among the arguments, a usage error is also a JSON document on stdout.
-fn command_line_error(e: clap::Error) -> i32 {
-    use clap::error::ErrorKind;
+fn command_line_error(mut e: clap::Error) -> i32 {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    // clap lists "similar" names least similar first: the closest goes first here.
+    for kind in [
+        ContextKind::SuggestedSubcommand,
+        ContextKind::SuggestedArg,
+        ContextKind::SuggestedValue,
+    ] {
+        if let Some(ContextValue::Strings(mut names)) = e.get(kind).cloned() {
+            names.reverse();
+            e.insert(kind, ContextValue::Strings(names));
+        }
+    }
     let informational = matches!(
         e.kind(),
         ErrorKind::DisplayHelp

@@ -147,11 +147,15 @@ pub async fn fleet_command(
     let waves = WaveSpec::parse(&opts.waves.ask())?;
     // The whole fleet (--all, nothing narrowing it) includes the pool: a pooled schema left
     // behind would give `tenant create` a tenant at an old version.
-    let with_pool = wanted_ids.is_none() && select.is_none() && sides.tenants;
+    let with_pool = wanted_ids.is_none() && select.is_none() && !opts.failed && sides.tenants;
     // A run with nothing to do can be found so, and recorded, in one transaction (see
     // engine_run::probe): not for a dry run (which takes no lock), a staged rollout or a
     // shared set (their runs record more).
-    let probe = (!opts.dry_run && waves.is_none() && sides.shared.is_none() && sides.tenants)
+    let probe = (!opts.dry_run
+        && !opts.failed
+        && waves.is_none()
+        && sides.shared.is_none()
+        && sides.tenants)
         .then_some(direction);
     // On one cluster, over the whole fleet, the server can decide in the same transaction
     // and record the run (engine_run::record_if_idle): there is nothing the other clusters
@@ -187,6 +191,14 @@ pub async fn fleet_command(
         }
         if prepared.iter().flatten().all(|p| p.active.is_empty()) && sides.tenants {
             return Err(super::nothing_selected(sel));
+        }
+    }
+    // --failed narrows to the tenants whose last change failed, on every cluster; none is
+    // nothing to do, not an error.
+    if opts.failed {
+        for p in prepared.iter_mut().flatten() {
+            let failed = p.session.control.failed_last(&p.session.client).await?;
+            p.active.retain(|a| failed.contains(a.tenant.id()));
         }
     }
     if let Direction::Backward { to } = direction {
@@ -228,13 +240,14 @@ pub async fn fleet_command(
     )?;
     // With given tenants (every one found above), a cluster holding none of them is left
     // out, reachable or not: ids are unique across clusters.
-    let explicit = wanted_ids.is_some() || select.is_some();
+    let chosen = wanted_ids.is_some() || select.is_some();
+    let explicit = chosen || opts.failed;
     let (clusters, prepared): (Vec<Target>, Vec<_>) = ctx
         .targets
         .iter()
         .cloned()
         .zip(prepared)
-        .filter(|(_, p)| !explicit || matches!(p, Ok(p) if !p.active.is_empty()))
+        .filter(|(_, p)| !chosen || matches!(p, Ok(p) if !p.active.is_empty()))
         .unzip();
     // A staged rollout: waves over the whole selected fleet, every cluster's seat at the
     // gate taken before any starts.

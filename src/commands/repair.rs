@@ -4,6 +4,7 @@
 //! cluster runs a recorded run (`repair`) that rewrites V's history row in each such schema's
 //! own transaction. Nothing else is run or changed.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::json;
@@ -16,7 +17,7 @@ use crate::engine::apply::Mode;
 use crate::engine::run::{self as engine_run, scope_of, Planned, RunRequest};
 use crate::engine::verify::read_histories;
 use crate::exit;
-use crate::migrations::MigrationFile;
+use crate::migrations::{MigrationFile, MigrationSet};
 use crate::report::and_more;
 use crate::report::json::Part;
 use crate::tenant::Tenant;
@@ -42,6 +43,11 @@ struct Plan<'a> {
     below: Vec<String>,
     /// Every tenant's labels, for --json.
     labels: std::collections::HashMap<String, crate::labels::Labels>,
+    /// The forms of the version its tenants applied: checksum -> tenant ids.
+    forms: BTreeMap<String, Vec<String>>,
+    /// Other files whose text differs from what the fleet applied (a warning here: repair
+    /// runs nothing, and each such file has its own `repair --accept`).
+    other_changes: Vec<String>,
 }
 
 pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
@@ -56,7 +62,7 @@ pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
     let mut plans = futures::future::join_all(
         ctx.targets
             .iter()
-            .map(|t| plan_one(ctx, t, file_ref, wanted_ref, args_ref)),
+            .map(|t| plan_one(ctx, t, &migrations, file_ref, wanted_ref, args_ref)),
     )
     .await;
     single_error(ctx, &mut plans)?;
@@ -71,6 +77,7 @@ pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
                 || p.below.iter().any(|b| b == id)
         })?;
     }
+    refuse_split(file, &plans, wanted.is_some(), args.accept_split)?;
     let todo: usize = plans.iter().flatten().map(|p| p.differ.len()).sum();
     if args.dry_run {
         let results = ctx
@@ -153,11 +160,24 @@ pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
 async fn plan_one<'a>(
     ctx: &'a Ctx,
     target: &'a Target,
+    migrations: &MigrationSet,
     file: &MigrationFile,
     wanted: Option<&[String]>,
     args: &RepairArgs,
 ) -> anyhow::Result<Plan<'a>> {
     let (session, _) = ctx.fleet_session(target, args.dry_run, args.wait).await?;
+    // The other files against the fleet: out of order or missing is refused as everywhere;
+    // another changed file is only named (repair runs nothing, and has its own --accept).
+    let mut found = crate::engine::files::check(&session, migrations).await?;
+    let others: Vec<crate::control::Changed> = std::mem::take(&mut found.changed)
+        .into_iter()
+        .filter(|c| c.version != file.version)
+        .collect();
+    crate::engine::files::refuse(migrations, &found)?;
+    let other_changes = others
+        .iter()
+        .map(|c| crate::engine::files::changed_text(migrations, c))
+        .collect();
     let rows = if args.dry_run && !session.control.exists(&session.client).await? {
         Vec::new()
     } else {
@@ -183,11 +203,19 @@ async fn plan_one<'a>(
             .iter()
             .map(|r| (r.tenant.id().to_string(), r.labels.clone()))
             .collect(),
+        forms: BTreeMap::new(),
+        other_changes,
     };
     for r in past {
         let row = histories
             .get(r.tenant.schema())
             .and_then(|h| h.iter().find(|a| a.0 == file.version));
+        if let Some((_, _, sum)) = row {
+            plan.forms
+                .entry(sum.clone())
+                .or_default()
+                .push(r.tenant.id().to_string());
+        }
         match row {
             None => plan.missing.push(r.tenant),
             Some((_, name, sum)) if *name == file.name && *sum == checksum => {
@@ -197,6 +225,68 @@ async fn plan_one<'a>(
         }
     }
     Ok(plan)
+}
+
+/// Refuses (exit 2) to record one checksum for tenants that applied the version in more than
+/// one form: with `--all`, when the fleet holds more than one form of it (the file's current
+/// text counts as one); with `--tenant`, when the tenants to repair ran more than one form.
+/// Their schemas may differ, and one checksum would hide it. `--accept-split` overrides (the
+/// command line, with it, is in the audit trail).
+fn refuse_split(
+    file: &MigrationFile,
+    plans: &[anyhow::Result<Plan<'_>>],
+    named: bool,
+    accept_split: bool,
+) -> anyhow::Result<()> {
+    let now = file.migration.checksum().to_string();
+    let mut forms: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for p in plans.iter().flatten() {
+        let repaired: std::collections::HashSet<&str> =
+            p.differ.iter().map(|(t, _)| t.id()).collect();
+        for (sum, ids) in &p.forms {
+            let ids = ids
+                .iter()
+                .map(String::as_str)
+                .filter(|id| !named || repaired.contains(id));
+            forms.entry(sum.as_str()).or_default().extend(ids);
+        }
+    }
+    forms.retain(|_, ids| !ids.is_empty());
+    let todo = plans.iter().flatten().any(|p| !p.differ.is_empty());
+    if forms.len() < 2 || !todo || accept_split {
+        return Ok(());
+    }
+    let mut groups: Vec<(&str, Vec<&str>)> = forms.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    let mut text = format!(
+        "repair --accept {v}: {} tenant(s) applied {} in {} different forms, so their schemas may differ, and recording one checksum for all of them would hide it; nothing was changed.\n",
+        groups.iter().map(|g| g.1.len()).sum::<usize>(),
+        file.label(),
+        groups.len(),
+        v = file.version,
+    );
+    for (sum, ids) in &groups {
+        let shown: Vec<String> = ids.iter().take(NAMES).map(|s| s.to_string()).collect();
+        let _ = writeln!(
+            text,
+            "  checksum {}{}: {} tenant(s): {}{}",
+            crate::engine::files::short(sum),
+            if *sum == now {
+                " (the file as it is now)"
+            } else {
+                ""
+            },
+            ids.len(),
+            shown.join(", "),
+            and_more(ids.len() - shown.len())
+        );
+    }
+    let _ = write!(
+        text,
+        "The way out: a new migration that brings one group to the other's effect; once it has run, `tenantctl repair --accept {v} --tenant <that group's ids>` records the file for them. If you know the forms have the same effect, --accept-split records it for all (the audit trail keeps the command line)",
+        v = file.version
+    );
+    Err(exit::UsageError(text).into())
 }
 
 fn names(tenants: impl Iterator<Item = String>, total: usize) -> String {
@@ -232,6 +322,9 @@ fn plan_text(file: &MigrationFile, plan: &Plan<'_>, would: bool) -> String {
             plan.below.len(),
             file.version
         );
+    }
+    for other in &plan.other_changes {
+        let _ = writeln!(out, "  note: {other}");
     }
     if !plan.missing.is_empty() {
         let _ = writeln!(

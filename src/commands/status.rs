@@ -1,13 +1,13 @@
 //! `tenantctl status`: the latest version on disk and where every tenant stands, from one
 //! registry query, summarised by version so it stays readable at 10,000 tenants.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::json;
 
 use crate::cli::StatusArgs;
 use crate::config::{Config, Target};
-use crate::control::{Control, RunRow, RunState, SchemaRow, TenantRow, TenantState};
+use crate::control::{Control, RunRow, RunState, SchemaRow, Summary, TenantRow, TenantState};
 use crate::engine::shared::shared_version;
 use crate::exit::SUCCESS;
 use crate::labels::Selector;
@@ -171,9 +171,22 @@ async fn status_one(
 ) -> anyhow::Result<(BTreeSet<String>, Done)> {
     let config = &ctx.config;
     let session = ctx.session(target, false).await?;
-    let (rows, last_run, last_change, pool) = if session.control.exists(&session.client).await? {
-        let (control, client) = (&session.control, &session.client);
-        let rows = control.tenants(client, wanted).await?;
+    let latest = migrations.latest();
+    // Plain status over the whole fleet prints a summary: the server computes it, so it costs
+    // the same at 50,000 tenants as at 1,000. What lists tenants reads their rows.
+    let summarised =
+        !args.json && !args.verify && wanted.is_none() && select.is_none() && !args.failed;
+    let (control, client) = (&session.control, &session.client);
+    let exists = control.exists(client).await?;
+    let (rows, summary, last_run, last_change, pool) = if exists {
+        let (rows, summary) = if summarised {
+            (
+                Vec::new(),
+                Some(control.summary(client, latest, BEHIND_LISTED).await?),
+            )
+        } else {
+            (control.tenants(client, wanted).await?, None)
+        };
         let pool = control.pool(client).await?;
         let last = as_seen(control, client, control.last_run(client).await?).await?;
         let change = match as_seen(control, client, control.last_change(client).await?).await? {
@@ -185,24 +198,25 @@ async fn status_one(
             }
             None => None,
         };
-        (rows, last, change, pool)
+        (rows, summary, last, change, pool)
     } else {
-        (Vec::new(), None, None, Vec::new())
+        (Vec::new(), None, None, None, Vec::new())
     };
     let files = crate::engine::files::check(&session, migrations).await?;
     let late = files.late.clone();
-    let rows: Vec<TenantRow> = rows
+    let mut rows: Vec<TenantRow> = rows
         .into_iter()
         .filter(|r| r.state == TenantState::Active)
         .collect();
     let found: BTreeSet<String> = rows.iter().map(|r| r.tenant.id().to_string()).collect();
-    let rows: Vec<TenantRow> = match select {
-        Some(sel) => rows
-            .into_iter()
-            .filter(|r| sel.matches(&r.labels))
-            .collect(),
-        None => rows,
-    };
+    if let Some(sel) = select {
+        rows.retain(|r| sel.matches(&r.labels));
+    }
+    if args.failed && !rows.is_empty() {
+        let failed = control.failed_last(client).await?;
+        rows.retain(|r| failed.contains(r.tenant.id()));
+    }
+    let summary = summary.unwrap_or_else(|| Summary::of(&rows, latest, BEHIND_LISTED));
     let shared_at = match shared {
         Some(_) => Some(shared_version(&session.client, &config.migrations.shared_schema).await?),
         None => None,
@@ -222,16 +236,12 @@ async fn status_one(
     } else {
         None
     };
-    let latest = migrations.latest();
-    let current = rows.iter().filter(|r| r.version == latest).count();
+    let current = summary.at(latest);
     let counts = vec![
-        (Tally::Registered, rows.len()),
+        (Tally::Registered, summary.total()),
         (Tally::UpToDate, current),
-        (Tally::NotAtLatest, rows.len() - current),
-        (
-            Tally::Drifted,
-            rows.iter().filter(|r| r.drift.is_some()).count(),
-        ),
+        (Tally::NotAtLatest, summary.total() - current),
+        (Tally::Drifted, summary.drifted_count()),
     ];
     let shared_line = match (shared, shared_at) {
         (Some(set), Some(at)) => format!(
@@ -250,9 +260,13 @@ async fn status_one(
         _ if unfaithful => crate::exit::FAILED,
         _ => SUCCESS,
     };
-    let mut text = to_text(config, target, migrations, &rows, wanted.is_some());
+    let detail = wanted.is_some().then_some(rows.as_slice());
+    let mut text = to_text(config, target, migrations, &summary, detail);
     if let (Some(sel), true) = (select, rows.is_empty()) {
         text.push_str(&format!("no tenant matches --select {sel}\n"));
+    }
+    if args.failed && summary.total() == 0 {
+        text.push_str("no tenant's last change failed (on this selection)\n");
     }
     text.insert_str(text.find("tenants:").unwrap_or(text.len()), &shared_line);
     // The pool, when there is one (or one is configured), after the tenants' line.
@@ -285,7 +299,7 @@ async fn status_one(
     if let Some(ver) = &verification {
         text.push_str(&verify_text(ver));
     }
-    let mut part = to_part(migrations, &rows)
+    let mut part = to_part(migrations, &rows, &summary)
         .cluster(
             "shared",
             match (shared, shared_at) {
@@ -359,16 +373,7 @@ fn changed_json(migrations: &MigrationSet, files: &crate::control::FileCheck) ->
         .collect::<Vec<_>>())
 }
 
-/// Tenants per version (None = nothing applied), highest first.
-fn by_version(rows: &[TenantRow]) -> BTreeMap<std::cmp::Reverse<Option<i32>>, usize> {
-    let mut groups = BTreeMap::new();
-    for r in rows {
-        *groups.entry(std::cmp::Reverse(r.version)).or_insert(0) += 1;
-    }
-    groups
-}
-
-fn to_part(migrations: &MigrationSet, rows: &[TenantRow]) -> Part {
+fn to_part(migrations: &MigrationSet, rows: &[TenantRow], summary: &Summary) -> Part {
     Part::default()
         .top("command", json!("status"))
         .top("latest_version", json!(migrations.latest()))
@@ -390,25 +395,27 @@ fn to_part(migrations: &MigrationSet, rows: &[TenantRow]) -> Part {
         )
         .list(
             "summary",
-            by_version(rows)
-                .into_iter()
+            summary
+                .by_version
+                .iter()
                 .map(|(v, n)| {
                     json!({
-                        "version": v.0,
+                        "version": v,
                         "tenants": n,
-                        "pending": migrations.pending_count(v.0, None),
+                        "pending": migrations.pending_count(*v, None),
                     })
                 })
                 .collect(),
         )
 }
 
+/// The status text from the summary; with `detail` (given tenants), a line per tenant.
 fn to_text(
     config: &Config,
     target: &Target,
     migrations: &MigrationSet,
-    rows: &[TenantRow],
-    detailed: bool,
+    summary: &Summary,
+    detail: Option<&[TenantRow]>,
 ) -> String {
     let latest = migrations.latest();
     let mut out = format!(
@@ -419,24 +426,25 @@ fn to_text(
         migrations.dir.display(),
         latest.map_or("none".into(), |v| migrations.label(v)),
     );
-    if rows.is_empty() {
+    let total = summary.total();
+    if total == 0 {
         out.push_str(
             "tenants:    none registered (create one with `tenantctl tenant create <ID>`)\n",
         );
         return out;
     }
-    let current = rows.iter().filter(|r| r.version == latest).count();
-    let ahead = rows
+    let current = summary.at(latest);
+    let ahead: usize = summary
+        .by_version
         .iter()
-        .filter(|r| {
-            matches!((r.version, latest), (Some(v), Some(l)) if v > l)
-                || (r.version.is_some() && latest.is_none())
+        .filter(|(v, _)| {
+            matches!((v, latest), (Some(v), Some(l)) if *v > l) || (v.is_some() && latest.is_none())
         })
-        .count();
-    let behind = rows.len() - current - ahead;
+        .map(|(_, n)| n)
+        .sum();
+    let behind = total - current - ahead;
     out.push_str(&format!(
-        "tenants:    {} registered: {current} up to date, {behind} behind{}\n\n",
-        rows.len(),
+        "tenants:    {total} registered: {current} up to date, {behind} behind{}\n\n",
         if ahead > 0 {
             format!(", {ahead} AHEAD of the files on disk (missing migration files?)")
         } else {
@@ -447,18 +455,18 @@ fn to_text(
         "{:<12} {:>8} {:>8}\n",
         "VERSION", "TENANTS", "PENDING"
     ));
-    for (v, n) in by_version(rows) {
-        let label = if v.0 == latest {
-            format!("{} (latest)", version_label(v.0))
+    for (v, n) in &summary.by_version {
+        let label = if *v == latest {
+            format!("{} (latest)", version_label(*v))
         } else {
-            version_label(v.0)
+            version_label(*v)
         };
         out.push_str(&format!(
             "{label:<12} {n:>8} {:>8}\n",
-            migrations.pending_count(v.0, None)
+            migrations.pending_count(*v, None)
         ));
     }
-    if detailed {
+    if let Some(rows) = detail {
         out.push_str(&format!(
             "\n{:<24} {:<32} {:>8} {:>8}\n",
             "TENANT", "SCHEMA", "VERSION", "PENDING"
@@ -473,11 +481,10 @@ fn to_text(
             ));
         }
     } else if behind > 0 {
-        let names: Vec<String> = rows
+        let names: Vec<String> = summary
+            .behind
             .iter()
-            .filter(|r| r.version != latest)
-            .take(BEHIND_LISTED)
-            .map(|r| format!("{} ({})", r.tenant.id(), version_label(r.version)))
+            .map(|(id, v)| format!("{id} ({})", version_label(*v)))
             .collect();
         let more = (behind + ahead).saturating_sub(names.len());
         out.push_str(&format!(
@@ -486,27 +493,17 @@ fn to_text(
             crate::report::and_more(more)
         ));
     }
-    let drifted: Vec<&TenantRow> = rows.iter().filter(|r| r.drift.is_some()).collect();
-    if !drifted.is_empty() {
+    let drifted = summary.drifted_count();
+    if drifted > 0 {
         // The same drift everywhere is one problem with the files: say it once.
-        let mut by_problem: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for r in &drifted {
-            by_problem
-                .entry(r.drift.as_deref().unwrap_or_default())
-                .or_default()
-                .push(r.tenant.id());
-        }
         out.push_str(&format!(
-            "\nDRIFTED: {} tenant(s) were not touched by the last run because their history disagrees with the files:\n",
-            drifted.len()
+            "\nDRIFTED: {drifted} tenant(s) were not touched by the last run because their history disagrees with the files:\n"
         ));
-        for (problem, ids) in by_problem {
-            let shown: Vec<&str> = ids.iter().take(BEHIND_LISTED).copied().collect();
-            let more = ids.len().saturating_sub(shown.len());
+        for (problem, n, ids) in &summary.drifted {
+            let more = n.saturating_sub(ids.len());
             out.push_str(&format!(
-                "  {} tenant(s): {problem}\n    {}{}\n",
-                ids.len(),
-                shown.join(", "),
+                "  {n} tenant(s): {problem}\n    {}{}\n",
+                ids.join(", "),
                 if more > 0 {
                     format!(", … and {more} more")
                 } else {

@@ -712,19 +712,30 @@ fn confirm_drop(tenants: &[crate::tenant::Tenant], archive: bool) -> anyhow::Res
 pub async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<i32> {
     let select = super::selector(args.select.as_deref())?;
     let select = select.as_ref();
-    let results = each(&ctx.targets, |t| list_one(ctx, t, select)).await;
+    let failed = args.failed;
+    let results = each(&ctx.targets, |t| list_one(ctx, t, select, failed)).await;
     finish(ctx, results, args.json)
 }
 
-async fn list_one(ctx: &Ctx, target: &Target, select: Option<&Selector>) -> anyhow::Result<Done> {
+async fn list_one(
+    ctx: &Ctx,
+    target: &Target,
+    select: Option<&Selector>,
+    only_failed: bool,
+) -> anyhow::Result<Done> {
     let session = ctx.session(target, false).await?;
-    let mut rows = if session.control.exists(&session.client).await? {
-        session.control.tenants(&session.client, None).await?
+    let (control, client) = (&session.control, &session.client);
+    let mut rows = if control.exists(client).await? {
+        control.tenants(client, None).await?
     } else {
         Vec::new()
     };
     if let Some(sel) = select {
         rows.retain(|r| sel.matches(&r.labels));
+    }
+    if only_failed && !rows.is_empty() {
+        let failed = control.failed_last(client).await?;
+        rows.retain(|r| failed.contains(r.tenant.id()));
     }
     let active = rows
         .iter()
@@ -747,6 +758,9 @@ async fn list_one(ctx: &Ctx, target: &Target, select: Option<&Selector>) -> anyh
             .collect(),
     );
     let text = match select {
+        _ if only_failed && rows.is_empty() => {
+            "no tenant's last change failed (on this selection)\n".to_string()
+        }
         Some(sel) if rows.is_empty() => format!("no tenant matches --select {sel}\n"),
         _ => list_text(&rows),
     };

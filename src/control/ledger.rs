@@ -541,4 +541,30 @@ impl Control {
             .map_err(|e| failed("counting the tenants past a failed migration", &e))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+
+    /// Active tenants whose last change failed: the newest ledger row of each (runs of
+    /// `tenant label` aside, which change no schema) is `failed`. One pass over the ledger.
+    pub async fn failed_last(
+        &self,
+        client: &Client,
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let sql = format!(
+            "SELECT l.tenant_id FROM (SELECT DISTINCT ON (s.tenant_id) s.tenant_id, s.state \
+                 FROM {rs} s JOIN {runs} r ON r.id = s.run_id WHERE r.command <> {label} \
+                 ORDER BY s.tenant_id, s.run_id DESC) l \
+             JOIN {tenants} t ON t.id = l.tenant_id AND t.state = {active} \
+             WHERE l.state = {failed}",
+            rs = self.table("run_schemas"),
+            runs = self.table("runs"),
+            tenants = self.table("tenants"),
+            label = RunCommand::TenantLabel.literal(),
+            active = TenantState::Active.literal(),
+            failed = SchemaState::Failed.literal(),
+        );
+        let rows = client
+            .query_typed(&sql, &[])
+            .await
+            .map_err(|e| failed("reading the tenants whose last change failed", &e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
 }

@@ -19,7 +19,7 @@ mod states;
 pub use files::{Changed, FileCheck, HISTORY_TABLE};
 pub use ledger::{FailureRow, Halted, RunCounts, RunRow, SchemaRow, WaveRow};
 pub use locks::{schema_lock_sql, session_lock_sql, LOCK_NAMESPACE};
-pub use registry::TenantRow;
+pub use registry::{Summary, TenantRow};
 pub use runs::{FailureRecord, Opening, RunInfo, SharedOutcome, SHARED_ROW};
 pub use states::{RunCommand, RunState, SchemaResult, SchemaState, TenantState};
 

@@ -32,6 +32,8 @@ pub enum Event<'a> {
         /// Refused before any work (e.g. `tenant create` of an existing id): reported as failed.
         refused: usize,
         jobs: usize,
+        /// The version the run brings its schemas to (repair: the version it accepts).
+        target: Option<i32>,
     },
     SchemaSucceeded {
         tenant: &'a Tenant,

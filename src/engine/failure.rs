@@ -9,6 +9,15 @@ use tokio_postgres::error::SqlState;
 use crate::control::{FailureRecord, FailureRow, SQLSTATE_DROPPED, SQLSTATE_FENCED};
 use crate::pgerror::describe;
 
+/// How the advice speaks of the failed tenant's data; a summary of several tenants puts it
+/// in the plural (see [`plural_advice`]).
+pub const THIS_TENANTS_DATA: &str = "this tenant's data";
+
+/// `advice` about several tenants at once.
+pub fn plural_advice(advice: &str) -> String {
+    advice.replace(THIS_TENANTS_DATA, "these tenants' data")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// A migration's SQL failed.
@@ -89,6 +98,9 @@ pub struct Failure {
     pub applied_elsewhere: Option<u32>,
     /// Line within that migration file, when PostgreSQL reported a position.
     pub line: Option<u32>,
+    /// The failing statement cannot succeed on a tenant that has rows, whatever their data
+    /// (a NOT NULL column added without a default): set after the run, for the advice.
+    pub fails_on_rows: bool,
     /// PostgreSQL's own message, or what was wrong.
     pub message: String,
     /// The version the schema is still at.
@@ -112,6 +124,7 @@ impl Failure {
             sqlstate: None,
             applied_elsewhere: None,
             line: None,
+            fails_on_rows: false,
             message,
             still_at,
             broken_connection: false,
@@ -223,14 +236,27 @@ impl Failure {
     pub fn aftermath(&self) -> String {
         let at = self.version_text();
         match self.kind {
-            FailureKind::Migration => match (self.applied_elsewhere, &self.migration) {
-                (Some(n), Some(m)) if n > 0 => format!(
-                    "{}, {at}. {m} is already applied on {n} other tenant(s): do not edit it (they would drift). Fix what this tenant's data needs and re-run, or put the fix in a new migration; if you edited the file on purpose (a comment, an equivalent fix), `tenantctl repair --accept {v}` records its new checksum",
-                    self.undone(),
-                    v = self.migration_version.unwrap_or_default()
-                ),
-                _ => format!("{}, {at}; fix the migration and re-run", self.undone()),
-            },
+            FailureKind::Migration => {
+                let v = self.migration_version.unwrap_or_default();
+                match (self.applied_elsewhere, &self.migration) {
+                    (Some(n), Some(m)) if n > 0 && self.fails_on_rows => format!(
+                        "{}, {at}. {m} adds a NOT NULL column without a default: it applied on the {n} other tenant(s) whose table was empty, and fails on every tenant whose table has rows, whatever the data. Only adding a DEFAULT to it would leave the {n} without one (their schemas would differ). The way out keeps one schema: in {m}, add the column with `NOT NULL DEFAULT <value>` then `ALTER COLUMN ... DROP DEFAULT` (the same result where it applied, and it works where there are rows), record that edit for the {n} with `tenantctl repair --accept {v}`, and re-run; a default meant to stay goes in a new migration",
+                        self.undone(),
+                    ),
+                    (Some(n), Some(m)) if n > 0 => format!(
+                        "{}, {at}. {m} is already applied on {n} other tenant(s): do not edit it (they would drift). Fix what {THIS_TENANTS_DATA} needs and re-run, or put the fix in a new migration; if you edited the file on purpose (a comment, an equivalent fix), `tenantctl repair --accept {v}` records its new checksum",
+                        self.undone(),
+                    ),
+                    (_, Some(m)) if self.fails_on_rows => format!(
+                        "{}, {at}; {m} adds a NOT NULL column without a default, which fails wherever the table has rows: give the column a DEFAULT (no tenant has {m} yet, so editing it is safe) and re-run",
+                        self.undone()
+                    ),
+                    _ => format!(
+                        "{}, {at}; no tenant has it applied, so fix the migration and re-run",
+                        self.undone()
+                    ),
+                }
+            }
             FailureKind::AlreadyExists => {
                 "nothing changed; pass --if-not-exists to skip existing tenants".into()
             }

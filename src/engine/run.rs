@@ -411,6 +411,7 @@ pub fn nothing_done(
         todo: 0,
         refused: 0,
         jobs: 1,
+        target,
     });
     env.events.emit(&Event::RunFinished);
     let outcome = FleetOutcome::default();
@@ -493,6 +494,7 @@ pub async fn run(
         todo: jobs.len(),
         refused: req.refused.len(),
         jobs: workers,
+        target: req.target,
     });
     let run = &env.config.run;
     let ctx = ApplyCtx {
@@ -560,7 +562,7 @@ pub async fn run(
     let state = outcome.state();
     env.events.emit(&Event::RunFinished);
     if outcome.fenced().is_none() {
-        advise_on_failures(session, &mut outcome.failed).await;
+        advise_on_failures(session, req.migrations, &mut outcome.failed).await;
     }
     let mut ledger_note = match outcome.fenced() {
         // The ledger is the new owner's to write now.
@@ -690,7 +692,19 @@ impl Staged<'_> {
 
 /// A failed migration that other tenants already have: the advice is not to edit it (see
 /// [`Failure::aftermath`]). One query for the run; without it the advice is the plain one.
-async fn advise_on_failures(session: &Session<'_>, failed: &mut [(Tenant, Failure)]) {
+async fn advise_on_failures(
+    session: &Session<'_>,
+    migrations: &MigrationSet,
+    failed: &mut [(Tenant, Failure)],
+) {
+    // A statement that cannot succeed on any tenant with rows, whatever their data.
+    for (_, f) in failed.iter_mut() {
+        let file = f.migration_version.and_then(|v| migrations.get(v));
+        if let (Some(file), Some(line), FailureKind::Migration) = (file, f.line, f.kind) {
+            let rules = crate::migrations::risks::rules_at(file.sql(), line as usize);
+            f.fails_on_rows = rules.contains(&"add-column-not-null-without-default");
+        }
+    }
     let mut versions: Vec<i32> = failed
         .iter()
         .filter(|(_, f)| f.kind == FailureKind::Migration)

@@ -6,7 +6,7 @@
 //! in the same file is empty, so what would lock or rewrite it costs nothing and is exempt.
 
 use super::lint::Level;
-use super::scan::{Statement, Tok};
+use super::scan::{for_each_statement, Statement, Tok};
 
 /// Every rule of `migration check` beyond what `migrate` refuses outright, with its level:
 /// the table the docs print.
@@ -328,4 +328,20 @@ fn actions(s: &Statement<'_>, start: usize) -> Vec<(usize, usize)> {
     }
     out.push((begin, s.tokens.len()));
     out
+}
+
+/// The rules the statement of `sql` that covers `line` (1-based: the last statement starting
+/// at or before it) breaks, as a tenant migration: to tell why a statement failed.
+pub fn rules_at(sql: &str, line: usize) -> Vec<&'static str> {
+    let mut created: Vec<String> = Vec::new();
+    let mut found = Vec::new();
+    let _ = for_each_statement(sql, |s| {
+        if s.line <= line {
+            found = risks(&s, &created).into_iter().map(|r| r.0).collect();
+        }
+        if let Some(t) = created_table(&s) {
+            created.push(t);
+        }
+    });
+    found
 }

@@ -316,9 +316,20 @@ fn database_wide(s: &Statement) -> Option<String> {
         return None;
     }
     match s.word(1)?.as_str() {
-        "EXTENSION" => Some(format!(
-            "`{verb} EXTENSION` acts on the whole database, not one tenant (the first tenant's schema would own the extension and the others would fail). Install extensions once, in a shared migration (migrations/shared/): `CREATE EXTENSION IF NOT EXISTS ltree SCHEMA extensions`, with [migrations] extensions_schema = \"extensions\" so that every tenant finds them"
-        )),
+        "EXTENSION" => {
+            // The extension's name, after IF [NOT] EXISTS.
+            let at = (2..s.tokens.len()).find(|i| {
+                !matches!(s.word(*i).as_deref(), Some("IF" | "NOT" | "EXISTS"))
+            })?;
+            let name = match &s.tokens.get(at)?.0 {
+                Tok::Word { text, quoted: true } => text.to_string(),
+                Tok::Word { text, .. } => text.to_lowercase(),
+                _ => "the_extension".to_string(),
+            };
+            Some(format!(
+                "`{verb} EXTENSION {name}` acts on the whole database, not one tenant (the first tenant's schema would own the extension and the others would fail). Install extensions once, in a shared migration (migrations/shared/): `CREATE EXTENSION IF NOT EXISTS {name} SCHEMA extensions`, with [migrations] extensions_schema = \"extensions\" so that every tenant finds them"
+            ))
+        }
         "SCHEMA" => Some(format!(
             "`{verb} SCHEMA` acts outside the tenant's own schema; tenant migrations create objects in the tenant's schema only (objects for everyone go in migrations/shared/)"
         )),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::control::{RunCommand, SchemaResult};
+use crate::engine::apply::Applied;
 use crate::engine::events::{Event, Events};
 use crate::engine::failure::Failure;
 use crate::tenant::Tenant;
@@ -75,6 +76,7 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
             todo,
             refused,
             jobs,
+            ..
         } => Some(format!(
             "{command}: run {run_id}: {total} {}, {todo} to do, {} with nothing to do{}; {jobs} at a time",
             match command {
@@ -119,6 +121,42 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
         | Event::SchemaFailed { .. }
         | Event::SchemaDropped { .. }
         | Event::RunFinished => None,
+    }
+}
+
+/// What a command did to one schema, in the words of a per-schema line.
+pub fn schema_done(command: RunCommand, target: Option<i32>, a: &Applied) -> String {
+    use crate::migrations::version_label as v;
+    match command {
+        RunCommand::TenantCreate if a.from_pool => {
+            format!("a pooled schema at {} taken", v(a.after))
+        }
+        RunCommand::TenantCreate => {
+            format!("created at {} ({} migration(s))", v(a.after), a.count)
+        }
+        RunCommand::TenantAdopt => format!(
+            "adopted at {} ({} migration(s) recorded as applied)",
+            v(a.after),
+            a.count
+        ),
+        RunCommand::Rollback => format!("{} -> {} ({} reverted)", v(a.before), v(a.after), a.count),
+        RunCommand::Repair if a.count > 0 => format!("{} checksum recorded", v(target)),
+        RunCommand::Repair => format!("{} already recorded as it is now", v(target)),
+        RunCommand::TenantDrop => "dropped".into(),
+        RunCommand::TenantDropArchive => {
+            format!("archived as {}", a.archived_as.as_deref().unwrap_or("?"))
+        }
+        RunCommand::PoolDrain => "drained".into(),
+        RunCommand::Migrate
+        | RunCommand::PoolFill
+        | RunCommand::MigrateShared
+        | RunCommand::TenantCreateShared
+        | RunCommand::TenantLabel => format!(
+            "{} -> {} ({} migration(s))",
+            v(a.before),
+            v(a.after),
+            a.count
+        ),
     }
 }
 
@@ -240,25 +278,26 @@ pub fn cause_of(error: &str, schema: &str) -> String {
 /// Live failure lines per cause: the first few are printed as they happen, then one line
 /// says the rest are counted (the summary groups them, `--json` lists them all).
 #[derive(Default)]
-pub struct CauseCap(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+pub struct CauseCap(std::sync::Mutex<std::collections::HashMap<String, (usize, String)>>);
 
 /// Live lines printed per cause.
 const LIVE_PER_CAUSE: usize = 3;
 
 impl CauseCap {
     /// The line to print for this failure (`FAIL …`), or the note that the rest of its
-    /// cause is not printed, or nothing.
+    /// cause is not printed (naming the first tenant printed with it), or nothing.
     pub fn line(&self, tenant: &Tenant, failure: &Failure) -> Option<String> {
         let live = failure.live();
         let cause = cause_of(&live, tenant.schema());
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = seen.entry(cause).or_insert(0);
+        let (n, first) = seen
+            .entry(cause)
+            .or_insert_with(|| (0, tenant.id().to_string()));
         *n += 1;
         match *n {
             n if n <= LIVE_PER_CAUSE => Some(format!("FAIL {tenant}: {live}")),
             n if n == LIVE_PER_CAUSE + 1 => Some(format!(
-                "… more tenants fail the same way as {}; they are counted, not printed (the summary groups them, --json lists every one)",
-                tenant.id()
+                "… more tenants fail the same way as {first}; they are counted, not printed (the summary groups them, --json lists every one)"
             )),
             _ => None,
         }

@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{CauseCap, Reporter};
+use crate::control::RunCommand;
 use crate::engine::events::Event;
-use crate::migrations::version_label;
 
 /// Runs with at most this many schemas get one line per schema.
 const PER_SCHEMA_LINES_UP_TO: usize = 50;
@@ -14,6 +14,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 struct State {
     command: String,
+    run: Option<(RunCommand, Option<i32>)>,
     todo: usize,
     done: usize,
     failed: usize,
@@ -37,6 +38,7 @@ impl Plain {
             causes: CauseCap::default(),
             state: Mutex::new(State {
                 command: String::new(),
+                run: None,
                 todo: 0,
                 done: 0,
                 failed: 0,
@@ -48,12 +50,38 @@ impl Plain {
     }
 }
 
+impl Plain {
+    /// On a run too large for a line per schema, the `N/M done` line at its interval, however
+    /// the schemas end.
+    fn progress(&self, s: &mut State) {
+        if s.todo <= PER_SCHEMA_LINES_UP_TO || s.last_line.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        s.last_line = Instant::now();
+        crate::output::stderr_line(&format!(
+            "{}{}: {}/{} done, {} failed, {:.1}s elapsed",
+            self.label,
+            s.command,
+            s.done + s.failed,
+            s.todo,
+            s.failed,
+            s.started.elapsed().as_secs_f64()
+        ));
+    }
+}
+
 impl Reporter for Plain {
     fn event(&self, event: &Event<'_>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match event {
-            Event::RunStarted { command, todo, .. } => {
+            Event::RunStarted {
+                command,
+                todo,
+                target,
+                ..
+            } => {
                 s.command = command.to_string();
+                s.run = Some((*command, *target));
                 s.todo = *todo;
                 s.started = Instant::now();
                 s.last_line = Instant::now();
@@ -67,42 +95,24 @@ impl Reporter for Plain {
                 elapsed,
             } => {
                 s.done += 1;
-                if s.todo <= PER_SCHEMA_LINES_UP_TO && applied.from_pool {
+                if s.todo <= PER_SCHEMA_LINES_UP_TO {
+                    let (command, target) = s.run.unwrap_or((RunCommand::Migrate, None));
                     crate::output::stderr_line(&format!(
-                        "{}{}: ok   {tenant}: a pooled schema at {} taken ({} ms)",
+                        "{}{}: ok   {tenant}: {} ({} ms)",
                         self.label,
                         s.command,
-                        version_label(applied.after),
+                        super::schema_done(command, target, applied),
                         elapsed.as_millis()
-                    ));
-                } else if s.todo <= PER_SCHEMA_LINES_UP_TO {
-                    crate::output::stderr_line(&format!(
-                        "{}{}: ok   {tenant}: {} -> {} ({} migration(s), {} ms)",
-                        self.label,
-                        s.command,
-                        version_label(applied.before),
-                        version_label(applied.after),
-                        applied.count,
-                        elapsed.as_millis()
-                    ));
-                } else if s.last_line.elapsed() >= PROGRESS_EVERY {
-                    s.last_line = Instant::now();
-                    crate::output::stderr_line(&format!(
-                        "{}{}: {}/{} done, {} failed, {:.1}s elapsed",
-                        self.label,
-                        s.command,
-                        s.done + s.failed,
-                        s.todo,
-                        s.failed,
-                        s.started.elapsed().as_secs_f64()
                     ));
                 }
+                self.progress(&mut s);
             }
             Event::SchemaFailed { tenant, failure } => {
                 s.failed += 1;
                 if let Some(line) = self.causes.line(tenant, failure) {
                     crate::output::stderr_line(&format!("{}{}: {line}", self.label, s.command));
                 }
+                self.progress(&mut s);
             }
             Event::SchemaDropped { tenant } => {
                 s.done += 1;
@@ -110,6 +120,7 @@ impl Reporter for Plain {
                     "{}{}: skip {tenant}: dropped while the run was going on",
                     self.label, s.command
                 ));
+                self.progress(&mut s);
             }
             Event::RunFinished => {}
             Event::Pausing { left, .. } => {

@@ -41,17 +41,29 @@ pub fn tallies(command: RunCommand, counts: &RunCounts) -> Vec<(Tally, usize)> {
         .collect()
 }
 
-/// Tenants that failed the same way: the first one's own words, and each one's (id, schema).
-type Cause<'a> = (String, Vec<(&'a str, &'a str)>);
+/// Tenants that failed the same way: the first one's own words, and each one's (id, schema,
+/// own words).
+type Cause<'a> = (String, Vec<(&'a str, &'a str, &'a str)>);
+
+/// `error` cut into what happened and the advice (` — ` separates them in every failure's
+/// words: see [`crate::engine::failure::Failure`]'s `Display`).
+fn split_advice(error: &str) -> (&str, Option<&str>) {
+    match error.rfind(" — ") {
+        Some(at) => (&error[..at], Some(&error[at + " — ".len()..])),
+        None => (error, None),
+    }
+}
 
 /// Failed tenants grouped by cause (the error with the tenant's schema taken out), each
-/// cause with its tenants, the causes shared by most first. Writes at most
-/// [`FAILURE_LINES`] lines and says how many more there are, and where.
+/// cause with its tenants, the causes shared by most first. A cause of a few tenants lists
+/// each one's own words, then the advice once; a cause of more, its words and names. Writes
+/// at most [`FAILURE_LINES`] lines and says how many more there are, and where.
 pub fn failures_text<'a>(
     out: &mut String,
     failed: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
 ) {
-    // cause -> (the first tenant's own words, its (id, schema))
+    use crate::engine::failure::plural_advice;
+    // cause -> (the first tenant's own words, each tenant)
     let mut causes: BTreeMap<String, Cause<'_>> = BTreeMap::new();
     let mut total = 0usize;
     for (id, schema, error) in failed {
@@ -60,7 +72,7 @@ pub fn failures_text<'a>(
             .entry(cause_of(error, schema))
             .or_insert_with(|| (error.to_string(), Vec::new()))
             .1
-            .push((id, schema));
+            .push((id, schema, error));
     }
     if total == 0 {
         return;
@@ -74,19 +86,27 @@ pub fn failures_text<'a>(
         if lines >= FAILURE_LINES {
             break;
         }
-        if ids.len() < GROUP_FROM {
-            for (id, schema) in ids {
+        if ids.len() == 1 {
+            let (id, schema, _) = ids[0];
+            let _ = writeln!(out, "  {id} (schema {schema}): {first}");
+            lines += 1;
+            shown += 1;
+        } else if ids.len() < GROUP_FROM {
+            for (id, schema, error) in ids {
                 if lines >= FAILURE_LINES {
                     break;
                 }
-                let words = if ids.len() == 1 { first } else { cause };
-                let _ = writeln!(out, "  {id} (schema {schema}): {words}");
+                let _ = writeln!(out, "  {id} (schema {schema}): {}", split_advice(error).0);
                 lines += 1;
                 shown += 1;
             }
+            if let Some(advice) = split_advice(cause).1 {
+                let _ = writeln!(out, "    {}", plural_advice(advice));
+                lines += 1;
+            }
         } else {
             let names: Vec<&str> = ids.iter().take(NAMES_PER_CAUSE).map(|t| t.0).collect();
-            let _ = writeln!(out, "  {} tenants: {cause}", ids.len());
+            let _ = writeln!(out, "  {} tenants: {}", ids.len(), plural_advice(cause));
             let _ = writeln!(
                 out,
                 "    {}{}",

@@ -34,7 +34,12 @@ fn migrations_that_would_escape_their_transaction_or_tenant_are_refused() {
         (
             "V9__ltree.sql",
             "CREATE TABLE t (id int);\nCREATE EXTENSION IF NOT EXISTS ltree;\n",
-            "V9__ltree.sql:2: `CREATE EXTENSION` acts on the whole database",
+            "V9__ltree.sql:2: `CREATE EXTENSION ltree` acts on the whole database",
+        ),
+        (
+            "V9__trgm.sql",
+            "create extension \"pg_trgm\" with schema public;\n",
+            "`CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA extensions`",
         ),
         (
             "V9__schema.sql",

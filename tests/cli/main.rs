@@ -8,6 +8,7 @@ mod clusters;
 mod connect;
 mod create;
 mod faults;
+mod fidelity;
 mod guarantees;
 mod json_docs;
 mod migrate;
