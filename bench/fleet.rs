@@ -9,6 +9,7 @@
 //!   cargo bench --bench fleet -- --clusters 3 --n 900  # one cluster vs N spread over three
 //!   cargo bench --bench fleet -- --plan --n 10000      # planning a staged rollout (dry run)
 //!   cargo bench --bench fleet -- --pool --n 1000,10000 # tenant create with and without a warm pool
+//!   cargo bench --bench fleet -- --status [--before OLD_BINARY]  # status, list, no-op at 1k/50k
 //!   cargo bench --bench fleet -- --memory --n 10000    # worker backends' memory, recycled or not
 //!   cargo bench --bench fleet -- --recycle 250,0 --n 10000  # the same, these worker_recycle values
 //!   cargo bench --bench fleet -- --latency 0,2 --n 1000 # through a proxy adding RTT (ms), with
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod proxy;
+mod status;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenantctl");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -46,6 +48,10 @@ struct Opts {
     latency: Vec<f64>,
     /// Worker backends' memory during a migrate, for each of these `worker_recycle` values.
     memory: Vec<usize>,
+    /// Time reading the fleet (status, list, no-op migrate) at each size.
+    status: bool,
+    /// An older tenantctl binary whose no-op migrate --status compares A/B/A.
+    before: Option<String>,
 }
 
 fn parse_args() -> Opts {
@@ -62,6 +68,8 @@ fn parse_args() -> Opts {
         pool: false,
         latency: Vec::new(),
         memory: Vec::new(),
+        status: false,
+        before: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -94,6 +102,16 @@ fn parse_args() -> Opts {
             "--jobs-sweep" => o.sweep = true,
             "--plan" => o.plan = true,
             "--pool" => o.pool = true,
+            "--status" => {
+                o.status = true;
+                if !args.iter().any(|a| a == "--n") {
+                    o.sizes = vec![1000, 50_000];
+                }
+            }
+            "--before" => {
+                o.before = Some(val(i));
+                i += 1;
+            }
             "--memory" => o.memory = vec![0, 250],
             "--recycle" => {
                 o.memory = val(i)
@@ -1025,6 +1043,10 @@ fn main() {
     }
     if o.pool {
         bench_pool(&server, &o, 20, 100);
+        return;
+    }
+    if o.status {
+        status::bench_status(&server, &o.sizes, o.runs, o.before.as_deref());
         return;
     }
     if !o.latency.is_empty() {

@@ -189,7 +189,13 @@ async fn status_one(
         };
         let pool = control.pool(client).await?;
         let last = as_seen(control, client, control.last_run(client).await?).await?;
-        let change = match as_seen(control, client, control.last_change(client).await?).await? {
+        // The last run has rows that only work on a schema makes: it is the last change too.
+        let worked = |r: &&RunRow| r.counts.done + r.counts.failed + r.counts.not_started > 0;
+        let change = match last.as_ref().filter(worked) {
+            Some(run) => Some(run.clone()),
+            None => as_seen(control, client, control.last_change(client).await?).await?,
+        };
+        let change = match change {
             Some(run) => {
                 let failed = control
                     .run_schemas(client, (run.id, run.command), true)

@@ -215,6 +215,8 @@ CREATE TABLE IF NOT EXISTS {q}.pool (
 );
 CREATE SEQUENCE IF NOT EXISTS {q}.pool_seq;
 ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS from_pool boolean;
+-- status reads the failures of the last run, not its 50,000 successes.
+CREATE INDEX IF NOT EXISTS run_schemas_failed_idx ON {q}.run_schemas (run_id) WHERE state = 'failed';
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS seed text;
 {applied}
 -- The version is written once `applied` is complete (at once, unless it is new and the

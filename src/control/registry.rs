@@ -371,49 +371,63 @@ impl Summary {
 }
 
 impl Control {
-    /// The active tenants summarised by the server in one round trip: counts per version, the
-    /// first `listed` not at `latest`, drift problems with their first `listed` tenants.
+    /// The active tenants summarised by the server: counts per version and drift problems
+    /// in one pass over the registry, then (only when some are) the first `listed` not at
+    /// `latest`, by id through the primary key (it stops at the `listed`th).
     pub async fn summary(
         &self,
         client: &Client,
         latest: Option<i32>,
         listed: usize,
     ) -> anyhow::Result<Summary> {
+        let t = self.table("tenants");
+        let active = TenantState::Active.literal();
         let sql = format!(
-            "SELECT 'v', version, count(*)::int8, NULL::text[], NULL::text FROM {t} WHERE state = {active} GROUP BY version \
-             UNION ALL (SELECT 'b', version, row_number() OVER (ORDER BY id), ARRAY[id], NULL FROM {t} \
-                 WHERE state = {active} AND version IS DISTINCT FROM $1 ORDER BY id LIMIT $2) \
-             UNION ALL SELECT 'd', NULL, count(*), (array_agg(id ORDER BY id))[1:$2], drift FROM {t} \
-                 WHERE state = {active} AND drift IS NOT NULL GROUP BY drift",
-            t = self.table("tenants"),
-            active = TenantState::Active.literal(),
+            "SELECT version, drift, count(*)::int8, \
+                    (array_agg(id ORDER BY id) FILTER (WHERE drift IS NOT NULL))[1:$1] \
+             FROM {t} WHERE state = {active} GROUP BY version, drift"
         );
+        let listed_sql = listed as i64;
         let rows = client
-            .query_typed(
-                &sql,
-                &[(&latest, Type::INT4), (&(listed as i64), Type::INT8)],
-            )
+            .query_typed(&sql, &[(&listed_sql, Type::INT8)])
             .await
             .map_err(|e| failed("summarising the tenant registry", &e))?;
-        let mut s = Summary::default();
-        let mut behind = Vec::new();
-        for r in rows {
-            let kind: &str = r.get(0);
-            let version: Option<i32> = r.get(1);
-            let n = r.get::<_, Option<i64>>(2).unwrap_or(0) as usize;
-            let ids: Option<Vec<String>> = r.get(3);
-            match kind {
-                "v" => s.by_version.push((version, n)),
-                "b" => behind.extend(ids.into_iter().flatten().map(|id| (n, id, version))),
-                _ => s.drifted.push((r.get(4), n, ids.unwrap_or_default())),
+        let mut by_version =
+            std::collections::BTreeMap::<std::cmp::Reverse<Option<i32>>, usize>::new();
+        let mut drifted = std::collections::BTreeMap::<String, (usize, Vec<String>)>::new();
+        for r in &rows {
+            let version: Option<i32> = r.get(0);
+            let n = r.get::<_, i64>(2) as usize;
+            *by_version.entry(std::cmp::Reverse(version)).or_insert(0) += n;
+            if let Some(d) = r.get::<_, Option<String>>(1) {
+                let e = drifted.entry(d).or_default();
+                e.0 += n;
+                e.1.extend(r.get::<_, Option<Vec<String>>>(3).unwrap_or_default());
             }
         }
-        s.by_version.sort_by_key(|v| std::cmp::Reverse(v.0));
-        s.drifted.sort();
-        // UNION ALL keeps no order across branches: the listed ones by id (their row number),
-        // as in Summary::of.
-        behind.sort();
-        s.behind = behind.into_iter().map(|(_, id, v)| (id, v)).collect();
+        let mut s = Summary {
+            by_version: by_version.into_iter().map(|(v, n)| (v.0, n)).collect(),
+            behind: Vec::new(),
+            drifted: drifted
+                .into_iter()
+                .map(|(d, (n, mut ids))| {
+                    ids.sort();
+                    ids.truncate(listed);
+                    (d, n, ids)
+                })
+                .collect(),
+        };
+        if s.total() > s.at(latest) {
+            let sql = format!(
+                "SELECT id, version FROM {t} WHERE state = {active} AND version IS DISTINCT FROM $1 \
+                 ORDER BY id LIMIT $2"
+            );
+            let rows = client
+                .query_typed(&sql, &[(&latest, Type::INT4), (&listed_sql, Type::INT8)])
+                .await
+                .map_err(|e| failed("listing the tenants behind", &e))?;
+            s.behind = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        }
         Ok(s)
     }
 }

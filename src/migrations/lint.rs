@@ -52,8 +52,12 @@ pub fn check(
 fn lint_set(set: &MigrationSet, rules: &Rules<'_>, tenants: bool) -> Vec<Finding> {
     let mut out = Vec::new();
     let with_down = set.files().iter().filter(|f| f.down.is_some()).count();
+    // Enum values added by earlier files of the same transaction (until a no-transaction
+    // file cuts it): (value, the file that adds it).
+    let mut added: Vec<(String, String)> = Vec::new();
     for f in set.files() {
         let mut up = lint_file(&f.path, f.sql(), rules, tenants);
+        up.extend(enum_values_used(f, &mut added));
         if tenants && with_down > 0 && f.down.is_none() {
             up.push(Finding {
                 file: f.path.clone(),
@@ -76,6 +80,50 @@ fn lint_set(set: &MigrationSet, rules: &Rules<'_>, tenants: bool) -> Vec<Finding
     }
     // In version order (the set's), each file's findings by line; each once.
     out.dedup_by(|a, b| a.file == b.file && a.line == b.line && a.rule == b.rule);
+    out
+}
+
+/// A value that an earlier file adds to an enum (`ALTER TYPE … ADD VALUE`), used by this one:
+/// wherever both are pending (always on `tenant create`) they run in one transaction, which
+/// PostgreSQL refuses. Notes this file's own added values in `added` for the files after it.
+fn enum_values_used(f: &super::MigrationFile, added: &mut Vec<(String, String)>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if f.no_transaction {
+        // The run is cut here: what was added before has committed.
+        added.clear();
+        return out;
+    }
+    let lines: Vec<&str> = f.sql().lines().collect();
+    let mut own = Vec::new();
+    let _ = for_each_statement(f.sql(), |s| {
+        for (t, line) in &s.tokens {
+            let super::scan::Tok::Str(text) = t else {
+                continue;
+            };
+            let Some((value, by)) = added.iter().find(|(v, _)| v == text) else {
+                continue;
+            };
+            if allowed(&lines, *line, "enum-value-in-same-transaction") {
+                continue;
+            }
+            out.push(Finding {
+                file: f.path.clone(),
+                line: *line,
+                rule: "enum-value-in-same-transaction",
+                level: Level::Error,
+                message: format!(
+                    "uses the enum value '{value}' that {by} adds: wherever both are pending (every `tenant create`) they run in one transaction, and PostgreSQL refuses a new enum value before the transaction that added it commits (unsafe use of new value)"
+                ),
+                fix: format!(
+                    "put the `ALTER TYPE … ADD VALUE` in a no-transaction migration of its own (`-- tenantctl:no-transaction` on its first line) before this one; if {by} is already applied, adding that line is an edit with the same effect: `tenantctl repair --accept <its version>` records it"
+                ),
+            });
+        }
+        if let Some(v) = super::rules::added_enum_value(&s) {
+            own.push(v);
+        }
+    });
+    added.extend(own.into_iter().map(|v| (v, f.label())));
     out
 }
 
@@ -144,9 +192,13 @@ pub fn gate(
     downs: impl Fn(i32) -> bool,
 ) -> Result<(), MigrationSetError> {
     let mut errors: Vec<Finding> = Vec::new();
+    // Enum values added by files applied in the same transaction (one applied before has
+    // committed its values).
+    let mut added = Vec::new();
     for f in set.files() {
         if applies(f.version) {
             errors.extend(lint_file(&f.path, f.sql(), rules, true));
+            errors.extend(enum_values_used(f, &mut added));
         }
         if let (Some((path, sql)), true) = (&f.down, downs(f.version)) {
             errors.extend(
@@ -194,6 +246,7 @@ fn fix_for(rule: &str) -> &'static str {
     match rule {
         "transaction-control" => "remove it: tenantctl opens and commits each schema's transaction",
         "session-setting" => "use SET LOCAL",
+        "session-state" => "use the transaction's own form (SET LOCAL, set_config(…, true), pg_advisory_xact_lock, ON COMMIT DROP), or remove it",
         "needs-no-transaction" => "move it into a file of its own whose first line is `-- tenantctl:no-transaction`",
         "enum-value-in-same-transaction" => "add the value in a no-transaction migration of its own, before",
         "database-wide" => "put it in a shared migration (migrations/shared/)",

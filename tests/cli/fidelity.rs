@@ -550,3 +550,49 @@ fn the_lines_say_what_happened() {
         .unwrap_or_else(|| panic!("{err}"));
     assert!(suggested.starts_with("'status'"), "{err}");
 }
+
+/// An enum value added by one file and used by a later one: together (always on tenant
+/// create) they are one transaction, which PostgreSQL refuses. The lint says so first.
+#[test]
+fn an_enum_value_used_by_a_later_file_of_the_same_transaction() {
+    let p = Project::new("fidelity_enum", 1);
+    p.add_migration("V2__mood.sql", "CREATE TYPE mood AS ENUM ('ok');\n");
+    p.add_migration("V3__great.sql", "ALTER TYPE mood ADD VALUE 'great';\n");
+    p.add_migration(
+        "V4__moods.sql",
+        "CREATE TABLE moods (m mood NOT NULL DEFAULT 'great');\n",
+    );
+    let out = p.run(&["migration", "check"], 1);
+    assert!(
+        stdout(&out).contains("V4__moods.sql:1: error[enum-value-in-same-transaction]: uses the enum value 'great' that V3__great adds"),
+        "{}",
+        stdout(&out)
+    );
+    let out = p.run(&["tenant", "create", "acme"], 2);
+    assert!(stderr(&out).contains("enum-value-in-same-transaction"));
+    assert!(!p.schema_exists("tenant_acme"));
+    // The finding is right: accepted anyway, PostgreSQL refuses it.
+    p.add_migration(
+        "V4__moods.sql",
+        "-- tenantctl:allow enum-value-in-same-transaction\nCREATE TABLE moods (m mood NOT NULL DEFAULT 'great');\n",
+    );
+    let out = p.run(&["tenant", "create", "acme"], 1);
+    assert!(
+        stdout(&out).contains("unsafe use of new value"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!p.schema_exists("tenant_acme"));
+    // The fix: the ADD VALUE in a no-transaction file of its own.
+    p.add_migration(
+        "V3__great.sql",
+        "-- tenantctl:no-transaction\nALTER TYPE mood ADD VALUE IF NOT EXISTS 'great';\n",
+    );
+    p.add_migration(
+        "V4__moods.sql",
+        "CREATE TABLE moods (m mood NOT NULL DEFAULT 'great');\n",
+    );
+    p.run(&["migration", "check"], 0);
+    p.run(&["tenant", "create", "acme"], 0);
+    assert!(p.schema_has_table("tenant_acme", "moods"));
+}
