@@ -17,8 +17,9 @@ use crate::engine::events::Events;
 use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::history;
 use crate::engine::one_trip::in_one_trip;
-use crate::engine::schema_tx::{preamble, rows_affected, trip, TripError, TxSettings};
+use crate::engine::schema_tx::{fresh_preamble, rows_affected, trip, TripError, TxSettings};
 use crate::engine::segmented::segmented;
+use crate::engine::session::GUARD;
 use crate::engine::work::{plan_work, Script, Segment};
 use crate::migrations::MigrationSet;
 use crate::tenant::{quote_ident, quote_literal, role_name, Tenant};
@@ -261,7 +262,7 @@ async fn transaction(
     );
     match work.segments.as_slice() {
         [only] if !only.no_transaction => {
-            let last = format!("{}{finish}; COMMIT;", only.bookkeeping);
+            let last = format!("{GUARD}{}{finish}; COMMIT;", only.bookkeeping);
             only.send(client, None, &last, work.before).await?;
         }
         _ => segmented(client, ctx, tenant, &work, &finish).await?,
@@ -302,7 +303,7 @@ fn names_itself_sql(tenant: &Tenant) -> String {
 /// when the id is already an active tenant: the caller checks the row count).
 pub fn begin_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, mode: Mode) -> String {
     let registers = mode.registers();
-    let mut sql = preamble(tenant.schema(), &ctx.tx);
+    let mut sql = fresh_preamble(tenant.schema(), &ctx.tx);
     // A pooled schema's pool row is made by `pool fill`, and checked (and locked) after.
     let must_exist = (!registers && mode != Mode::PoolFill).then_some(tenant);
     sql.push_str(&format!(

@@ -138,6 +138,8 @@ impl Failure {
         let kind = match e.code() {
             Some(c) if c.code() == SQLSTATE_FENCED => FailureKind::Fenced,
             Some(c) if c.code() == SQLSTATE_DROPPED => FailureKind::Dropped,
+            // The session guard: what the migration did to its session.
+            Some(c) if c.code() == super::session::SQLSTATE_SESSION => FailureKind::Migration,
             Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => FailureKind::LockTimeout,
             Some(c) if *c == SqlState::QUERY_CANCELED => FailureKind::StatementTimeout,
             Some(c)
@@ -236,6 +238,14 @@ impl Failure {
     pub fn aftermath(&self) -> String {
         let at = self.version_text();
         match self.kind {
+            FailureKind::Migration
+                if self.sqlstate.as_deref() == Some(super::session::SQLSTATE_SESSION) =>
+            {
+                format!(
+                    "{}, {at}. The session guard refused what the migration did to its session (its hint says what to change, in the migration or in what it calls); nothing of it reached another tenant",
+                    self.undone()
+                )
+            }
             FailureKind::Migration => {
                 let v = self.migration_version.unwrap_or_default();
                 match (self.applied_elsewhere, &self.migration) {

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod run;
 pub mod schema_tx;
 pub mod segmented;
+pub mod session;
 pub mod shared;
 pub mod verify;
 pub mod waves;

@@ -51,7 +51,8 @@ pub async fn in_one_trip(
         history::guard_sql(table, &expected),
     );
     let last = format!(
-        "{}{}; COMMIT;",
+        "{}{}{}; COMMIT;",
+        crate::engine::session::GUARD,
         only.bookkeeping,
         ctx.control
             .schema_done_sql(ctx.run_id, tenant, work.after, work.count, false)

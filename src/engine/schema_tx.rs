@@ -38,13 +38,23 @@ pub struct TxSettings<'a> {
 /// the schema (then the extensions schema, if any) for this transaction only (never on a
 /// pooled session: it would leak to the next borrower). Identifiers are validated.
 pub fn preamble(schema: &str, tx: &TxSettings<'_>) -> String {
+    preamble_after(schema, tx, "")
+}
+
+/// The [`preamble`] of a schema's first transaction on a connection that served others: the
+/// session is reset first (see [`super::session`]).
+pub fn fresh_preamble(schema: &str, tx: &TxSettings<'_>) -> String {
+    preamble_after(schema, tx, super::session::RESET)
+}
+
+fn preamble_after(schema: &str, tx: &TxSettings<'_>, reset: &str) -> String {
     let path = std::iter::once(schema)
         .chain(tx.also_on_path)
         .map(quote_ident)
         .collect::<Vec<_>>()
         .join(", ");
     let mut sql = format!(
-        "BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement};",
+        "BEGIN; {reset} SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement};",
         lock = tx.lock_timeout.as_millis(),
         statement = tx.statement_timeout.map_or(0, |d| d.as_millis()),
     );
@@ -60,6 +70,7 @@ pub fn preamble(schema: &str, tx: &TxSettings<'_>) -> String {
         " {}; SET LOCAL client_min_messages = warning; SET LOCAL search_path TO {path};",
         schema_lock_sql(schema)
     ));
+    sql.push_str(super::session::RECORD);
     sql
 }
 

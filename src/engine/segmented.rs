@@ -39,7 +39,7 @@ pub async fn segmented(
         Ok(()) => "",
     };
     let sql = format!(
-        "{clean}RESET ALL; {}",
+        "{clean}RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; {}",
         session_lock_sql(tenant.schema(), false)
     );
     match (client.batch_execute(&sql).await, result) {
@@ -94,7 +94,7 @@ async fn segments_in_turn(
             seg.send(
                 client,
                 first.as_deref(),
-                &format!("{record}; COMMIT;"),
+                &format!("{}{record}; COMMIT;", super::session::GUARD),
                 recorded,
             )
             .await?;
@@ -178,10 +178,34 @@ async fn run_step(
             return Err(f);
         }
     }
-    client
-        .batch_execute("RESET ALL")
+    // The session as the step found it; a step that changed the role fails (what it created
+    // since belongs to that role), and the tenants after it on this connection do not inherit it.
+    let replies = client
+        .simple_query(super::session::STEP_RESET)
         .await
-        .map_err(|e| Failure::from_pg(&e, still_at))
+        .map_err(|e| Failure::from_pg(&e, still_at))?;
+    let changed_role = replies.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t") => {
+            r.get(1).map(str::to_string)
+        }
+        _ => None,
+    });
+    match changed_role {
+        Some(role) => {
+            let mut f = Failure::new(
+                FailureKind::Migration,
+                format!(
+                    "the no-transaction migration left the session running as role {role}: what it created since belongs to {role}; the session was reset, so the next tenants are not affected. Remove the SET ROLE or set_config('role', …) and grant the role tenantctl connects as what the migration needs"
+                ),
+                still_at,
+            );
+            f.migration = Some(script.label.clone());
+            f.migration_version = script.version;
+            f.outside_transaction = true;
+            Err(f)
+        }
+        None => Ok(()),
+    }
 }
 
 /// Session settings for a no-transaction step: what the preamble sets for a transaction, at

@@ -97,7 +97,7 @@ async fn apply_shared(
             .send(
                 client,
                 None,
-                &format!("{} COMMIT;", segment.bookkeeping),
+                &format!("{}{} COMMIT;", super::session::GUARD, segment.bookkeeping),
                 before,
             )
             .await?;

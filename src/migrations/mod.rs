@@ -7,6 +7,7 @@ pub mod lint;
 pub mod risks;
 pub mod rules;
 pub mod scan;
+mod session;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

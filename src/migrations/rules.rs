@@ -113,6 +113,9 @@ pub fn file_findings(path: &Path, sql: &str, rules: &Rules<'_>) -> Vec<Finding> 
         if let Some(msg) = session_setting(&s, no_tx) {
             out.push(at(s.line, "session-setting", msg));
         }
+        for (line, msg) in super::session::session_state(&s, no_tx) {
+            out.push(at(line, "session-state", msg));
+        }
         if !no_tx {
             if let Some(what) = outside_transaction_only(&s) {
                 let fix = match rules.kind {
@@ -258,7 +261,7 @@ pub fn concurrent_index_names(sql: &str) -> Vec<String> {
 }
 
 /// `ALTER TYPE … ADD VALUE [IF NOT EXISTS] 'v'`: the value added.
-fn added_enum_value(s: &Statement) -> Option<String> {
+pub(super) fn added_enum_value(s: &Statement) -> Option<String> {
     if !(s.starts_with(&["ALTER", "TYPE"])) {
         return None;
     }
@@ -273,7 +276,7 @@ fn added_enum_value(s: &Statement) -> Option<String> {
 
 /// A session-level `SET`/`RESET`. In a no-transaction file settings are allowed (tenantctl
 /// resets them after the file), except those that move the file out of its tenant.
-fn session_setting(s: &Statement, no_tx: bool) -> Option<String> {
+pub(super) fn session_setting(s: &Statement, no_tx: bool) -> Option<String> {
     if no_tx {
         let target = match s.word(0)?.as_str() {
             "SET" | "RESET" => {

@@ -18,6 +18,7 @@ mod pool;
 mod quick_start;
 mod rollback;
 mod security;
+mod session;
 mod snapshots;
 mod status;
 mod toolkit;
