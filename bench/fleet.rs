@@ -10,6 +10,7 @@
 //!   cargo bench --bench fleet -- --plan --n 10000      # planning a staged rollout (dry run)
 //!   cargo bench --bench fleet -- --pool --n 1000,10000 # tenant create with and without a warm pool
 //!   cargo bench --bench fleet -- --status [--before OLD_BINARY]  # status, list, no-op at 1k/50k
+//!   cargo bench --bench fleet -- --migrate-ab --before OLD_BINARY --n 1000  # migrate, A/B/A
 //!   cargo bench --bench fleet -- --memory --n 10000    # worker backends' memory, recycled or not
 //!   cargo bench --bench fleet -- --recycle 250,0 --n 10000  # the same, these worker_recycle values
 //!   cargo bench --bench fleet -- --latency 0,2 --n 1000 # through a proxy adding RTT (ms), with
@@ -52,6 +53,8 @@ struct Opts {
     status: bool,
     /// An older tenantctl binary whose no-op migrate --status compares A/B/A.
     before: Option<String>,
+    /// With --before: a full migrate of N tenants, this binary against that one, A/B/A.
+    migrate_ab: bool,
 }
 
 fn parse_args() -> Opts {
@@ -70,6 +73,7 @@ fn parse_args() -> Opts {
         memory: Vec::new(),
         status: false,
         before: None,
+        migrate_ab: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -108,6 +112,7 @@ fn parse_args() -> Opts {
                     o.sizes = vec![1000, 50_000];
                 }
             }
+            "--migrate-ab" => o.migrate_ab = true,
             "--before" => {
                 o.before = Some(val(i));
                 i += 1;
@@ -1047,6 +1052,11 @@ fn main() {
     }
     if o.status {
         status::bench_status(&server, &o.sizes, o.runs, o.before.as_deref());
+    }
+    if let (true, Some(before)) = (o.migrate_ab, o.before.as_deref()) {
+        status::bench_migrate_ab(&server, o.sizes[0], o.runs, before);
+    }
+    if o.status || o.migrate_ab {
         return;
     }
     if !o.latency.is_empty() {

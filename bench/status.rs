@@ -140,3 +140,44 @@ pub fn bench_status(server: &Server, sizes: &[usize], runs: usize, before: Optio
         }
     }
 }
+
+/// `--before OLD --migrate`: a full migrate of N empty tenants (the example set), this binary
+/// against an older one, alternating A/B/A/B… on two databases (rolled back to nothing
+/// before each), median of each and the ratio.
+pub fn bench_migrate_ab(server: &Server, n: usize, runs: usize, before: &str) {
+    let fleets: Vec<(String, Project)> = [(before, "a"), (BIN, "b")]
+        .iter()
+        .map(|(bin, tag)| {
+            let url = server.fresh_db(&format!("bench_ab_{tag}"));
+            let p = Project::new(&url, 4);
+            let ids: String = (0..n).map(|i| format!("t{i:05}\n")).collect();
+            std::fs::write(p.dir.path().join("ids.txt"), ids).unwrap();
+            timed_rusage(
+                bin,
+                p.dir.path(),
+                &["tenant", "create", "--from-file", "ids.txt"],
+            );
+            p.set_migrations(true);
+            (bin.to_string(), p)
+        })
+        .collect();
+    let mut times = [Vec::new(), Vec::new()];
+    for round in 0..runs.max(5) * 2 + 1 {
+        let k = round % 2;
+        let (bin, p) = &fleets[k];
+        timed_rusage(bin, p.dir.path(), &["rollback", "--to", "0", "--all"]);
+        times[k].push(timed_rusage(bin, p.dir.path(), &["migrate", "--all"]).0);
+    }
+    let [a, b] = times.map(median);
+    println!("\n| N | migrate, before | now | now / before |");
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {n} | {} | {} | {:.3} |",
+        secs(a),
+        secs(b),
+        b.as_secs_f64() / a.as_secs_f64()
+    );
+    drop(fleets);
+    server.drop_db("bench_ab_a");
+    server.drop_db("bench_ab_b");
+}

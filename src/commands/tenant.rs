@@ -552,7 +552,11 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
         if in_scope.is_empty() {
             return None;
         }
-        // Brings an older control schema up to date before writing to it.
+        // A standby is named as one; an older control schema is brought up to date before
+        // writing to it.
+        if let Err(e) = session.require_primary().await {
+            return Some(Err(e));
+        }
         if let Err(e) = session.control.bootstrap(&session.client).await {
             return Some(Err(e));
         }

@@ -381,22 +381,39 @@ impl Control {
         let _ = self.run(client, 0).now_or_never();
     }
 
-    /// The newest run of any command but `tenant label` (labels change no schema; `audit`
-    /// shows them).
+    /// The run that ended last (a run still going, or killed, by when it started), of any
+    /// command but `tenant label` (labels change no schema; `audit` shows them): a resumed
+    /// run that finished after a newer one is the last run.
     pub async fn last_run(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
         let filter = format!("r.command <> {}", RunCommand::TenantLabel.literal());
-        self.newest_run(client, &filter, &[]).await
+        self.ended_last(client, &filter).await
     }
 
-    /// The newest run that worked on any schema (changed it, or failed to): what a no-op
-    /// deploy since must not hide.
+    /// The run that ended last among those that worked on any schema (changed it, or failed
+    /// to): what a no-op deploy since must not hide.
     pub async fn last_change(&self, client: &Client) -> anyhow::Result<Option<RunRow>> {
         let filter = format!(
             "r.command <> {} AND EXISTS (SELECT 1 FROM {} s WHERE s.run_id = r.id)",
             RunCommand::TenantLabel.literal(),
             self.table("run_schemas")
         );
-        self.newest_run(client, &filter, &[]).await
+        self.ended_last(client, &filter).await
+    }
+
+    async fn ended_last(&self, client: &Client, filter: &str) -> anyhow::Result<Option<RunRow>> {
+        let sql = format!(
+            "SELECT r.id FROM {} r WHERE {filter} \
+             ORDER BY coalesce(r.finished_at, r.started_at) DESC, r.id DESC LIMIT 1",
+            self.table("runs")
+        );
+        let row = client
+            .query_typed(&sql, &[])
+            .await
+            .map_err(|e| failed("finding the last run", &e))?;
+        match row.first() {
+            Some(r) => self.run(client, r.get(0)).await,
+            None => Ok(None),
+        }
     }
 
     /// The run currently holding the fleet lock, if it can be seen.

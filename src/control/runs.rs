@@ -475,10 +475,17 @@ impl Control {
         halted: Option<(usize, &str)>,
     ) -> anyhow::Result<bool> {
         let sql = format!(
-            "WITH u AS (UPDATE {} SET state = $2, finished_at = clock_timestamp(), halted_wave = $4, halted = $5 \
+            "WITH u AS (UPDATE {runs} SET state = CASE WHEN $2 = {succeeded} AND EXISTS \
+                            (SELECT 1 FROM {rs} s WHERE s.run_id = $1 AND s.state = {pending}) \
+                        THEN {interrupted} ELSE $2 END, \
+                        finished_at = clock_timestamp(), halted_wave = $4, halted = $5 \
                         WHERE id = $1 AND epoch = $3 RETURNING 1) \
              SELECT EXISTS (SELECT 1 FROM u), pg_advisory_unlock({LOCK_RUN}, $1::int8::int4)",
-            self.table("runs"),
+            runs = self.table("runs"),
+            rs = self.table("run_schemas"),
+            succeeded = RunState::Succeeded.literal(),
+            interrupted = RunState::Interrupted.literal(),
+            pending = SchemaState::Pending.literal(),
         );
         let (wave, reason) = (halted.map(|h| h.0 as i32), halted.map(|h| h.1));
         let row = client

@@ -122,6 +122,7 @@ impl<'a> Session<'a> {
                 // transaction mode, a statement still running on the server connection the
                 // check's first statement used would steer the check's transaction to
                 // another one, and the check would pass.
+                self.require_primary().await?;
                 self.require_session().await?;
                 self.control.bootstrap(&self.client).await?;
             }
@@ -180,6 +181,32 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// A command that changes the database needs the primary: a hot standby (or a session
+    /// that defaults to read-only transactions) is named as such, with what to do, before
+    /// anything is tried (exit 6, the code for a server that cannot serve the command).
+    pub async fn require_primary(&self) -> anyhow::Result<()> {
+        let row = self
+            .client
+            .query_typed_one(
+                "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'",
+                &[],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("checking that the server takes writes: {}", describe(&e)))?;
+        let (standby, read_only): (bool, bool) = (row.get(0), row.get(1));
+        let url = &self.target.display_url;
+        let why = match (standby, read_only) {
+            (true, _) => format!(
+                "{url} is a read-only standby (in recovery): this command changes the database and needs the primary. Point the URL at the primary, or list every host with target_session_attrs=read-write (postgres://host1,host2/db?target_session_attrs=read-write) so that the primary is found, also after a failover; nothing was changed"
+            ),
+            (false, true) => format!(
+                "{url}: default_transaction_read_only is on for this connection (a read-only role or database setting, or a read-only pooler entry): this command changes the database. Connect as a role, or to a database, that may write; nothing was changed"
+            ),
+            (false, false) => return Ok(()),
+        };
+        Err(crate::exit::UnreachableError(why).into())
     }
 
     /// Before taking a session lock: proves that the coordinator's connection keeps one

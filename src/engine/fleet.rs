@@ -191,6 +191,9 @@ impl FleetOutcome {
     pub fn state(&self) -> RunState {
         if self.interrupted {
             RunState::Interrupted
+        } else if self.database_down().is_some() && !self.not_started.is_empty() {
+            // The database went away with tenants left: the same command resumes the run.
+            RunState::Interrupted
         } else if self.halted().is_some() {
             RunState::Halted
         } else if self.failed.is_empty() && self.not_started.is_empty() {

@@ -15,6 +15,7 @@ pub mod heartbeat;
 pub mod history;
 pub mod one_trip;
 pub mod plan;
+pub mod reconcile;
 pub mod run;
 pub mod schema_tx;
 pub mod segmented;

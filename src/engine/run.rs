@@ -552,8 +552,20 @@ pub async fn run(
         outcome
     };
     let (mut outcome, reconnected) = futures::join!(fleet, heartbeat.run(watching));
+    // After a reconnect (a failover), the ledger on the server now answering is the truth:
+    // what is not finished there is done again, in this run.
+    let mut reconcile_note = None;
     if let Some(client) = reconnected {
         session.client = client;
+        reconcile_note = super::reconcile::after_reconnect(
+            session,
+            command,
+            (&pool, &ctx, &opts),
+            &env.events,
+            &cancel,
+            &mut outcome,
+        )
+        .await;
     }
     drop(signal_guard);
     pool.close();
@@ -583,6 +595,24 @@ pub async fn run(
         },
         _ => None,
     };
+    // The ledger never calls a run succeeded with schemas in scope unfinished (see
+    // Control::finish_run): when it disagrees, the run is not done, and says why.
+    let mut state = state;
+    if let Some((run, _)) = &read_back {
+        if state == RunState::Succeeded && run.state != RunState::Succeeded {
+            state = run.state;
+            outcome.stopped = Some(Stop::DatabaseDown(format!(
+                "{} schema(s) in scope are not finished on the server now answering (a failover lost commits?); the same command resumes run {run_id}",
+                run.counts.not_started
+            )));
+        }
+    }
+    if let Some(note) = reconcile_note {
+        ledger_note = Some(match ledger_note {
+            Some(n) => format!("{n}; {note}"),
+            None => note,
+        });
+    }
     let (counts, tenants, waves, halted) = match read_back {
         Some((run, tenants)) => (run.counts, tenants, run.waves, run.halted),
         None => {

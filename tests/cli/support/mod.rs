@@ -88,6 +88,35 @@ pub fn start_cluster(extra_conf: &[&str]) -> Server {
 /// certificates in place and rewrite pg_hba.conf.
 pub fn start_cluster_with(extra_conf: &[&str], setup: &str) -> Server {
     let bin = pg_bin_dir();
+    let init = format!(
+        r#""{bin}/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || {{ cat "$dir/initdb.log" >&2; exit 1; }}"#,
+        bin = bin.display()
+    );
+    start_server(&init, extra_conf, setup)
+}
+
+/// A hot standby of `primary` (streaming replication from a base backup), started like
+/// [`start_cluster`]: a failover is `pg_ctl stop -m immediate` on the primary and
+/// `pg_ctl promote` here.
+pub fn start_standby(primary: &Server) -> Server {
+    // pg_basebackup is a client program: beside the server's, or on PATH.
+    let beside = pg_bin_dir().join("pg_basebackup");
+    let bin = match beside.is_file() {
+        true => beside,
+        false => PathBuf::from("pg_basebackup"),
+    };
+    let socket = primary.data_dir.as_ref().unwrap().parent().unwrap();
+    let init = format!(
+        r#""{bin}" -D "$dir/data" -h {socket} -p {port} -U postgres -R -X stream --no-sync >"$dir/initdb.log" 2>&1 || {{ cat "$dir/initdb.log" >&2; exit 1; }}"#,
+        bin = bin.display(),
+        socket = socket.display(),
+        port = primary.port,
+    );
+    start_server(&init, &["hot_standby=on"], "")
+}
+
+fn start_server(init: &str, extra_conf: &[&str], setup: &str) -> Server {
+    let bin = pg_bin_dir();
     for attempt in 0..5 {
         let port = free_port();
         let mut conf = vec![
@@ -104,7 +133,7 @@ pub fn start_cluster_with(extra_conf: &[&str], setup: &str) -> Server {
         let script = format!(
             r#"set -e
 dir=$(mktemp -d /tmp/tenantctl-test-pg.XXXXXX)
-"{bin}/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || {{ cat "$dir/initdb.log" >&2; exit 1; }}
+{init}
 {setup}
 "{bin}/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "-p {port} -k $dir{conf_args}" start >/dev/null 2>&1 || {{ cat "$dir/server.log" >&2; echo "FAILED"; rm -rf "$dir"; exit 1; }}
 echo "$dir"
