@@ -9,6 +9,8 @@ mod conninfo;
 mod control;
 mod db;
 mod digest;
+#[cfg(test)]
+mod docs_check;
 mod engine;
 mod exit;
 mod labels;
