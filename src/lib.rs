@@ -14,6 +14,7 @@ mod docs_check;
 mod engine;
 mod exit;
 mod labels;
+mod lists;
 mod migrations;
 mod output;
 mod pgerror;

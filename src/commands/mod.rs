@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod clusters;
+pub mod fleet;
 pub mod migrate;
 pub mod pool;
 pub mod repair;
@@ -11,6 +12,7 @@ pub mod rollback;
 pub mod scaffold;
 pub mod status;
 pub mod tenant;
+pub mod tenant_change;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;

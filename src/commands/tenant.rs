@@ -1,30 +1,31 @@
-//! `tenantctl tenant create|adopt|drop|list`, across clusters.
+//! `tenantctl tenant create|adopt`: registering tenants across clusters, placement included
+//! (drop, label and list are in `tenant_change`).
+
+pub use super::tenant_change::{drop, label, list};
 
 use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::cli::{AdoptArgs, CreateArgs, DropArgs, LabelArgs, ListArgs, RunOpts};
+use crate::cli::{AdoptArgs, CreateArgs, RunOpts};
 use crate::config::Target;
-use crate::control::{RunCommand, TenantRow, TenantState};
+use crate::control::{RunCommand, TenantState};
 use crate::db::Session;
 use crate::engine::apply::Mode;
 use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::run::{self as engine_run, scope_of, Planned, RunRequest};
 use crate::engine::shared::apply_shared_recorded;
 use crate::exit::UsageError;
-use crate::labels::{Labels, Selector};
+use crate::labels::Labels;
 use crate::migrations::{version_label, MigrationSet};
-use crate::report::json::Part;
-use crate::report::Tally;
 use crate::seed::Seed;
 use crate::tenant::Tenant;
 
-use super::clusters::{each, failed_names, finish, finish_some, single_error, Done};
+use super::clusters::{failed_names, finish, single_error, Done};
 use super::{load_migrations, load_shared, parse_ids, run_output, Ctx};
 
 /// Every bad label at once (exit 2).
-fn bad_labels(errors: &[String]) -> anyhow::Result<()> {
+pub(super) fn bad_labels(errors: &[String]) -> anyhow::Result<()> {
     if errors.is_empty() {
         return Ok(());
     }
@@ -487,347 +488,6 @@ async fn register_on(
     )
     .await?;
     Ok(run_output(&result).prepend(&shared_line, "shared", shared_json))
-}
-
-pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
-    let config = &ctx.config;
-    let migrations =
-        load_migrations(config).unwrap_or_else(|_| MigrationSet::empty(&config.migrations.dir));
-    let ids = super::ids_from(&args.ids, args.from_file.as_deref())?;
-    let tenants = parse_ids(config, &ids)?;
-    let select = super::selector(args.select.as_deref())?;
-    let id_list: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
-    let (id_list, wanted) = (
-        &id_list,
-        (!id_list.is_empty()).then_some(id_list.as_slice()),
-    );
-    let select_ref = select.as_ref();
-    // Read-only until the tenants are found: a cluster without a control schema has none.
-    let mut found = futures::future::join_all(ctx.targets.iter().map(|t| async move {
-        let session = ctx.session(t, false).await?;
-        let rows = if session.control.exists(&session.client).await? {
-            session.control.tenants(&session.client, wanted).await?
-        } else {
-            Vec::new()
-        };
-        // (the given ids found here, the tenants to drop)
-        let found: Vec<String> = rows
-            .iter()
-            .filter(|r| r.state == TenantState::Active)
-            .map(|r| r.tenant.id().to_string())
-            .collect();
-        let active: Vec<Planned> = rows
-            .into_iter()
-            .filter(|r| r.state == TenantState::Active)
-            .filter(|r| select_ref.is_none_or(|s| s.matches(&r.labels)))
-            .map(|r| Planned {
-                tenant: r.tenant,
-                version: r.version,
-                todo: true,
-            })
-            .collect();
-        anyhow::Ok((session, found, active))
-    }))
-    .await;
-    single_error(ctx, &mut found)?;
-    super::require_registered(id_list, &ctx.targets, &found, |(_, ids, _), id| {
-        ids.iter().any(|f| f == id)
-    })?;
-    let chosen: Vec<Tenant> = found
-        .iter()
-        .flatten()
-        .flat_map(|(_, _, active)| active.iter().map(|p| p.tenant.clone()))
-        .collect();
-    if let (Some(sel), true) = (&select, chosen.is_empty()) {
-        return Err(super::nothing_selected(sel));
-    }
-    if !args.yes {
-        confirm_drop(&chosen, args.archive)?;
-    }
-    let migrations = &migrations;
-    let args = &args;
-    let outcomes = futures::future::join_all(found.into_iter().map(|f| async move {
-        // Every id was found above, so a cluster that did not answer holds none of them.
-        let (mut session, _, in_scope) = f.ok()?;
-        if in_scope.is_empty() {
-            return None;
-        }
-        // A standby is named as one; an older control schema is brought up to date before
-        // writing to it.
-        if let Err(e) = session.require_primary().await {
-            return Some(Err(e));
-        }
-        if let Err(e) = session.control.bootstrap(&session.client).await {
-            return Some(Err(e));
-        }
-        let env = ctx.run_env(session.target);
-        let scope = scope_of(Some(
-            &in_scope
-                .iter()
-                .map(|p| p.tenant.clone())
-                .collect::<Vec<_>>(),
-        ));
-        let request = RunRequest {
-            mode: Mode::Drop {
-                archive: args.archive,
-            },
-            migrations,
-            target: None,
-            scope,
-            tenants: in_scope,
-            refused: Vec::new(),
-            labels: HashMap::new(),
-            waves: None,
-            seed: None,
-            resume: false,
-            fail_fast: args.run.fail_fast,
-        };
-        Some(
-            engine_run::run(&mut session, &env, request)
-                .await
-                .map(|result| run_output(&result)),
-        )
-    }))
-    .await;
-    finish_some(ctx, outcomes, args.run.json)
-}
-
-/// `tenant label ID... key=value ... key-`: on every cluster holding some of the ids, in one
-/// statement each (recorded as a run, so audited).
-pub async fn label(ctx: &Ctx, args: LabelArgs) -> anyhow::Result<i32> {
-    use crate::labels::Change;
-    let (mut ids, mut set, mut remove, mut errors) =
-        (Vec::new(), Labels::new(), Vec::new(), Vec::new());
-    for a in &args.args {
-        match Change::parse(a) {
-            None => ids.push(a.clone()),
-            Some(Ok(Change::Set(k, v))) => {
-                set.insert(k, v);
-            }
-            Some(Ok(Change::Remove(k))) => remove.push(k),
-            Some(Err(e)) => errors.push(e),
-        }
-    }
-    bad_labels(&errors)?;
-    if ids.is_empty() || (set.is_empty() && remove.is_empty()) {
-        return Err(UsageError(
-            "give tenant ids and label changes: `tenantctl tenant label acme tier=enterprise` sets, `tenantctl tenant label acme tier-` removes; nothing was changed".into(),
-        )
-        .into());
-    }
-    let tenants = parse_ids(&ctx.config, &ids)?;
-    let ids: Vec<String> = tenants.iter().map(|t| t.id().to_string()).collect();
-    let ids_ref = &ids;
-    let mut found = futures::future::join_all(ctx.targets.iter().map(|t| async move {
-        let session = ctx.session(t, true).await?;
-        let here: Vec<String> = session
-            .control
-            .tenants(&session.client, Some(ids_ref))
-            .await?
-            .into_iter()
-            .filter(|r| r.state == TenantState::Active)
-            .map(|r| r.tenant.id().to_string())
-            .collect();
-        anyhow::Ok((session, here))
-    }))
-    .await;
-    single_error(ctx, &mut found)?;
-    super::require_registered(&ids, &ctx.targets, &found, |(_, here), id| {
-        here.iter().any(|h| h == id)
-    })?;
-    let (set, remove) = (&set, &remove);
-    let outcomes = futures::future::join_all(found.into_iter().map(|f| async move {
-        let (session, here) = f.ok()?;
-        if here.is_empty() {
-            return None;
-        }
-        Some(label_on(ctx, &session, &here, set, remove).await)
-    }))
-    .await;
-    finish_some(ctx, outcomes, args.run.json)
-}
-
-async fn label_on(
-    ctx: &Ctx,
-    session: &Session<'_>,
-    ids: &[String],
-    set: &Labels,
-    remove: &[String],
-) -> anyhow::Result<Done> {
-    let t0 = std::time::Instant::now();
-    let argv = crate::whoami::command_line();
-    let scope = crate::digest::fnv1a_hex(ids.join(",").into_bytes());
-    let info = crate::control::RunInfo {
-        command: RunCommand::TenantLabel,
-        target: None,
-        digest: "-",
-        scope: &scope,
-        total: ids.len(),
-        actor: &ctx.actor,
-        argv: &argv,
-        seed: None,
-    };
-    let run_id = session
-        .control
-        .set_labels(&session.client, &info, ids, set, remove)
-        .await?;
-    let (run, tenants) = engine_run::read_report(session, run_id, RunCommand::TenantLabel)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("run {run_id} is not in the ledger after it was written"))?;
-    let result = engine_run::RunResult {
-        command: RunCommand::TenantLabel,
-        run_id,
-        state: run.state,
-        target: None,
-        outcome: crate::engine::fleet::FleetOutcome {
-            elapsed: t0.elapsed(),
-            ..Default::default()
-        },
-        resumed_from: None,
-        ledger_note: None,
-        counts: run.counts,
-        tenants,
-        waves: Vec::new(),
-        halted: None,
-    };
-    Ok(run_output(&result))
-}
-
-/// Without --yes: on a terminal, the operator types `drop <n>`; elsewhere, refuse.
-fn confirm_drop(tenants: &[crate::tenant::Tenant], archive: bool) -> anyhow::Result<()> {
-    let names: Vec<&str> = tenants.iter().map(|t| t.schema()).take(10).collect();
-    let what = if archive {
-        "rename (archive) the schemas"
-    } else {
-        "DELETE the schemas and all their data"
-    };
-    super::confirm(
-        &format!(
-            "This will {what} of {} tenant(s): {}{}.",
-            tenants.len(),
-            names.join(", "),
-            if tenants.len() > 10 { ", …" } else { "" }
-        ),
-        &format!("drop {}", tenants.len()),
-        "drop tenants",
-    )
-}
-
-pub async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<i32> {
-    let select = super::selector(args.select.as_deref())?;
-    let select = select.as_ref();
-    let failed = args.failed;
-    let results = each(&ctx.targets, |t| list_one(ctx, t, select, failed)).await;
-    finish(ctx, results, args.json)
-}
-
-async fn list_one(
-    ctx: &Ctx,
-    target: &Target,
-    select: Option<&Selector>,
-    only_failed: bool,
-) -> anyhow::Result<Done> {
-    let session = ctx.session(target, false).await?;
-    let (control, client) = (&session.control, &session.client);
-    let mut rows = if control.exists(client).await? {
-        control.tenants(client, None).await?
-    } else {
-        Vec::new()
-    };
-    if let Some(sel) = select {
-        rows.retain(|r| sel.matches(&r.labels));
-    }
-    if only_failed && !rows.is_empty() {
-        let failed = control.failed_last(client).await?;
-        rows.retain(|r| failed.contains(r.tenant.id()));
-    }
-    let active = rows
-        .iter()
-        .filter(|r| r.state == TenantState::Active)
-        .count();
-    let counts = vec![
-        (Tally::Active, active),
-        (Tally::Dropped, rows.len() - active),
-    ];
-    let part = Part::default().top("command", json!("tenant list")).list(
-        "tenants",
-        rows.iter()
-            .map(|r| {
-                json!({
-                    "id": r.tenant.id(), "schema": r.tenant.schema(), "labels": r.labels,
-                    "state": r.state, "version": r.version, "created_at": r.created_at,
-                    "archived_as": r.archived_as,
-                })
-            })
-            .collect(),
-    );
-    let text = match select {
-        _ if only_failed && rows.is_empty() => {
-            "no tenant's last change failed (on this selection)\n".to_string()
-        }
-        Some(sel) if rows.is_empty() => format!("no tenant matches --select {sel}\n"),
-        _ => list_text(&rows),
-    };
-    Ok(Done::new(crate::exit::SUCCESS, text, part).counts(counts))
-}
-
-fn list_text(rows: &[TenantRow]) -> String {
-    use std::fmt::Write as _;
-    if rows.is_empty() {
-        return "no tenants registered (create one with `tenantctl tenant create <ID>`)\n".into();
-    }
-    let w_id = rows
-        .iter()
-        .map(|r| r.tenant.id().len())
-        .max()
-        .unwrap_or(2)
-        .max(2);
-    let w_schema = rows
-        .iter()
-        .map(|r| r.tenant.schema().len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    let mut out = String::new();
-    let archives = rows.iter().any(|r| r.archived_as.is_some());
-    let labels: Vec<String> = rows
-        .iter()
-        .map(|r| crate::labels::show(&r.labels))
-        .collect();
-    let w_labels = labels.iter().map(String::len).max().unwrap_or(6).max(6);
-    let _ = writeln!(
-        out,
-        "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}  {}",
-        "ID",
-        "SCHEMA",
-        "STATE",
-        "VERSION",
-        "CREATED",
-        if archives {
-            format!("{:<w_labels$}  ARCHIVED AS", "LABELS")
-        } else {
-            "LABELS".to_string()
-        }
-    );
-    for (r, labels) in rows.iter().zip(&labels) {
-        let v = r.version.map_or("-".to_string(), |v| format!("V{v}"));
-        let last = match &r.archived_as {
-            Some(a) => format!("{labels:<w_labels$}  {a}"),
-            None => labels.clone(),
-        };
-        let _ = writeln!(
-            out,
-            "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}  {}",
-            r.tenant.id(),
-            r.tenant.schema(),
-            r.state,
-            v,
-            r.created_at,
-            last.trim_end()
-        );
-    }
-    let _ = writeln!(out, "{} tenant(s)", rows.len());
-    out
 }
 
 #[cfg(test)]

@@ -392,7 +392,7 @@ impl Gate {
                 "{} of {size} tenant(s) failed in wave {wave}, more than --max-failures {limit} allows: {}{}",
                 ids.len(),
                 shown.join(", "),
-                crate::report::and_more(ids.len() - shown.len())
+                crate::lists::and_more(ids.len() - shown.len())
             ));
         }
         let last = wave + 1 == self.waves.len();

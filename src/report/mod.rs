@@ -249,14 +249,7 @@ fn verbs(command: RunCommand) -> (&'static str, &'static str) {
     }
 }
 
-/// `, … and N more (--json lists all)` after a shortened list; empty when nothing was left out.
-pub fn and_more(more: usize) -> String {
-    if more > 0 {
-        format!(", … and {more} more (--json lists all)")
-    } else {
-        String::new()
-    }
-}
+pub use crate::lists::and_more;
 
 /// What went wrong, independent of the tenant: `error` with the tenant's schema name taken
 /// out (where it stands as a whole name), so that tenants that failed the same way group.
