@@ -157,16 +157,22 @@ pub fn finish(ctx: &Ctx, results: Results, json: bool) -> anyhow::Result<i32> {
         (true, _) => combine(&codes),
     };
     if json {
+        let mut results = results;
         let parts: Vec<ClusterResult<'_>> = results
-            .iter()
+            .iter_mut()
             .zip(&codes)
             .map(|((t, r), (c, _))| ClusterResult {
                 name: &t.name,
                 code: *c,
-                outcome: r.as_ref().map(|d| &d.json),
+                outcome: r
+                    .as_mut()
+                    .map(|d| std::mem::take(&mut d.json))
+                    .map_err(|e| &*e),
             })
             .collect();
-        crate::output::stdout(&format!("{}\n", document(&parts, code)));
+        let doc = document(parts, code);
+        drop(results);
+        crate::output::stdout(&format!("{doc}\n"));
         return Ok(code);
     }
     if !ctx.multi() {

@@ -305,7 +305,9 @@ async fn status_one(
     if let Some(ver) = &verification {
         text.push_str(&verify_text(ver));
     }
-    let mut part = to_part(migrations, &rows, &summary)
+    // The tenants' objects only when --json prints them.
+    let listed: &[TenantRow] = if args.json { &rows } else { &[] };
+    let mut part = to_part(migrations, listed, &summary)
         .cluster(
             "shared",
             match (shared, shared_at) {
