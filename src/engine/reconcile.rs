@@ -22,7 +22,6 @@ const PASSES: usize = 3;
 /// Brings `outcome` in line with the ledger on the server `session` now talks to, re-running
 /// the schemas that are not finished there (not after a user's stop). Returns a note for the
 /// report when the ledger could not be read.
-#[allow(clippy::too_many_arguments)]
 pub async fn after_reconnect(
     session: &Session<'_>,
     command: crate::control::RunCommand,
