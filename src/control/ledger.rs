@@ -400,20 +400,19 @@ impl Control {
         self.ended_last(client, &filter).await
     }
 
+    /// The run matching `filter` that ended last, with its counts: one query (the newest by
+    /// end, or by start for a run without one, picked inside the same statement).
     async fn ended_last(&self, client: &Client, filter: &str) -> anyhow::Result<Option<RunRow>> {
-        let sql = format!(
-            "SELECT r.id FROM {} r WHERE {filter} \
-             ORDER BY coalesce(r.finished_at, r.started_at) DESC, r.id DESC LIMIT 1",
+        let last = format!(
+            "r.id = (SELECT r.id FROM {} r WHERE {filter} \
+                     ORDER BY coalesce(r.finished_at, r.started_at) DESC, r.id DESC LIMIT 1)",
             self.table("runs")
         );
-        let row = client
-            .query_typed(&sql, &[])
-            .await
-            .map_err(|e| failed("finding the last run", &e))?;
-        match row.first() {
-            Some(r) => self.run(client, r.get(0)).await,
-            None => Ok(None),
-        }
+        Ok(self
+            .runs(client, &last, "r.id", &[], 1)
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// The run currently holding the fleet lock, if it can be seen.

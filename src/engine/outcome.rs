@@ -17,12 +17,16 @@ pub(super) async fn advise_on_failures(
     migrations: &MigrationSet,
     failed: &mut [(Tenant, Failure)],
 ) {
-    // A statement that cannot succeed on any tenant with rows, whatever their data.
+    // A statement that cannot succeed on any tenant with rows, whatever their data: read
+    // once per failing statement (a file is scanned once, however many tenants failed on it).
+    let mut seen: std::collections::HashMap<(i32, u32), bool> = std::collections::HashMap::new();
     for (_, f) in failed.iter_mut() {
         let file = f.migration_version.and_then(|v| migrations.get(v));
         if let (Some(file), Some(line), FailureKind::Migration) = (file, f.line, f.kind) {
-            let rules = crate::migrations::risks::rules_at(file.sql(), line as usize);
-            f.fails_on_rows = rules.contains(&"add-column-not-null-without-default");
+            f.fails_on_rows = *seen.entry((file.version, line)).or_insert_with(|| {
+                crate::migrations::risks::rules_at(file.sql(), line as usize)
+                    .contains(&"add-column-not-null-without-default")
+            });
         }
     }
     let mut versions: Vec<i32> = failed

@@ -174,6 +174,19 @@ fn a_not_null_column_edited_after_50_tenants_applied_it() {
         stdout(&out),
         stderr(&out)
     );
+    // In the database: the 50 histories hold V3 as the file is now, and the counts follow.
+    let list = p.json(&["migration", "list", "--json"], 0);
+    let now = list["migrations"][2]["checksum"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v3: Vec<(String, i64)> = histories(&p)
+        .into_iter()
+        .filter(|((v, _), _)| *v == 3)
+        .map(|((_, sum), n)| (sum, n))
+        .collect();
+    assert_eq!(v3, [(now, 50)], "V3 as the file is now, in 50 histories");
+    assert_eq!(applied(&p), histories(&p));
     let out = p.run(&["migrate", "--failed"], 0);
     assert!(stdout(&out).contains("3 migrated"), "{}", stdout(&out));
     let status = p.run(&["status"], 0);

@@ -14,16 +14,36 @@ fn rows(p: &Project, sql: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn what_a_migration_does_to_its_session_stays_with_its_tenant() {
-    let p = Project::new("session_leaks", 1);
-    let other = format!(
-        "other_{}",
+/// A role of this test's own (roles are cluster-wide; tests run in parallel).
+fn a_role(p: &Project, prefix: &str) -> String {
+    let role = format!(
+        "{prefix}_{}",
         p.url.rsplit('/').next().unwrap().replace(['-', '.'], "_")
     );
     p.db()
-        .batch_execute(&format!("CREATE ROLE {other}"))
+        .batch_execute(&format!("CREATE ROLE {role}"))
         .unwrap();
+    role
+}
+
+/// (schema, owner) of every table named `table`, by schema.
+fn owners(p: &Project, table: &str) -> Vec<(String, String)> {
+    p.db()
+        .query(
+            "SELECT n.nspname::text, r.rolname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_roles r ON r.oid = c.relowner WHERE c.relname = $1 ORDER BY 1",
+            &[&table],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[test]
+fn what_a_migration_does_to_its_session_stays_with_its_tenant() {
+    let p = Project::new("session_leaks", 1);
+    let other = a_role(&p, "other");
     p.create_tenants(30);
     // Dynamic forms: no file shows them, so they pass migration check.
     p.add_migration(
@@ -71,11 +91,7 @@ fn what_a_migration_does_to_its_session_stays_with_its_tenant() {
     );
     assert!(!p.schema_has_table("public", "seen"));
     // Every table was created by the migrating role, in its own tenant's schema.
-    let owners = rows(
-        &p,
-        "SELECT n.nspname::text, r.rolname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_roles r ON r.oid = c.relowner WHERE c.relname = 'seen' ORDER BY 1",
-    );
+    let owners = owners(&p, "seen");
     assert_eq!(owners.len(), 27, "{owners:?}");
     assert!(owners.iter().all(|(_, r)| r == "postgres"), "{owners:?}");
     // No later tenant saw the role, the setting or the lock of another.
@@ -102,13 +118,7 @@ fn what_a_migration_does_to_its_session_stays_with_its_tenant() {
 #[test]
 fn a_prepared_statement_is_named_and_a_no_transaction_role_change_is_caught() {
     let p = Project::new("session_prepare", 1);
-    let other = format!(
-        "nt_{}",
-        p.url.rsplit('/').next().unwrap().replace(['-', '.'], "_")
-    );
-    p.db()
-        .batch_execute(&format!("CREATE ROLE {other}"))
-        .unwrap();
+    let other = a_role(&p, "nt");
     p.create_tenants(8);
     p.add_migration(
         "V2__prepare.sql",
@@ -137,11 +147,7 @@ fn a_prepared_statement_is_named_and_a_no_transaction_role_change_is_caught() {
         "{text}"
     );
     // The others' tables are the migrating role's.
-    let owners = rows(
-        &p,
-        "SELECT n.nspname::text, r.rolname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_roles r ON r.oid = c.relowner WHERE c.relname = 'b' ORDER BY 1",
-    );
+    let owners = owners(&p, "b");
     assert_eq!(owners.len(), 6, "{owners:?}");
     assert!(owners.iter().all(|(_, r)| r == "postgres"), "{owners:?}");
 }
