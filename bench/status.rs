@@ -91,8 +91,8 @@ fn mb(kib: u64) -> String {
 }
 
 pub fn bench_status(server: &Server, sizes: &[usize], runs: usize, before: Option<&str>) {
-    println!("| N | status | peak | status --json | peak | tenant list | no-op migrate | peak |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| N | status | peak | status --json | peak | tenant list | peak | tenant list --json | peak | no-op migrate | peak |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for &n in sizes {
         let p = fleet(server, &format!("bench_status_{n}"), n, BIN);
@@ -100,14 +100,18 @@ pub fn bench_status(server: &Server, sizes: &[usize], runs: usize, before: Optio
         let status = measure(BIN, dir, &["status"], runs);
         let json = measure(BIN, dir, &["status", "--json"], runs);
         let list = measure(BIN, dir, &["tenant", "list"], runs);
+        let list_json = measure(BIN, dir, &["tenant", "list", "--json"], runs);
         let noop = measure(BIN, dir, &["migrate", "--all"], runs);
         println!(
-            "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             secs(status.time),
             mb(status.kib),
             secs(json.time),
             mb(json.kib),
             secs(list.time),
+            mb(list.kib),
+            secs(list_json.time),
+            mb(list_json.kib),
             secs(noop.time),
             mb(noop.kib)
         );

@@ -16,3 +16,41 @@ pub fn stderr_line(text: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{}", crate::redact::scrub(text));
 }
+
+/// Stdout written piece by piece as output is produced (a listing streamed from the
+/// database), buffered, each piece scrubbed; once the reader has gone (a closed pipe), every
+/// write is skipped and [`Out::closed`] tells the writer to stop producing.
+pub struct Out {
+    out: std::io::BufWriter<std::io::Stdout>,
+    closed: bool,
+}
+
+impl Out {
+    pub fn new() -> Out {
+        Out {
+            out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
+            closed: false,
+        }
+    }
+
+    pub fn write(&mut self, text: &str) {
+        if !self.closed
+            && self
+                .out
+                .write_all(crate::redact::scrub(text).as_bytes())
+                .is_err()
+        {
+            self.closed = true;
+        }
+    }
+
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        let _ = self.out.flush();
+    }
+}

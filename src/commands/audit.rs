@@ -14,7 +14,7 @@ use super::Ctx;
 
 pub async fn audit(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<i32> {
     let results = each(&ctx.targets, |t| audit_one(ctx, t, &args)).await;
-    finish(ctx, results, args.json)
+    finish(ctx, results, args.json).await
 }
 
 async fn audit_one(ctx: &Ctx, target: &Target, args: &AuditArgs) -> anyhow::Result<Done> {

@@ -8,9 +8,11 @@ use std::fmt::Write as _;
 
 use crate::config::Target;
 use crate::exit;
-use crate::report::json::{document, ClusterResult, Part};
+use crate::output::Out;
+use crate::report::json::{document, framed, with_cluster, ClusterResult, Part};
 use crate::report::Tally;
 
+use super::listing::Listing;
 use super::Ctx;
 
 /// How a command went on one cluster: its text for people and its share of the JSON
@@ -24,6 +26,9 @@ pub struct Done {
     pub down: bool,
     /// Counts summed over clusters for the overall line, e.g. `(Done(Migrate), 30)`.
     pub counts: Vec<(Tally, usize)>,
+    /// Rows printed as they are read, after `text` (or into the document's list), then `tail`.
+    pub listing: Option<Listing>,
+    pub tail: String,
 }
 
 impl Done {
@@ -34,7 +39,17 @@ impl Done {
             json,
             down: false,
             counts: Vec::new(),
+            listing: None,
+            tail: String::new(),
         }
+    }
+
+    /// Rows read as they are printed: lines between the text and `tail`, or the items of the
+    /// document's list the listing names (left empty in the part).
+    pub fn listing(mut self, listing: Listing, tail: String) -> Done {
+        self.listing = Some(listing);
+        self.tail = tail;
+        self
     }
 
     /// The counts of the overall line, which are the document's `counts` too.
@@ -118,7 +133,7 @@ pub fn combine(outcomes: &[(i32, bool)]) -> i32 {
 
 /// [`finish`] over the selected clusters where `outcomes` (one per cluster, in order) has a
 /// result: a cluster with nothing to do for the command is left out.
-pub fn finish_some(
+pub async fn finish_some(
     ctx: &Ctx,
     outcomes: Vec<Option<anyhow::Result<Done>>>,
     json: bool,
@@ -130,14 +145,14 @@ pub fn finish_some(
         .zip(outcomes)
         .filter_map(|(s, o)| o.map(|o| (s, o)))
         .collect();
-    finish(ctx, results, json)
+    finish(ctx, results, json).await
 }
 
 /// Prints the results and returns the exit code: with `json`, one document (the same shape
 /// for one database and for several clusters); else the text, with one section per cluster
 /// and an overall line when the config names clusters. With the single `[database]` form, its
-/// error (if any) goes back to `main`.
-pub fn finish(ctx: &Ctx, results: Results, json: bool) -> anyhow::Result<i32> {
+/// error (if any) goes back to `main`. Listings are printed as they are read.
+pub async fn finish(ctx: &Ctx, results: Results, json: bool) -> anyhow::Result<i32> {
     if !ctx.multi() {
         if let Some((_, Err(_))) = results.first() {
             let (_, err) = results.into_iter().next().expect("one");
@@ -156,36 +171,116 @@ pub fn finish(ctx: &Ctx, results: Results, json: bool) -> anyhow::Result<i32> {
         (false, _) => exit::SUCCESS,
         (true, _) => combine(&codes),
     };
-    if json {
-        let mut results = results;
-        let parts: Vec<ClusterResult<'_>> = results
-            .iter_mut()
-            .zip(&codes)
-            .map(|((t, r), (c, _))| ClusterResult {
+    let mut out = Out::new();
+    let printed = if json {
+        print_document(&mut out, results, &codes, code).await
+    } else {
+        print_text(&mut out, ctx, results, &codes, code).await
+    };
+    match printed {
+        Ok(()) => Ok(code),
+        // Part of the output is out: what follows it cannot be an error document.
+        Err(e) => {
+            drop(out);
+            crate::output::stderr_line(&format!(
+                "error: {e:#}\nthe output above stops where the connection was lost{}",
+                if json {
+                    ": it is not a whole JSON document"
+                } else {
+                    ""
+                }
+            ));
+            Ok(exit::code_for(&e))
+        }
+    }
+}
+
+/// One document; a listing's rows go into its list as they are read.
+async fn print_document(
+    out: &mut Out,
+    mut results: Results,
+    codes: &[(i32, bool)],
+    code: i32,
+) -> anyhow::Result<()> {
+    let mut listings = Vec::new();
+    let parts: Vec<ClusterResult<'_>> = results
+        .iter_mut()
+        .zip(codes)
+        .map(|((t, r), (c, _))| {
+            if let Ok(done) = r {
+                listings.extend(done.listing.take().map(|l| (t.name.clone(), l)));
+            }
+            ClusterResult {
                 name: &t.name,
                 code: *c,
                 outcome: r
                     .as_mut()
                     .map(|d| std::mem::take(&mut d.json))
                     .map_err(|e| &*e),
+            }
+        })
+        .collect();
+    let doc = document(parts, code);
+    let framed = listings
+        .iter()
+        .find_map(|(_, l)| l.json_key())
+        .and_then(|key| framed(&doc, key));
+    let Some((head, tail)) = framed else {
+        out.write(&format!("{doc}\n"));
+        return Ok(());
+    };
+    drop(doc);
+    out.write(&head);
+    let mut first = true;
+    for (name, listing) in &listings {
+        listing
+            .each(|row| {
+                if !std::mem::take(&mut first) {
+                    out.write(",");
+                }
+                out.write(&with_cluster(name, listing.json(row)).to_string());
+                !out.closed()
             })
-            .collect();
-        let doc = document(parts, code);
-        drop(results);
-        crate::output::stdout(&format!("{doc}\n"));
-        return Ok(code);
+            .await?;
     }
+    out.write(&tail);
+    out.write("\n");
+    Ok(())
+}
+
+/// A cluster's text: its text, its listing's lines as they are read, its tail.
+async fn print_done(out: &mut Out, done: &Done) -> anyhow::Result<()> {
+    out.write(&done.text);
+    if let Some(listing) = &done.listing {
+        listing
+            .each(|row| {
+                out.write(&listing.line(row));
+                !out.closed()
+            })
+            .await?;
+    }
+    out.write(&done.tail);
+    Ok(())
+}
+
+/// The text: one cluster's as it is, or a section per cluster and the overall line.
+async fn print_text(
+    out: &mut Out,
+    ctx: &Ctx,
+    results: Results,
+    codes: &[(i32, bool)],
+    code: i32,
+) -> anyhow::Result<()> {
     if !ctx.multi() {
         if let Some((_, Ok(done))) = results.first() {
-            crate::output::stdout(&done.text);
+            print_done(out, done).await?;
         }
-        return Ok(code);
+        return Ok(());
     }
     let mut totals: Vec<(Tally, usize)> = Vec::new();
-    let mut text = String::new();
     let mut troubled = Vec::new();
-    for ((t, result), (_, whole)) in results.iter().zip(&codes) {
-        let _ = writeln!(text, "== cluster {} ({}) ==", t.name, t.display_url);
+    for ((t, result), (_, whole)) in results.iter().zip(codes) {
+        out.write(&format!("== cluster {} ({}) ==\n", t.name, t.display_url));
         if *whole {
             troubled.push(t.name.clone());
         }
@@ -197,14 +292,13 @@ pub fn finish(ctx: &Ctx, results: Results, json: bool) -> anyhow::Result<i32> {
                         None => totals.push((*k, *n)),
                     }
                 }
-                text.push_str(&done.text);
+                print_done(out, done).await?;
             }
-            Err(e) => {
-                let _ = writeln!(text, "error: {e:#}");
-            }
+            Err(e) => out.write(&format!("error: {e:#}\n")),
         }
-        text.push('\n');
+        out.write("\n");
     }
+    let mut text = String::new();
     let _ = write!(
         text,
         "overall: {} cluster(s), {} ok",
@@ -243,8 +337,8 @@ pub fn finish(ctx: &Ctx, results: Results, json: bool) -> anyhow::Result<i32> {
             troubled.join(", ")
         );
     }
-    crate::output::stdout(&text);
-    Ok(code)
+    out.write(&text);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -256,6 +256,7 @@ pub async fn fleet_command(
         clusters.into_iter().zip(outcomes).collect(),
         opts.run.json,
     )
+    .await
 }
 
 /// What phase 1 reads on each cluster.

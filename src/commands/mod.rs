@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod clusters;
 pub mod fleet;
+pub mod listing;
 pub mod migrate;
 pub mod pool;
 pub mod repair;

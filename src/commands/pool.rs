@@ -122,7 +122,7 @@ async fn fill(ctx: &Ctx, args: PoolFillArgs) -> anyhow::Result<i32> {
     }
     let (migrations, args) = (&migrations, &args);
     let results = each(&ctx.targets, |t| fill_one(ctx, t, migrations, size, args)).await;
-    finish(ctx, results, args.run.json)
+    finish(ctx, results, args.run.json).await
 }
 
 async fn fill_one(
@@ -185,7 +185,7 @@ async fn status(ctx: &Ctx, args: PoolStatusArgs) -> anyhow::Result<i32> {
     let migrations = load_migrations(&ctx.config)?;
     let migrations = &migrations;
     let results = each(&ctx.targets, |t| status_one(ctx, t, migrations)).await;
-    finish(ctx, results, args.json)
+    finish(ctx, results, args.json).await
 }
 
 async fn status_one(ctx: &Ctx, target: &Target, migrations: &MigrationSet) -> anyhow::Result<Done> {
@@ -257,7 +257,7 @@ async fn drain(ctx: &Ctx, args: PoolDrainArgs) -> anyhow::Result<i32> {
         Ok(run_output(&result))
     })
     .await;
-    finish(ctx, results, args.run.json)
+    finish(ctx, results, args.run.json).await
 }
 
 /// A run over pooled schemas: no labels, waves, seed or resume.

@@ -87,7 +87,7 @@ pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
             .zip(plans)
             .map(|(t, p)| (t, p.map(|p| plan_done(file, &p))))
             .collect();
-        return finish(ctx, results, args.run.json);
+        return finish(ctx, results, args.run.json).await;
     }
     if !args.yes && todo > 0 {
         let mut text = String::new();
@@ -155,6 +155,7 @@ pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
         ctx.targets.iter().cloned().zip(outcomes).collect(),
         args.run.json,
     )
+    .await
 }
 
 async fn plan_one<'a>(

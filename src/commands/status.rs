@@ -7,7 +7,9 @@ use serde_json::json;
 
 use crate::cli::StatusArgs;
 use crate::config::{Config, Target};
-use crate::control::{Control, RunRow, RunState, SchemaRow, Summary, TenantRow, TenantState};
+use crate::control::{
+    Control, RunRow, RunState, SchemaRow, Summary, Summing, TenantRow, TenantState,
+};
 use crate::engine::shared::shared_version;
 use crate::exit::SUCCESS;
 use crate::labels::Selector;
@@ -18,6 +20,7 @@ use crate::report::Tally;
 use tokio_postgres::Client;
 
 use super::clusters::{finish, single_error, Done};
+use super::listing::{Listing, Render};
 use super::{load_migrations, load_shared, parse_ids, Ctx};
 
 /// Tenants behind the latest version listed by name in the text output.
@@ -157,7 +160,7 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<i32> {
         })
         .map(|(s, o)| (s, o.map(|(_, done)| done)))
         .collect();
-    finish(ctx, results, args.json)
+    finish(ctx, results, args.json).await
 }
 
 /// One cluster's status: the ids of the given tenants found there, and its report.
@@ -178,14 +181,11 @@ async fn status_one(
         !args.json && !args.verify && wanted.is_none() && select.is_none() && !args.failed;
     let (control, client) = (&session.control, &session.client);
     let exists = control.exists(client).await?;
-    let (rows, summary, last_run, last_change, pool) = if exists {
-        let (rows, summary) = if summarised {
-            (
-                Vec::new(),
-                Some(control.summary(client, latest, BEHIND_LISTED).await?),
-            )
+    let (summary, last_run, last_change, pool) = if exists {
+        let summary = if summarised {
+            Some(control.summary(client, latest, BEHIND_LISTED).await?)
         } else {
-            (control.tenants(client, wanted).await?, None)
+            None
         };
         let pool = control.pool(client).await?;
         let last = as_seen(control, client, control.last_run(client).await?).await?;
@@ -204,33 +204,56 @@ async fn status_one(
             }
             None => None,
         };
-        (rows, summary, last, change, pool)
+        (summary, last, change, pool)
     } else {
-        (Vec::new(), None, None, None, Vec::new())
+        (None, None, None, Vec::new())
     };
     let files = crate::engine::files::check(&session, migrations).await?;
     let late = files.late.clone();
-    let mut rows: Vec<TenantRow> = rows
-        .into_iter()
-        .filter(|r| r.state == TenantState::Active)
-        .collect();
-    let found: BTreeSet<String> = rows.iter().map(|r| r.tenant.id().to_string()).collect();
-    if let Some(sel) = select {
-        rows.retain(|r| sel.matches(&r.labels));
-    }
-    if args.failed && !rows.is_empty() {
-        let failed = control.failed_last(client).await?;
-        rows.retain(|r| failed.contains(r.tenant.id()));
-    }
-    let summary = summary.unwrap_or_else(|| Summary::of(&rows, latest, BEHIND_LISTED));
+    // The given tenants found registered (before --select and --failed narrow them).
+    let found: BTreeSet<String> = match wanted {
+        Some(wanted) if exists => control
+            .tenants(client, Some(wanted))
+            .await?
+            .into_iter()
+            .filter(|r| r.state == TenantState::Active)
+            .map(|r| r.tenant.id().to_string())
+            .collect(),
+        _ => BTreeSet::new(),
+    };
     let shared_at = match shared {
         Some(_) => Some(shared_version(&session.client, &config.migrations.shared_schema).await?),
         None => None,
     };
-    let verification = if args.verify {
-        Some(
+    // What lists tenants reads them as a stream, summarised on the way, and holds them only
+    // for the given tenants' lines or --verify; --json prints them as it reads them again.
+    let (summary, rows, listing) = match summary {
+        Some(summary) => (summary, Vec::new(), None),
+        None => {
+            let select = select.cloned();
+            let keep = move |r: &TenantRow| {
+                r.state == TenantState::Active
+                    && select.as_ref().is_none_or(|s| s.matches(&r.labels))
+            };
+            let listing = Listing::open(session, wanted, args.failed, keep).await?;
+            let hold = wanted.is_some() || args.verify;
+            let (mut summing, mut rows) = (Summing::new(latest, BEHIND_LISTED), Vec::new());
+            listing
+                .each(|r| {
+                    summing.add(r);
+                    if hold {
+                        rows.push(r.clone());
+                    }
+                    true
+                })
+                .await?;
+            (summing.done(), rows, Some(listing))
+        }
+    };
+    let verification = match (&listing, args.verify) {
+        (Some(listing), true) => Some(
             crate::engine::verify::verify(
-                &session.client,
+                listing.client(),
                 migrations,
                 &rows,
                 wanted.is_none(),
@@ -238,9 +261,8 @@ async fn status_one(
                 &config.control_schema,
             )
             .await?,
-        )
-    } else {
-        None
+        ),
+        _ => None,
     };
     let current = summary.at(latest);
     let counts = vec![
@@ -268,7 +290,7 @@ async fn status_one(
     };
     let detail = wanted.is_some().then_some(rows.as_slice());
     let mut text = to_text(config, target, migrations, &summary, detail);
-    if let (Some(sel), true) = (select, rows.is_empty()) {
+    if let (Some(sel), 0) = (select, summary.total()) {
         text.push_str(&format!("no tenant matches --select {sel}\n"));
     }
     if args.failed && summary.total() == 0 {
@@ -305,9 +327,7 @@ async fn status_one(
     if let Some(ver) = &verification {
         text.push_str(&verify_text(ver));
     }
-    // The tenants' objects only when --json prints them.
-    let listed: &[TenantRow] = if args.json { &rows } else { &[] };
-    let mut part = to_part(migrations, listed, &summary)
+    let mut part = to_part(migrations, &summary)
         .cluster(
             "shared",
             match (shared, shared_at) {
@@ -354,7 +374,15 @@ async fn status_one(
             None => serde_json::Value::Null,
         },
     );
-    Ok((found, Done::new(code, text, part).counts(counts)))
+    let done = Done::new(code, text, part).counts(counts);
+    let done = match listing {
+        Some(listing) if args.json => {
+            let render = Render::Json("tenants", Box::new(tenant_json(migrations)));
+            done.listing(listing.render(render), String::new())
+        }
+        _ => done,
+    };
+    Ok((found, done))
 }
 
 /// The files whose text differs from what the fleet applied under their version: each with
@@ -381,26 +409,28 @@ fn changed_json(migrations: &MigrationSet, files: &crate::control::FileCheck) ->
         .collect::<Vec<_>>())
 }
 
-fn to_part(migrations: &MigrationSet, rows: &[TenantRow], summary: &Summary) -> Part {
+/// A tenant's object in the document's `tenants` (each with its pending count).
+fn tenant_json(migrations: &MigrationSet) -> impl Fn(&TenantRow) -> serde_json::Value {
+    let versions: Vec<i32> = migrations.files().iter().map(|f| f.version).collect();
+    move |r: &TenantRow| {
+        json!({
+            "id": r.tenant.id(),
+            "schema": r.tenant.schema(),
+            "labels": r.labels,
+            "version": r.version,
+            "pending": versions.iter().filter(|v| r.version.is_none_or(|at| **v > at)).count(),
+            "drift": r.drift,
+        })
+    }
+}
+
+/// The cluster's part; its `tenants` are filled as they are read (see `listing`).
+fn to_part(migrations: &MigrationSet, summary: &Summary) -> Part {
     Part::default()
         .top("command", json!("status"))
         .top("latest_version", json!(migrations.latest()))
         .top("migrations", json!(migrations.files().len()))
-        .list(
-            "tenants",
-            rows.iter()
-                .map(|r| {
-                    json!({
-                        "id": r.tenant.id(),
-                        "schema": r.tenant.schema(),
-                        "labels": r.labels,
-                        "version": r.version,
-                        "pending": migrations.pending_count(r.version, None),
-                        "drift": r.drift,
-                    })
-                })
-                .collect(),
-        )
+        .list("tenants", Vec::new())
         .list(
             "summary",
             summary

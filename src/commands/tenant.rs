@@ -272,7 +272,7 @@ async fn register(
         .zip(outcomes)
         .filter_map(|(s, o)| o.map(|o| (s, o)))
         .collect();
-    finish(ctx, results, run.json)
+    finish(ctx, results, run.json).await
 }
 
 /// Asks every cluster which of the ids it already holds (and, when there is a choice, how

@@ -19,6 +19,7 @@ use crate::report::Tally;
 use crate::tenant::Tenant;
 
 use super::clusters::{each, finish, finish_some, single_error, Done};
+use super::listing::{Listing, Render};
 use super::tenant::bad_labels;
 use super::{load_migrations, parse_ids, run_output, Ctx};
 
@@ -122,7 +123,7 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
         )
     }))
     .await;
-    finish_some(ctx, outcomes, args.run.json)
+    finish_some(ctx, outcomes, args.run.json).await
 }
 
 /// `tenant label ID... key=value ... key-`: on every cluster holding some of the ids, in one
@@ -177,7 +178,7 @@ pub async fn label(ctx: &Ctx, args: LabelArgs) -> anyhow::Result<i32> {
         Some(label_on(ctx, &session, &here, set, remove).await)
     }))
     .await;
-    finish_some(ctx, outcomes, args.run.json)
+    finish_some(ctx, outcomes, args.run.json).await
 }
 
 async fn label_on(
@@ -251,7 +252,7 @@ pub async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<i32> {
     let select = select.as_ref();
     let (failed, json) = (args.failed, args.json);
     let results = each(&ctx.targets, |t| list_one(ctx, t, select, (failed, json))).await;
-    finish(ctx, results, args.json)
+    finish(ctx, results, args.json).await
 }
 
 async fn list_one(
@@ -261,107 +262,116 @@ async fn list_one(
     (only_failed, json): (bool, bool),
 ) -> anyhow::Result<Done> {
     let session = ctx.session(target, false).await?;
-    let (control, client) = (&session.control, &session.client);
-    let mut rows = if control.exists(client).await? {
-        control.tenants(client, None).await?
-    } else {
-        Vec::new()
-    };
-    if let Some(sel) = select {
-        rows.retain(|r| sel.matches(&r.labels));
-    }
-    if only_failed && !rows.is_empty() {
-        let failed = control.failed_last(client).await?;
-        rows.retain(|r| failed.contains(r.tenant.id()));
-    }
-    let active = rows
-        .iter()
-        .filter(|r| r.state == TenantState::Active)
-        .count();
+    let kept = select.cloned();
+    let keep = move |r: &TenantRow| kept.as_ref().is_none_or(|s| s.matches(&r.labels));
+    let listing = Listing::open(session, None, only_failed, keep).await?;
+    // The first pass counts and measures; the rows print as the second reads them.
+    let mut widths = Widths::default();
+    listing
+        .each(|r| {
+            widths.add(r);
+            true
+        })
+        .await?;
     let counts = vec![
-        (Tally::Active, active),
-        (Tally::Dropped, rows.len() - active),
+        (Tally::Active, widths.active),
+        (Tally::Dropped, widths.rows - widths.active),
     ];
-    // Only the output asked for is built: at 50,000 tenants each is tens of megabytes.
-    let part = Part::default().top("command", json!("tenant list")).list(
-        "tenants",
-        rows.iter()
-            .filter(|_| json)
-            .map(|r| {
-                json!({
-                    "id": r.tenant.id(), "schema": r.tenant.schema(), "labels": r.labels,
-                    "state": r.state, "version": r.version, "created_at": r.created_at,
-                    "archived_as": r.archived_as,
-                })
-            })
-            .collect(),
-    );
-    let text = match select {
-        _ if json => String::new(),
-        _ if only_failed && rows.is_empty() => {
-            "no tenant's last change failed (on this selection)\n".to_string()
+    let part = Part::default()
+        .top("command", json!("tenant list"))
+        .list("tenants", Vec::new());
+    let done = |text: String| Done::new(crate::exit::SUCCESS, text, part).counts(counts);
+    if json {
+        let render = Render::Json("tenants", Box::new(list_json));
+        return Ok(done(String::new()).listing(listing.render(render), String::new()));
+    }
+    Ok(match select {
+        _ if widths.rows > 0 => {
+            let tail = format!("{} tenant(s)\n", widths.rows);
+            let render = Render::Lines(Box::new(move |r| widths.line(r)));
+            done(widths.header()).listing(listing.render(render), tail)
         }
-        Some(sel) if rows.is_empty() => format!("no tenant matches --select {sel}\n"),
-        _ => list_text(&rows),
-    };
-    Ok(Done::new(crate::exit::SUCCESS, text, part).counts(counts))
+        _ if only_failed => done("no tenant's last change failed (on this selection)\n".into()),
+        Some(sel) => done(format!("no tenant matches --select {sel}\n")),
+        None => {
+            done("no tenants registered (create one with `tenantctl tenant create <ID>`)\n".into())
+        }
+    })
 }
 
-fn list_text(rows: &[TenantRow]) -> String {
-    use std::fmt::Write as _;
-    if rows.is_empty() {
-        return "no tenants registered (create one with `tenantctl tenant create <ID>`)\n".into();
-    }
-    let w_id = rows
-        .iter()
-        .map(|r| r.tenant.id().len())
-        .max()
-        .unwrap_or(2)
-        .max(2);
-    let w_schema = rows
-        .iter()
-        .map(|r| r.tenant.schema().len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    let mut out = String::new();
-    let archives = rows.iter().any(|r| r.archived_as.is_some());
-    let labels: Vec<String> = rows
-        .iter()
-        .map(|r| crate::labels::show(&r.labels))
-        .collect();
-    let w_labels = labels.iter().map(String::len).max().unwrap_or(6).max(6);
-    let _ = writeln!(
-        out,
-        "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}  {}",
-        "ID",
-        "SCHEMA",
-        "STATE",
-        "VERSION",
-        "CREATED",
-        if archives {
-            format!("{:<w_labels$}  ARCHIVED AS", "LABELS")
-        } else {
-            "LABELS".to_string()
+fn list_json(r: &TenantRow) -> serde_json::Value {
+    json!({
+        "id": r.tenant.id(), "schema": r.tenant.schema(), "labels": r.labels,
+        "state": r.state, "version": r.version, "created_at": r.created_at,
+        "archived_as": r.archived_as,
+    })
+}
+
+/// `tenant list`'s columns, measured over the rows as they are read.
+#[derive(Clone, Copy)]
+struct Widths {
+    rows: usize,
+    active: usize,
+    id: usize,
+    schema: usize,
+    labels: usize,
+    archives: bool,
+}
+
+impl Default for Widths {
+    fn default() -> Widths {
+        Widths {
+            rows: 0,
+            active: 0,
+            id: 2,
+            schema: 6,
+            labels: 6,
+            archives: false,
         }
-    );
-    for (r, labels) in rows.iter().zip(&labels) {
+    }
+}
+
+impl Widths {
+    fn add(&mut self, r: &TenantRow) {
+        self.rows += 1;
+        self.active += usize::from(r.state == TenantState::Active);
+        self.id = self.id.max(r.tenant.id().len());
+        self.schema = self.schema.max(r.tenant.schema().len());
+        self.labels = self.labels.max(crate::labels::show(&r.labels).len());
+        self.archives |= r.archived_as.is_some();
+    }
+
+    fn header(&self) -> String {
+        let w_labels = self.labels;
+        self.row(
+            ["ID", "SCHEMA", "STATE", "VERSION", "CREATED"],
+            &if self.archives {
+                format!("{:<w_labels$}  ARCHIVED AS", "LABELS")
+            } else {
+                "LABELS".to_string()
+            },
+        )
+    }
+
+    fn line(&self, r: &TenantRow) -> String {
+        let w_labels = self.labels;
+        let labels = crate::labels::show(&r.labels);
         let v = r.version.map_or("-".to_string(), |v| format!("V{v}"));
         let last = match &r.archived_as {
             Some(a) => format!("{labels:<w_labels$}  {a}"),
-            None => labels.clone(),
+            None => labels,
         };
-        let _ = writeln!(
-            out,
-            "{:<w_id$}  {:<w_schema$}  {:<7}  {:>7}  {:<20}  {}",
-            r.tenant.id(),
-            r.tenant.schema(),
-            r.state,
-            v,
-            r.created_at,
-            last.trim_end()
-        );
+        let state = r.state.to_string();
+        self.row(
+            [r.tenant.id(), r.tenant.schema(), &state, &v, &r.created_at],
+            last.trim_end(),
+        )
     }
-    let _ = writeln!(out, "{} tenant(s)", rows.len());
-    out
+
+    fn row(&self, [id, schema, state, version, created]: [&str; 5], last: &str) -> String {
+        let (w_id, w_schema) = (self.id, self.schema);
+        format!(
+            "{id:<w_id$}  {schema:<w_schema$}  {state:<7}  {version:>7}  {created:<20}  {last}\n"
+        )
+    }
 }

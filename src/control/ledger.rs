@@ -579,13 +579,11 @@ impl Control {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Active tenants whose last change failed: the newest ledger row of each (runs of
-    /// `tenant label` aside, which change no schema) is `failed`. One pass over the ledger.
-    pub async fn failed_last(
-        &self,
-        client: &Client,
-    ) -> anyhow::Result<std::collections::HashSet<String>> {
-        let sql = format!(
+    /// SQL: the ids of the active tenants whose last change failed: the newest ledger row of
+    /// each (runs of `tenant label` aside, which change no schema) is `failed`. One pass over
+    /// the ledger.
+    pub(super) fn failed_last_sql(&self) -> String {
+        format!(
             "SELECT l.tenant_id FROM (SELECT DISTINCT ON (s.tenant_id) s.tenant_id, s.state \
                  FROM {rs} s JOIN {runs} r ON r.id = s.run_id WHERE r.command <> {label} \
                  ORDER BY s.tenant_id, s.run_id DESC) l \
@@ -597,9 +595,16 @@ impl Control {
             label = RunCommand::TenantLabel.literal(),
             active = TenantState::Active.literal(),
             failed = SchemaState::Failed.literal(),
-        );
+        )
+    }
+
+    /// Active tenants whose last change failed (see [`Control::failed_last_sql`]).
+    pub async fn failed_last(
+        &self,
+        client: &Client,
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
         let rows = client
-            .query_typed(&sql, &[])
+            .query_typed(&self.failed_last_sql(), &[])
             .await
             .map_err(|e| failed("reading the tenants whose last change failed", &e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())

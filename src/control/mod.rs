@@ -15,13 +15,15 @@ mod locks;
 mod registry;
 mod runs;
 mod states;
+mod summary;
 
 pub use files::{Changed, FileCheck, HISTORY_TABLE};
 pub use ledger::{FailureRow, Halted, RunCounts, RunRow, SchemaRow, WaveRow};
 pub use locks::{schema_lock_sql, session_lock_sql, LOCK_NAMESPACE};
-pub use registry::{Summary, TenantRow};
+pub use registry::TenantRow;
 pub use runs::{FailureRecord, Opening, RunInfo, SharedOutcome, SHARED_ROW};
 pub use states::{RunCommand, RunState, SchemaResult, SchemaState, TenantState};
+pub use summary::{Summary, Summing};
 
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;

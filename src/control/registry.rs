@@ -38,6 +38,21 @@ pub(super) fn int_or_null(v: Option<i32>) -> String {
     v.map_or("NULL".to_string(), |v| v.to_string())
 }
 
+/// A registry row as read by [`Control::tenants`] and [`Control::tenant_stream`].
+fn tenant_row(r: &tokio_postgres::Row) -> anyhow::Result<TenantRow> {
+    let state: String = r.get(2);
+    Ok(TenantRow {
+        tenant: Tenant::from_registry(r.get(0), r.get(1)),
+        state: TenantState::parse(&state)
+            .ok_or_else(|| states::unknown("the tenant state", &state))?,
+        version: r.get(3),
+        created_at: r.get(4),
+        drift: r.get(5),
+        archived_as: r.get(6),
+        labels: labels_of(r.get(7))?,
+    })
+}
+
 impl Control {
     /// How many active tenants this cluster holds (placement of new tenants).
     pub async fn active_count(&self, client: &Client) -> anyhow::Result<i64> {
@@ -55,37 +70,56 @@ impl Control {
         Ok(row.get(0))
     }
 
+    /// SQL: the registry's rows as [`tenant_row`] reads them, all or those with the ids in $1.
+    fn select_tenants(&self) -> String {
+        format!(
+            "SELECT id, schema_name, state, version, to_char(created_at AT TIME ZONE 'UTC', {TS}), drift, archived_as, {LABELS} \
+             FROM {} t WHERE ($1::text[] IS NULL OR id = ANY($1))",
+            self.table("tenants")
+        )
+    }
+
     /// Registered tenants (all, or those with the given ids), ordered by id.
     pub async fn tenants(
         &self,
         client: &Client,
         ids: Option<&[String]>,
     ) -> anyhow::Result<Vec<TenantRow>> {
-        let sql = format!(
-            "SELECT id, schema_name, state, version, to_char(created_at AT TIME ZONE 'UTC', {TS}), drift, archived_as, {LABELS} \
-             FROM {} t WHERE ($1::text[] IS NULL OR id = ANY($1)) ORDER BY id",
-            self.table("tenants")
-        );
+        let sql = format!("{} ORDER BY id", self.select_tenants());
         let ids: Option<Vec<String>> = ids.map(<[String]>::to_vec);
         let rows = client
             .query_typed(&sql, &[(&ids, Type::TEXT_ARRAY)])
             .await
             .map_err(|e| failed("reading the tenant registry", &e))?;
-        rows.into_iter()
-            .map(|r| {
-                let state: String = r.get(2);
-                Ok(TenantRow {
-                    tenant: Tenant::from_registry(r.get(0), r.get(1)),
-                    state: TenantState::parse(&state)
-                        .ok_or_else(|| states::unknown("the tenant state", &state))?,
-                    version: r.get(3),
-                    created_at: r.get(4),
-                    drift: r.get(5),
-                    archived_as: r.get(6),
-                    labels: labels_of(r.get(7))?,
-                })
-            })
-            .collect()
+        rows.iter().map(tenant_row).collect()
+    }
+
+    /// The same rows (all, or those with the given ids; with `failed_only`, those whose last
+    /// change failed) as a stream, ordered by id: a listing reads them as it prints them, so
+    /// that 50,000 tenants are never held. The server sends them as they are read.
+    pub async fn tenant_stream<'c>(
+        &self,
+        client: &'c Client,
+        ids: Option<&[String]>,
+        failed_only: bool,
+    ) -> anyhow::Result<impl futures::Stream<Item = anyhow::Result<TenantRow>> + 'c> {
+        use futures::StreamExt as _;
+        let sql = format!(
+            "{} AND (NOT $2 OR id IN ({})) ORDER BY id",
+            self.select_tenants(),
+            self.failed_last_sql()
+        );
+        let ids: Option<Vec<String>> = ids.map(<[String]>::to_vec);
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+            [(&ids, Type::TEXT_ARRAY), (&failed_only, Type::BOOL)];
+        let rows = client
+            .query_typed_raw(&sql, params)
+            .await
+            .map_err(|e| failed("reading the tenant registry", &e))?;
+        Ok(rows.map(|r| {
+            r.map_err(|e| failed("reading the tenant registry", &e))
+                .and_then(|r| tenant_row(&r))
+        }))
     }
 
     /// Hot path: registers `tenant` with `labels` (or revives a dropped one). Affects no row
@@ -309,125 +343,5 @@ impl Control {
             dropped = TenantState::Dropped.literal(),
             archived = archived_as.map_or("NULL".into(), quote_literal),
         )
-    }
-}
-
-/// The fleet's active tenants summarised: what plain `status` prints, computed by the server
-/// so that it costs the same at 50,000 tenants as at 1,000.
-#[derive(Debug, Clone, Default)]
-pub struct Summary {
-    /// Tenants per version (None = nothing applied), highest first.
-    pub by_version: Vec<(Option<i32>, usize)>,
-    /// The first tenants (by id) not at the given version, with their version.
-    pub behind: Vec<(String, Option<i32>)>,
-    /// Per drift problem: how many tenants, and the first of them (by id).
-    pub drifted: Vec<(String, usize, Vec<String>)>,
-}
-
-impl Summary {
-    /// The same summary from rows already read (ordered by id), for `--select`, `--failed`.
-    pub fn of(rows: &[TenantRow], latest: Option<i32>, listed: usize) -> Summary {
-        let mut by_version = std::collections::BTreeMap::new();
-        let mut drifted = std::collections::BTreeMap::<&str, (usize, Vec<String>)>::new();
-        for r in rows {
-            *by_version.entry(std::cmp::Reverse(r.version)).or_insert(0) += 1;
-            if let Some(d) = &r.drift {
-                let e = drifted.entry(d).or_default();
-                e.0 += 1;
-                if e.1.len() < listed {
-                    e.1.push(r.tenant.id().to_string());
-                }
-            }
-        }
-        Summary {
-            by_version: by_version.into_iter().map(|(v, n)| (v.0, n)).collect(),
-            behind: rows
-                .iter()
-                .filter(|r| r.version != latest)
-                .take(listed)
-                .map(|r| (r.tenant.id().to_string(), r.version))
-                .collect(),
-            drifted: drifted
-                .into_iter()
-                .map(|(d, (n, ids))| (d.to_string(), n, ids))
-                .collect(),
-        }
-    }
-
-    pub fn total(&self) -> usize {
-        self.by_version.iter().map(|(_, n)| n).sum()
-    }
-
-    pub fn at(&self, version: Option<i32>) -> usize {
-        self.by_version
-            .iter()
-            .find(|(v, _)| *v == version)
-            .map_or(0, |(_, n)| *n)
-    }
-
-    pub fn drifted_count(&self) -> usize {
-        self.drifted.iter().map(|(_, n, _)| n).sum()
-    }
-}
-
-impl Control {
-    /// The active tenants summarised by the server: counts per version and drift problems
-    /// in one pass over the registry, then (only when some are) the first `listed` not at
-    /// `latest`, by id through the primary key (it stops at the `listed`th).
-    pub async fn summary(
-        &self,
-        client: &Client,
-        latest: Option<i32>,
-        listed: usize,
-    ) -> anyhow::Result<Summary> {
-        let t = self.table("tenants");
-        let active = TenantState::Active.literal();
-        let sql = format!(
-            "SELECT version, drift, count(*)::int8, \
-                    (array_agg(id ORDER BY id) FILTER (WHERE drift IS NOT NULL))[1:$1] \
-             FROM {t} WHERE state = {active} GROUP BY version, drift"
-        );
-        let listed_sql = listed as i64;
-        let rows = client
-            .query_typed(&sql, &[(&listed_sql, Type::INT8)])
-            .await
-            .map_err(|e| failed("summarising the tenant registry", &e))?;
-        let mut by_version =
-            std::collections::BTreeMap::<std::cmp::Reverse<Option<i32>>, usize>::new();
-        let mut drifted = std::collections::BTreeMap::<String, (usize, Vec<String>)>::new();
-        for r in &rows {
-            let version: Option<i32> = r.get(0);
-            let n = r.get::<_, i64>(2) as usize;
-            *by_version.entry(std::cmp::Reverse(version)).or_insert(0) += n;
-            if let Some(d) = r.get::<_, Option<String>>(1) {
-                let e = drifted.entry(d).or_default();
-                e.0 += n;
-                e.1.extend(r.get::<_, Option<Vec<String>>>(3).unwrap_or_default());
-            }
-        }
-        let mut s = Summary {
-            by_version: by_version.into_iter().map(|(v, n)| (v.0, n)).collect(),
-            behind: Vec::new(),
-            drifted: drifted
-                .into_iter()
-                .map(|(d, (n, mut ids))| {
-                    ids.sort();
-                    ids.truncate(listed);
-                    (d, n, ids)
-                })
-                .collect(),
-        };
-        if s.total() > s.at(latest) {
-            let sql = format!(
-                "SELECT id, version FROM {t} WHERE state = {active} AND version IS DISTINCT FROM $1 \
-                 ORDER BY id LIMIT $2"
-            );
-            let rows = client
-                .query_typed(&sql, &[(&latest, Type::INT4), (&listed_sql, Type::INT8)])
-                .await
-                .map_err(|e| failed("listing the tenants behind", &e))?;
-            s.behind = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        }
-        Ok(s)
     }
 }

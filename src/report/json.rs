@@ -85,14 +85,7 @@ pub fn document(results: Vec<ClusterResult<'_>>, code: i32) -> Value {
                         }
                     };
                     slot.reserve(items.len());
-                    for item in items {
-                        let mut with = Map::new();
-                        with.insert("cluster".into(), json!(r.name));
-                        if let Value::Object(fields) = item {
-                            with.extend(fields);
-                        }
-                        slot.push(Value::Object(with));
-                    }
+                    slot.extend(items.into_iter().map(|item| with_cluster(r.name, item)));
                 }
                 for (key, n) in part.counts {
                     match counts.iter_mut().find(|(k, _)| *k == key) {
@@ -127,6 +120,40 @@ pub fn document(results: Vec<ClusterResult<'_>>, code: i32) -> Value {
     }
     doc.insert("clusters".into(), Value::Array(clusters));
     Value::Object(doc)
+}
+
+/// An item of a list as the document holds it: `cluster` first, then the item's fields.
+pub fn with_cluster(cluster: &str, item: Value) -> Value {
+    let mut with = Map::new();
+    with.insert("cluster".into(), json!(cluster));
+    if let Value::Object(fields) = item {
+        with.extend(fields);
+    }
+    Value::Object(with)
+}
+
+/// A document whose list `key` is printed item by item as it is read: the text before that
+/// list's items (ending in `"key":[`) and the text after them (from its `]`), exactly as
+/// the whole document would print. Items go between, comma-separated, each
+/// [`with_cluster`]. None when the document has no such list.
+pub fn framed(doc: &Value, key: &str) -> Option<(String, String)> {
+    let map = doc.as_object()?;
+    let at = map.keys().position(|k| k == key)?;
+    let field = |k: &String, v: &Value| format!("{}:{v}", Value::String(k.clone()));
+    let before: Vec<String> = map.iter().take(at).map(|(k, v)| field(k, v)).collect();
+    let after: Vec<String> = map.iter().skip(at + 1).map(|(k, v)| field(k, v)).collect();
+    let mut head = format!("{{{}", before.join(","));
+    if at > 0 {
+        head.push(',');
+    }
+    head.push_str(&format!("{}:[", Value::String(key.to_string())));
+    let mut tail = "]".to_string();
+    for f in after {
+        tail.push(',');
+        tail.push_str(&f);
+    }
+    tail.push('}');
+    Some((head, tail))
 }
 
 /// A fleet-wide summary by version from the clusters' summaries.
@@ -196,4 +223,38 @@ pub fn error_document(err: &anyhow::Error, command: Option<&str>) -> Value {
         "error": error_object(err),
         "command": command,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The framed document with its items between prints exactly as the whole document.
+    #[test]
+    fn a_framed_document_prints_as_the_whole_one() {
+        let items = vec![json!({"id": "a", "n": 1}), json!({"id": "b\"", "n": null})];
+        let mut whole = Map::new();
+        whole.insert("format".into(), json!(1));
+        whole.insert(
+            "tenants".into(),
+            json!(items
+                .iter()
+                .map(|i| with_cluster("c1", i.clone()))
+                .collect::<Vec<_>>()),
+        );
+        whole.insert("clusters".into(), json!([{"cluster": "c1"}]));
+        let whole = Value::Object(whole);
+        let mut empty = whole.clone();
+        empty["tenants"] = json!([]);
+        let (head, tail) = framed(&empty, "tenants").expect("a list");
+        let body: Vec<String> = items
+            .into_iter()
+            .map(|i| with_cluster("c1", i).to_string())
+            .collect();
+        assert_eq!(format!("{head}{}{tail}", body.join(",")), whole.to_string());
+        let (head, tail) = framed(&empty, "format").expect("first key");
+        assert!(head.starts_with("{\"format\":["), "{head}");
+        assert!(tail.starts_with("],\"tenants\":[]"), "{tail}");
+        assert!(framed(&empty, "missing").is_none());
+    }
 }

@@ -64,3 +64,56 @@ fn status_on_an_empty_database_changes_nothing() {
     p.cmd().args(["tenant", "list"]).assert().success();
     assert_eq!(before, p.fingerprint(), "read-only commands create nothing");
 }
+
+/// A listing printed as it is read, cut by a lost connection, is not a whole document:
+/// no parser can take it for a complete answer; the error is on stderr, the exit code not 0.
+/// (The registry rows are inserted directly: `tenant list` reads only the registry.)
+#[test]
+fn a_listing_cut_by_a_lost_connection_is_not_a_whole_document() {
+    let p = Project::new("status_cut", 1);
+    p.create_tenants(1);
+    let mut db = p.db();
+    db.batch_execute(
+        "INSERT INTO tenantctl.tenants (id, schema_name, version) \
+         SELECT 'z' || g, 'tenant_z' || g, 1 FROM generate_series(1, 200000) g",
+    )
+    .unwrap();
+    let mut child = p.spawn(&["tenant", "list", "--json"]);
+    // Nobody reads the pipe: the second pass blocks writing; then its connection is ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let killed = loop {
+        let row = db
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND backend_type = 'client backend' AND wait_event = 'ClientWrite'",
+                &[],
+            )
+            .unwrap();
+        if row.get::<_, i64>(0) > 0 {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let done = wait_with_deadline(child, std::time::Duration::from_secs(60));
+    assert!(killed, "the listing never waited on its reader");
+    assert_ne!(done.status.code(), Some(0), "{}", stderr(&done));
+    assert!(out.starts_with(b"{\"format\":1,"), "the head was printed");
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&out).is_err(),
+        "a cut listing parsed as a whole document"
+    );
+    let err = stderr(&done);
+    assert!(err.contains("not a whole JSON document"), "{err}");
+    // Nothing was changed by the listing.
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM tenantctl.tenants", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 200_001);
+}
