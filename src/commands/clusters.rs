@@ -82,24 +82,9 @@ where
     clusters.iter().cloned().zip(outcomes).collect()
 }
 
-/// In the single `[database]` form, the cluster's error is the command's error (before any
-/// check that spans clusters could turn it into a vaguer one).
+/// In the single `[database]` form, the cluster's error is the command's error.
 pub fn single_error<T>(ctx: &Ctx, outcomes: &mut Vec<anyhow::Result<T>>) -> anyhow::Result<()> {
-    if !ctx.multi() {
-        if let Some(i) = outcomes.iter().position(Result::is_err) {
-            return Err(outcomes.swap_remove(i).err().expect("an error"));
-        }
-    }
-    Ok(())
-}
-
-/// The clusters whose step failed, each with its error.
-pub fn failed_names<T>(clusters: &[Target], outcomes: &[anyhow::Result<T>]) -> Vec<String> {
-    clusters
-        .iter()
-        .zip(outcomes)
-        .filter_map(|(s, o)| o.as_ref().err().map(|e| format!("{} ({e:#})", s.name)))
-        .collect()
+    crate::engine::checks::single_error(ctx.multi(), outcomes)
 }
 
 /// The exit code of a fleet over several clusters. A cluster whose command failed as a

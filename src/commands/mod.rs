@@ -20,10 +20,11 @@ use std::io::Read as _;
 
 use crate::config::{Config, Target};
 use crate::db::Session;
+pub use crate::engine::checks::{gate, nothing_selected, require_registered, rules_for};
 use crate::engine::run::RunEnv;
 use crate::exit::UsageError;
 use crate::labels::Selector;
-use crate::migrations::rules::{self, Rules, SetKind};
+use crate::migrations::rules::{self, SetKind};
 use crate::migrations::{MigrationSet, MigrationSetError};
 use crate::report::Reporters;
 use crate::signals::Signals;
@@ -58,20 +59,14 @@ impl Ctx {
     }
 
     /// The session of a fleet command on `target` (migrate, rollback, repair, pool fill and
-    /// drain) and what its run needs: the control schema created if needed and the fleet lock
-    /// taken (waiting up to `wait`), except on a dry run, which changes nothing.
+    /// drain) and what its run needs (see [`crate::engine::across::fleet_session`]).
     pub async fn fleet_session<'a>(
         &'a self,
         target: &'a Target,
         dry_run: bool,
         wait: Option<std::time::Duration>,
     ) -> anyhow::Result<(Session<'a>, RunEnv<'a>)> {
-        let session = self.session(target, !dry_run).await?;
-        let env = self.run_env(target);
-        if !dry_run {
-            crate::engine::run::lock_fleet(&session, &env, wait).await?;
-        }
-        Ok((session, env))
+        crate::engine::across::fleet_session(self, target, dry_run, wait).await
     }
 
     /// What a run on `target` needs besides its request.
@@ -82,6 +77,20 @@ impl Ctx {
             events: self.reporters.for_cluster(&target.name),
             signals: &self.signals,
         }
+    }
+}
+
+impl crate::engine::across::Host for Ctx {
+    fn config(&self) -> &crate::config::Config {
+        &self.config
+    }
+
+    fn targets(&self) -> &[crate::config::Target] {
+        &self.targets
+    }
+
+    fn run_env<'a>(&'a self, target: &'a crate::config::Target) -> RunEnv<'a> {
+        Ctx::run_env(self, target)
     }
 }
 
@@ -166,47 +175,6 @@ pub fn parse_ids(config: &Config, ids: &[String]) -> anyhow::Result<Vec<Tenant>>
     .into())
 }
 
-/// Refuses (exit 2) ids that no cluster holds as active tenants, naming every one; when some
-/// clusters could not be asked, says so instead (exit 6 when none could be reached, else 1).
-/// `holds(outcome, id)` tells whether
-/// one cluster's lookup found the id.
-pub fn require_registered<T>(
-    wanted: &[String],
-    targets: &[Target],
-    outcomes: &[anyhow::Result<T>],
-    holds: impl Fn(&T, &str) -> bool,
-) -> anyhow::Result<()> {
-    let missing: Vec<&str> = wanted
-        .iter()
-        .map(String::as_str)
-        .filter(|id| !outcomes.iter().flatten().any(|o| holds(o, id)))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let unreachable = clusters::failed_names(targets, outcomes);
-    if !unreachable.is_empty() {
-        let message = format!(
-            "not found on the clusters that answered: {}; nothing was changed, because these could not be asked: {}. Re-run once they are back, or narrow the command with --cluster",
-            missing.join(", "),
-            unreachable.join("; ")
-        );
-        let all_unreachable = outcomes
-            .iter()
-            .filter_map(|o| o.as_ref().err())
-            .all(|e| crate::exit::Kind::of(e) == crate::exit::Kind::Unreachable);
-        return Err(match all_unreachable {
-            true => crate::exit::UnreachableError(message).into(),
-            false => anyhow::anyhow!(message),
-        });
-    }
-    Err(UsageError(format!(
-        "not registered (or dropped): {}; nothing was changed (see `tenantctl tenant list`, or create them with `tenantctl tenant create`)",
-        missing.join(", ")
-    ))
-    .into())
-}
-
 /// `--select`: parsed (exit 2, naming the position, when it cannot be read).
 pub fn selector(text: Option<&str>) -> anyhow::Result<Option<Selector>> {
     text.map(|t| {
@@ -218,15 +186,6 @@ pub fn selector(text: Option<&str>) -> anyhow::Result<Option<Selector>> {
         })
     })
     .transpose()
-}
-
-/// A selector that matched nothing: for a command that changes tenants, an error (exit 2: a
-/// typo must not pass as success).
-pub fn nothing_selected(selector: &Selector) -> anyhow::Error {
-    UsageError(format!(
-        "--select {selector}: no tenant matches it; nothing was changed (`tenantctl tenant list` shows the labels)"
-    ))
-    .into()
 }
 
 /// Asks the operator to type `expected` after `what` (on stderr), for a change that cannot be
@@ -261,32 +220,6 @@ pub fn load_migrations(config: &Config) -> anyhow::Result<MigrationSet> {
     let set = MigrationSet::load_skipping(&m.dir, Some(&m.shared_dir))?;
     rules::check_set(&set, &rules_for(config, SetKind::Tenant))?;
     Ok(set)
-}
-
-/// Refuses (exit 2) the error-level `migration check` findings of the up scripts of the
-/// versions `applies` selects and the down scripts `downs` selects: what a command is about
-/// to run (see [`crate::migrations::lint::gate`]).
-pub fn gate(
-    config: &Config,
-    set: &MigrationSet,
-    applies: impl Fn(i32) -> bool,
-    downs: impl Fn(i32) -> bool,
-) -> anyhow::Result<()> {
-    let rules = rules_for(config, SetKind::Tenant);
-    Ok(crate::migrations::lint::gate(set, &rules, applies, downs)?)
-}
-
-/// The checks for one kind of migration set under this configuration.
-pub fn rules_for(config: &Config, kind: SetKind) -> Rules<'_> {
-    let m = &config.migrations;
-    Rules {
-        kind,
-        prefix: &config.tenants.schema_prefix,
-        control_schema: &config.control_schema,
-        allowed: std::iter::once(m.shared_schema.as_str())
-            .chain(m.extensions_schema.as_deref())
-            .collect(),
-    }
 }
 
 /// Loads the shared migration set: None when there is none (the default folder is absent or

@@ -21,8 +21,9 @@ use crate::migrations::{version_label, MigrationSet};
 use crate::seed::Seed;
 use crate::tenant::Tenant;
 
-use super::clusters::{failed_names, finish, single_error, Done};
+use super::clusters::{finish, single_error, Done};
 use super::{load_migrations, load_shared, parse_ids, run_output, Ctx};
+use crate::engine::checks::failed_names;
 
 /// Every bad label at once (exit 2).
 pub(super) fn bad_labels(errors: &[String]) -> anyhow::Result<()> {

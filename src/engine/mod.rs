@@ -6,7 +6,9 @@
 //! rollout; [`verify`] reads the schemas' own histories. The engine never prints: it emits
 //! [`events`].
 
+pub mod across;
 pub mod apply;
+pub mod checks;
 pub mod events;
 pub mod failure;
 pub mod files;
