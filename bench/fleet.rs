@@ -15,6 +15,8 @@
 //!   cargo bench --bench fleet -- --recycle 250,0 --n 10000  # the same, these worker_recycle values
 //!   cargo bench --bench fleet -- --latency 0,2 --n 1000 # through a proxy adding RTT (ms), with
 //!                                                      # round trips and the batched limit
+//!   cargo bench --bench fleet -- --copy [--rows 1000000]  # export/import/clone vs pg_dump/pg_restore
+//!   cargo bench --bench fleet -- --copy-scale [--rows 10000]  # one export at 100 vs 10,000 tenants
 //!
 //! Without --url (or BENCH_DATABASE_URL) it starts a throwaway cluster with
 //! scripts/throwaway-pg.sh and removes it afterwards. Timings are medians; machines are shared
@@ -27,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod copy;
 mod proxy;
 mod status;
 
@@ -55,6 +58,12 @@ struct Opts {
     before: Option<String>,
     /// With --before: a full migrate of N tenants, this binary against that one, A/B/A.
     migrate_ab: bool,
+    /// Export, import and clone of one tenant against pg_dump and pg_restore.
+    copy: bool,
+    /// One tenant's export with 100 tenants on the cluster and with 10,000.
+    copy_scale: bool,
+    /// The rows of the copied tenant.
+    rows: Option<usize>,
 }
 
 fn parse_args() -> Opts {
@@ -74,6 +83,9 @@ fn parse_args() -> Opts {
         status: false,
         before: None,
         migrate_ab: false,
+        copy: false,
+        copy_scale: false,
+        rows: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -113,6 +125,12 @@ fn parse_args() -> Opts {
                 }
             }
             "--migrate-ab" => o.migrate_ab = true,
+            "--copy" => o.copy = true,
+            "--copy-scale" => o.copy_scale = true,
+            "--rows" => {
+                o.rows = Some(val(i).parse().expect("--rows takes a number"));
+                i += 1;
+            }
             "--before" => {
                 o.before = Some(val(i));
                 i += 1;
@@ -1044,6 +1062,14 @@ fn main() {
     }
     if o.plan {
         bench_plan(&server, &o);
+        return;
+    }
+    if o.copy {
+        copy::bench_copy(&server, o.rows.unwrap_or(1_000_000), o.runs);
+        return;
+    }
+    if o.copy_scale {
+        copy::bench_copy_scale(&server, o.rows.unwrap_or(10_000), o.runs);
         return;
     }
     if o.pool {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod args;
+mod data;
 pub use args::*;
+pub use data::*;
 
 /// Provision and migrate PostgreSQL tenants in the schema-per-tenant model.
 ///
@@ -329,6 +331,60 @@ pub enum TenantCommand {
     ///   tenantctl tenant adopt acme globex --baseline 5 && tenantctl migrate --all
     #[command(verbatim_doc_comment)]
     Adopt(AdoptArgs),
+
+    /// Write a tenant's rows to an archive file: one consistent snapshot, compressed.
+    ///
+    /// Reads the tenant in one REPEATABLE READ, READ ONLY transaction (the application
+    /// keeps writing meanwhile) and streams each table's rows with COPY into one archive:
+    /// a manifest (id, labels, version, the history's checksums, per-table row counts and
+    /// SHA-256), then the rows, zstd-compressed and checksummed per chunk. The schema itself
+    /// is not in it: the migration files at the tenant's version are (tenant import rebuilds
+    /// it from them). Recorded in the audit trail.
+    ///
+    /// Examples:
+    ///   tenantctl tenant export acme
+    ///   tenantctl tenant export acme --output /backups/acme.tenantctl
+    ///   tenantctl tenant export acme --output - | ssh backup 'cat > acme.tenantctl'
+    #[command(verbatim_doc_comment)]
+    Export(ExportArgs),
+
+    /// Create a tenant from an archive, under any id, on any cluster.
+    ///
+    /// Checks the whole archive first (every chunk, count and checksum, the history against
+    /// the files on disk), then, in one transaction: creates the schema at the archive's
+    /// version with the migration files, loads the rows (foreign keys checked after the
+    /// load, user triggers off during it), sets every sequence, refreshes materialized
+    /// views, checks counts and checksums, creates the role (roles on) and registers the
+    /// tenant. A failed import leaves nothing.
+    ///
+    /// Examples:
+    ///   tenantctl tenant import acme_restored --input acme.tenantctl
+    ///   tenantctl tenant import acme --input acme.tenantctl --cluster eu --migrate
+    ///   tenantctl tenant import acme --input acme.tenantctl --dry-run
+    #[command(verbatim_doc_comment)]
+    Import(ImportArgs),
+
+    /// Copy a tenant, rows and all, to a new id: export piped into import, no file.
+    ///
+    /// The source is read in one snapshot while the new tenant is created and loaded in
+    /// one transaction, on the source's cluster or the one named with --cluster.
+    ///
+    /// Examples:
+    ///   tenantctl tenant clone acme acme_staging
+    ///   tenantctl tenant clone acme acme_demo --schema-only
+    ///   tenantctl tenant clone acme acme_eu --cluster eu
+    #[command(verbatim_doc_comment)]
+    Clone(CloneArgs),
+
+    /// Rename a tenant: its id, its schema (ALTER SCHEMA … RENAME) and its role.
+    ///
+    /// One transaction under [run] lock_timeout. Refused when a function body, a view or a
+    /// function's search_path spells the old schema name (they would not follow the rename).
+    ///
+    /// Example:
+    ///   tenantctl tenant rename acme acme_corp
+    #[command(verbatim_doc_comment)]
+    Rename(RenameArgs),
 
     /// List registered tenants, with their labels.
     ///

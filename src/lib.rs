@@ -2,6 +2,7 @@
 //! [`main`] parses the command line, resolves it and the config once, hands off to a command,
 //! and turns the outcome into an exit code. See ARCHITECTURE.md for the map of the modules.
 
+mod archive;
 mod cli;
 mod commands;
 mod config;
@@ -116,6 +117,12 @@ fn needs(command: &Command) -> Needs {
         json: r.json,
         actor: r.actor.clone(),
     };
+    let data = |d: &cli::DataOpts| Needs {
+        jobs: None,
+        database: true,
+        json: d.json,
+        actor: d.actor.clone(),
+    };
     let read = |json: bool| Needs {
         jobs: None,
         database: true,
@@ -144,6 +151,10 @@ fn needs(command: &Command) -> Needs {
             TenantCommand::Drop(a) => run(&a.run),
             TenantCommand::Label(a) => run(&a.run),
             TenantCommand::List(a) => read(a.json),
+            TenantCommand::Export(a) => data(&a.opts),
+            TenantCommand::Import(a) => data(&a.opts),
+            TenantCommand::Clone(a) => data(&a.opts),
+            TenantCommand::Rename(a) => data(&a.opts),
             TenantCommand::Pool(p) => match p {
                 PoolCommand::Fill(a) => run(&a.run),
                 PoolCommand::Drain(a) => run(&a.run),
@@ -175,6 +186,10 @@ fn command_name(command: &Command) -> &'static str {
             TenantCommand::Drop(_) => "tenant drop",
             TenantCommand::Label(_) => "tenant label",
             TenantCommand::List(_) => "tenant list",
+            TenantCommand::Export(_) => "tenant export",
+            TenantCommand::Import(_) => "tenant import",
+            TenantCommand::Clone(_) => "tenant clone",
+            TenantCommand::Rename(_) => "tenant rename",
             TenantCommand::Pool(p) => match p {
                 PoolCommand::Fill(_) => "tenant pool fill",
                 PoolCommand::Status(_) => "tenant pool status",
@@ -234,6 +249,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Tenant(TenantCommand::List(args)) => commands::tenant::list(ctx, args).await,
             Command::Tenant(TenantCommand::Drop(args)) => commands::tenant::drop(ctx, args).await,
             Command::Tenant(TenantCommand::Label(args)) => commands::tenant::label(ctx, args).await,
+            Command::Tenant(TenantCommand::Export(args)) => {
+                commands::tenant_data::export(ctx, args).await
+            }
+            Command::Tenant(TenantCommand::Import(args)) => {
+                commands::tenant_data::import(ctx, args).await
+            }
+            Command::Tenant(TenantCommand::Clone(args)) => {
+                commands::tenant_data::clone(ctx, args).await
+            }
+            Command::Tenant(TenantCommand::Rename(args)) => {
+                commands::tenant_rename::rename(ctx, args).await
+            }
             Command::Tenant(TenantCommand::Pool(command)) => {
                 commands::pool::pool(ctx, command).await
             }

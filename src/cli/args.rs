@@ -113,6 +113,22 @@ pub struct FleetOpts {
     pub run: RunOpts,
 }
 
+impl FleetOpts {
+    /// A plain run on given tenants (what `tenant import --migrate` runs): no dry run, no
+    /// waiting, resumable, no narrowing, one wave.
+    pub fn for_tenants(run: RunOpts) -> FleetOpts {
+        FleetOpts {
+            dry_run: false,
+            wait: None,
+            fresh: false,
+            select: None,
+            failed: false,
+            waves: WaveOpts::default(),
+            run,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Tenant ids to create.

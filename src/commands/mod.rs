@@ -14,6 +14,8 @@ pub mod scaffold;
 pub mod status;
 pub mod tenant;
 pub mod tenant_change;
+pub mod tenant_data;
+pub mod tenant_rename;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;

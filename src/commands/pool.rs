@@ -278,6 +278,7 @@ fn pool_request(
         labels: Default::default(),
         waves: None,
         seed: None,
+        load: None,
         resume: false,
         fail_fast,
     }

@@ -142,6 +142,7 @@ pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
                 labels: std::collections::HashMap::new(),
                 waves: None,
                 seed: None,
+                load: None,
                 resume: false,
                 fail_fast: args.run.fail_fast,
             },

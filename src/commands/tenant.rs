@@ -86,6 +86,7 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<i32> {
         target: migrations.latest(),
         if_not_exists: args.if_not_exists,
         seed: load_seed(&ctx.config, &args.vars)?,
+        load: None,
     };
     let code = register(
         ctx,
@@ -173,6 +174,7 @@ pub async fn adopt(ctx: &Ctx, args: AdoptArgs) -> anyhow::Result<i32> {
         target: Some(args.baseline),
         if_not_exists: false,
         seed: None,
+        load: None,
     };
     register(
         ctx,
@@ -187,12 +189,14 @@ pub async fn adopt(ctx: &Ctx, args: AdoptArgs) -> anyhow::Result<i32> {
 }
 
 /// What distinguishes create from adopt.
-struct Registration {
-    mode: Mode,
-    target: Option<i32>,
-    if_not_exists: bool,
+pub struct Registration<'a> {
+    pub mode: Mode,
+    pub target: Option<i32>,
+    pub if_not_exists: bool,
     /// create: the seed each new tenant gets.
-    seed: Option<Seed>,
+    pub seed: Option<Seed>,
+    /// import, clone: the rows the new tenant is loaded with.
+    pub load: Option<&'a dyn crate::engine::apply::Load>,
 }
 
 /// What one cluster knows about the ids being registered.
@@ -207,13 +211,13 @@ struct Known<'a> {
 /// (ids are unique across the fleet); place each new tenant on a selected cluster (the one
 /// with the fewest tenants, or the --cluster given); then register each tenant in its own
 /// transaction, in parallel, every cluster at once. Existing ids are refused (or skipped).
-async fn register(
+pub async fn register(
     ctx: &Ctx,
     migrations: &MigrationSet,
     args_ids: &[String],
     from_file: Option<&std::path::Path>,
     labels: &[String],
-    request: Registration,
+    request: Registration<'_>,
     run: &RunOpts,
 ) -> anyhow::Result<i32> {
     let config = &ctx.config;
@@ -225,7 +229,7 @@ async fn register(
         .into());
     }
     let tenants = parse_ids(config, &ids)?;
-    let shared = if request.mode == Mode::Create {
+    let shared = if matches!(request.mode, Mode::Create | Mode::Import { .. }) {
         load_shared(config)?
     } else {
         None
@@ -422,7 +426,7 @@ struct Work {
 struct Registering<'a> {
     migrations: &'a MigrationSet,
     shared: Option<&'a MigrationSet>,
-    request: &'a Registration,
+    request: &'a Registration<'a>,
     labels: &'a HashMap<String, Labels>,
 }
 
@@ -483,6 +487,7 @@ async fn register_on(
             labels: how.labels.clone(),
             waves: None,
             seed: request.seed.as_ref(),
+            load: request.load,
             resume: false,
             fail_fast: run.fail_fast,
         },

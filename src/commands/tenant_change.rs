@@ -113,6 +113,7 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
             labels: HashMap::new(),
             waves: None,
             seed: None,
+            load: None,
             resume: false,
             fail_fast: args.run.fail_fast,
         };

@@ -139,6 +139,23 @@ impl Control {
         )
     }
 
+    /// `tenant rename`: the registry row of `old` moved to `new` (id, schema, role), a dropped
+    /// tenant's row under the new id forgotten (as `tenant create` of that id would).
+    pub fn rename_sql(&self, old: &Tenant, new: &Tenant, role: Option<&str>) -> String {
+        format!(
+            "DELETE FROM {t} WHERE id = {new_id} AND state = {dropped}; \
+             UPDATE {t} SET id = {new_id}, schema_name = {new_schema}, role = {role}, updated_at = now() \
+             WHERE id = {old_id} AND state = {active};",
+            t = self.table("tenants"),
+            new_id = quote_literal(new.id()),
+            new_schema = quote_literal(new.schema()),
+            old_id = quote_literal(old.id()),
+            role = role.map_or("NULL".into(), quote_literal),
+            active = TenantState::Active.literal(),
+            dropped = TenantState::Dropped.literal(),
+        )
+    }
+
     /// `tenant label`: sets and removes labels of the given active tenants and records it as a
     /// finished run (one ledger row per tenant), in one statement. Returns the run's id.
     pub async fn set_labels(

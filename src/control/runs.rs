@@ -409,6 +409,19 @@ impl Control {
         schema: &str,
         outcome: &SharedOutcome<'_>,
     ) -> anyhow::Result<()> {
+        self.record_single(client, info, (SHARED_ROW, schema), outcome)
+            .await
+    }
+
+    /// Records a finished run of one ledger row (`id`, `schema`): the shared step, an
+    /// export, a rename. In the caller's transaction, if it has one.
+    pub async fn record_single(
+        &self,
+        client: &Client,
+        info: &RunInfo<'_>,
+        (id, schema): (&str, &str),
+        outcome: &SharedOutcome<'_>,
+    ) -> anyhow::Result<()> {
         let (state, schema_state) = match outcome.failure {
             Some(_) => (RunState::Failed, SchemaState::Failed),
             None => (RunState::Succeeded, SchemaState::Succeeded),
@@ -420,10 +433,10 @@ impl Control {
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, clock_timestamp()) RETURNING id) \
              INSERT INTO {rs} (run_id, tenant_id, schema_name, state, version_before, version_after, applied, \
                                failed_migration, error, kind, sqlstate, line, message, attempts, started_at, finished_at) \
-             SELECT id, {shared_row}, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 1, now(), clock_timestamp() FROM r",
+             SELECT id, {row}, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 1, now(), clock_timestamp() FROM r",
             runs = self.table("runs"),
             rs = self.table("run_schemas"),
-            shared_row = quote_literal(SHARED_ROW),
+            row = quote_literal(id),
         );
         let (host, pid) = (hostname(), std::process::id() as i32);
         let error = f.map(|f| f.error.as_str());
@@ -456,7 +469,7 @@ impl Control {
             .await
             .map_err(|e| {
                 failed(
-                    &format!("recording the shared migrations in {}.runs", self.name),
+                    &format!("recording the {} run in {}.runs", info.command, self.name),
                     &e,
                 )
             })?;

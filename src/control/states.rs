@@ -75,6 +75,17 @@ stored_enum! {
         PoolFill => "tenant pool fill",
         /// `tenant pool drain`: pooled schemas dropped.
         PoolDrain => "tenant pool drain",
+        /// `tenant import` (and the target side of `tenant clone`): a tenant created from
+        /// an archive's rows.
+        TenantImport => "tenant import",
+        /// `tenant clone`: a tenant created from another's rows (the source's side is
+        /// recorded as an export).
+        TenantClone => "tenant clone",
+        /// `tenant export` (and the source side of `tenant clone`): who took which tenant's
+        /// data, when.
+        TenantExport => "tenant export",
+        /// `tenant rename`: a tenant's id, schema (and role) renamed.
+        TenantRename => "tenant rename",
     }
 }
 
@@ -165,7 +176,11 @@ impl RunCommand {
             | RunCommand::TenantDropArchive
             | RunCommand::MigrateShared
             | RunCommand::TenantCreateShared
-            | RunCommand::TenantLabel => false,
+            | RunCommand::TenantLabel
+            | RunCommand::TenantImport
+            | RunCommand::TenantClone
+            | RunCommand::TenantExport
+            | RunCommand::TenantRename => false,
         }
     }
 
@@ -176,8 +191,12 @@ impl RunCommand {
             | RunCommand::TenantDropArchive
             | RunCommand::Repair
             | RunCommand::TenantLabel
+            | RunCommand::TenantRename
             | RunCommand::PoolDrain => false,
             RunCommand::TenantCreate
+            | RunCommand::TenantImport
+            | RunCommand::TenantClone
+            | RunCommand::TenantExport
             | RunCommand::TenantAdopt
             | RunCommand::Migrate
             | RunCommand::Rollback

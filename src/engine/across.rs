@@ -570,6 +570,7 @@ async fn execute(
         labels: std::collections::HashMap::new(),
         waves,
         seed: None,
+        load: None,
         resume: !req.fresh,
         fail_fast: req.fail_fast,
     };

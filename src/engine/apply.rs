@@ -44,12 +44,29 @@ pub struct ApplyCtx<'a> {
     pub labels: &'a std::collections::HashMap<String, crate::labels::Labels>,
     /// Seed data for the tenants a create makes.
     pub seed: Option<&'a crate::seed::Seed>,
+    /// `tenant import`/`clone`: the rows loaded into the new schema.
+    pub load: Option<&'a dyn Load>,
+}
+
+/// `tenant import`/`clone`: rows put into the new schema in the transaction that creates
+/// it, after its migrations and before the bookkeeping and COMMIT. Each call loads afresh
+/// (a retried transaction loads again).
+pub trait Load {
+    fn load<'c>(
+        &'c self,
+        client: &'c Client,
+        tenant: &'c Tenant,
+        events: &'c Events,
+    ) -> futures::future::LocalBoxFuture<'c, Result<(), Failure>>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Create the schema and register the tenant in the same transaction.
     Create,
+    /// Create the schema at `ApplyCtx::target`, register the tenant and load its rows
+    /// (`ApplyCtx::load`) in the same transaction: `tenant import`, `tenant clone`.
+    Import { clone: bool },
     /// Apply pending migrations to a registered tenant (up to `ApplyCtx::target`).
     Migrate,
     /// Revert applied migrations above `to` with their down scripts.
@@ -74,6 +91,8 @@ impl Mode {
     pub fn command(self) -> RunCommand {
         match self {
             Mode::Create => RunCommand::TenantCreate,
+            Mode::Import { clone: false } => RunCommand::TenantImport,
+            Mode::Import { clone: true } => RunCommand::TenantClone,
             Mode::Migrate => RunCommand::Migrate,
             Mode::Rollback { .. } => RunCommand::Rollback,
             Mode::Adopt { .. } => RunCommand::TenantAdopt,
@@ -88,7 +107,7 @@ impl Mode {
     /// Whether the transaction registers the tenant.
     fn registers(self) -> bool {
         match self {
-            Mode::Create | Mode::Adopt { .. } => true,
+            Mode::Create | Mode::Import { .. } | Mode::Adopt { .. } => true,
             Mode::Migrate
             | Mode::Rollback { .. }
             | Mode::Drop { .. }
@@ -170,7 +189,7 @@ async fn transaction(
     let mut opening: Vec<(Step, String)> = vec![(Step::Begin, begin_sql(ctx, tenant, mode))];
     match mode {
         // A pooled schema at the target if there is one, else a new one.
-        Mode::Create => opening.push((
+        Mode::Create | Mode::Import { .. } => opening.push((
             Step::CreateSchema,
             ctx.control.claim_or_create_sql(tenant, ctx.target),
         )),
@@ -220,7 +239,7 @@ async fn transaction(
         _ => Vec::new(),
     };
     // A new schema has no history: one that has came from the pool.
-    let from_pool = mode == Mode::Create && !applied.is_empty();
+    let from_pool = matches!(mode, Mode::Create | Mode::Import { .. }) && !applied.is_empty();
 
     // The work and the bookkeeping: one round trip (more when a no-transaction script cuts
     // it into segments).
@@ -260,12 +279,28 @@ async fn transaction(
         &ctx.control
             .schema_done_sql(ctx.run_id, tenant, work.after, work.count, from_pool),
     );
-    match work.segments.as_slice() {
-        [only] if !only.no_transaction => {
+    match (work.segments.as_slice(), ctx.load.filter(|_| matches!(mode, Mode::Import { .. }))) {
+        // The rows between the migrations and the end: one transaction for all of it.
+        ([only], Some(load)) if !only.no_transaction => {
+            only.send(client, None, &only.bookkeeping, work.before).await?;
+            load.load(client, tenant, ctx.events).await?;
+            let last = format!("{GUARD}{finish}; COMMIT;");
+            trip(client, &[last.as_str()])
+                .await
+                .map_err(|e| Failure::from_pg(&e.error, work.before))?;
+        }
+        (_, Some(_)) => {
+            return Err(Failure::new(
+                FailureKind::Archive,
+                "the migrations up to the archive's version run outside a transaction (a no-transaction step): an import must be one transaction, so that a failed one leaves nothing".into(),
+                work.before,
+            ))
+        }
+        ([only], None) if !only.no_transaction => {
             let last = format!("{GUARD}{}{finish}; COMMIT;", only.bookkeeping);
             only.send(client, None, &last, work.before).await?;
         }
-        _ => segmented(client, ctx, tenant, &work, &finish).await?,
+        (_, None) => segmented(client, ctx, tenant, &work, &finish).await?,
     }
     Ok(Applied {
         before: work.before,
@@ -281,7 +316,17 @@ async fn transaction(
 /// does not reach into them; tables, indexes, sequences, defaults, triggers and views by
 /// reference all follow it.
 fn names_itself_sql(tenant: &Tenant) -> String {
-    let lit = quote_literal(tenant.schema());
+    spells_its_name_sql(
+        tenant.schema(),
+        "the migrations make objects that spell the schema''s own name (%): a pooled schema is renamed at tenant create, and these would still point at the old name. Write them without the schema name (no SET search_path FROM CURRENT, no schema-qualified names in function bodies); the pool takes nothing until then",
+    )
+}
+
+/// A statement that fails (SQLSTATE TNF04, `message` with `%` for the objects found) when
+/// objects of `schema` spell its name where a rename does not reach: a function's body or
+/// its `SET search_path`, a view's text.
+pub fn spells_its_name_sql(schema: &str, message: &str) -> String {
+    let lit = quote_literal(schema);
     format!(
         " DO $tenantctl$ DECLARE found text; BEGIN \
              SELECT string_agg(what, ', ') INTO found FROM ( \
@@ -291,10 +336,9 @@ fn names_itself_sql(tenant: &Tenant) -> String {
                  UNION ALL \
                  SELECT format('view %s', v.viewname) FROM pg_views v \
                  WHERE v.schemaname = {lit} AND strpos(v.definition, {lit}) > 0) s; \
-             IF found IS NOT NULL THEN RAISE EXCEPTION \
-                 'the migrations make objects that spell the schema''s own name (%): a pooled schema is renamed at tenant create, and these would still point at the old name. Write them without the schema name (no SET search_path FROM CURRENT, no schema-qualified names in function bodies); the pool takes nothing until then', found \
+             IF found IS NOT NULL THEN RAISE EXCEPTION '{message}', found \
                  USING ERRCODE = 'TNF04'; END IF; END $tenantctl$;",
-        ident = quote_literal(&tenant.quoted_schema()),
+        ident = quote_literal(&quote_ident(schema)),
     )
 }
 

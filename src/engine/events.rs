@@ -71,6 +71,12 @@ pub enum Event<'a> {
         next_wave: usize,
         left: Duration,
     },
+    /// A table's rows being copied (export, import, clone): so far, in this table.
+    Copying {
+        table: &'a str,
+        rows: u64,
+        bytes: u64,
+    },
     /// Every schema of the run has finished (or was left unstarted); the ledger is closed next.
     RunFinished,
 }

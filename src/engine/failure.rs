@@ -43,6 +43,9 @@ pub enum FailureKind {
     Fenced,
     /// The tenant was dropped while the run was going on.
     Dropped,
+    /// `tenant import`/`clone`: the archive does not fit the schema the migrations make,
+    /// or its rows are not what its manifest says.
+    Archive,
     Other,
 }
 
@@ -61,6 +64,7 @@ impl FailureKind {
             FailureKind::Interrupted => "interrupted",
             FailureKind::Fenced => "fenced",
             FailureKind::Dropped => "dropped",
+            FailureKind::Archive => "archive",
             FailureKind::Other => "other",
         }
     }
@@ -78,6 +82,7 @@ impl FailureKind {
             | FailureKind::Interrupted
             | FailureKind::Fenced
             | FailureKind::Dropped
+            | FailureKind::Archive
             | FailureKind::Other => false,
         }
     }
@@ -291,6 +296,7 @@ impl Failure {
                 "not committed, {at}: this process lost the run to another tenantctl, which carries on with this schema"
             ),
             FailureKind::Dropped => "not touched: the tenant was dropped (or the pooled schema taken) while the run was going on".into(),
+            FailureKind::Archive => "rolled back: nothing was imported".into(),
             FailureKind::Other => format!("rolled back, {at}; re-run after fixing the cause"),
         }
     }

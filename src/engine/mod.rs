@@ -9,6 +9,7 @@
 pub mod across;
 pub mod apply;
 pub mod checks;
+pub mod copy;
 pub mod events;
 pub mod failure;
 pub mod files;

@@ -67,6 +67,8 @@ pub struct RunRequest<'a> {
     pub waves: Option<crate::engine::waves::WavePlan>,
     /// Seed data for the tenants a create makes.
     pub seed: Option<&'a crate::seed::Seed>,
+    /// `tenant import`/`clone` (mode `Import`): the rows each new schema is loaded with.
+    pub load: Option<&'a dyn crate::engine::apply::Load>,
     /// Continue an interrupted run of the same command, target, files and scope.
     pub resume: bool,
     pub fail_fast: bool,
@@ -270,6 +272,7 @@ pub async fn run(
         events: &env.events,
         labels: &req.labels,
         seed: req.seed,
+        load: req.load,
     };
     let opts = FleetOpts {
         mode: req.mode,

@@ -169,7 +169,9 @@ pub fn plan_work<'s>(
         })
     };
     match mode {
-        Mode::Create | Mode::Migrate | Mode::PoolFill => forward(ctx.target, true),
+        Mode::Create | Mode::Import { .. } | Mode::Migrate | Mode::PoolFill => {
+            forward(ctx.target, true)
+        }
         Mode::Adopt { baseline } => forward(Some(baseline), false),
         Mode::Rollback { to } => {
             history::check(applied, set, false)?;

@@ -342,6 +342,16 @@ impl MigrationSet {
         &self.digest
     }
 
+    /// The digest of the files up to `version` (as [`MigrationSet::digest`] of that set).
+    pub fn digest_upto(&self, version: Option<i32>) -> String {
+        let upto = self
+            .files
+            .iter()
+            .take_while(|f| version.is_some_and(|v| f.version <= v))
+            .count();
+        digest(&self.files[..upto])
+    }
+
     /// `V7__add_invoices` for a version, or `V7` when no file has it.
     pub fn label(&self, version: i32) -> String {
         self.get(version)

@@ -49,6 +49,11 @@ impl Reporters {
         }
     }
 
+    /// `--quiet`: nothing but results and errors.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// Where one cluster's events go.
     pub fn for_cluster(&self, cluster: &str) -> Events {
         let label = if self.labeled {
@@ -65,10 +70,19 @@ impl Reporters {
     }
 }
 
+/// A table being copied, as both reporters show it.
+pub fn copy_line(table: &str, rows: u64, bytes: u64) -> String {
+    format!(
+        "copying {table}: {rows} row(s), {:.1} MB",
+        bytes as f64 / 1_048_576.0
+    )
+}
+
 /// The lines every reporter prints the same way (run start, signals, waits, warnings);
 /// None for per-schema events and the run's end, which each reporter draws its own way.
 pub fn notice(event: &Event<'_>) -> Option<String> {
     match event {
+        Event::Copying { .. } => None,
         Event::RunStarted {
             command,
             run_id,
@@ -134,6 +148,10 @@ pub fn schema_done(command: RunCommand, target: Option<i32>, a: &Applied) -> Str
         RunCommand::TenantCreate => {
             format!("created at {} ({} migration(s))", v(a.after), a.count)
         }
+        RunCommand::TenantImport => format!("imported at {}", v(a.after)),
+        RunCommand::TenantClone => format!("cloned at {}", v(a.after)),
+        RunCommand::TenantExport => format!("exported at {}", v(a.after)),
+        RunCommand::TenantRename => "renamed".into(),
         RunCommand::TenantAdopt => format!(
             "adopted at {} ({} migration(s) recorded as applied)",
             v(a.after),
@@ -246,6 +264,10 @@ fn verbs(command: RunCommand) -> (&'static str, &'static str) {
         RunCommand::TenantLabel => ("labelled", "unchanged"),
         RunCommand::PoolFill => ("pooled", "already pooled"),
         RunCommand::PoolDrain => ("drained", "skipped"),
+        RunCommand::TenantImport => ("imported", "already registered"),
+        RunCommand::TenantClone => ("cloned", "already registered"),
+        RunCommand::TenantExport => ("exported", "skipped"),
+        RunCommand::TenantRename => ("renamed", "skipped"),
     }
 }
 

@@ -123,6 +123,13 @@ impl Reporter for Plain {
                 self.progress(&mut s);
             }
             Event::RunFinished => {}
+            Event::Copying { table, rows, bytes } => {
+                if s.last_line.elapsed() >= PROGRESS_EVERY {
+                    s.last_line = Instant::now();
+                    let line = super::copy_line(table, *rows, *bytes);
+                    crate::output::stderr_line(&format!("{}{line}", self.label));
+                }
+            }
             Event::Pausing { left, .. } => {
                 // A line when the pause starts, then one a minute.
                 let first = s.pause_line.is_none();

@@ -20,6 +20,8 @@ pub struct Bar {
     causes: CauseCap,
     /// The countdown between waves, while one runs.
     pause: std::sync::Mutex<Option<ProgressBar>>,
+    /// Rows and bytes of the table being copied (export, import, clone).
+    copy: std::sync::Mutex<Option<ProgressBar>>,
 }
 
 impl Bar {
@@ -41,6 +43,7 @@ impl Bar {
             skipped: AtomicUsize::new(0),
             causes: CauseCap::default(),
             pause: std::sync::Mutex::new(None),
+            copy: std::sync::Mutex::new(None),
         }
     }
 
@@ -104,7 +107,21 @@ impl Reporter for Bar {
                 self.update_msg();
                 self.bar.inc(1);
             }
+            Event::Copying { table, rows, bytes } => {
+                let mut copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
+                let bar = copy.get_or_insert_with(|| {
+                    let p = self.multi.add(ProgressBar::new_spinner());
+                    p.set_prefix(self.label.clone());
+                    p.enable_steady_tick(std::time::Duration::from_millis(200));
+                    p
+                });
+                bar.set_message(super::copy_line(table, *rows, *bytes));
+            }
             Event::RunFinished => {
+                if let Some(p) = self.copy.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    p.finish_and_clear();
+                    self.multi.remove(&p);
+                }
                 self.end_pause();
                 self.bar.finish_and_clear();
                 self.multi.remove(&self.bar);

@@ -270,6 +270,61 @@ fn scenario(p: &Project, seen: &mut Printed) {
             ("audit", &["audit", "--json"], 0),
         ],
     );
+    // A tenant's rows: exported, imported under another id (planned first), cloned, renamed.
+    steps(
+        p,
+        seen,
+        &[
+            (
+                "tenant-export",
+                &[
+                    "tenant",
+                    "export",
+                    "t0001",
+                    "--output",
+                    "t.tenantctl",
+                    "--json",
+                ],
+                0,
+            ),
+            (
+                "tenant-import-plan",
+                &[
+                    "tenant",
+                    "import",
+                    "restored",
+                    "--input",
+                    "t.tenantctl",
+                    "--dry-run",
+                    "--json",
+                ],
+                0,
+            ),
+            (
+                "run",
+                &[
+                    "tenant",
+                    "import",
+                    "restored",
+                    "--input",
+                    "t.tenantctl",
+                    "--json",
+                ],
+                0,
+            ),
+            (
+                "run",
+                &["tenant", "clone", "restored", "cloned", "--json"],
+                0,
+            ),
+            (
+                "tenant-rename",
+                &["tenant", "rename", "cloned", "renamed", "--json"],
+                0,
+            ),
+            ("audit", &["audit", "--json"], 0),
+        ],
+    );
 }
 
 #[test]
@@ -293,7 +348,7 @@ fn every_document_is_the_documented_one_for_one_database_and_for_several() {
     assert_eq!(clusters, ["a", "b"]);
     assert_eq!(
         list["counts"]["active"].as_i64().unwrap() + list["counts"]["dropped"].as_i64().unwrap(),
-        5
+        7
     );
 
     // The cluster with a failed tenant is not ok; the other is; the fleet exits 1.

@@ -7,6 +7,7 @@ mod bad_input;
 mod clusters;
 mod connect;
 mod create;
+mod data;
 mod failover;
 mod faults;
 mod fidelity;

@@ -1,0 +1,118 @@
+//! What a tenant's schema holds that the copier needs, read from the catalog for that one
+//! schema (never the whole catalog: an export at 10,000 tenants costs what it costs at 100).
+
+use tokio_postgres::types::Type;
+use tokio_postgres::Client;
+
+use crate::archive::Table;
+use crate::control::HISTORY_TABLE;
+
+/// The tables whose rows are copied, in name order: ordinary tables and partitions (a
+/// partitioned table's rows are its partitions'), the history table aside. Each with the
+/// columns that are copied (generated ones are computed again) and those whose type holds
+/// large-object references.
+pub struct Tables {
+    pub tables: Vec<Table>,
+    /// `table.column` of type `oid` or `lo`: their data lives outside the schema.
+    pub large_objects: Vec<String>,
+    /// Tables with user triggers (turned off during a load).
+    pub triggered: Vec<String>,
+}
+
+pub async fn tables(client: &Client, schema: &str) -> Result<Tables, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT c.relname::text, \
+                    array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated = ''), \
+                    array_agg(c.relname || '.' || a.attname) FILTER (WHERE a.atttypid = 'oid'::regtype \
+                        OR a.atttypid = to_regtype('lo')), \
+                    EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> $2 \
+             GROUP BY c.oid, c.relname ORDER BY c.relname",
+            &[(&schema, Type::TEXT), (&HISTORY_TABLE, Type::TEXT)],
+        )
+        .await?;
+    let mut out = Tables {
+        tables: Vec::new(),
+        large_objects: Vec::new(),
+        triggered: Vec::new(),
+    };
+    for r in rows {
+        let name: String = r.get(0);
+        if r.get::<_, bool>(3) {
+            out.triggered.push(name.clone());
+        }
+        out.large_objects
+            .extend(r.get::<_, Option<Vec<String>>>(2).unwrap_or_default());
+        out.tables.push(Table {
+            name,
+            columns: r.get::<_, Option<Vec<String>>>(1).unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// The schema's sequences (identity ones too) and their `last_value` (None: never used).
+pub async fn sequences(
+    client: &Client,
+    schema: &str,
+) -> Result<Vec<crate::archive::Sequence>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT sequencename::text, last_value FROM pg_sequences WHERE schemaname = $1 ORDER BY 1",
+            &[(&schema, Type::TEXT)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::archive::Sequence {
+            name: r.get(0),
+            value: r.get(1),
+        })
+        .collect())
+}
+
+/// The schema's materialized views that hold data (refreshed after a load).
+pub async fn matviews(client: &Client, schema: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT matviewname::text FROM pg_matviews WHERE schemaname = $1 AND ispopulated ORDER BY 1",
+            &[(&schema, Type::TEXT)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A foreign key of the schema: on which table, its name and its definition.
+pub struct ForeignKey {
+    pub table: String,
+    pub name: String,
+    pub definition: String,
+}
+
+/// The schema's foreign keys (on partitioned tables, the parent's only: adding it back
+/// makes the partitions' again).
+pub async fn foreign_keys(
+    client: &Client,
+    schema: &str,
+) -> Result<Vec<ForeignKey>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT c.relname::text, k.conname::text, pg_get_constraintdef(k.oid) \
+             FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND k.contype = 'f' AND k.conparentid = 0 ORDER BY 1, 2",
+            &[(&schema, Type::TEXT)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ForeignKey {
+            table: r.get(0),
+            name: r.get(1),
+            definition: r.get(2),
+        })
+        .collect())
+}
