@@ -148,7 +148,21 @@ fn an_exported_tenant_imports_under_another_id_with_every_row_as_it_was() {
             ("users_id_seq".to_string(), Some(3))
         ]
     );
-    // Constraints and triggers are back; the next rows get the next ids.
+    // Indexes (built again after the rows), constraints and triggers are back; the next rows
+    // get the next ids.
+    let indexes = |schema: &str| -> Vec<(String, String)> {
+        p.db()
+            .query(
+                "SELECT indexname::text, replace(indexdef, schemaname, 'S') FROM pg_indexes WHERE schemaname = $1 ORDER BY 1",
+                &[&schema],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    assert_eq!(indexes("tenant_acme_copy"), indexes("tenant_acme"));
+    assert!(indexes("tenant_acme").len() >= 8);
     assert_eq!(
         count(&p, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'tenant_acme_copy'::regnamespace"),
         4

@@ -116,3 +116,43 @@ pub async fn foreign_keys(
         })
         .collect())
 }
+
+/// An index of the schema built again after a load (faster than keeping it up to date row
+/// by row, as `pg_restore` does): a plain index by its definition, or the primary key,
+/// unique or exclusion constraint it backs.
+pub struct Index {
+    pub table: String,
+    pub name: String,
+    /// `CREATE INDEX …` for a plain index; the constraint's definition otherwise.
+    pub definition: String,
+    pub constraint: bool,
+}
+
+/// The indexes of the schema's ordinary tables (not of partitions or partitioned tables,
+/// whose indexes are attached to their parents'), with what backs a constraint marked.
+pub async fn indexes(client: &Client, schema: &str) -> Result<Vec<Index>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT t.relname::text, x.relname::text, \
+                    coalesce(pg_get_constraintdef(k.oid), pg_get_indexdef(i.indexrelid)), k.oid IS NOT NULL \
+             FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+             JOIN pg_class x ON x.oid = i.indexrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = t.oid \
+                 AND k.contype IN ('p', 'u', 'x') \
+             WHERE n.nspname = $1 AND t.relkind = 'r' AND NOT t.relispartition \
+               AND NOT x.relispartition AND t.relname <> $2 \
+             ORDER BY 1, 2",
+            &[(&schema, Type::TEXT), (&HISTORY_TABLE, Type::TEXT)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Index {
+            table: r.get(0),
+            name: r.get(1),
+            definition: r.get(2),
+            constraint: r.get(3),
+        })
+        .collect())
+}
