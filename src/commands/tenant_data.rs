@@ -198,6 +198,17 @@ pub async fn export(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<i32> {
             .map_err(|e| UsageError(format!("cannot write {}: {e}", partial.display())))?;
         Box::new(file)
     };
+    // Stopped by a signal: no partial archive is left (the snapshot ends with the process).
+    let _stop = (!to_stdout).then(|| {
+        let partial = partial.clone();
+        ctx.signals.on_signal(move |name| async move {
+            let _ = std::fs::remove_file(&partial);
+            crate::output::stderr_line(&format!(
+                "{name} received: export stopped; no archive was written"
+            ));
+            std::process::exit(crate::exit::INTERRUPTED);
+        })
+    });
     let t0 = Instant::now();
     let events = ctx.reporters.for_cluster(&found.target.name);
     let (tx, writer) = files::writer(out);
@@ -274,6 +285,13 @@ pub async fn export(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<i32> {
                 .map(|(t, s)| json!({"table": t.name, "rows": s.rows, "bytes": s.bytes, "sha256": s.sha256}))
                 .collect(),
         );
+    if to_stdout {
+        // stdout is the archive: the summary goes to stderr.
+        if !ctx.reporters.is_quiet() {
+            crate::output::stderr_line(text.trim_end());
+        }
+        return Ok(crate::exit::SUCCESS);
+    }
     let done = Done::new(crate::exit::SUCCESS, text, part);
     finish(ctx, vec![(found.target.clone(), Ok(done))], args.opts.json).await
 }

@@ -207,6 +207,72 @@ fn an_exported_tenant_imports_under_another_id_with_every_row_as_it_was() {
 }
 
 #[test]
+fn an_archive_streams_through_stdout_and_stdin() {
+    let p = project("data_pipe");
+    let out = p.run(&["tenant", "export", "acme", "--output", "-"], 0);
+    assert!(
+        stderr(&out).contains("exported tenant acme"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.starts_with(b"TENANTCTL ARCHIVE\n"));
+    p.cmd()
+        .args(["tenant", "import", "piped", "--input", "-"])
+        .write_stdin(out.stdout)
+        .assert()
+        .success();
+    assert_eq!(contents(&p, "tenant_piped"), contents(&p, "tenant_acme"));
+    // The file is the tenant's data: its owner's only.
+    p.run(&["tenant", "export", "acme"], 0);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(p.path().join("acme.tenantctl"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn an_interrupted_export_leaves_no_archive() {
+    let p = project("data_interrupted");
+    // The export waits on the last table's lock: a moment to interrupt it mid-archive.
+    let mut holder = p.db();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE tenant_acme.users IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let child = p.spawn(&["tenant", "export", "acme"]);
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                   WHERE c.relname = 'users' AND NOT l.granted";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&p, waiting) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(p.path().join("acme.tenantctl.partial").exists());
+    signal(child.id(), "INT");
+    let out = wait_with_deadline(child, std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no archive was written"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!p.path().join("acme.tenantctl.partial").exists());
+    assert!(!p.path().join("acme.tenantctl").exists());
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM tenantctl.runs WHERE command = 'tenant export'"
+        ),
+        0
+    );
+}
+
+#[test]
 fn an_import_behind_the_files_says_so_or_migrates_with_migrate() {
     let p = project("data_behind");
     p.run(&["tenant", "export", "acme"], 0);
