@@ -418,6 +418,17 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<i32> {
         |_| false,
     )?;
     require_new(ctx, &tenant).await?;
+    // The archive against the schema the files make (any selected cluster: the files are
+    // the same everywhere), before anything is created.
+    let target = ctx.targets.first().expect("a cluster");
+    let session = ctx.session(target, false).await?;
+    let also = ctx.config.migrations.extensions_schema.as_deref();
+    if let Some(problem) =
+        copy::preflight::check(&session.client, &migrations, &manifest, also).await?
+    {
+        return Err(UsageError(format!("{}: {problem}", args.input.display())).into());
+    }
+    drop(session);
     let rows: u64 = footer.tables.iter().map(|t| t.rows).sum();
     if args.dry_run {
         let text = format!(

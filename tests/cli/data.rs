@@ -329,6 +329,11 @@ fn clone_copies_rows_or_only_the_schema_and_rename_moves_everything() {
     assert_eq!(p.versions().get("twin"), None);
     assert_eq!(p.versions()["twin_renamed"], Some(1));
     p.run(&["status", "--verify"], 0);
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM tenantctl.run_schemas s JOIN tenantctl.runs r ON r.id = s.run_id \
+                   WHERE r.command = 'tenant rename' AND s.tenant_id = 'twin_renamed' AND s.state = 'succeeded'"),
+        1
+    );
 
     // Refused, nothing changed: a new id that exists; an object that spells the old name.
     let out = p.run(&["tenant", "rename", "acme", "empty"], 2);
@@ -478,7 +483,8 @@ fn bad_archives_are_refused_and_nothing_is_created() {
         &[(0, "k\n")],
         &footer("k\n"),
     );
-    let out = p.run(&["tenant", "import", "x", "--input", "newer.tenantctl"], 1);
+    let runs = count(&p, "SELECT count(*) FROM tenantctl.runs");
+    let out = p.run(&["tenant", "import", "x", "--input", "newer.tenantctl"], 2);
     assert!(
         stderr(&out).contains("which the migrations do not make at V1"),
         "{}",
@@ -486,6 +492,31 @@ fn bad_archives_are_refused_and_nothing_is_created() {
     );
     assert!(!p.schema_exists("tenant_x"));
     assert_eq!(count(&p, "SELECT count(*) FROM tenant_acme.orders"), 500);
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM tenantctl.runs"),
+        runs,
+        "a run was recorded"
+    );
+    // A column the files do not make: the same, and the dry run says so too.
+    let mut ghost = manifest(1, 1, "cache");
+    ghost["tables"][0]["columns"] = serde_json::json!(["k", "ghost"]);
+    forge(&path, &ghost, &[(0, "k\tg\n")], &footer("k\tg\n"));
+    let out = p.run(
+        &[
+            "tenant",
+            "import",
+            "x",
+            "--input",
+            "newer.tenantctl",
+            "--dry-run",
+        ],
+        2,
+    );
+    assert!(
+        stderr(&out).contains("has column \"ghost\""),
+        "{}",
+        stderr(&out)
+    );
     // Counts that do not match the tail.
     forge(
         &path,

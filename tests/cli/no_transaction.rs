@@ -245,8 +245,26 @@ fn a_killed_or_terminated_build_is_cleaned_up_and_finished_once() {
         &format!("{DIRECTIVE}CREATE INDEX CONCURRENTLY IF NOT EXISTS items_slow_idx2 ON items (slow_key(v), id);\n"),
     );
     let child = p.spawn(&["migrate", "--all", "--jobs", "2"]);
-    wait_for_builds(&p);
-    let victim = building(&p)[0];
+    // The victim is a backend whose index is already in the catalog, not yet valid: one
+    // terminated before that would leave nothing behind, and nothing would be tested.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim: i32 = loop {
+        let found = p
+            .db()
+            .query(
+                "SELECT c.pid FROM pg_stat_progress_create_index c \
+                 JOIN pg_index i ON i.indexrelid = c.index_relid \
+                 WHERE c.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                   AND NOT i.indisvalid LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        if let Some(row) = found.first() {
+            break row.get(0);
+        }
+        assert!(Instant::now() < deadline, "no build reached the catalog");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     p.db()
         .query_one("SELECT pg_terminate_backend($1)", &[&victim])
         .unwrap();

@@ -46,19 +46,8 @@ pub async fn load(
     let q = quote_ident(schema);
     let here = catalog::tables(client, schema).await.map_err(pg)?;
     let at = crate::migrations::version_label(manifest.version);
-    for t in &manifest.tables {
-        let Some(mine) = here.tables.iter().find(|m| m.name == t.name) else {
-            return Err(bad(format!(
-                "the archive holds table {:?}, which the migrations do not make at {at}: it was not made by them (drift), or the files changed; nothing was imported",
-                t.name
-            )));
-        };
-        if let Some(c) = t.columns.iter().find(|c| !mine.columns.contains(c)) {
-            return Err(bad(format!(
-                "the archive's table {:?} has column {c:?}, which the migrations do not make at {at} (or make generated); nothing was imported",
-                t.name
-            )));
-        }
+    if let Some(problem) = super::preflight::misfit(&manifest, &here.tables) {
+        return Err(bad(problem));
     }
     // The load is as long as the rows: [run] statement_timeout bounds migrations, not this.
     let mut before = String::from("SET LOCAL statement_timeout = 0;");

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod export;
 pub mod files;
 pub mod load;
+pub mod preflight;
 
 use crate::archive::Frame;
 
