@@ -401,14 +401,23 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<i32> {
         .into());
     }
     let (path, _spool) = input(&args.input)?;
-    let file = std::fs::File::open(&path)
-        .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
-    let (manifest, footer) = files::check(Box::new(file)).map_err(|e| {
+    let open = || {
+        std::fs::File::open(&path)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))
+    };
+    let damaged = |e: crate::archive::ArchiveError| {
         UsageError(format!(
             "{}: {e}; nothing was imported",
             args.input.display()
         ))
-    })?;
+    };
+    // The whole archive is checked on a thread while the checks that need only its
+    // manifest, and the database, go on; all before anything is created.
+    let manifest = files::head(Box::new(open()?)).map_err(damaged)?;
+    let checking = {
+        let file = open()?;
+        std::thread::spawn(move || files::check(Box::new(file)))
+    };
     check_manifest(&manifest, &migrations)?;
     // What is imported must pass `migration check`, as for a new tenant.
     super::gate(
@@ -429,6 +438,10 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<i32> {
         return Err(UsageError(format!("{}: {problem}", args.input.display())).into());
     }
     drop(session);
+    let (_, footer) = checking
+        .join()
+        .map_err(|_| anyhow::anyhow!("the archive's check crashed"))?
+        .map_err(damaged)?;
     let rows: u64 = footer.tables.iter().map(|t| t.rows).sum();
     if args.dry_run {
         let text = format!(

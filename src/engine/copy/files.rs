@@ -61,6 +61,19 @@ pub fn reader(inp: Box<dyn Read + Send>) -> Frames {
     rx
 }
 
+/// An archive's manifest (its first frame) without reading further.
+pub fn head(inp: Box<dyn Read + Send>) -> Result<crate::archive::Manifest, ArchiveError> {
+    let mut reader = Reader::new(std::io::BufReader::new(inp))?;
+    match reader.next() {
+        Some(Ok(Frame::Head(m))) => Ok(*m),
+        Some(Err(e)) => Err(e),
+        _ => Err(ArchiveError::Truncated {
+            chunks: 0,
+            what: "no manifest".into(),
+        }),
+    }
+}
+
 /// Reads a whole archive to check it (every chunk, count and checksum) before anything is
 /// created from it: its manifest's head and tail, or the first problem.
 pub fn check(
