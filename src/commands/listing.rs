@@ -34,13 +34,13 @@ pub struct Listing {
 impl Listing {
     /// The registry's rows (the given ids, or all; with `failed_only`, those whose last change
     /// failed) that `keep` keeps, in a snapshot taken now. Takes the session's connection.
+    /// `exists`: the control schema is there (the caller has asked already).
     pub async fn open(
-        session: Session<'_>,
+        (session, exists): (Session<'_>, bool),
         ids: Option<&[String]>,
         failed_only: bool,
         keep: impl Fn(&TenantRow) -> bool + 'static,
     ) -> anyhow::Result<Listing> {
-        let exists = session.control.exists(&session.client).await?;
         let Session {
             client, control, ..
         } = session;

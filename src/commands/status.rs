@@ -235,7 +235,7 @@ async fn status_one(
                 r.state == TenantState::Active
                     && select.as_ref().is_none_or(|s| s.matches(&r.labels))
             };
-            let listing = Listing::open(session, wanted, args.failed, keep).await?;
+            let listing = Listing::open((session, exists), wanted, args.failed, keep).await?;
             let hold = wanted.is_some() || args.verify;
             let (mut summing, mut rows) = (Summing::new(latest, BEHIND_LISTED), Vec::new());
             listing

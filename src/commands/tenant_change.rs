@@ -265,7 +265,8 @@ async fn list_one(
     let session = ctx.session(target, false).await?;
     let kept = select.cloned();
     let keep = move |r: &TenantRow| kept.as_ref().is_none_or(|s| s.matches(&r.labels));
-    let listing = Listing::open(session, None, only_failed, keep).await?;
+    let exists = session.control.exists(&session.client).await?;
+    let listing = Listing::open((session, exists), None, only_failed, keep).await?;
     // The first pass counts and measures; the rows print as the second reads them.
     let mut widths = Widths::default();
     listing

@@ -239,13 +239,7 @@ pub async fn export(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<i32> {
     if !to_stdout {
         std::fs::rename(&partial, &path)?;
     }
-    let digest = crate::digest::fnv1a_hex(
-        exported
-            .footer
-            .tables
-            .iter()
-            .flat_map(|t| t.sha256.bytes().collect::<Vec<_>>()),
-    );
+    let digest = exported.digest();
     record_export(ctx, &found.session, &tenant, &exported.manifest, &digest).await?;
     let rows: u64 = exported.footer.tables.iter().map(|t| t.rows).sum();
     let raw: u64 = exported.footer.tables.iter().map(|t| t.bytes).sum();
@@ -567,13 +561,7 @@ impl Load for CloneLoad<'_> {
                 )
             })?;
             loaded?;
-            let digest = crate::digest::fnv1a_hex(
-                exported
-                    .footer
-                    .tables
-                    .iter()
-                    .flat_map(|t| t.sha256.bytes().collect::<Vec<_>>()),
-            );
+            let digest = exported.digest();
             *self.exported.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((exported.manifest, digest));
             Ok(())

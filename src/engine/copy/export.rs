@@ -1,6 +1,7 @@
 //! Export: one tenant's rows in one snapshot, as archive frames. The application keeps
 //! writing meanwhile; what it writes after the snapshot is not in the archive.
 
+use anyhow::Context as _;
 use futures::StreamExt as _;
 use tokio_postgres::Client;
 
@@ -30,6 +31,18 @@ pub struct Exported {
     pub footer: Footer,
 }
 
+impl Exported {
+    /// A fingerprint of the rows (their tables' SHA-256s), for the audit trail's digest.
+    pub fn digest(&self) -> String {
+        crate::digest::fnv1a_hex(
+            self.footer
+                .tables
+                .iter()
+                .flat_map(|t| t.sha256.bytes().collect::<Vec<_>>()),
+        )
+    }
+}
+
 /// Sends the tenant's archive frames to `out`, in a `REPEATABLE READ, READ ONLY` transaction
 /// of its own on `client` (ended before returning). Refuses (exit 2) a schema that drifted
 /// from the files, unless `allow_drift`, and tables holding large-object references.
@@ -57,7 +70,8 @@ async fn in_snapshot(
     let schema = src.tenant.schema();
     let replies = client
         .simple_query(&history::read_sql(&history::table(src.tenant)))
-        .await?;
+        .await
+        .with_context(|| format!("reading the history of schema {schema}"))?;
     let applied = history::parse(&replies, None).map_err(|f| anyhow::anyhow!("{f}"))?;
     let version = applied.last().map(refinery::Migration::version);
     let mut drift = src.registry_drift.map(str::to_string);
@@ -71,7 +85,10 @@ async fn in_snapshot(
         ))
         .into());
     }
-    let tables = catalog::tables(client, schema).await?;
+    let catalog = || format!("reading the catalog of schema {schema}");
+    let tables = catalog::tables(client, schema)
+        .await
+        .with_context(catalog)?;
     if !tables.large_objects.is_empty() {
         return Err(UsageError(format!(
             "tenant {} has large-object references ({}): their data lives outside the schema, in pg_largeobject, and tenantctl does not copy it; store the bytes in a bytea column, or copy the objects with pg_dump --large-objects",
@@ -82,8 +99,12 @@ async fn in_snapshot(
     }
     // Sequences are not transactional: read after the snapshot began, each is at least
     // where the rows in it had taken it.
-    let sequences = catalog::sequences(client, schema).await?;
-    let matviews = catalog::matviews(client, schema).await?;
+    let sequences = catalog::sequences(client, schema)
+        .await
+        .with_context(catalog)?;
+    let matviews = catalog::matviews(client, schema)
+        .await
+        .with_context(catalog)?;
     let manifest = Manifest {
         format: FORMAT,
         tenantctl: env!("CARGO_PKG_VERSION").into(),
@@ -138,7 +159,8 @@ async fn copy_out(
         quote_ident(&table.name),
         columns.join(", ")
     );
-    let rows = client.copy_out(&sql).await?;
+    let what = || format!("copying table {schema}.{} out", table.name);
+    let rows = client.copy_out(&sql).await.with_context(what)?;
     let mut rows = std::pin::pin!(rows);
     let (mut sum, mut chunks) = (Summing::default(), 0u64);
     let mut chunk = bytes::BytesMut::with_capacity(CHUNK + (CHUNK >> 2));
@@ -153,7 +175,7 @@ async fn copy_out(
         let end = row.is_none();
         // PostgreSQL sends each row of COPY text as one message: a chunk never splits one.
         if let Some(row) = row {
-            chunk.extend_from_slice(&row?);
+            chunk.extend_from_slice(&row.with_context(what)?);
         }
         if chunk.len() >= CHUNK || (end && !chunk.is_empty()) {
             let bytes = flush(&mut chunk, &mut sum);
