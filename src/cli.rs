@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand};
 
 mod args;
 mod data;
+mod moves;
 pub use args::*;
 pub use data::*;
+pub use moves::*;
 
 /// Provision and migrate PostgreSQL tenants in the schema-per-tenant model.
 ///
@@ -203,6 +205,21 @@ pub enum Command {
     ///   tenantctl audit --json --limit 1000
     #[command(verbatim_doc_comment)]
     Audit(AuditArgs),
+
+    /// Plan (and run) the tenant moves that even out the clusters' sizes.
+    ///
+    /// Reads every selected cluster's tenant sizes (one catalog query each, as `tenant
+    /// stats`) and plans moves from the largest cluster to the smallest until each is within
+    /// --max-skew percent of the mean: largest tenants first, never one labelled `pin`.
+    /// --apply records the plan in the audit trail and runs its moves one at a time, each a
+    /// `tenant move` (online; run again after an interruption, it carries on).
+    ///
+    /// Examples:
+    ///   tenantctl rebalance --plan
+    ///   tenantctl rebalance --plan --max-skew 20 --json
+    ///   tenantctl rebalance --apply --yes
+    #[command(verbatim_doc_comment)]
+    Rebalance(RebalanceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -385,6 +402,42 @@ pub enum TenantCommand {
     ///   tenantctl tenant rename acme acme_corp
     #[command(verbatim_doc_comment)]
     Rename(RenameArgs),
+
+    /// Move a tenant to another cluster, online: seconds of write pause, nothing lost.
+    ///
+    /// Online (the default): the tenant's schema is made on the target at its version by the
+    /// migration files; its rows are copied from a snapshot aligned with a logical
+    /// replication slot, and a subscription streams what the application writes meanwhile
+    /// (it keeps reading and writing the source). At the cutover the source's tables are held
+    /// against writes (reads go on) until the target has applied everything (at most
+    /// --max-pause, else it lets go and tries again), sequences are copied, counts compared,
+    /// the source schema is renamed to <schema>__moved_<UTC> (a write still sent there fails)
+    /// and the tenant is marked moved, in one transaction; then the target's copy becomes
+    /// the tenant. Never active on both clusters; never migrated while moving.
+    ///
+    /// --offline: writes held on the source for the whole copy; no replication needed.
+    /// Killed anywhere, the same command resumes or finishes the move; --abort undoes one
+    /// that has not cut over. The old copy is kept until --cleanup (see --keep-source).
+    ///
+    /// Examples:
+    ///   tenantctl tenant move acme --to dedicated
+    ///   tenantctl tenant move acme --to eu --max-pause 1s --on-cutover './route acme eu'
+    ///   tenantctl tenant move acme --to eu --offline
+    ///   tenantctl tenant move acme --abort
+    ///   tenantctl tenant move --cleanup --yes
+    #[command(verbatim_doc_comment)]
+    Move(MoveArgs),
+
+    /// Tenant sizes and activity: tables, indexes, TOAST, rows, writes, scans.
+    ///
+    /// One catalog query per cluster. Rows are the planner's estimates; writes and scans
+    /// count since the server's statistics were last reset. Per cluster, the sums.
+    ///
+    /// Examples:
+    ///   tenantctl tenant stats
+    ///   tenantctl tenant stats --sort writes --select 'tier=enterprise' --json
+    #[command(verbatim_doc_comment)]
+    Stats(StatsArgs),
 
     /// List registered tenants, with their labels.
     ///

@@ -145,6 +145,7 @@ fn needs(command: &Command) -> Needs {
         Command::Repair(a) => run(&a.run),
         Command::Status(a) => read(a.json),
         Command::Audit(a) => read(a.json),
+        Command::Rebalance(a) => data(&a.opts),
         Command::Tenant(t) => match t {
             TenantCommand::Create(a) => run(&a.run),
             TenantCommand::Adopt(a) => run(&a.run),
@@ -155,6 +156,8 @@ fn needs(command: &Command) -> Needs {
             TenantCommand::Import(a) => data(&a.opts),
             TenantCommand::Clone(a) => data(&a.opts),
             TenantCommand::Rename(a) => data(&a.opts),
+            TenantCommand::Move(a) => data(&a.opts),
+            TenantCommand::Stats(a) => read(a.json),
             TenantCommand::Pool(p) => match p {
                 PoolCommand::Fill(a) => run(&a.run),
                 PoolCommand::Drain(a) => run(&a.run),
@@ -172,6 +175,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Repair(_) => "repair",
         Command::Status(_) => "status",
         Command::Audit(_) => "audit",
+        Command::Rebalance(_) => "rebalance",
         Command::Init(_) => "init",
         Command::Completions(_) => "completions",
         Command::Man => "man",
@@ -190,6 +194,8 @@ fn command_name(command: &Command) -> &'static str {
             TenantCommand::Import(_) => "tenant import",
             TenantCommand::Clone(_) => "tenant clone",
             TenantCommand::Rename(_) => "tenant rename",
+            TenantCommand::Move(_) => "tenant move",
+            TenantCommand::Stats(_) => "tenant stats",
             TenantCommand::Pool(p) => match p {
                 PoolCommand::Fill(_) => "tenant pool fill",
                 PoolCommand::Status(_) => "tenant pool status",
@@ -261,6 +267,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Tenant(TenantCommand::Rename(args)) => {
                 commands::tenant_rename::rename(ctx, args).await
             }
+            Command::Tenant(TenantCommand::Move(args)) => {
+                commands::tenant_move::move_tenant(ctx, args).await
+            }
+            Command::Tenant(TenantCommand::Stats(args)) => {
+                commands::tenant_stats::stats(ctx, args).await
+            }
+            Command::Rebalance(args) => commands::tenant_stats::rebalance(ctx, args).await,
             Command::Tenant(TenantCommand::Pool(command)) => {
                 commands::pool::pool(ctx, command).await
             }

@@ -12,10 +12,13 @@ pub mod repair;
 pub mod rollback;
 pub mod scaffold;
 pub mod status;
+mod status_moves;
 pub mod tenant;
 pub mod tenant_change;
 pub mod tenant_data;
+pub mod tenant_move;
 pub mod tenant_rename;
+pub mod tenant_stats;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;

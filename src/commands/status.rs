@@ -209,6 +209,7 @@ async fn status_one(
         (None, None, None, Vec::new())
     };
     let files = crate::engine::files::check(&session, migrations).await?;
+    let moves = super::status_moves::read(&session, exists).await?;
     let late = files.late.clone();
     // The given tenants found registered (before --select and --failed narrow them).
     let found: BTreeSet<String> = match wanted {
@@ -285,7 +286,7 @@ async fn status_one(
     let unfaithful = !files.changed.is_empty() || !files.missing.is_empty();
     let code = match &verification {
         Some(v) if !v.problems.is_empty() => crate::exit::FAILED,
-        _ if unfaithful => crate::exit::FAILED,
+        _ if unfaithful || moves.leaked() => crate::exit::FAILED,
         _ => SUCCESS,
     };
     let detail = wanted.is_some().then_some(rows.as_slice());
@@ -306,6 +307,7 @@ async fn status_one(
         });
         text.insert_str(at, &line);
     }
+    text.push_str(&moves.text());
     if !late.is_empty() {
         let names: Vec<String> = late.iter().map(|(v, n)| format!("V{v}__{n}")).collect();
         text.push_str(&format!(
@@ -363,6 +365,7 @@ async fn status_one(
         )
         .cluster("last_run", serde_json::to_value(&last_run)?)
         .cluster("verify", serde_json::to_value(&verification)?);
+    part = moves.part(part);
     part = part.cluster(
         "last_change",
         match &last_change {

@@ -277,7 +277,8 @@ async fn list_one(
         .await?;
     let counts = vec![
         (Tally::Active, widths.active),
-        (Tally::Dropped, widths.rows - widths.active),
+        (Tally::Dropped, widths.dropped),
+        (Tally::InMoves, widths.rows - widths.active - widths.dropped),
     ];
     let part = Part::default()
         .top("command", json!("tenant list"))
@@ -314,6 +315,7 @@ fn list_json(r: &TenantRow) -> serde_json::Value {
 struct Widths {
     rows: usize,
     active: usize,
+    dropped: usize,
     id: usize,
     schema: usize,
     labels: usize,
@@ -325,6 +327,7 @@ impl Default for Widths {
         Widths {
             rows: 0,
             active: 0,
+            dropped: 0,
             id: 2,
             schema: 6,
             labels: 6,
@@ -337,6 +340,7 @@ impl Widths {
     fn add(&mut self, r: &TenantRow) {
         self.rows += 1;
         self.active += usize::from(r.state == TenantState::Active);
+        self.dropped += usize::from(r.state == TenantState::Dropped);
         self.id = self.id.max(r.tenant.id().len());
         self.schema = self.schema.max(r.tenant.schema().len());
         self.labels = self.labels.max(crate::labels::show(&r.labels).len());

@@ -16,7 +16,7 @@ use crate::cli::{CloneArgs, ExportArgs, ImportArgs, RunOpts};
 use crate::config::Target;
 use crate::control::{RunCommand, RunInfo, SharedOutcome, TenantRow, TenantState};
 use crate::db::Session;
-use crate::engine::apply::{Load, Mode};
+use crate::engine::apply::{ImportFrom, Load, Mode};
 use crate::engine::copy::{self, export, files};
 use crate::engine::events::{Event, Events};
 use crate::engine::failure::{Failure, FailureKind};
@@ -88,6 +88,17 @@ pub(super) async fn require_new(ctx: &Ctx, tenant: &Tenant) -> anyhow::Result<()
 pub(super) async fn record_one(
     ctx: &Ctx,
     session: &Session<'_>,
+    what: (RunCommand, &Tenant),
+    version: Option<i32>,
+    how: (&str, &str),
+) -> anyhow::Result<()> {
+    record_on(ctx, (&session.control, &session.client), what, version, how).await
+}
+
+/// [`record_one`] on any connection to the cluster (in its transaction, if it has one).
+pub(super) async fn record_on(
+    ctx: &Ctx,
+    (control, client): (&crate::control::Control, &Client),
     (command, tenant): (RunCommand, &Tenant),
     version: Option<i32>,
     (digest, scope): (&str, &str),
@@ -109,14 +120,8 @@ pub(super) async fn record_one(
         applied: 0,
         failure: None,
     };
-    session
-        .control
-        .record_single(
-            &session.client,
-            &info,
-            (tenant.id(), tenant.schema()),
-            &outcome,
-        )
+    control
+        .record_single(client, &info, (tenant.id(), tenant.schema()), &outcome)
         .await
 }
 
@@ -142,7 +147,12 @@ async fn register_one(
     (load, opts): (&dyn Load, &crate::cli::DataOpts),
 ) -> anyhow::Result<i32> {
     let request = Registration {
-        mode: Mode::Import { clone },
+        mode: Mode::Import {
+            from: match clone {
+                true => ImportFrom::Clone,
+                false => ImportFrom::Archive,
+            },
+        },
         target,
         if_not_exists: false,
         seed: None,
@@ -533,7 +543,6 @@ impl Load for CloneLoad<'_> {
         events: &'c Events,
     ) -> futures::future::LocalBoxFuture<'c, Result<(), Failure>> {
         async move {
-            let (tx, mut rx) = copy::channel();
             let source = export::Source {
                 tenant: &self.source.row.tenant,
                 labels: &self.source.row.labels,
@@ -541,26 +550,9 @@ impl Load for CloneLoad<'_> {
                 allow_drift: false,
                 registry_drift: self.source.row.drift.as_deref(),
             };
-            let exporting = async {
-                let result = export::export(&self.source.session.client, source, &tx, events).await;
-                if let Err(e) = &result {
-                    let _ = tx.send(Err(format!("reading the source: {e:#}"))).await;
-                }
-                drop(tx);
-                result
-            };
-            let (exported, loaded) = futures::join!(
-                exporting,
-                copy::load::load(client, tenant.schema(), &mut rx, events)
-            );
-            let exported = exported.map_err(|e| {
-                Failure::new(
-                    FailureKind::Archive,
-                    format!("reading the source: {e:#}"),
-                    None,
-                )
-            })?;
-            loaded?;
+            let from = &self.source.session.client;
+            let exported =
+                copy::pipe((from, source, false), (client, tenant.schema()), events).await?;
             let digest = exported.digest();
             *self.exported.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((exported.manifest, digest));

@@ -12,17 +12,21 @@
 mod files;
 mod ledger;
 mod locks;
+mod moves;
 mod registry;
 mod runs;
 mod states;
+mod stats;
 mod summary;
 
 pub use files::{Changed, FileCheck, HISTORY_TABLE};
 pub use ledger::{FailureRow, Halted, RunCounts, RunRow, SchemaRow, WaveRow};
 pub use locks::{schema_lock_sql, session_lock_sql, LOCK_NAMESPACE};
+pub use moves::{MoveRow, OldCopy};
 pub use registry::TenantRow;
 pub use runs::{FailureRecord, Opening, RunInfo, SharedOutcome, SHARED_ROW};
-pub use states::{RunCommand, RunState, SchemaResult, SchemaState, TenantState};
+pub use states::{MovePhase, RunCommand, RunState, SchemaResult, SchemaState, TenantState};
+pub use stats::TenantStats;
 pub use summary::{Summary, Summing};
 
 use tokio_postgres::types::{ToSql, Type};
@@ -32,7 +36,7 @@ use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
 
 /// Bumped whenever the DDL below changes; stored as the control schema's comment.
-const CONTROL_VERSION: &str = "tenantctl control schema v9";
+const CONTROL_VERSION: &str = "tenantctl control schema v10";
 
 /// SQLSTATE raised inside a schema's transaction when its run was taken over (fencing).
 pub const SQLSTATE_FENCED: &str = "TNF01";
@@ -111,6 +115,7 @@ impl Control {
         let tenant_states = stored_list(TenantState::ALL.iter().map(|s| s.as_str()));
         let run_states = stored_list(RunState::ALL.iter().map(|s| s.as_str()));
         let schema_states = stored_list(SchemaState::ALL.iter().map(|s| s.as_str()));
+        let move_phases = stored_list(MovePhase::ALL.iter().map(|s| s.as_str()));
         let (fenced, dropped) = (SQLSTATE_FENCED, SQLSTATE_DROPPED);
         let active = TenantState::Active.literal();
         let applied = self.applied_ddl();
@@ -220,6 +225,30 @@ ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS from_pool boolean;
 -- status reads the failures of the last run, not its 50,000 successes.
 CREATE INDEX IF NOT EXISTS run_schemas_failed_idx ON {q}.run_schemas (run_id) WHERE state = 'failed';
 ALTER TABLE {q}.runs ADD COLUMN IF NOT EXISTS seed text;
+ALTER TABLE {q}.tenants DROP CONSTRAINT IF EXISTS tenants_state_check;
+ALTER TABLE {q}.tenants ADD CONSTRAINT tenants_state_check CHECK (state IN ({tenant_states}));
+-- Moves (`tenant move`): one row per move on each side. On the source (`direction` out) it
+-- holds the phase, and after the cutover the old copy kept until it is cleaned up; on the
+-- target (in) the cluster it came from, so that a flip left half-done is finished.
+CREATE TABLE IF NOT EXISTS {q}.moves (
+    id          bigserial PRIMARY KEY,
+    tenant_id   text NOT NULL,
+    schema_name text NOT NULL,
+    direction   text NOT NULL CHECK (direction IN ('out', 'in')),
+    peer        text NOT NULL,
+    online      boolean NOT NULL,
+    link        text NOT NULL,
+    phase       text NOT NULL CHECK (phase IN ({move_phases})),
+    actor       text NOT NULL,
+    old_schema  text,
+    keep_until  timestamptz,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    cut_at      timestamptz,
+    finished_at timestamptz,
+    cleaned_at  timestamptz
+);
+CREATE INDEX IF NOT EXISTS tenants_in_motion_idx ON {q}.tenants (id) WHERE state IN ('moving', 'incoming');
+CREATE UNIQUE INDEX IF NOT EXISTS moves_open_idx ON {q}.moves (tenant_id, direction) WHERE finished_at IS NULL;
 {applied}
 -- The version is written once `applied` is complete (at once, unless it is new and the
 -- schemas that existed before it must be counted first: see fill_applied).

@@ -122,20 +122,27 @@ impl Control {
         }))
     }
 
-    /// Hot path: registers `tenant` with `labels` (or revives a dropped one). Affects no row
-    /// when the id is already an active tenant: the caller checks the command's row count.
-    pub fn register_sql(&self, tenant: &Tenant, labels: &Labels) -> String {
+    /// Hot path: registers `tenant` with `labels` (or revives a dropped one, or one that
+    /// moved away and comes back), active or, for a move's target, incoming. Affects no row
+    /// when the id is already here otherwise: the caller checks the command's row count.
+    pub fn register_sql(&self, tenant: &Tenant, labels: &Labels, incoming: bool) -> String {
         let labels = serde_json::to_string(labels).expect("strings");
+        let state = match incoming {
+            true => TenantState::Incoming,
+            false => TenantState::Active,
+        };
         format!(
-            "INSERT INTO {t} AS t (id, schema_name, labels) VALUES ({id}, {schema}, {labels}::jsonb) \
-             ON CONFLICT (id) DO UPDATE SET state = {active}, version = NULL, drift = NULL, archived_as = NULL, \
-                 role = NULL, labels = EXCLUDED.labels, created_at = now(), updated_at = now() WHERE t.state = {dropped}",
+            "INSERT INTO {t} AS t (id, schema_name, labels, state) VALUES ({id}, {schema}, {labels}::jsonb, {state}) \
+             ON CONFLICT (id) DO UPDATE SET state = {state}, version = NULL, drift = NULL, archived_as = NULL, \
+                 role = NULL, labels = EXCLUDED.labels, created_at = now(), updated_at = now() \
+             WHERE t.state IN ({dropped}, {moved})",
             t = self.table("tenants"),
             id = quote_literal(tenant.id()),
             schema = quote_literal(tenant.schema()),
             labels = quote_literal(&labels),
-            active = TenantState::Active.literal(),
+            state = state.literal(),
             dropped = TenantState::Dropped.literal(),
+            moved = TenantState::Moved.literal(),
         )
     }
 
@@ -347,18 +354,29 @@ impl Control {
                 quote_literal(tenant.schema())
             );
         }
-        let t = self.table("tenants");
-        let id = quote_literal(tenant.id());
+        format!(
+            "{} UPDATE {t} SET state = {dropped}, archived_as = {archived}, role = NULL WHERE id = {id}",
+            self.drop_role_sql(tenant, None),
+            t = self.table("tenants"),
+            id = quote_literal(tenant.id()),
+            dropped = TenantState::Dropped.literal(),
+            archived = archived_as.map_or("NULL".into(), quote_literal),
+        )
+    }
+
+    /// SQL: the role recorded for the tenant dropped, if it exists (see [`Control::drop_sql`]).
+    /// With `only`, only while the tenant's row is in that state.
+    pub(super) fn drop_role_sql(&self, tenant: &Tenant, only: Option<TenantState>) -> String {
+        let only = only.map_or(String::new(), |s| format!(" AND state = {}", s.literal()));
         format!(
             "DO $tenantctl$ DECLARE r text; BEGIN \
-                 SELECT role INTO r FROM {t} WHERE id = {id}; \
+                 SELECT role INTO r FROM {t} WHERE id = {id}{only}; \
                  IF r IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN \
                      EXECUTE format('GRANT %I TO CURRENT_USER', r); \
                      EXECUTE format('DROP OWNED BY %I', r); EXECUTE format('DROP ROLE %I', r); \
-                 END IF; END $tenantctl$; \
-             UPDATE {t} SET state = {dropped}, archived_as = {archived}, role = NULL WHERE id = {id}",
-            dropped = TenantState::Dropped.literal(),
-            archived = archived_as.map_or("NULL".into(), quote_literal),
+                 END IF; END $tenantctl$;",
+            t = self.table("tenants"),
+            id = quote_literal(tenant.id()),
         )
     }
 }

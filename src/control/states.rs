@@ -86,6 +86,15 @@ stored_enum! {
         TenantExport => "tenant export",
         /// `tenant rename`: a tenant's id, schema (and role) renamed.
         TenantRename => "tenant rename",
+        /// `tenant move`: a tenant moved to another cluster (recorded on both: the target's
+        /// run creates it there, the source's records the cutover).
+        TenantMove => "tenant move",
+        /// `tenant move --abort`: a move that had not cut over, undone.
+        TenantMoveAbort => "tenant move --abort",
+        /// `tenant move --cleanup`: the old copies moves left behind, dropped.
+        TenantMoveCleanup => "tenant move --cleanup",
+        /// `rebalance --apply`: the plan, recorded before its moves run.
+        Rebalance => "rebalance",
     }
 }
 
@@ -107,6 +116,29 @@ stored_enum! {
     TenantState {
         Active => "active",
         Dropped => "dropped",
+        /// Being moved to another cluster (`tenant move`): not migrated here, still served.
+        Moving => "moving",
+        /// Moved to another cluster: it lives there now (the row keeps the id taken).
+        Moved => "moved",
+        /// Arriving from another cluster: its schema filled and streaming, not active yet.
+        Incoming => "incoming",
+    }
+}
+
+stored_enum! {
+    /// Where a move stands (`moves.phase`), on either side.
+    MovePhase {
+        /// The publication and slot made, the rows being copied (the target not committed).
+        Copying => "copying",
+        /// The target committed its copy and its subscription streams the changes.
+        Streaming => "streaming",
+        /// The source committed the cutover: the tenant lives on the target (whose registry
+        /// row is flipped to active right after).
+        CutOver => "cut_over",
+        /// Flipped, and the replication objects dropped.
+        Done => "done",
+        /// Undone (`tenant move --abort`, or a failed first copy): nothing moved.
+        Aborted => "aborted",
     }
 }
 
@@ -180,7 +212,11 @@ impl RunCommand {
             | RunCommand::TenantImport
             | RunCommand::TenantClone
             | RunCommand::TenantExport
-            | RunCommand::TenantRename => false,
+            | RunCommand::TenantRename
+            | RunCommand::TenantMove
+            | RunCommand::TenantMoveAbort
+            | RunCommand::TenantMoveCleanup
+            | RunCommand::Rebalance => false,
         }
     }
 
@@ -192,11 +228,15 @@ impl RunCommand {
             | RunCommand::Repair
             | RunCommand::TenantLabel
             | RunCommand::TenantRename
+            | RunCommand::TenantMoveAbort
+            | RunCommand::TenantMoveCleanup
+            | RunCommand::Rebalance
             | RunCommand::PoolDrain => false,
             RunCommand::TenantCreate
             | RunCommand::TenantImport
             | RunCommand::TenantClone
             | RunCommand::TenantExport
+            | RunCommand::TenantMove
             | RunCommand::TenantAdopt
             | RunCommand::Migrate
             | RunCommand::Rollback

@@ -97,6 +97,39 @@ impl Endpoint {
         })
     }
 
+    /// This connection as a libpq `key=value` string, for the server itself to connect with
+    /// (a subscription's `CONNECTION`): host, port, database, user, password, TLS mode and
+    /// roots. It holds the password: it is never printed.
+    pub fn libpq_conninfo(&self) -> String {
+        fn quoted(v: &str) -> String {
+            format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+        let mut parts = Vec::new();
+        if let Some(tokio_postgres::config::Host::Tcp(h)) = self.pg.get_hosts().first() {
+            parts.push(format!("host={}", quoted(h)));
+        }
+        if let Some(tokio_postgres::config::Host::Unix(p)) = self.pg.get_hosts().first() {
+            parts.push(format!("host={}", quoted(&p.to_string_lossy())));
+        }
+        if let Some(port) = self.pg.get_ports().first() {
+            parts.push(format!("port={port}"));
+        }
+        if let Some(db) = self.pg.get_dbname() {
+            parts.push(format!("dbname={}", quoted(db)));
+        }
+        if let Some(user) = self.pg.get_user() {
+            parts.push(format!("user={}", quoted(user)));
+        }
+        if let Some(pw) = self.pg.get_password() {
+            parts.push(format!("password={}", quoted(&String::from_utf8_lossy(pw))));
+        }
+        parts.push(format!("sslmode={}", self.tls_spec.mode.as_str()));
+        if let crate::conninfo::Roots::File(f) = &self.tls_spec.roots {
+            parts.push(format!("sslrootcert={}", quoted(&f.to_string_lossy())));
+        }
+        parts.join(" ")
+    }
+
     /// Opens a connection, with an error an operator can act on. Refuses a server whose
     /// `standard_conforming_strings` is off: the hot path quotes identifiers into SQL text,
     /// and although only validated identifiers are quoted that way, tenantctl does not bet

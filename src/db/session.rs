@@ -163,6 +163,12 @@ impl<'a> Session<'a> {
         self.coordinator.connect().await
     }
 
+    /// Where the coordinator connects, as libpq reads it (see [`Endpoint::libpq_conninfo`]):
+    /// what a subscription on another cluster connects to this one with.
+    pub fn libpq_conninfo(&self) -> String {
+        self.coordinator.libpq_conninfo()
+    }
+
     /// After the coordinator's connection broke (a server restart, say): connect again,
     /// retrying with backoff for up to ~15 s.
     pub async fn reconnect(&mut self) -> anyhow::Result<()> {

@@ -60,13 +60,23 @@ pub trait Load {
     ) -> futures::future::LocalBoxFuture<'c, Result<(), Failure>>;
 }
 
+/// Where an import's rows come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportFrom {
+    Archive,
+    Clone,
+    /// A tenant moving in from another cluster: registered `incoming` until its cutover.
+    Move,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Create the schema and register the tenant in the same transaction.
     Create,
     /// Create the schema at `ApplyCtx::target`, register the tenant and load its rows
-    /// (`ApplyCtx::load`) in the same transaction: `tenant import`, `tenant clone`.
-    Import { clone: bool },
+    /// (`ApplyCtx::load`) in the same transaction: `tenant import`, `tenant clone`, and the
+    /// target side of `tenant move` (registered as incoming, not active).
+    Import { from: ImportFrom },
     /// Apply pending migrations to a registered tenant (up to `ApplyCtx::target`).
     Migrate,
     /// Revert applied migrations above `to` with their down scripts.
@@ -91,8 +101,15 @@ impl Mode {
     pub fn command(self) -> RunCommand {
         match self {
             Mode::Create => RunCommand::TenantCreate,
-            Mode::Import { clone: false } => RunCommand::TenantImport,
-            Mode::Import { clone: true } => RunCommand::TenantClone,
+            Mode::Import {
+                from: ImportFrom::Archive,
+            } => RunCommand::TenantImport,
+            Mode::Import {
+                from: ImportFrom::Clone,
+            } => RunCommand::TenantClone,
+            Mode::Import {
+                from: ImportFrom::Move,
+            } => RunCommand::TenantMove,
             Mode::Migrate => RunCommand::Migrate,
             Mode::Rollback { .. } => RunCommand::Rollback,
             Mode::Adopt { .. } => RunCommand::TenantAdopt,
@@ -358,7 +375,11 @@ pub fn begin_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, mode: Mode) -> String {
         sql.push(' ');
         let none = crate::labels::Labels::new();
         let labels = ctx.labels.get(tenant.id()).unwrap_or(&none);
-        sql.push_str(&ctx.control.register_sql(tenant, labels));
+        let incoming = mode
+            == Mode::Import {
+                from: ImportFrom::Move,
+            };
+        sql.push_str(&ctx.control.register_sql(tenant, labels, incoming));
     }
     sql
 }

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod heartbeat;
 pub mod history;
 pub mod idle;
+pub mod mover;
 pub mod one_trip;
 pub mod outcome;
 pub mod plan;

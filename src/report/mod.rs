@@ -152,6 +152,10 @@ pub fn schema_done(command: RunCommand, target: Option<i32>, a: &Applied) -> Str
         RunCommand::TenantClone => format!("cloned at {}", v(a.after)),
         RunCommand::TenantExport => format!("exported at {}", v(a.after)),
         RunCommand::TenantRename => "renamed".into(),
+        RunCommand::TenantMove => format!("copied in at {}", v(a.after)),
+        RunCommand::TenantMoveAbort => "move undone".into(),
+        RunCommand::TenantMoveCleanup => "old copy dropped".into(),
+        RunCommand::Rebalance => "planned".into(),
         RunCommand::TenantAdopt => format!(
             "adopted at {} ({} migration(s) recorded as applied)",
             v(a.after),
@@ -194,6 +198,9 @@ pub enum Tally {
     Drifted,
     Active,
     Dropped,
+    /// `tenant list`: rows of tenants in a move (moving or moved away from this cluster,
+    /// incoming to it).
+    InMoves,
     /// `tenant pool status`: schemas in the pool, and those of them at the latest version.
     Pooled,
     Ready,
@@ -225,6 +232,7 @@ impl Tally {
             Tally::Drifted => "drifted",
             Tally::Active => "active",
             Tally::Dropped => "dropped",
+            Tally::InMoves => "in_moves",
             Tally::Pooled => "pooled",
             Tally::Ready => "ready",
         }
@@ -243,6 +251,7 @@ impl Tally {
             Tally::Drifted => "drifted",
             Tally::Active => "active",
             Tally::Dropped => "dropped",
+            Tally::InMoves => "in moves",
             Tally::Pooled => "pooled",
             Tally::Ready => "ready",
         }
@@ -268,6 +277,10 @@ fn verbs(command: RunCommand) -> (&'static str, &'static str) {
         RunCommand::TenantClone => ("cloned", "already registered"),
         RunCommand::TenantExport => ("exported", "skipped"),
         RunCommand::TenantRename => ("renamed", "skipped"),
+        RunCommand::TenantMove => ("moved", "skipped"),
+        RunCommand::TenantMoveAbort => ("undone", "skipped"),
+        RunCommand::TenantMoveCleanup => ("cleaned up", "skipped"),
+        RunCommand::Rebalance => ("planned", "skipped"),
     }
 }
 

@@ -374,6 +374,19 @@ fn every_document_is_the_documented_one_for_one_database_and_for_several() {
         .iter()
         .all(|t| t["cluster"] == "a" || t["cluster"] == "b"));
 
+    check(&docs, &seen);
+    let missing: Vec<&String> = docs
+        .keys()
+        .filter(|k| !seen.0.contains_key(k.as_str()) && !MOVE_DOCUMENTS.contains(&k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented but never printed here: {missing:?}"
+    );
+}
+
+/// Every printed document against its documented shape.
+fn check(docs: &BTreeMap<String, Value>, seen: &Printed) {
     for (name, printed) in &seen.0 {
         let example = docs
             .get(*name)
@@ -384,12 +397,107 @@ fn every_document_is_the_documented_one_for_one_database_and_for_several() {
             .fold(Shape::Unknown, |a, b| merge(a, b, name));
         compare(&shape(example), &real, name);
     }
-    let missing: Vec<&String> = docs
-        .keys()
-        .filter(|k| !seen.0.contains_key(k.as_str()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "documented but never printed here: {missing:?}"
+}
+
+/// The documents of moves, printed by the test below (it needs clusters with logical
+/// replication).
+const MOVE_DOCUMENTS: &[&str] = &[
+    "tenant-move",
+    "tenant-move-abort",
+    "tenant-move-cleanup",
+    "tenant-stats",
+    "rebalance",
+];
+
+#[test]
+fn the_documents_of_moves_are_the_documented_ones() {
+    let docs = documented();
+    let mut seen = Printed::default();
+    let (a, b) = logical_pair();
+    let p = Project::on(a, "json_docs_moves", 2);
+    let b_url = fresh_db(b, "json_docs_moves_b");
+    p.with_cluster_b(&b_url);
+    p.run(&["tenant", "create", "acme", "globex", "--cluster", "a"], 0);
+    p.db()
+        .batch_execute(
+            "INSERT INTO tenant_acme.users (email, full_name) VALUES ('a@x', 'A'), ('b@x', 'B')",
+        )
+        .unwrap();
+    steps(
+        &p,
+        &mut seen,
+        &[
+            ("tenant-stats", &["tenant", "stats", "--json"], 0),
+            ("rebalance", &["rebalance", "--plan", "--json"], 0),
+        ],
     );
+    let killed = p
+        .cmd()
+        .env("TENANTCTL_TEST_KILL_AT", "streaming")
+        .args(["tenant", "move", "acme", "--to", "b"])
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None);
+    let status = p.json(&["status", "--json"], 0);
+    assert_eq!(status["moves"].as_array().unwrap().len(), 2, "{status}");
+    seen.add("status", status);
+    steps(
+        &p,
+        &mut seen,
+        &[
+            (
+                "tenant-move-abort",
+                &["tenant", "move", "acme", "--abort", "--json"],
+                0,
+            ),
+            (
+                "tenant-move",
+                &[
+                    "tenant",
+                    "move",
+                    "acme",
+                    "--to",
+                    "b",
+                    "--keep-source",
+                    "7d",
+                    "--json",
+                ],
+                0,
+            ),
+            (
+                "tenant-move",
+                &[
+                    "tenant",
+                    "move",
+                    "globex",
+                    "--to",
+                    "b",
+                    "--verify",
+                    "--offline",
+                    "--json",
+                ],
+                0,
+            ),
+        ],
+    );
+    let status = p.json(&["status", "--json"], 0);
+    assert_eq!(
+        status["old_copies"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
+    seen.add("status", status);
+    steps(
+        &p,
+        &mut seen,
+        &[(
+            "tenant-move-cleanup",
+            &["tenant", "move", "--cleanup", "acme", "--yes", "--json"],
+            0,
+        )],
+    );
+    check(&docs, &seen);
+    for name in MOVE_DOCUMENTS {
+        assert!(seen.0.contains_key(name), "{name} was not printed");
+    }
 }

@@ -14,6 +14,7 @@ mod fidelity;
 mod guarantees;
 mod json_docs;
 mod migrate;
+mod moves;
 mod no_transaction;
 mod output;
 mod pool;

@@ -61,7 +61,10 @@ pub async fn export(
     result
 }
 
-async fn in_snapshot(
+/// Like [`export`], in the transaction already open on `client` (a move's: a snapshot
+/// aligned with its replication slot, or the tables held against writes), which the caller
+/// ends.
+pub async fn in_snapshot(
     client: &Client,
     src: Source<'_>,
     out: &FrameSender,

@@ -16,6 +16,8 @@ pub mod load;
 pub mod preflight;
 
 use crate::archive::Frame;
+use crate::engine::events::Events;
+use crate::engine::failure::{Failure, FailureKind};
 
 /// Frames as they come, or why they stopped (the reader's or the exporter's error).
 pub type Frames = tokio::sync::mpsc::Receiver<Result<Frame, String>>;
@@ -27,4 +29,36 @@ pub const IN_FLIGHT: usize = 4;
 
 pub fn channel() -> (FrameSender, Frames) {
     tokio::sync::mpsc::channel(IN_FLIGHT)
+}
+
+/// An export piped into a load, at the same time, over a channel: `tenant clone` and a move's
+/// first copy. `in_open`: the source connection is already in the transaction to read (a
+/// move's snapshot), which the caller ends; otherwise the export opens and ends its own.
+pub async fn pipe(
+    (from, src, in_open): (&tokio_postgres::Client, export::Source<'_>, bool),
+    (to, schema): (&tokio_postgres::Client, &str),
+    events: &Events,
+) -> Result<export::Exported, Failure> {
+    let (tx, mut rx) = channel();
+    let exporting = async {
+        let result = match in_open {
+            true => export::in_snapshot(from, src, &tx, events).await,
+            false => export::export(from, src, &tx, events).await,
+        };
+        if let Err(e) = &result {
+            let _ = tx.send(Err(format!("reading the source: {e:#}"))).await;
+        }
+        drop(tx);
+        result
+    };
+    let (exported, loaded) = futures::join!(exporting, load::load(to, schema, &mut rx, events));
+    let exported = exported.map_err(|e| {
+        Failure::new(
+            FailureKind::Archive,
+            format!("reading the source: {e:#}"),
+            None,
+        )
+    })?;
+    loaded?;
+    Ok(exported)
 }

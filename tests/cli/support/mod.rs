@@ -291,6 +291,22 @@ pub fn server() -> &'static Server {
     })
 }
 
+/// Two clusters with logical replication on (`wal_level = logical`), shared by the tests of
+/// `tenant move`: each test moves between its own databases on them.
+pub fn logical_pair() -> &'static (Server, Server) {
+    static PAIR: OnceLock<(Server, Server)> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let conf = [
+            "wal_level=logical",
+            "max_replication_slots=64",
+            "max_wal_senders=64",
+            "max_logical_replication_workers=64",
+            "max_worker_processes=96",
+        ];
+        (start_cluster(&conf), start_cluster(&conf))
+    })
+}
+
 /// A fresh database on `server`, named after the test.
 pub fn fresh_db(server: &Server, name: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -454,6 +470,12 @@ impl Project {
     /// the same server, whose URL is returned).
     pub fn two_clusters(&self, second: &str) -> String {
         let url = fresh_db(server(), second);
+        self.with_cluster_b(&url);
+        url
+    }
+
+    /// Makes the project two clusters: `a` (its own database) and `b` at `url`.
+    pub fn with_cluster_b(&self, url: &str) {
         std::fs::write(
             self.config_path(),
             format!(
@@ -462,7 +484,6 @@ impl Project {
             ),
         )
         .unwrap();
-        url
     }
 
     /// Another program run like the binary: in the project folder, with the same cleared

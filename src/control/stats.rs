@@ -1,0 +1,77 @@
+//! `tenant stats`: tenant sizes and activity, one catalog query per cluster (never one per tenant): the
+//! relations of every registered tenant's schema, summed by schema, with the statistics
+//! collector's row estimates, writes and scans since its last reset.
+
+use tokio_postgres::Client;
+
+use super::Control;
+use crate::pgerror::describe;
+
+/// One tenant's size and activity.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantStats {
+    pub id: String,
+    pub schema: String,
+    /// Heap bytes (tables, with their free space map and visibility map).
+    pub table_bytes: i64,
+    pub index_bytes: i64,
+    pub toast_bytes: i64,
+    /// `table_bytes + index_bytes + toast_bytes`.
+    pub total_bytes: i64,
+    /// `pg_class.reltuples` summed (an estimate: -1 per never-analyzed table counts as 0).
+    pub rows: i64,
+    /// Inserts, updates and deletes since the statistics reset.
+    pub writes: i64,
+    /// Sequential and index scans since the statistics reset.
+    pub scans: i64,
+    #[serde(skip)]
+    pub labels: crate::labels::Labels,
+}
+
+impl Control {
+    /// Every active tenant of the registry and its stats, by id.
+    pub async fn tenant_stats(&self, client: &Client) -> anyhow::Result<Vec<TenantStats>> {
+        let registry = self.table("tenants");
+        let sql = format!(
+        "WITH t AS (SELECT id, schema_name, coalesce(to_jsonb(r) -> 'labels', '{{}}')::text AS labels \
+                    FROM {registry} r WHERE state = 'active'), \
+              c AS (SELECT n.nspname, c.relkind, c.reltuples, c.oid, c.reltoastrelid \
+                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                    WHERE n.nspname IN (SELECT schema_name FROM t) AND c.relkind IN ('r', 'm', 'i')) \
+         SELECT t.id, t.schema_name, t.labels, \
+                coalesce(sum(pg_relation_size(c.oid, 'main') + pg_relation_size(c.oid, 'fsm') + pg_relation_size(c.oid, 'vm')) FILTER (WHERE c.relkind IN ('r', 'm')), 0)::int8, \
+                coalesce(sum(pg_relation_size(c.oid)) FILTER (WHERE c.relkind = 'i'), 0)::int8, \
+                coalesce(sum(CASE WHEN c.reltoastrelid <> 0 THEN pg_total_relation_size(c.reltoastrelid) ELSE 0 END) FILTER (WHERE c.relkind IN ('r', 'm')), 0)::int8, \
+                coalesce(sum(greatest(c.reltuples, 0)) FILTER (WHERE c.relkind = 'r'), 0)::int8, \
+                coalesce(sum(coalesce(s.n_tup_ins + s.n_tup_upd + s.n_tup_del, 0)), 0)::int8, \
+                coalesce(sum(coalesce(s.seq_scan + coalesce(s.idx_scan, 0), 0)), 0)::int8 \
+         FROM t LEFT JOIN c ON c.nspname = t.schema_name \
+         LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+         GROUP BY t.id, t.schema_name, t.labels ORDER BY t.id"
+    );
+        let rows = client
+            .query_typed(&sql, &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the tenants' sizes: {}", describe(&e)))?;
+        rows.iter()
+            .map(|r| {
+                let (table, index, toast): (i64, i64, i64) = (r.get(3), r.get(4), r.get(5));
+                let labels: String = r.get(2);
+                Ok(TenantStats {
+                    id: r.get(0),
+                    schema: r.get(1),
+                    table_bytes: table,
+                    index_bytes: index,
+                    toast_bytes: toast,
+                    total_bytes: table + index + toast,
+                    rows: r.get(6),
+                    writes: r.get(7),
+                    scans: r.get(8),
+                    labels: serde_json::from_str(&labels).map_err(|e| {
+                        anyhow::anyhow!("the registry holds labels {labels:?}: {e}")
+                    })?,
+                })
+            })
+            .collect()
+    }
+}
