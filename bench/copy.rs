@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::{median, secs, Project, Server};
 
-const SCHEMA: &str = "
+pub const SCHEMA: &str = "
 CREATE TABLE customers (id bigserial PRIMARY KEY, name text NOT NULL, email text NOT NULL, meta jsonb, created_at timestamptz NOT NULL DEFAULT now());
 CREATE INDEX customers_email ON customers (email);
 CREATE TABLE products (id bigserial PRIMARY KEY, sku text NOT NULL UNIQUE, title text, price numeric(12,2));
@@ -35,7 +35,7 @@ CREATE INDEX events_customer_at ON events (customer_id, at);
 
 /// Rows for a tenant of `rows` rows: 10 % customers, 1 % products, 30 % orders, 40 % order
 /// items, 19 % events.
-fn fill_sql(schema: &str, rows: usize) -> String {
+pub fn fill_sql(schema: &str, rows: usize) -> String {
     let (c, p, o, i) = (rows / 10, (rows / 100).max(1), rows * 3 / 10, rows * 4 / 10);
     let e = rows - c - p - o - i;
     format!(

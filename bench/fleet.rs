@@ -17,6 +17,7 @@
 //!                                                      # round trips and the batched limit
 //!   cargo bench --bench fleet -- --copy [--rows 1000000]  # export/import/clone vs pg_dump/pg_restore
 //!   cargo bench --bench fleet -- --copy-scale [--rows 10000]  # one export at 100 vs 10,000 tenants
+//!   cargo bench --bench fleet -- --move [--rows 1000000] [--runs 10]  # tenant move: write pause, first copy vs pg_dump | pg_restore
 //!
 //! Without --url (or BENCH_DATABASE_URL) it starts a throwaway cluster with
 //! scripts/throwaway-pg.sh and removes it afterwards. Timings are medians; machines are shared
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod copy;
+mod moves;
 mod proxy;
 mod status;
 
@@ -62,6 +64,7 @@ struct Opts {
     copy: bool,
     /// One tenant's export with 100 tenants on the cluster and with 10,000.
     copy_scale: bool,
+    moves: bool,
     /// The rows of the copied tenant.
     rows: Option<usize>,
 }
@@ -85,6 +88,7 @@ fn parse_args() -> Opts {
         migrate_ab: false,
         copy: false,
         copy_scale: false,
+        moves: false,
         rows: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -127,6 +131,7 @@ fn parse_args() -> Opts {
             "--migrate-ab" => o.migrate_ab = true,
             "--copy" => o.copy = true,
             "--copy-scale" => o.copy_scale = true,
+            "--move" => o.moves = true,
             "--rows" => {
                 o.rows = Some(val(i).parse().expect("--rows takes a number"));
                 i += 1;
@@ -177,12 +182,14 @@ impl Server {
                 .unwrap_or(url);
             return Server { base, dir: None };
         }
+        Server::start_with("-c shared_preload_libraries=pg_stat_statements -c max_connections=400")
+    }
+
+    /// A throwaway cluster started with these extra server options.
+    fn start_with(extra: &str) -> Server {
         let out = Command::new(format!("{ROOT}/scripts/throwaway-pg.sh"))
             .arg("start")
-            .env(
-                "TENANTCTL_PG_EXTRA",
-                "-c shared_preload_libraries=pg_stat_statements -c max_connections=400",
-            )
+            .env("TENANTCTL_PG_EXTRA", extra)
             .output()
             .expect("running scripts/throwaway-pg.sh");
         assert!(
@@ -1066,6 +1073,10 @@ fn main() {
     }
     if o.copy {
         copy::bench_copy(&server, o.rows.unwrap_or(1_000_000), o.runs);
+        return;
+    }
+    if o.moves {
+        moves::bench_move(o.rows.unwrap_or(1_000_000), o.runs);
         return;
     }
     if o.copy_scale {
