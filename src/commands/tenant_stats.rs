@@ -19,13 +19,14 @@ use super::{selector, Ctx};
 async fn read_all<'a>(
     ctx: &'a Ctx,
     select: Option<&str>,
+    exact: bool,
 ) -> anyhow::Result<Vec<(&'a Target, Vec<TenantStats>)>> {
     let selector = selector(select)?;
     let selector = &selector;
     let mut read = futures::future::join_all(ctx.targets.iter().map(|t| async move {
         let session = ctx.session(t, false).await?;
         let mut rows = match session.control.exists(&session.client).await? {
-            true => session.control.tenant_stats(&session.client).await?,
+            true => session.control.tenant_stats(&session.client, exact).await?,
             false => Vec::new(),
         };
         if let Some(s) = selector {
@@ -43,7 +44,7 @@ fn mb(bytes: i64) -> String {
 }
 
 pub async fn stats(ctx: &Ctx, args: StatsArgs) -> anyhow::Result<i32> {
-    let clusters = read_all(ctx, args.select.as_deref()).await?;
+    let clusters = read_all(ctx, args.select.as_deref(), args.exact).await?;
     let mut results = Vec::new();
     for (target, mut rows) in clusters {
         rows.sort_by(|a, b| {
@@ -91,6 +92,7 @@ pub async fn stats(ctx: &Ctx, args: StatsArgs) -> anyhow::Result<i32> {
         let part = Part::default()
             .top("command", json!("tenant stats"))
             .top("sort", json!(format!("{:?}", args.sort).to_lowercase()))
+            .top("exact", json!(args.exact))
             .list(
                 "tenants",
                 rows.iter()
@@ -133,7 +135,7 @@ pub async fn rebalance(ctx: &Ctx, args: RebalanceArgs) -> anyhow::Result<i32> {
         )
         .into());
     }
-    let clusters = read_all(ctx, None).await?;
+    let clusters = read_all(ctx, None, false).await?;
     let sized: Vec<(String, Vec<Sized>)> = clusters
         .iter()
         .map(|(t, rows)| {

@@ -684,3 +684,50 @@ fn a_connection_lost_in_the_first_copy_or_in_the_cutover_leaves_the_move_whole()
     t.p.run(&["tenant", "move", "acme", "--to", "b"], 0);
     assert_moved(&t, "acme", &before);
 }
+
+#[test]
+fn a_long_transaction_on_the_source_delays_the_start_without_holding_the_tenant() {
+    let t = pair("mv_longtx");
+    t.tenant_with_rows("acme", 50);
+    t.tenant_with_rows("globex", 5);
+    // Another tenant's write transaction, open for 3 s when the move starts: making a slot
+    // waits for it; the tenant's writes must not wait with it.
+    let url = t.p.admin.clone();
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let long = std::thread::spawn(move || {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = db.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO tenant_globex.customers (name) VALUES ('long')",
+            &[],
+        )
+        .unwrap();
+        opened_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        tx.commit().unwrap();
+    });
+    opened.recv().unwrap();
+    let before = contents(&mut t.a(), "tenant_acme");
+    let out = t.p.run(
+        &[
+            "tenant",
+            "move",
+            "acme",
+            "--to",
+            "b",
+            "--max-pause",
+            "300ms",
+            "--json",
+        ],
+        0,
+    );
+    long.join().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let start = doc["start_pause_ms"].as_u64().unwrap();
+    assert!(
+        start < 1000,
+        "the tenant's writes were held {start} ms at the start"
+    );
+    assert!(doc["elapsed_ms"].as_u64().unwrap() >= 2000, "{doc}");
+    assert_moved(&t, "acme", &before);
+}

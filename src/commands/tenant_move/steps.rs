@@ -164,23 +164,18 @@ impl Mover<'_> {
         let schema = self.tenant.schema();
         let tables = prereq::table_names(&source.session.client, schema).await?;
         let copier = source.session.connect_again().await?;
-        if mv.online {
-            link::drop_source(&source.session.client, &mv.link).await?;
-            link::create_publication(&source.session.client, &mv.link, schema, &tables).await?;
-            let (locker, slotter) = futures::try_join!(
-                source.session.connect_again(),
-                source.session.connect_again()
-            )?;
-            let aligned = link::aligned_start(
-                (&locker, &slotter, &copier),
-                &mv.link,
-                (schema, &tables),
-                self.args.max_pause,
-            )
-            .await?;
-            self.report.start_pause = Some(aligned.pause);
-        } else {
-            cutover::hold_offline(&copier, (schema, &tables)).await?;
+        let started = match mv.online {
+            true => self.start_stream(source, &copier, mv, &tables).await,
+            false => cutover::hold_offline(&copier, (schema, &tables)).await,
+        };
+        if let Err(e) = started {
+            // Nothing is on the target yet: the source's side is undone, the tenant active.
+            admin::undo_source(&source.session, self.tenant, &mv.link).await?;
+            return Err(e.context(format!(
+                "tenant {} was not moved; it is active on {} as before",
+                self.tenant.id(),
+                source.target.name
+            )));
         }
         let held = Instant::now();
         let row = source.row.clone().expect("the source's row");
@@ -226,6 +221,72 @@ impl Mover<'_> {
             let _ = copier.batch_execute("ROLLBACK").await;
         }
         Ok(())
+    }
+
+    /// The publication, then the slot and the snapshot `copier` reads.
+    async fn start_stream(
+        &mut self,
+        source: &Side<'_>,
+        copier: &tokio_postgres::Client,
+        mv: &MoveRow,
+        tables: &[String],
+    ) -> anyhow::Result<()> {
+        let client = &source.session.client;
+        link::drop_source(client, &mv.link).await?;
+        link::create_publication(client, &mv.link, self.tenant.schema(), tables).await?;
+        let (locker, slotter) = futures::try_join!(
+            source.session.connect_again(),
+            source.session.connect_again()
+        )?;
+        let aligned = self
+            .aligned_start(source, (&locker, &slotter, copier), mv, tables)
+            .await?;
+        self.report.start_pause = Some(aligned.pause);
+        Ok(())
+    }
+
+    /// The slot and the first copy's snapshot (see `link::aligned_start`): after the write
+    /// transactions running on the source have ended (they would hold the tenant's writes
+    /// while the slot is made), within --max-pause, tried up to [`CUTOVER_ATTEMPTS`] times.
+    async fn aligned_start(
+        &self,
+        source: &Side<'_>,
+        clients: (
+            &tokio_postgres::Client,
+            &tokio_postgres::Client,
+            &tokio_postgres::Client,
+        ),
+        mv: &MoveRow,
+        tables: &[String],
+    ) -> anyhow::Result<link::Aligned> {
+        let schema = self.tenant.schema();
+        for attempt in 1..=CUTOVER_ATTEMPTS {
+            if !link::wait_for_running(clients.1, Duration::from_secs(30)).await? {
+                self.info(
+                    source,
+                    "write transactions on the source have run for more than 30 s; making the slot anyway",
+                );
+            }
+            let made =
+                link::aligned_start(clients, &mv.link, (schema, tables), self.args.max_pause)
+                    .await?;
+            if let Some(aligned) = made {
+                return Ok(aligned);
+            }
+            self.info(
+                source,
+                &format!(
+                    "start of the stream, attempt {attempt}: the slot waited for transactions running on the source longer than --max-pause {}; the tenant's writes were let go, trying again",
+                    humantime::format_duration(self.args.max_pause)
+                ),
+            );
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+        }
+        Err(anyhow::anyhow!(
+            "the replication slot for tenant {} could not be made within --max-pause {} in {CUTOVER_ATTEMPTS} attempts (it waits for the transactions running on the source, which were too long); nothing was moved: try again later, or with a larger --max-pause",
+            self.tenant.id(),
+            humantime::format_duration(self.args.max_pause)
+        ))
     }
 
     /// The tenant created on the target in one transaction, registered incoming, loaded by

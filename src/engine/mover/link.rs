@@ -73,21 +73,33 @@ pub struct Aligned {
 
 /// The slot and the first copy's snapshot, aligned (see the module's doc). On return,
 /// `copier` is in a `REPEATABLE READ, READ ONLY` transaction on that snapshot; `locker` and
-/// `slotter` are free again. On error nothing is held (a slot made is dropped again).
+/// `slotter` are free again. None: the tables could not be held, or the slot not made,
+/// within `max_wait` (transactions running on the source); nothing is held then, and the
+/// caller may try again. On error nothing is held either (a slot made is dropped again).
 pub async fn aligned_start(
     (locker, slotter, copier): (&Client, &Client, &Client),
     link: &str,
     (schema, tables): (&str, &[String]),
     max_wait: Duration,
-) -> anyhow::Result<Aligned> {
+) -> anyhow::Result<Option<Aligned>> {
+    use tokio_postgres::error::SqlState;
     let ms = max_wait.as_millis().max(1);
-    locker
+    let held = locker
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL lock_timeout = {ms}; LOCK TABLE {} IN SHARE MODE",
             table_list(schema, tables)
         ))
-        .await
-        .map_err(|e| err("holding the tenant's tables for the start of the stream", &e))?;
+        .await;
+    if let Err(e) = held {
+        let _ = locker.batch_execute("ROLLBACK").await;
+        if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+            return Ok(None);
+        }
+        return Err(err(
+            "holding the tenant's tables for the start of the stream",
+            &e,
+        ));
+    }
     let t0 = Instant::now();
     let made = match slotter
         .batch_execute(&format!("SET statement_timeout = {ms}"))
@@ -106,6 +118,9 @@ pub async fn aligned_start(
     let _ = slotter.batch_execute("RESET statement_timeout").await;
     if let Err(e) = made {
         let _ = locker.batch_execute("ROLLBACK").await;
+        if e.code() == Some(&SqlState::QUERY_CANCELED) {
+            return Ok(None);
+        }
         return Err(err(
             "creating the replication slot on the source (it waits for the transactions already running there to end)",
             &e,
@@ -133,7 +148,37 @@ pub async fn aligned_start(
         drop_slot(slotter, link).await?;
         return Err(err("taking the snapshot for the first copy", &e));
     }
-    Ok(Aligned { pause })
+    Ok(Some(Aligned { pause }))
+}
+
+/// Waits, holding nothing, until the write transactions running on the source's server now
+/// have ended (at most `limit`; false: some still run), so that the slot made with the
+/// tenant's writes held waits only for those that started since.
+pub async fn wait_for_running(client: &Client, limit: Duration) -> anyhow::Result<bool> {
+    let since: std::time::SystemTime = client
+        .query_one("SELECT now()", &[])
+        .await
+        .map_err(|e| err("reading the source's clock", &e))?
+        .get(0);
+    let deadline = Instant::now() + limit;
+    loop {
+        let running: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
+                 AND pid <> pg_backend_pid() AND xact_start <= $1",
+                &[&since],
+            )
+            .await
+            .map_err(|e| err("reading the transactions running on the source", &e))?
+            .get(0);
+        if running == 0 {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// SQL on the target, in the transaction that creates the schema: the subscription, on the
