@@ -731,3 +731,32 @@ fn a_long_transaction_on_the_source_delays_the_start_without_holding_the_tenant(
     assert!(doc["elapsed_ms"].as_u64().unwrap() >= 2000, "{doc}");
     assert_moved(&t, "acme", &before);
 }
+
+#[test]
+fn the_id_stays_taken_on_both_clusters_during_and_after_a_move() {
+    let t = pair("mv_ids");
+    t.tenant_with_rows("acme", 20);
+    killed_at(&t, "streaming");
+    for cluster in ["a", "b"] {
+        let out =
+            t.p.run(&["tenant", "create", "acme", "--cluster", cluster], 1);
+        assert!(
+            stdout(&out).contains("already registered"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert_eq!(state(&mut t.a(), "acme").as_deref(), Some("moving"));
+    assert_eq!(state(&mut t.b(), "acme").as_deref(), Some("incoming"));
+    t.p.run(&["tenant", "move", "acme", "--to", "b"], 0);
+    for cluster in ["a", "b"] {
+        t.p.run(&["tenant", "create", "acme", "--cluster", cluster], 1);
+    }
+    assert_eq!(state(&mut t.a(), "acme").as_deref(), Some("moved"));
+    assert_eq!(state(&mut t.b(), "acme").as_deref(), Some("active"));
+    let schemas = value(
+        &mut t.a(),
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'",
+    );
+    assert_eq!(schemas, 0, "no second acme was made on the source");
+}
