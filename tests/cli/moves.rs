@@ -760,3 +760,85 @@ fn the_id_stays_taken_on_both_clusters_during_and_after_a_move() {
     );
     assert_eq!(schemas, 0, "no second acme was made on the source");
 }
+
+#[test]
+fn a_stream_the_target_cannot_apply_stops_the_move_and_abort_clears_it() {
+    let t = pair("mv_broken");
+    t.tenant_with_rows("acme", 20);
+    killed_at(&t, "streaming");
+    // A row put on the target by hand, where the stream will bring another with its key.
+    t.b()
+        .batch_execute("INSERT INTO tenant_acme.customers (id, name) OVERRIDING SYSTEM VALUE VALUES (21, 'by hand')")
+        .unwrap();
+    t.a()
+        .batch_execute("INSERT INTO tenant_acme.customers (name) VALUES ('from the app')")
+        .unwrap();
+    let out = t.p.run(&["tenant", "move", "acme", "--to", "b"], 1);
+    assert!(
+        stderr(&out).contains("failed to apply changes"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        state(&mut t.a(), "acme").as_deref(),
+        Some("moving"),
+        "nothing cut over"
+    );
+    t.p.run(&["tenant", "move", "acme", "--abort"], 0);
+    assert_eq!(state(&mut t.a(), "acme").as_deref(), Some("active"));
+    assert_eq!(replication_objects(&mut t.a()), Vec::<String>::new());
+    assert_eq!(replication_objects(&mut t.b()), Vec::<String>::new());
+}
+
+#[test]
+fn the_cutover_takes_child_tables_first_and_does_not_deadlock_with_the_app() {
+    let t = pair("mv_order");
+    t.tenant_with_rows("acme", 20);
+    killed_at(&t, "streaming");
+    // The application's transaction: an order written, then (a second later) its customer
+    // share-locked, as a foreign key check or an ORM does. A cutover that took the parent
+    // table first would deadlock with it.
+    let url = t.p.admin.clone();
+    let (began_tx, began) = std::sync::mpsc::channel();
+    let app = std::thread::spawn(move || {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = db.transaction().unwrap();
+        tx.execute(
+            "UPDATE tenant_acme.orders SET note = 'app' WHERE id = 1",
+            &[],
+        )
+        .unwrap();
+        began_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        tx.query(
+            "SELECT 1 FROM tenant_acme.customers WHERE id = 1 FOR SHARE",
+            &[],
+        )?;
+        tx.commit()
+    });
+    began.recv().unwrap();
+    let out = t.p.run(
+        &[
+            "tenant",
+            "move",
+            "acme",
+            "--to",
+            "b",
+            "--max-pause",
+            "5s",
+            "--json",
+        ],
+        0,
+    );
+    app.join()
+        .unwrap()
+        .expect("the application's transaction commits");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["attempts"], 1, "{doc}");
+    let note: String = t
+        .b()
+        .query_one("SELECT note FROM tenant_acme.orders WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(note, "app", "the app's write reached the target");
+}

@@ -19,6 +19,8 @@ use super::{admin, Side};
 
 /// How many times a cutover is tried before the move stops (resumable) and says why.
 const CUTOVER_ATTEMPTS: u32 = 5;
+/// How long a subscription may stay disconnected before the move says its stream is broken.
+const STALLED: Duration = Duration::from_secs(60);
 /// The lag under which a cutover is tried.
 const SMALL_LAG: i64 = 8 << 20;
 /// How fast an offline move is expected to copy (the bench's order of magnitude), for the
@@ -365,7 +367,14 @@ impl Mover<'_> {
             self.wait_small_lag(source, target, mv, &mut last_lag)
                 .await?;
             self.report.attempts = attempt;
-            match cutover::hold(&cut, (schema, &tables), &mv.link, self.args.max_pause).await {
+            match cutover::hold(
+                (&cut, &source.session.client),
+                (schema, &tables),
+                &mv.link,
+                self.args.max_pause,
+            )
+            .await
+            {
                 Ok(cutover::Held::CaughtUp { since }) => {
                     return self.cut(source, target, mv, &cut, since).await;
                 }
@@ -399,7 +408,7 @@ impl Mover<'_> {
         mv: &MoveRow,
         last: &mut i64,
     ) -> anyhow::Result<()> {
-        let mut shown = Instant::now();
+        let (mut shown, mut connected) = (Instant::now(), Instant::now());
         loop {
             let lag = link::lag(&source.session.client, &mv.link).await?.ok_or_else(|| {
                 anyhow::anyhow!(
@@ -414,7 +423,25 @@ impl Mover<'_> {
                 *last = lag;
                 return Ok(());
             }
+            if streaming {
+                connected = Instant::now();
+            }
             if shown.elapsed() >= Duration::from_secs(2) {
+                let failing = link::apply_errors(&target.session.client, &mv.link).await?;
+                let stalled = connected.elapsed() > STALLED;
+                if failing > 0 || stalled {
+                    return Err(anyhow::anyhow!(
+                        "the subscription {} on {} {}: the stream is broken (the target's server log says why). Nothing was cut over; the tenant is still served by {}: `tenant move {} --abort`, fix the cause, and move it again",
+                        mv.link,
+                        target.target.name,
+                        match failing > 0 {
+                            true => format!("failed to apply changes {failing} time(s)"),
+                            false => format!("has not been connected to {} for {} s", source.target.name, STALLED.as_secs()),
+                        },
+                        source.target.name,
+                        self.tenant.id()
+                    ));
+                }
                 let what = match streaming {
                     true => format!("catching up: {:.1} MB behind", lag as f64 / 1_048_576.0),
                     false => format!(

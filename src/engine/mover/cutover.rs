@@ -31,7 +31,7 @@ pub enum Held {
 /// `source` and waits until the move's subscription has applied every change before the
 /// hold. Online moves only; an offline move holds them from the start (see [`hold_offline`]).
 pub async fn hold(
-    source: &Client,
+    (source, flusher): (&Client, &Client),
     (schema, tables): (&str, &[String]),
     link_name: &str,
     max_pause: Duration,
@@ -45,8 +45,16 @@ pub async fn hold(
         .await;
     if let Err(e) = held {
         let _ = source.batch_execute("ROLLBACK").await;
-        // Another transaction held a table longer than the pause allows: try again later.
-        if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+        // Another transaction held a table longer than the pause allows (or took them in
+        // another order): try again later.
+        use tokio_postgres::error::SqlState;
+        if [
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ]
+        .iter()
+        .any(|c| e.code() == Some(c))
+        {
             let lag = link::lag(source, link_name).await?.unwrap_or(0);
             return Ok(Held::TooSlow { lag_bytes: lag });
         }
@@ -54,10 +62,18 @@ pub async fn hold(
     }
     let since = Instant::now();
     let lsn: String = source
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .map_err(|e| err("reading the source's WAL position", &e))?
         .get(0);
+    // The insert position, not the write position: a write committed just before the hold
+    // with `synchronous_commit = off` may not be written out yet, and it must be in the
+    // stream before the cutover. The stream carries only flushed WAL: a transaction with a
+    // synchronous commit flushes it now instead of at the WAL writer's next round.
+    flusher
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT")
+        .await
+        .map_err(|e| err("flushing the source's WAL", &e))?;
     loop {
         if link::applied_up_to(source, link_name, &lsn).await? {
             return Ok(Held::CaughtUp { since });

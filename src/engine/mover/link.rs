@@ -92,7 +92,9 @@ pub async fn aligned_start(
         .await;
     if let Err(e) = held {
         let _ = locker.batch_execute("ROLLBACK").await;
-        if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+        if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+            || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+        {
             return Ok(None);
         }
         return Err(err(
@@ -299,6 +301,23 @@ pub async fn applied_up_to(client: &Client, link: &str, lsn: &str) -> anyhow::Re
         .await
         .map_err(|e| err("reading how far the target applied the stream", &e))?;
     Ok(!rows.is_empty())
+}
+
+/// How many times the target's subscription failed to apply a change (0: none, or no
+/// subscription).
+pub async fn apply_errors(client: &Client, link: &str) -> anyhow::Result<i64> {
+    let rows = client
+        .query_typed(
+            "SELECT apply_error_count FROM pg_stat_subscription_stats WHERE subname = $1",
+            &[(&link, Type::TEXT)],
+        )
+        .await;
+    match rows {
+        Ok(rows) => Ok(rows.first().map_or(0, |r| r.get(0))),
+        // Before PostgreSQL 15 there is no such view: the stall bound is what is left.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(0),
+        Err(e) => Err(err("reading the subscription's errors", &e)),
+    }
 }
 
 /// Replication objects named like a move's, on one cluster: slots and publications

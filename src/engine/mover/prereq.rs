@@ -10,16 +10,28 @@ use crate::control::HISTORY_TABLE;
 use crate::pgerror::describe;
 
 /// The tenant's tables that a move publishes (its history table aside: migrations make it
-/// on the target), by name.
+/// on the target), those that reference others first: the order a move locks them in. An
+/// application's transaction that inserts into a child table then share-locks the parent row
+/// (a foreign key check) holds the child first; taking the child first too, a move waits
+/// for it instead of deadlocking with it.
 pub async fn tables(client: &Client, schema: &str) -> anyhow::Result<Vec<Table>> {
     let rows = client
         .query_typed(
-            "SELECT c.relname::text, c.relpersistence = 'u', \
+            "WITH RECURSIVE fk AS ( \
+                 SELECT k.conrelid AS child, k.confrelid AS parent FROM pg_constraint k \
+                 WHERE k.contype = 'f' AND k.conrelid <> k.confrelid \
+                   AND k.connamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)), \
+             reach (child, parent, depth) AS ( \
+                 SELECT child, parent, 1 FROM fk \
+                 UNION SELECT r.child, f.parent, r.depth + 1 FROM reach r JOIN fk f ON f.child = r.parent \
+                 WHERE r.depth < 16) \
+             SELECT c.relname::text, c.relpersistence = 'u', \
                     c.relreplident = 'f' OR (c.relreplident IN ('d', 'i') AND EXISTS ( \
                         SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid \
-                          AND (CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END))) \
+                          AND (CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END))), \
+                    (SELECT count(DISTINCT parent) FROM reach WHERE reach.child = c.oid) AS refs \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> $2 ORDER BY 1",
+             WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> $2 ORDER BY refs DESC, 1",
             &[(&schema, Type::TEXT), (&HISTORY_TABLE, Type::TEXT)],
         )
         .await

@@ -27,7 +27,13 @@ pub async fn settle(config: &Config, session: &Session<'_>) -> anyhow::Result<Ve
             .map(|m| m.peer.clone());
         match (state, peer) {
             (TenantState::Incoming, Some(peer)) => {
-                if source_cut_over(config, &peer, &id).await? {
+                let Ok(cut) = source_cut_over(config, &peer, &id).await else {
+                    notes.push(format!(
+                        "tenant {id} is arriving from {peer}, which could not be asked whether its move cut over: not worked on here"
+                    ));
+                    continue;
+                };
+                if cut {
                     control.flip_incoming(client, &id).await?;
                     notes.push(format!(
                         "tenant {id}: its move from {peer} had cut over but was not finished; it is active here now (`tenant move {id} --to {}` drops the replication objects it left)",
