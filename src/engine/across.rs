@@ -359,7 +359,7 @@ async fn prepare<'a>(
             Direction::Backward { to } => (RunCommand::Rollback, Some(to)),
         };
         let env = host.run_env(target);
-        in_motion(config, &session, &env).await?;
+        in_motion(config, &session, &env, req.dry_run).await?;
         if at_once {
             let work =
                 |version: &str, drifted: &str| todo_sql(migrations, direction, version, drifted);
@@ -400,14 +400,20 @@ async fn prepare<'a>(
         return read_fleet(session, env, migrations, wanted_ids, with_pool).await;
     }
     let (session, env) = fleet_session(host, target, req.dry_run, req.wait).await?;
-    in_motion(config, &session, &env).await?;
+    in_motion(config, &session, &env, req.dry_run).await?;
     read_fleet(session, env, migrations, wanted_ids, with_pool).await
 }
 
 /// Tenants in a move are not worked on (each named in a warning); a move that cut over
-/// without its target flipped is finished first (see [`crate::engine::mover::settle`]).
-async fn in_motion(config: &Config, session: &Session<'_>, env: &RunEnv<'_>) -> anyhow::Result<()> {
-    for message in crate::engine::mover::settle::settle(config, session).await? {
+/// without its target flipped is finished first, unless this is a dry run (see
+/// [`crate::engine::mover::settle`]).
+async fn in_motion(
+    config: &Config,
+    session: &Session<'_>,
+    env: &RunEnv<'_>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    for message in crate::engine::mover::settle::settle(config, session, !dry_run).await? {
         env.events
             .emit(&crate::engine::events::Event::Warning { message: &message });
     }

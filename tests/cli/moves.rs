@@ -410,6 +410,14 @@ fn a_flip_left_undone_is_finished_by_migrate_and_the_tenant_is_migrated() {
         "V2__email.sql",
         "ALTER TABLE customers ADD COLUMN email text;",
     );
+    // A dry run changes nothing, and says what the real run will do.
+    let out = t.p.run(&["migrate", "--all", "--dry-run"], 0);
+    assert!(
+        stderr(&out).contains("without --dry-run"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(state(&mut t.b(), "acme").as_deref(), Some("incoming"));
     let out = t.p.run(&["migrate", "--all"], 0);
     assert!(
         stderr(&out).contains("it is active here now"),

@@ -548,7 +548,7 @@ impl Mover<'_> {
         self.report.keep = keep;
         if keep == Some(Duration::ZERO) {
             let copies = source.session.control.old_copies(sc).await?;
-            if let Some(copy) = copies.iter().find(|c| c.tenant == self.tenant.id()) {
+            if let Some(copy) = copies.iter().find(|c| c.id == mv.id) {
                 sc.batch_execute(&format!(
                     "BEGIN; {} COMMIT;",
                     source.session.control.drop_old_copy_sql(copy)

@@ -7,9 +7,14 @@ use crate::config::Config;
 use crate::control::TenantState;
 use crate::db::Session;
 
-/// On `session`'s cluster: flips the incoming tenants whose source has cut over, and
-/// returns a line for each tenant still in motion (not worked on by this command).
-pub async fn settle(config: &Config, session: &Session<'_>) -> anyhow::Result<Vec<String>> {
+/// On `session`'s cluster: flips (with `flip`; a dry run only says so) the incoming tenants
+/// whose source has cut over, and returns a line for each tenant still in motion (not worked
+/// on by this command).
+pub async fn settle(
+    config: &Config,
+    session: &Session<'_>,
+    flip: bool,
+) -> anyhow::Result<Vec<String>> {
     let (control, client) = (&session.control, &session.client);
     if !control.exists(client).await? || !control.is_current(client).await? {
         return Ok(Vec::new());
@@ -33,7 +38,12 @@ pub async fn settle(config: &Config, session: &Session<'_>) -> anyhow::Result<Ve
                     ));
                     continue;
                 };
-                if cut {
+                if cut && !flip {
+                    notes.push(format!(
+                        "tenant {id}: its move from {peer} cut over but was not finished; the same command without --dry-run (or `tenant move {id} --to {}`) makes it active here",
+                        session.target.name
+                    ));
+                } else if cut {
                     control.flip_incoming(client, &id).await?;
                     notes.push(format!(
                         "tenant {id}: its move from {peer} had cut over but was not finished; it is active here now (`tenant move {id} --to {}` drops the replication objects it left)",
