@@ -6,6 +6,25 @@ use std::fmt;
 /// PostgreSQL silently truncates identifiers longer than this many bytes (NAMEDATALEN - 1).
 pub(crate) const MAX_IDENT_BYTES: usize = 63;
 
+/// The name a schema is put out of the way under: `<schema>__<tag>_<UTC yyyymmddhhmmss>`
+/// (`tenant drop --archive`: `arch`; the source of a `tenant move`: `moved`), the schema's
+/// name cut to fit 63 bytes, the stamp kept. Tenant ids cannot contain `__`, so such a name
+/// never collides with a live tenant's schema.
+pub fn aside_name(schema: &str, tag: &str) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let suffix = format!(
+        "__{tag}_{:04}{:02}{:02}{:02}{:02}{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let keep = MAX_IDENT_BYTES - suffix.len();
+    format!("{}{suffix}", &schema[..schema.len().min(keep)])
+}
+
 /// Why an id was refused. Every variant names the rule, so the message teaches the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -197,6 +216,27 @@ pub(crate) fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aside_names_fit_an_identifier_and_keep_the_stamp() {
+        let today = time::OffsetDateTime::now_utc().date();
+        let day = format!(
+            "{:04}{:02}{:02}",
+            today.year(),
+            u8::from(today.month()),
+            today.day()
+        );
+        let short = aside_name("tenant_acme", "moved");
+        assert!(
+            short.starts_with(&format!("tenant_acme__moved_{day}")),
+            "{short}"
+        );
+        let long = aside_name(&"x".repeat(63), "moved");
+        assert_eq!(long.len(), 63);
+        assert!(long.ends_with(&short[short.len() - 14..]), "{long}");
+        let archived = aside_name("tenant_acme", "arch");
+        assert!(archived.starts_with("tenant_acme__arch_"), "{archived}");
+    }
 
     fn parse(id: &str) -> Result<Tenant, IdError> {
         Tenant::parse(id, "tenant_", "tenantctl")

@@ -251,7 +251,7 @@ pub fn plan_work<'s>(
             archived_as: None,
         }),
         Mode::Drop { archive } => {
-            let archived_as = archive.then(|| archive_name(tenant.schema()));
+            let archived_as = archive.then(|| crate::tenant::aside_name(tenant.schema(), "arch"));
             Ok(Work {
                 before: registry_version,
                 after: None,
@@ -280,24 +280,6 @@ fn drop_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant, archived_as: Option<&str>) -> S
         ctx.control.uncount_history_sql(tenant.schema()),
         ctx.control.drop_sql(tenant, archived_as)
     )
-}
-
-/// `<schema>__arch_<UTC yyyymmddhhmmss>`, cut to fit 63 bytes. Tenant ids cannot contain
-/// `__`, so an archived name never collides with a live tenant's schema.
-fn archive_name(schema: &str) -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let stamp = format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    );
-    let suffix = format!("__arch_{stamp}");
-    let keep = crate::tenant::MAX_IDENT_BYTES - suffix.len();
-    format!("{}{suffix}", &schema[..schema.len().min(keep)])
 }
 
 impl Segment<'_> {

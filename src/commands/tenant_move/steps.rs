@@ -506,7 +506,7 @@ impl Mover<'_> {
             (&mv.link, &scope),
         )
         .await?;
-        let old = cutover::old_schema_name(schema);
+        let old = crate::tenant::aside_name(schema, "moved");
         kill_point("cutover");
         cutover::commit(cut, &source.session.control, (self.tenant, mv.id), &old).await?;
         kill_point("committed");

@@ -242,47 +242,6 @@ async fn table_sums(
         .collect())
 }
 
-/// The name the source schema is renamed to at the cutover: `<schema>__moved_<UTC>`.
-pub fn old_schema_name(schema: &str) -> String {
-    let stamp = chrono_like_utc();
-    let mut name = format!("{schema}__moved_{stamp}");
-    // An identifier is at most 63 bytes: the schema's name gives way, the stamp stays.
-    while name.len() > 63 {
-        let cut = schema.len() - (name.len() - 63);
-        name = format!("{}__moved_{stamp}", &schema[..cut]);
-    }
-    name
-}
-
-/// `20261205t103000` (UTC), from the system clock.
-fn chrono_like_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}{m:02}{d:02}t{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil: (year, month, day) of days since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 /// The last step of the source's transaction: the schema renamed to `old_schema`, the
 /// tenant marked moved, the move cut over; COMMIT.
 pub async fn commit(
@@ -300,20 +259,4 @@ pub async fn commit(
         return Err(err("committing the cutover on the source", &e));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn old_names_fit_an_identifier_and_keep_the_stamp() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_792), (2026, 12, 5));
-        let short = old_schema_name("tenant_acme");
-        assert!(short.starts_with("tenant_acme__moved_2"), "{short}");
-        let long = old_schema_name(&"x".repeat(63));
-        assert_eq!(long.len(), 63);
-        assert!(long.ends_with(&short[short.len() - 15..]), "{long}");
-    }
 }
