@@ -52,6 +52,29 @@ impl Pair {
     }
 }
 
+/// An application's transaction on a thread: `first`, then (once it has run, when this
+/// returns) `pause`, `then` and COMMIT; joined, how it ended.
+fn app_transaction(
+    url: &str,
+    first: &'static str,
+    pause: Duration,
+    then: &'static str,
+) -> std::thread::JoinHandle<Result<(), postgres::Error>> {
+    let url = url.to_string();
+    let (began_tx, began) = std::sync::mpsc::channel();
+    let app = std::thread::spawn(move || {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = db.transaction().unwrap();
+        tx.execute(first, &[]).unwrap();
+        began_tx.send(()).unwrap();
+        std::thread::sleep(pause);
+        tx.query(then, &[])?;
+        tx.commit()
+    });
+    began.recv().unwrap();
+    app
+}
+
 /// The one number a statement returns.
 fn value(db: &mut postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).unwrap().get(0)
@@ -700,21 +723,12 @@ fn a_long_transaction_on_the_source_delays_the_start_without_holding_the_tenant(
     t.tenant_with_rows("globex", 5);
     // Another tenant's write transaction, open for 3 s when the move starts: making a slot
     // waits for it; the tenant's writes must not wait with it.
-    let url = t.p.admin.clone();
-    let (opened_tx, opened) = std::sync::mpsc::channel();
-    let long = std::thread::spawn(move || {
-        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let mut tx = db.transaction().unwrap();
-        tx.execute(
-            "INSERT INTO tenant_globex.customers (name) VALUES ('long')",
-            &[],
-        )
-        .unwrap();
-        opened_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_secs(3));
-        tx.commit().unwrap();
-    });
-    opened.recv().unwrap();
+    let long = app_transaction(
+        &t.p.admin,
+        "INSERT INTO tenant_globex.customers (name) VALUES ('long')",
+        Duration::from_secs(3),
+        "SELECT 1",
+    );
     let before = contents(&mut t.a(), "tenant_acme");
     let out = t.p.run(
         &[
@@ -729,7 +743,7 @@ fn a_long_transaction_on_the_source_delays_the_start_without_holding_the_tenant(
         ],
         0,
     );
-    long.join().unwrap();
+    long.join().unwrap().unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let start = doc["start_pause_ms"].as_u64().unwrap();
     assert!(
@@ -806,25 +820,12 @@ fn the_cutover_takes_child_tables_first_and_does_not_deadlock_with_the_app() {
     // The application's transaction: an order written, then (a second later) its customer
     // share-locked, as a foreign key check or an ORM does. A cutover that took the parent
     // table first would deadlock with it.
-    let url = t.p.admin.clone();
-    let (began_tx, began) = std::sync::mpsc::channel();
-    let app = std::thread::spawn(move || {
-        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let mut tx = db.transaction().unwrap();
-        tx.execute(
-            "UPDATE tenant_acme.orders SET note = 'app' WHERE id = 1",
-            &[],
-        )
-        .unwrap();
-        began_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        tx.query(
-            "SELECT 1 FROM tenant_acme.customers WHERE id = 1 FOR SHARE",
-            &[],
-        )?;
-        tx.commit()
-    });
-    began.recv().unwrap();
+    let app = app_transaction(
+        &t.p.admin,
+        "UPDATE tenant_acme.orders SET note = 'app' WHERE id = 1",
+        Duration::from_millis(1500),
+        "SELECT 1 FROM tenant_acme.customers WHERE id = 1 FOR SHARE",
+    );
     let out = t.p.run(
         &[
             "tenant",

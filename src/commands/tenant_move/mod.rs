@@ -60,11 +60,28 @@ pub(in crate::commands) async fn locate<'a>(
             return anyhow::Ok(side);
         }
         let client = &side.session.client;
-        side.row = c.tenants(client, Some(ids)).await?.into_iter().next();
-        if c.is_current(client).await? {
-            side.out = c.open_moves(client, false, Some(&ids[0])).await?.pop();
-            side.inn = c.open_moves(client, true, Some(&ids[0])).await?.pop();
-        }
+        let current = c.is_current(client).await?;
+        // Sent together: one round trip.
+        let (rows, out, inn) = futures::try_join!(
+            c.tenants(client, Some(ids)),
+            async {
+                match current {
+                    true => c.open_moves(client, false, Some(&ids[0])).await,
+                    false => Ok(Vec::new()),
+                }
+            },
+            async {
+                match current {
+                    true => c.open_moves(client, true, Some(&ids[0])).await,
+                    false => Ok(Vec::new()),
+                }
+            }
+        )?;
+        (side.row, side.out, side.inn) = (
+            rows.into_iter().next(),
+            out.into_iter().last(),
+            inn.into_iter().last(),
+        );
         anyhow::Ok(side)
     }))
     .await;

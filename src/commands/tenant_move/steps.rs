@@ -102,7 +102,7 @@ impl Mover<'_> {
         )?;
         let (sc, tc) = (&source.session.client, &target.session.client);
         let tables = prereq::tables(sc, self.tenant.schema()).await?;
-        let bytes = schema_bytes(sc, self.tenant.schema()).await?;
+        let bytes = crate::engine::copy::catalog::schema_bytes(sc, self.tenant.schema()).await?;
         let pause = Duration::from_secs_f64(bytes as f64 / OFFLINE_BYTES_PER_SEC);
         let online = !self.args.offline;
         if online {
@@ -218,7 +218,8 @@ impl Mover<'_> {
         if !mv.online {
             // Still held: the cutover is on the same transaction.
             self.report.attempts = 1;
-            self.cut(source, target, mv, &copier, held).await?;
+            self.cut(source, target, mv, (&copier, &tables), held)
+                .await?;
         } else {
             let _ = copier.batch_execute("ROLLBACK").await;
         }
@@ -362,10 +363,8 @@ impl Mover<'_> {
         let schema = self.tenant.schema();
         let tables = prereq::table_names(&source.session.client, schema).await?;
         let cut = source.session.connect_again().await?;
-        let mut last_lag = i64::MAX;
         for attempt in 1..=CUTOVER_ATTEMPTS {
-            self.wait_small_lag(source, target, mv, &mut last_lag)
-                .await?;
+            self.wait_small_lag(source, target, mv).await?;
             self.report.attempts = attempt;
             match cutover::hold(
                 (&cut, &source.session.client),
@@ -376,7 +375,7 @@ impl Mover<'_> {
             .await
             {
                 Ok(cutover::Held::CaughtUp { since }) => {
-                    return self.cut(source, target, mv, &cut, since).await;
+                    return self.cut(source, target, mv, (&cut, &tables), since).await;
                 }
                 Ok(cutover::Held::TooSlow { lag_bytes }) => {
                     self.info(
@@ -406,7 +405,6 @@ impl Mover<'_> {
         source: &Side<'_>,
         target: &Side<'_>,
         mv: &MoveRow,
-        last: &mut i64,
     ) -> anyhow::Result<()> {
         let (mut shown, mut connected) = (Instant::now(), Instant::now());
         loop {
@@ -420,7 +418,6 @@ impl Mover<'_> {
             })?;
             let streaming = link::applied_up_to(&source.session.client, &mv.link, "0/0").await?;
             if streaming && lag <= SMALL_LAG {
-                *last = lag;
                 return Ok(());
             }
             if streaming {
@@ -463,10 +460,10 @@ impl Mover<'_> {
         source: &Side<'_>,
         target: &Side<'_>,
         mv: &MoveRow,
-        cut: &tokio_postgres::Client,
+        (cut, tables): (&tokio_postgres::Client, &[String]),
         since: Instant,
     ) -> anyhow::Result<()> {
-        let result = self.cut_inner(source, target, mv, cut).await;
+        let result = self.cut_inner(source, target, mv, (cut, tables)).await;
         match result {
             Ok(()) => {
                 self.report.pause = Some(since.elapsed());
@@ -479,21 +476,22 @@ impl Mover<'_> {
         }
     }
 
+    /// `tables`: read before the hold (migrations are held off during a move, so they are
+    /// the same): no catalog read while the tenant's writes wait.
     async fn cut_inner(
         &mut self,
         source: &Side<'_>,
         target: &Side<'_>,
         mv: &MoveRow,
-        cut: &tokio_postgres::Client,
+        (cut, tables): (&tokio_postgres::Client, &[String]),
     ) -> anyhow::Result<()> {
         let schema = self.tenant.schema();
         let tc = &target.session.client;
         if mv.online {
             cutover::settle_target(cut, tc, schema).await?;
         }
-        let tables = prereq::table_names(cut, schema).await?;
         self.report.checks =
-            cutover::compare((cut, tc), (schema, schema), &tables, self.args.verify).await?;
+            cutover::compare((cut, tc), (schema, schema), tables, self.args.verify).await?;
         if let Some(cmd) = &self.args.on_cutover {
             run_hook(cmd, self.tenant, (&source.target.name, &target.target.name)).await?;
         }
@@ -594,18 +592,6 @@ async fn old_schema_of(source: &Side<'_>, move_id: i64) -> anyhow::Result<Option
         .into_iter()
         .find(|c| c.id == move_id)
         .map(|c| c.schema))
-}
-
-/// The schema's size on disk (tables, indexes, TOAST).
-async fn schema_bytes(client: &tokio_postgres::Client, schema: &str) -> anyhow::Result<i64> {
-    let row = client
-        .query_one(
-            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8 FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
-            &[&schema],
-        )
-        .await?;
-    Ok(row.get(0))
 }
 
 /// `--on-cutover`: the command, through the shell, with the move in its environment; its

@@ -11,7 +11,8 @@ use crate::control::HISTORY_TABLE;
 /// their dependency on the schema in `pg_depend`, by index: a scan of `pg_class`,
 /// `pg_attribute` or `pg_constraint` would read every tenant's catalog rows (at 10,000
 /// tenants, hundreds of thousands), and an export would cost more as the fleet grows.
-const RELATIONS: &str = "(SELECT c.* FROM pg_depend d JOIN pg_class c ON c.oid = d.objid \
+pub(crate) const RELATIONS: &str =
+    "(SELECT c.* FROM pg_depend d JOIN pg_class c ON c.oid = d.objid \
      WHERE d.refclassid = 'pg_namespace'::regclass \
        AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = $1) \
        AND d.refobjsubid = 0 AND d.classid = 'pg_class'::regclass AND d.deptype = 'n')";
@@ -86,6 +87,21 @@ pub async fn sequences(
             value: r.get(1),
         })
         .collect())
+}
+
+/// The schema's size on disk: its tables and materialized views with their indexes and
+/// TOAST (what a move copies, for the pause an offline move announces).
+pub async fn schema_bytes(client: &Client, schema: &str) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_typed_one(
+            &format!(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8 FROM {RELATIONS} c \
+                 WHERE c.relkind IN ('r', 'm')"
+            ),
+            &[(&schema, Type::TEXT)],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// The schema's materialized views that hold data (refreshed after a load).

@@ -7,31 +7,35 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::control::HISTORY_TABLE;
+use crate::engine::copy::catalog::RELATIONS;
 use crate::pgerror::describe;
 
 /// The tenant's tables that a move publishes (its history table aside: migrations make it
 /// on the target), those that reference others first: the order a move locks them in. An
 /// application's transaction that inserts into a child table then share-locks the parent row
 /// (a foreign key check) holds the child first; taking the child first too, a move waits
-/// for it instead of deadlocking with it.
+/// for it instead of deadlocking with it. The schema's relations are found through
+/// `pg_depend` by index, as the copier finds them (`catalog::RELATIONS`): this runs inside a
+/// cutover, and a scan of `pg_class` or `pg_constraint` would cost what the fleet's size does.
 pub async fn tables(client: &Client, schema: &str) -> anyhow::Result<Vec<Table>> {
     let rows = client
         .query_typed(
-            "WITH RECURSIVE fk AS ( \
-                 SELECT k.conrelid AS child, k.confrelid AS parent FROM pg_constraint k \
-                 WHERE k.contype = 'f' AND k.conrelid <> k.confrelid \
-                   AND k.connamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)), \
-             reach (child, parent, depth) AS ( \
-                 SELECT child, parent, 1 FROM fk \
-                 UNION SELECT r.child, f.parent, r.depth + 1 FROM reach r JOIN fk f ON f.child = r.parent \
-                 WHERE r.depth < 16) \
-             SELECT c.relname::text, c.relpersistence = 'u', \
-                    c.relreplident = 'f' OR (c.relreplident IN ('d', 'i') AND EXISTS ( \
-                        SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid \
-                          AND (CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END))), \
-                    (SELECT count(DISTINCT parent) FROM reach WHERE reach.child = c.oid) AS refs \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> $2 ORDER BY refs DESC, 1",
+            &format!(
+                "WITH RECURSIVE rel AS {RELATIONS}, \
+                 fk AS ( \
+                     SELECT k.conrelid AS child, k.confrelid AS parent FROM pg_constraint k \
+                     WHERE k.conrelid IN (SELECT oid FROM rel) AND k.contype = 'f' AND k.conrelid <> k.confrelid), \
+                 reach (child, parent, depth) AS ( \
+                     SELECT child, parent, 1 FROM fk \
+                     UNION SELECT r.child, f.parent, r.depth + 1 FROM reach r JOIN fk f ON f.child = r.parent \
+                     WHERE r.depth < 16) \
+                 SELECT c.relname::text, c.relpersistence = 'u', \
+                        c.relreplident = 'f' OR (c.relreplident IN ('d', 'i') AND EXISTS ( \
+                            SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid \
+                              AND (CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END))), \
+                        (SELECT count(DISTINCT parent) FROM reach WHERE reach.child = c.oid) AS refs \
+                 FROM rel c WHERE c.relkind = 'r' AND c.relname <> $2 ORDER BY refs DESC, 1"
+            ),
             &[(&schema, Type::TEXT), (&HISTORY_TABLE, Type::TEXT)],
         )
         .await
