@@ -18,6 +18,7 @@
 //!   cargo bench --bench fleet -- --copy [--rows 1000000]  # export/import/clone vs pg_dump/pg_restore
 //!   cargo bench --bench fleet -- --copy-scale [--rows 10000]  # one export at 100 vs 10,000 tenants
 //!   cargo bench --bench fleet -- --move [--rows 1000000] [--runs 10]  # tenant move: write pause, first copy vs pg_dump | pg_restore
+//!   cargo bench --bench fleet -- --sql [--n 1000,10000]  # query and exec vs a psql loop, A/B/A; RSS
 //!
 //! Without --url (or BENCH_DATABASE_URL) it starts a throwaway cluster with
 //! scripts/throwaway-pg.sh and removes it afterwards. Timings are medians; machines are shared
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 mod copy;
 mod moves;
 mod proxy;
+mod sql;
 mod status;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenantctl");
@@ -65,6 +67,7 @@ struct Opts {
     /// One tenant's export with 100 tenants on the cluster and with 10,000.
     copy_scale: bool,
     moves: bool,
+    sql: bool,
     /// The rows of the copied tenant.
     rows: Option<usize>,
 }
@@ -89,6 +92,7 @@ fn parse_args() -> Opts {
         copy: false,
         copy_scale: false,
         moves: false,
+        sql: false,
         rows: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -132,6 +136,7 @@ fn parse_args() -> Opts {
             "--copy" => o.copy = true,
             "--copy-scale" => o.copy_scale = true,
             "--move" => o.moves = true,
+            "--sql" => o.sql = true,
             "--rows" => {
                 o.rows = Some(val(i).parse().expect("--rows takes a number"));
                 i += 1;
@@ -1055,6 +1060,11 @@ fn bench_size(server: &Server, n: usize, jobs: usize, runs: usize) -> Row {
     }
 }
 
+/// Whether `--n` was given.
+fn args_has_n() -> bool {
+    std::env::args().any(|a| a == "--n")
+}
+
 fn main() {
     let o = parse_args();
     let server = Server::start(o.url.clone());
@@ -1073,6 +1083,15 @@ fn main() {
     }
     if o.copy {
         copy::bench_copy(&server, o.rows.unwrap_or(1_000_000), o.runs);
+        return;
+    }
+    if o.sql {
+        let sizes = if args_has_n() {
+            o.sizes.clone()
+        } else {
+            vec![1000, 10_000]
+        };
+        sql::bench_sql(&server, &sizes, o.jobs, o.runs);
         return;
     }
     if o.moves {

@@ -21,7 +21,7 @@ use crate::{median, secs, Project, Server, BIN};
 /// Runs `bin args` in `dir` to completion: wall time and peak RSS (KiB) from wait4(2).
 // wait4 reaps the child (std's wait would not return its rusage).
 #[allow(clippy::zombie_processes)]
-fn timed_rusage(bin: &str, dir: &Path, args: &[&str]) -> (Duration, u64) {
+pub(crate) fn timed_rusage(bin: &str, dir: &Path, args: &[&str]) -> (Duration, u64) {
     let t0 = Instant::now();
     let child = Command::new(bin)
         .current_dir(dir)
@@ -66,7 +66,7 @@ fn measure(bin: &str, dir: &Path, args: &[&str], runs: usize) -> Measure {
 }
 
 /// A database with `n` tenants created by `bin`, at V1 of a one-migration set.
-fn fleet(server: &Server, db: &str, n: usize, bin: &str) -> Project {
+pub(crate) fn fleet(server: &Server, db: &str, n: usize, bin: &str) -> Project {
     let url = server.fresh_db(db);
     let p = Project::new(&url, 4);
     std::fs::write(

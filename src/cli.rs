@@ -8,9 +8,11 @@ use clap::{Args, Parser, Subcommand};
 mod args;
 mod data;
 mod moves;
+mod sql;
 pub use args::*;
 pub use data::*;
 pub use moves::*;
+pub use sql::*;
 
 /// Provision and migrate PostgreSQL tenants in the schema-per-tenant model.
 ///
@@ -220,6 +222,46 @@ pub enum Command {
     ///   tenantctl rebalance --apply --yes
     #[command(verbatim_doc_comment)]
     Rebalance(RebalanceArgs),
+
+    /// Run a read-only query in every tenant: one merged result, each row with its tenant.
+    ///
+    /// Each tenant in a READ ONLY transaction with search_path set to its schema, at most
+    /// --jobs at once per cluster. The SQL is checked first like a migration (no session SET,
+    /// nothing that names another tenant, `public` or the control schema): refused, nothing
+    /// runs. With several statements, the last one's rows are returned. A tenant that fails
+    /// (a missing table in a tenant behind, a timeout) is reported with PostgreSQL's message
+    /// and exit 1; the others' rows are still printed. A tenant whose rows have other
+    /// columns than the first tenant's is reported, not printed under the wrong names.
+    /// Nothing is recorded: a read-only standby serves it.
+    ///
+    /// Examples:
+    ///   tenantctl query --all -c 'select count(*) as users from users'
+    ///   tenantctl query --all -f report.sql --format csv > report.csv
+    ///   tenantctl query --select 'tier=enterprise' -c 'select * from plans' --with-labels
+    ///   tenantctl query --all --format ndjson -c 'select id from orders where customer_id is null'
+    #[command(verbatim_doc_comment)]
+    Query(QueryArgs),
+
+    /// Run a data change in every tenant, exactly once each, recorded and resumable.
+    ///
+    /// Each tenant in one transaction (its schema's lock, search_path, the SQL, the session
+    /// guard, its ledger row, COMMIT), at most --jobs at once, recorded as a run of `exec`
+    /// (the SQL's digest, who, when: see `tenantctl audit`). An exec runs once per tenant:
+    /// the same SQL again runs only where it has not (new tenants, failed ones), unless
+    /// --again; after a kill, the same command carries on with the tenants not done. Rows
+    /// affected are reported per tenant. The SQL is checked first like a migration. Holds the
+    /// fleet lock: no migrate or rollback changes the tenants' tables meanwhile.
+    ///
+    /// --until-zero: a backfill in batches, each its own short transaction, until a batch
+    /// changes nothing; --canary and --waves stage it like a migration.
+    ///
+    /// Examples:
+    ///   tenantctl exec --all -c "update users set email = lower(email) where email <> lower(email)" --dry-run
+    ///   tenantctl exec --all -f fix-orphans.sql --canary 5 --waves 25%,100%
+    ///   tenantctl exec --all --until-zero --batch-pause 200ms \
+    ///       -c 'update orders set total_cents = total * 100 where id in (select id from orders where total_cents is null limit 5000)'
+    #[command(verbatim_doc_comment)]
+    Exec(ExecArgs),
 }
 
 #[derive(Debug, Args)]

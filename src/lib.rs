@@ -146,6 +146,12 @@ fn needs(command: &Command) -> Needs {
         Command::Status(a) => read(a.json),
         Command::Audit(a) => read(a.json),
         Command::Rebalance(a) => data(&a.opts),
+        Command::Query(a) => Needs {
+            jobs: a.jobs,
+            json: a.json || a.format == Some(report::rows::Format::Json),
+            ..read(false)
+        },
+        Command::Exec(a) => run(&a.run),
         Command::Tenant(t) => match t {
             TenantCommand::Create(a) => run(&a.run),
             TenantCommand::Adopt(a) => run(&a.run),
@@ -176,6 +182,8 @@ fn command_name(command: &Command) -> &'static str {
         Command::Status(_) => "status",
         Command::Audit(_) => "audit",
         Command::Rebalance(_) => "rebalance",
+        Command::Query(_) => "query",
+        Command::Exec(_) => "exec",
         Command::Init(_) => "init",
         Command::Completions(_) => "completions",
         Command::Man => "man",
@@ -282,6 +290,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Repair(args) => commands::repair::repair(ctx, args).await,
             Command::Status(args) => commands::status::status(ctx, args).await,
             Command::Audit(args) => commands::audit::audit(ctx, args).await,
+            Command::Query(args) => commands::query::query(ctx, args).await,
+            Command::Exec(args) => commands::exec::exec(ctx, args).await,
             Command::Init(_) | Command::Completions(_) | Command::Man | Command::Migration(_) => {
                 unreachable!("handled before the runtime")
             }

@@ -44,6 +44,13 @@ impl Out {
         }
     }
 
+    /// Sends what is buffered (output streamed for a reader that follows it live).
+    pub fn flush(&mut self) {
+        if !self.closed && self.out.flush().is_err() {
+            self.closed = true;
+        }
+    }
+
     pub fn closed(&self) -> bool {
         self.closed
     }

@@ -4,10 +4,12 @@
 
 pub mod audit;
 pub mod clusters;
+pub mod exec;
 pub mod fleet;
 pub mod listing;
 pub mod migrate;
 pub mod pool;
+pub mod query;
 pub mod repair;
 pub mod rollback;
 pub mod scaffold;

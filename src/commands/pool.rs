@@ -279,6 +279,7 @@ fn pool_request(
         waves: None,
         seed: None,
         load: None,
+        sql: None,
         resume: false,
         fail_fast,
     }

@@ -143,6 +143,7 @@ pub async fn repair(ctx: &Ctx, args: RepairArgs) -> anyhow::Result<i32> {
                 waves: None,
                 seed: None,
                 load: None,
+                sql: None,
                 resume: false,
                 fail_fast: args.run.fail_fast,
             },

@@ -488,6 +488,7 @@ async fn register_on(
             waves: None,
             seed: request.seed.as_ref(),
             load: request.load,
+            sql: None,
             resume: false,
             fail_fast: run.fail_fast,
         },

@@ -114,6 +114,7 @@ pub async fn drop(ctx: &Ctx, args: DropArgs) -> anyhow::Result<i32> {
             waves: None,
             seed: None,
             load: None,
+            sql: None,
             resume: false,
             fail_fast: args.run.fail_fast,
         };

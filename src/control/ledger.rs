@@ -155,6 +155,8 @@ pub struct SchemaRow {
     pub archived_as: Option<String>,
     /// `tenant create`: whether its schema came from the pool (null for other commands).
     pub from_pool: Option<bool>,
+    /// `exec`: the rows its SQL affected (null for other commands).
+    pub rows: Option<i64>,
     pub failure: Option<FailureRow>,
 }
 
@@ -490,7 +492,8 @@ impl Control {
                     {line}::int, coalesce({message}, s.error, ''), coalesce(s.error, ''), \
                     CASE WHEN $3 THEN t.archived_as END, (s.j ->> 'wave')::int, \
                     coalesce(t.labels, '{{}}')::text, \
-                    CASE WHEN $4 THEN coalesce((s.j ->> 'from_pool')::boolean, false) END \
+                    CASE WHEN $4 THEN coalesce((s.j ->> 'from_pool')::boolean, false) END, \
+                    CASE WHEN $5 THEN coalesce((s.j ->> 'rows')::int8, 0) END \
              FROM (SELECT s.*, to_jsonb(s) AS j FROM {rs} s WHERE s.run_id = $1 AND {which} OFFSET 0) s \
              LEFT JOIN LATERAL (SELECT t.archived_as, to_jsonb(t) -> 'labels' AS labels FROM {tenants} t \
                                 WHERE t.id = s.tenant_id OFFSET 0) t ON true \
@@ -510,6 +513,7 @@ impl Control {
         );
         let archived = command == RunCommand::TenantDropArchive;
         let creates = command == RunCommand::TenantCreate;
+        let execs = command == RunCommand::Exec;
         let rows = client
             .query_typed(
                 &sql,
@@ -518,6 +522,7 @@ impl Control {
                     (&failed_only, Type::BOOL),
                     (&archived, Type::BOOL),
                     (&creates, Type::BOOL),
+                    (&execs, Type::BOOL),
                 ],
             )
             .await
@@ -553,6 +558,7 @@ impl Control {
                     attempts: r.get(7),
                     archived_as: r.get(14),
                     from_pool: r.get(17),
+                    rows: r.get(18),
                     failure,
                 })
             })

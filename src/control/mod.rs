@@ -24,7 +24,7 @@ pub use ledger::{FailureRow, Halted, RunCounts, RunRow, SchemaRow, WaveRow};
 pub use locks::{schema_lock_sql, session_lock_sql, LOCK_NAMESPACE};
 pub use moves::{MoveRow, OldCopy};
 pub use registry::TenantRow;
-pub use runs::{FailureRecord, Opening, RunInfo, SharedOutcome, SHARED_ROW};
+pub use runs::{FailureRecord, Opening, RunInfo, SharedOutcome, SHARED_ROW, SQLSTATE_EXEC_DONE};
 pub use states::{MovePhase, RunCommand, RunState, SchemaResult, SchemaState, TenantState};
 pub use stats::TenantStats;
 pub use summary::{Summary, Summing};
@@ -36,7 +36,7 @@ use crate::pgerror::describe;
 use crate::tenant::{quote_ident, quote_literal};
 
 /// Bumped whenever the DDL below changes; stored as the control schema's comment.
-const CONTROL_VERSION: &str = "tenantctl control schema v10";
+const CONTROL_VERSION: &str = "tenantctl control schema v11";
 
 /// SQLSTATE raised inside a schema's transaction when its run was taken over (fencing).
 pub const SQLSTATE_FENCED: &str = "TNF01";
@@ -249,6 +249,8 @@ CREATE TABLE IF NOT EXISTS {q}.moves (
 );
 CREATE INDEX IF NOT EXISTS tenants_in_motion_idx ON {q}.tenants (id) WHERE state IN ('moving', 'incoming');
 CREATE UNIQUE INDEX IF NOT EXISTS moves_open_idx ON {q}.moves (tenant_id, direction) WHERE finished_at IS NULL;
+-- `exec`: the rows the SQL affected in the tenant (summed over --until-zero's batches).
+ALTER TABLE {q}.run_schemas ADD COLUMN IF NOT EXISTS rows bigint;
 {applied}
 -- The version is written once `applied` is complete (at once, unless it is new and the
 -- schemas that existed before it must be counted first: see fill_applied).

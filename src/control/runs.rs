@@ -29,6 +29,9 @@ pub struct RunInfo<'a> {
     pub seed: Option<&'a str>,
 }
 
+/// SQLSTATE raised in an `exec` tenant's transaction when its run already did it.
+pub const SQLSTATE_EXEC_DONE: &str = "TNX01";
+
 /// The tenant id of the ledger row of a shared migrations' step.
 pub const SHARED_ROW: &str = "(shared)";
 
@@ -311,6 +314,65 @@ impl Control {
                 int_or_null(after)
             ),
         )
+    }
+
+    /// Hot path, `exec`: `rows` more rows on the tenant's ledger row of the run, and with
+    /// `done` the row succeeded (its version untouched: exec changes data, not schemas), in
+    /// the transaction that affected them.
+    pub fn exec_rows_sql(&self, run_id: i64, tenant: &Tenant, rows: u64, done: bool) -> String {
+        let finish = match done {
+            true => format!(
+                ", state = {}, version_after = version_before, applied = 0, attempts = attempts + 1, \
+                 started_at = coalesce(started_at, now()), finished_at = clock_timestamp(), error = NULL, \
+                 failed_migration = NULL, kind = NULL, sqlstate = NULL, line = NULL, message = NULL",
+                SchemaState::Succeeded.literal()
+            ),
+            false => ", started_at = coalesce(started_at, now())".to_string(),
+        };
+        format!(
+            "UPDATE {rs} SET rows = coalesce(rows, 0) + {rows}{finish} WHERE run_id = {run_id} AND tenant_id = {id}",
+            rs = self.table("run_schemas"),
+            id = quote_literal(tenant.id()),
+        )
+    }
+
+    /// Hot path, `exec`: fails (SQLSTATE [`SQLSTATE_EXEC_DONE`]) when the run already has the
+    /// tenant done: a retry after a COMMIT whose answer was lost must not run the SQL twice.
+    pub fn exec_not_done_sql(&self, run_id: i64, tenant: &Tenant) -> String {
+        format!(
+            "DO $tenantctl$ BEGIN IF EXISTS (SELECT 1 FROM {rs} WHERE run_id = {run_id} AND tenant_id = {id} AND state = {done}) THEN \
+                 RAISE EXCEPTION 'this run already ran the SQL in %', {id} USING ERRCODE = '{SQLSTATE_EXEC_DONE}'; \
+             END IF; END $tenantctl$",
+            rs = self.table("run_schemas"),
+            id = quote_literal(tenant.id()),
+            done = SchemaState::Succeeded.literal(),
+        )
+    }
+
+    /// `exec`: the tenants an earlier run of the same SQL (`digest`) already ran it in.
+    pub async fn exec_done(
+        &self,
+        client: &Client,
+        digest: &str,
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let sql = format!(
+            "SELECT DISTINCT s.tenant_id FROM {runs} r JOIN {rs} s ON s.run_id = r.id \
+             WHERE r.command = $1 AND r.digest = $2 AND s.state = {done}",
+            runs = self.table("runs"),
+            rs = self.table("run_schemas"),
+            done = SchemaState::Succeeded.literal(),
+        );
+        let rows = client
+            .query_typed(
+                &sql,
+                &[
+                    (&RunCommand::Exec.as_str(), Type::TEXT),
+                    (&digest, Type::TEXT),
+                ],
+            )
+            .await
+            .map_err(|e| failed("reading which tenants ran this SQL before", &e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// The registry's version for `tenant`, and `set` on its ledger row of the run.

@@ -95,6 +95,11 @@ stored_enum! {
         TenantMoveCleanup => "tenant move --cleanup",
         /// `rebalance --apply`: the plan, recorded before its moves run.
         Rebalance => "rebalance",
+        /// `exec`: one piece of SQL run in each tenant, exactly once per tenant (the run's
+        /// digest is the SQL's).
+        Exec => "exec",
+        /// `query`: read-only, never recorded (named for its events and its JSON).
+        Query => "query",
     }
 }
 
@@ -189,7 +194,7 @@ impl RunCommand {
     /// "unchanged" (a re-check), not "done": fleet commands, except `pool drain` (whose every
     /// schema is dropped, which changes no version on its ledger row).
     pub fn counts_rechecks(self) -> bool {
-        self.is_fleet_command() && self != RunCommand::PoolDrain
+        self.is_fleet_command() && !matches!(self, RunCommand::PoolDrain | RunCommand::Exec)
     }
 
     /// Fleet commands (migrate, rollback, repair) work on registered tenants that may already
@@ -216,7 +221,11 @@ impl RunCommand {
             | RunCommand::TenantMove
             | RunCommand::TenantMoveAbort
             | RunCommand::TenantMoveCleanup
-            | RunCommand::Rebalance => false,
+            | RunCommand::Rebalance
+            | RunCommand::Query => false,
+            // Under the fleet lock (the tenants' versions cannot change under it), but each
+            // tenant it ran on is done, whatever its version.
+            RunCommand::Exec => true,
         }
     }
 
@@ -231,6 +240,8 @@ impl RunCommand {
             | RunCommand::TenantMoveAbort
             | RunCommand::TenantMoveCleanup
             | RunCommand::Rebalance
+            | RunCommand::Exec
+            | RunCommand::Query
             | RunCommand::PoolDrain => false,
             RunCommand::TenantCreate
             | RunCommand::TenantImport

@@ -19,7 +19,7 @@ use crate::engine::failure::Failure;
 use crate::engine::plan::{self, Direction, Step};
 use crate::engine::run::{self as engine_run, scope_of, Planned, RunEnv, RunRequest, RunResult};
 use crate::engine::shared::{apply_shared_recorded, shared_version};
-use crate::engine::waves::{Gate, WavePlan, WaveSpec};
+use crate::engine::waves::{WavePlan, WaveSpec};
 use crate::exit::{self, UsageError};
 use crate::labels::{Labels, Selector};
 use crate::migrations::MigrationSet;
@@ -226,57 +226,18 @@ pub async fn run(host: &impl Host, req: FleetRequest<'_>) -> anyhow::Result<Outc
         .unzip();
     // A staged rollout: waves over the whole selected fleet, every cluster's seat at the
     // gate taken before any starts.
-    let staged = match waves {
-        Some(spec) if req.tenants => {
-            let fleet: Vec<(String, crate::labels::Labels)> = prepared
-                .iter()
-                .flatten()
-                .flat_map(|p| {
-                    p.active
-                        .iter()
-                        .filter(|a| !a.tenant.is_pooled())
-                        .map(|a| (a.tenant.id().to_string(), a.labels.clone()))
-                })
-                .collect();
-            let waves = Arc::new(spec.assign(&fleet)?);
-            Some((Gate::new(spec.rules.clone(), waves.clone()), waves))
-        }
-        _ => None,
-    };
-    let plans: Vec<Option<WavePlan>> = prepared
+    let in_scope: Vec<Option<Vec<(&Tenant, &Labels)>>> = prepared
         .iter()
-        .map(|p| match (p, &staged) {
-            (Ok(p), Some((gate, waves))) => {
-                let mine: std::collections::HashSet<&str> =
-                    p.active.iter().map(|a| a.tenant.id()).collect();
-                // Pooled schemas go with the last wave: no tenant waits on them, and none
-                // is created from a pooled schema ahead of the fleet.
-                let last = waves.len().saturating_sub(1);
-                let wave_of = waves
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(w, ids)| {
-                        ids.iter()
-                            .filter(|id| mine.contains(id.as_str()))
-                            .map(move |id| (id.clone(), w))
-                    })
-                    .chain(
-                        p.active
-                            .iter()
-                            .filter(|a| a.tenant.is_pooled())
-                            .map(|a| (a.tenant.id().to_string(), last)),
-                    )
-                    .collect();
-                Some(WavePlan {
-                    wave_of,
-                    waves: waves.clone(),
-                    seat: gate.seat(),
-                })
-            }
-            _ => None,
+        .map(|p| {
+            p.as_ref()
+                .ok()
+                .map(|p| p.active.iter().map(|a| (&a.tenant, &a.labels)).collect())
         })
         .collect();
-    let all_waves = staged.as_ref().map(|(_, w)| w.clone());
+    let (plans, all_waves) = match waves {
+        Some(spec) if req.tenants => crate::engine::waves::stage(spec, &in_scope)?,
+        _ => (in_scope.iter().map(|_| None).collect(), None),
+    };
     let outcomes = futures::future::join_all(prepared.into_iter().zip(plans).map(|(p, plan)| {
         let all_waves = all_waves.clone();
         async move {
@@ -407,7 +368,7 @@ async fn prepare<'a>(
 /// Tenants in a move are not worked on (each named in a warning); a move that cut over
 /// without its target flipped is finished first, unless this is a dry run (see
 /// [`crate::engine::mover::settle`]).
-async fn in_motion(
+pub async fn in_motion(
     config: &Config,
     session: &Session<'_>,
     env: &RunEnv<'_>,
@@ -589,6 +550,7 @@ async fn execute(
         waves,
         seed: None,
         load: None,
+        sql: None,
         resume: !req.fresh,
         fail_fast: req.fail_fast,
     };

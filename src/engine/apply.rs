@@ -46,6 +46,11 @@ pub struct ApplyCtx<'a> {
     pub seed: Option<&'a crate::seed::Seed>,
     /// `tenant import`/`clone`: the rows loaded into the new schema.
     pub load: Option<&'a dyn Load>,
+    /// `query`, `exec`: the SQL run in each tenant.
+    pub sql: Option<&'a crate::engine::fleet_sql::FleetSql>,
+    /// The run's stop signal, for work that waits between its transactions (`exec
+    /// --until-zero`'s pause between batches).
+    pub cancel: Option<&'a crate::engine::fleet::Cancel>,
 }
 
 /// `tenant import`/`clone`: rows put into the new schema in the transaction that creates
@@ -94,6 +99,12 @@ pub enum Mode {
     PoolFill,
     /// `tenant pool drain`: drop a pooled schema and its pool row.
     PoolDrain,
+    /// `query`: `ApplyCtx::sql` in a read-only transaction; its rows leave as an event.
+    Query,
+    /// `exec`: `ApplyCtx::sql` in one recorded transaction (`dry_run`: rolled back, not
+    /// recorded); with `until_zero`, again in a transaction of its own each time until it
+    /// affects no row.
+    Exec { dry_run: bool, until_zero: bool },
 }
 
 impl Mode {
@@ -118,6 +129,8 @@ impl Mode {
             Mode::Repair { .. } => RunCommand::Repair,
             Mode::PoolFill => RunCommand::PoolFill,
             Mode::PoolDrain => RunCommand::PoolDrain,
+            Mode::Query => RunCommand::Query,
+            Mode::Exec { .. } => RunCommand::Exec,
         }
     }
 
@@ -130,7 +143,9 @@ impl Mode {
             | Mode::Drop { .. }
             | Mode::Repair { .. }
             | Mode::PoolFill
-            | Mode::PoolDrain => false,
+            | Mode::PoolDrain
+            | Mode::Query
+            | Mode::Exec { .. } => false,
         }
     }
 }
@@ -145,6 +160,8 @@ pub struct Applied {
     pub archived_as: Option<String>,
     /// `tenant create`: a pooled schema was taken.
     pub from_pool: bool,
+    /// `query`: the rows returned; `exec`: the rows affected.
+    pub rows: Option<u64>,
 }
 
 /// Applies pending migrations (or creates the tenant, …) in one transaction on `client`.
@@ -193,6 +210,16 @@ async fn transaction(
     mode: Mode,
     registry_version: Option<i32>,
 ) -> Result<Applied, Failure> {
+    if matches!(mode, Mode::Query | Mode::Exec { .. }) {
+        return crate::engine::fleet_sql::tenant::apply(
+            client,
+            ctx,
+            tenant,
+            mode,
+            registry_version,
+        )
+        .await;
+    }
     let table = history::table(tenant);
     if let Some(done) = in_one_trip(client, ctx, tenant, mode, registry_version, &table).await {
         return done;
@@ -219,7 +246,9 @@ async fn transaction(
         | Mode::Rollback { .. }
         | Mode::Drop { .. }
         | Mode::Repair { .. }
-        | Mode::PoolDrain => {}
+        | Mode::PoolDrain
+        | Mode::Query
+        | Mode::Exec { .. } => {}
     }
     if let Some(role) = &role {
         opening.push((Step::CreateRole, create_role_sql(tenant, role)));
@@ -325,6 +354,7 @@ async fn transaction(
         count: work.count,
         archived_as: work.archived_as,
         from_pool,
+        rows: None,
     })
 }
 

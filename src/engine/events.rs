@@ -77,6 +77,12 @@ pub enum Event<'a> {
         rows: u64,
         bytes: u64,
     },
+    /// `query`: a tenant's rows (its transaction committed). Data only: the row sink in
+    /// `report/` writes them; nothing keeps them after.
+    Rows {
+        tenant: &'a Tenant,
+        rows: &'a crate::engine::fleet_sql::Rows,
+    },
     /// Every schema of the run has finished (or was left unstarted); the ledger is closed next.
     RunFinished,
 }

@@ -46,6 +46,9 @@ pub enum FailureKind {
     /// `tenant import`/`clone`: the archive does not fit the schema the migrations make,
     /// or its rows are not what its manifest says.
     Archive,
+    /// `query`: the tenant's rows have other columns than the first tenant's (a tenant at
+    /// another version): left out, not printed under the wrong names.
+    ColumnsDiffer,
     Other,
 }
 
@@ -65,6 +68,7 @@ impl FailureKind {
             FailureKind::Fenced => "fenced",
             FailureKind::Dropped => "dropped",
             FailureKind::Archive => "archive",
+            FailureKind::ColumnsDiffer => "columns_differ",
             FailureKind::Other => "other",
         }
     }
@@ -83,6 +87,7 @@ impl FailureKind {
             | FailureKind::Fenced
             | FailureKind::Dropped
             | FailureKind::Archive
+            | FailureKind::ColumnsDiffer
             | FailureKind::Other => false,
         }
     }
@@ -297,6 +302,7 @@ impl Failure {
             ),
             FailureKind::Dropped => "not touched: the tenant was dropped (or the pooled schema taken) while the run was going on".into(),
             FailureKind::Archive => "rolled back: nothing was imported".into(),
+            FailureKind::ColumnsDiffer => format!("its rows are left out ({at}): name the columns in the query, or bring the tenants to one version (tenantctl migrate)"),
             FailureKind::Other => format!("rolled back, {at}; re-run after fixing the cause"),
         }
     }

@@ -92,7 +92,7 @@ impl Cancel {
     }
 
     /// Sleeps for `pause`, or less when the run starts stopping. True: it is stopping.
-    async fn pause(&self, pause: Duration) -> bool {
+    pub(crate) async fn pause(&self, pause: Duration) -> bool {
         let woken = self.0.wake.notified();
         if self.stopping() {
             return true;

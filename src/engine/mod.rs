@@ -14,6 +14,7 @@ pub mod events;
 pub mod failure;
 pub mod files;
 pub mod fleet;
+pub mod fleet_sql;
 pub mod heartbeat;
 pub mod history;
 pub mod idle;

@@ -67,6 +67,7 @@ pub async fn in_one_trip(
             count: work.count,
             archived_as: None,
             from_pool: false,
+            rows: None,
         })),
         Err((0, f)) if !f.broken_connection => match client.batch_execute("ROLLBACK").await {
             Ok(()) => None,

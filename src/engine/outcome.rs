@@ -86,6 +86,7 @@ pub(super) fn seen_report(
         attempts: 1,
         archived_as: None,
         from_pool: None,
+        rows: None,
         failure: None,
         wave: None,
         labels: crate::labels::Labels::new(),
@@ -97,6 +98,7 @@ pub(super) fn seen_report(
             applied: Some(a.count as i32),
             archived_as: a.archived_as.clone(),
             from_pool: (command == RunCommand::TenantCreate).then_some(a.from_pool),
+            rows: a.rows.map(|n| n as i64),
             ..row(t, result, a.before, a.after)
         });
     }

@@ -63,6 +63,7 @@ pub async fn after_reconnect(
                     count: r.applied.unwrap_or(0).max(0) as usize,
                     archived_as: r.archived_as.clone(),
                     from_pool: r.from_pool.unwrap_or(false),
+                    rows: r.rows.map(|n| n.max(0) as u64),
                 })
         };
         let mut again: Vec<Tenant> = Vec::new();

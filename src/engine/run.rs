@@ -69,6 +69,8 @@ pub struct RunRequest<'a> {
     pub seed: Option<&'a crate::seed::Seed>,
     /// `tenant import`/`clone` (mode `Import`): the rows each new schema is loaded with.
     pub load: Option<&'a dyn crate::engine::apply::Load>,
+    /// `exec`: the SQL each tenant runs (the run's digest is its).
+    pub sql: Option<&'a crate::engine::fleet_sql::FleetSql>,
     /// Continue an interrupted run of the same command, target, files and scope.
     pub resume: bool,
     pub fail_fast: bool,
@@ -273,6 +275,8 @@ pub async fn run(
         labels: &req.labels,
         seed: req.seed,
         load: req.load,
+        sql: req.sql,
+        cancel: Some(&cancel),
     };
     let opts = FleetOpts {
         mode: req.mode,
@@ -411,7 +415,9 @@ async fn open(
     let info = RunInfo {
         command: req.mode.command(),
         target: req.target,
-        digest: req.migrations.digest(),
+        digest: req
+            .sql
+            .map_or(req.migrations.digest(), |s| s.digest.as_str()),
         scope: &req.scope,
         total: req.tenants.len() + req.refused.len(),
         actor: env.actor,
@@ -447,7 +453,11 @@ async fn open(
         .chain(req.refused.iter().map(|(t, f)| (t, f.still_at, wave_of(t))))
         .collect();
     let sizes = req.waves.as_ref().map(WavePlan::sizes_here);
-    let versions = req.migrations.checksums();
+    // An exec's run applies no migration file.
+    let versions = match req.sql {
+        Some(_) => Vec::new(),
+        None => req.migrations.checksums(),
+    };
     let opening = session.control.open_run(
         &session.client,
         &info,
@@ -478,7 +488,7 @@ async fn open(
 
 /// On the first signal: stop scheduling, give in-flight schemas the grace period, then
 /// cancel their statements (they roll back). The tie ends when the guard is dropped.
-fn tie_to_signals(env: &RunEnv<'_>, cancel: &Cancel) -> RunGuard {
+pub(super) fn tie_to_signals(env: &RunEnv<'_>, cancel: &Cancel) -> RunGuard {
     let grace = env.config.run.grace_period;
     let (cancel, events) = (cancel.clone(), env.events.clone());
     env.signals.on_signal(move |signal| async move {
@@ -491,7 +501,7 @@ fn tie_to_signals(env: &RunEnv<'_>, cancel: &Cancel) -> RunGuard {
 
 /// How many workers the run may use: its `jobs`, no more than it has schemas, and no more
 /// than the server has free connection slots (with a warning when that lowers it).
-fn workers_allowed(
+pub(super) fn workers_allowed(
     session: &Session<'_>,
     env: &RunEnv<'_>,
     schemas: usize,

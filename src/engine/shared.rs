@@ -107,6 +107,7 @@ async fn apply_shared(
             count: pending.len(),
             archived_as: None,
             from_pool: false,
+            rows: None,
         })
     }
     .await;

@@ -203,6 +203,54 @@ impl WaveSpec {
     }
 }
 
+/// A staged rollout over clusters: each cluster's tenants in scope (None: the cluster is
+/// out) → each one's [`WavePlan`], its seat at one gate taken before any starts, and every
+/// wave's tenants fleet-wide. Pooled schemas go with the last wave: no tenant waits on them,
+/// and none is created from a pooled schema ahead of the fleet.
+#[allow(clippy::type_complexity)]
+pub fn stage(
+    spec: &WaveSpec,
+    clusters: &[Option<Vec<(&crate::tenant::Tenant, &Labels)>>],
+) -> Result<(Vec<Option<WavePlan>>, Option<Arc<Vec<Vec<String>>>>), UsageError> {
+    let fleet: Vec<(String, Labels)> = clusters
+        .iter()
+        .flatten()
+        .flatten()
+        .filter(|(t, _)| !t.is_pooled())
+        .map(|(t, l)| (t.id().to_string(), (*l).clone()))
+        .collect();
+    let waves = Arc::new(spec.assign(&fleet)?);
+    let gate = Gate::new(spec.rules.clone(), waves.clone());
+    let last = waves.len().saturating_sub(1);
+    let plans = clusters
+        .iter()
+        .map(|c| {
+            let c = c.as_ref()?;
+            let mine: std::collections::HashSet<&str> = c.iter().map(|(t, _)| t.id()).collect();
+            let wave_of = waves
+                .iter()
+                .enumerate()
+                .flat_map(|(w, ids)| {
+                    ids.iter()
+                        .filter(|id| mine.contains(id.as_str()))
+                        .map(move |id| (id.clone(), w))
+                })
+                .chain(
+                    c.iter()
+                        .filter(|(t, _)| t.is_pooled())
+                        .map(|(t, _)| (t.id().to_string(), last)),
+                )
+                .collect();
+            Some(WavePlan {
+                wave_of,
+                waves: waves.clone(),
+                seat: gate.seat(),
+            })
+        })
+        .collect();
+    Ok((plans, Some(waves)))
+}
+
 /// A cluster's part of a rollout.
 pub struct WavePlan {
     /// The wave of each of this cluster's tenants in scope.

@@ -239,6 +239,12 @@ pub fn plan_work<'s>(
                 archived_as: None,
             })
         }
+        // Never planned: fleet SQL is its own transaction (see engine::fleet_sql).
+        Mode::Query | Mode::Exec { .. } => Err(Failure::new(
+            FailureKind::Other,
+            "fleet SQL has no migration work (a bug in tenantctl)".into(),
+            registry_version,
+        )),
         Mode::PoolDrain => Ok(Work {
             before: registry_version,
             after: None,

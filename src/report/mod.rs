@@ -6,6 +6,7 @@
 pub mod json;
 pub mod plain;
 pub mod progress;
+pub mod rows;
 pub mod summary;
 
 use std::io::IsTerminal;
@@ -82,7 +83,18 @@ pub fn copy_line(table: &str, rows: u64, bytes: u64) -> String {
 /// None for per-schema events and the run's end, which each reporter draws its own way.
 pub fn notice(event: &Event<'_>) -> Option<String> {
     match event {
-        Event::Copying { .. } => None,
+        Event::Copying { .. } | Event::Rows { .. } => None,
+        // Not recorded (query, exec --dry-run): no run to name.
+        Event::RunStarted {
+            command,
+            run_id: 0,
+            total,
+            todo,
+            jobs,
+            ..
+        } => Some(format!(
+            "{command}: {total} tenant(s), {todo} to do; {jobs} at a time"
+        )),
         Event::RunStarted {
             command,
             run_id,
@@ -156,6 +168,8 @@ pub fn schema_done(command: RunCommand, target: Option<i32>, a: &Applied) -> Str
         RunCommand::TenantMoveAbort => "move undone".into(),
         RunCommand::TenantMoveCleanup => "old copy dropped".into(),
         RunCommand::Rebalance => "planned".into(),
+        RunCommand::Exec => format!("{} row(s)", a.rows.unwrap_or(0)),
+        RunCommand::Query => format!("{} row(s)", a.rows.unwrap_or(0)),
         RunCommand::TenantAdopt => format!(
             "adopted at {} ({} migration(s) recorded as applied)",
             v(a.after),
@@ -281,6 +295,8 @@ fn verbs(command: RunCommand) -> (&'static str, &'static str) {
         RunCommand::TenantMoveAbort => ("undone", "skipped"),
         RunCommand::TenantMoveCleanup => ("cleaned up", "skipped"),
         RunCommand::Rebalance => ("planned", "skipped"),
+        RunCommand::Exec => ("ran", "already ran this SQL"),
+        RunCommand::Query => ("queried", "skipped"),
     }
 }
 

@@ -122,6 +122,7 @@ impl Reporter for Plain {
                 ));
                 self.progress(&mut s);
             }
+            Event::Rows { .. } => {}
             Event::RunFinished => {}
             Event::Copying { table, rows, bytes } => {
                 if s.last_line.elapsed() >= PROGRESS_EVERY {

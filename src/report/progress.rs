@@ -117,6 +117,7 @@ impl Reporter for Bar {
                 });
                 bar.set_message(super::copy_line(table, *rows, *bytes));
             }
+            Event::Rows { .. } => {}
             Event::RunFinished => {
                 if let Some(p) = self.copy.lock().unwrap_or_else(|e| e.into_inner()).take() {
                     p.finish_and_clear();

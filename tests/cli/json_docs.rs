@@ -158,6 +158,64 @@ fn scenario(p: &Project, seen: &mut Printed) {
             ("run", &["migrate", "--all", "--json"], 1),
             ("status", &["status", "--json"], 0),
             ("status", &["status", "--verify", "--json"], 0),
+            (
+                "query",
+                &[
+                    "query",
+                    "--all",
+                    "-c",
+                    "select count(*) as n from blocker",
+                    "--json",
+                ],
+                0,
+            ),
+            (
+                "query",
+                &[
+                    "query",
+                    "--all",
+                    "-c",
+                    "select * from nope",
+                    "--json",
+                    "--with-labels",
+                ],
+                1,
+            ),
+            (
+                "exec-plan",
+                &[
+                    "exec",
+                    "--all",
+                    "-c",
+                    "insert into blocker values (1)",
+                    "--dry-run",
+                    "--json",
+                ],
+                0,
+            ),
+            (
+                "exec-plan",
+                &[
+                    "exec",
+                    "--all",
+                    "-c",
+                    "insert into nope values (1)",
+                    "--dry-run",
+                    "--json",
+                ],
+                1,
+            ),
+            (
+                "run",
+                &[
+                    "exec",
+                    "--all",
+                    "-c",
+                    "insert into blocker values (1)",
+                    "--json",
+                ],
+                0,
+            ),
         ],
     );
     p.add_migration(

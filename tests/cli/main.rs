@@ -11,6 +11,7 @@ mod data;
 mod failover;
 mod faults;
 mod fidelity;
+mod fleet_sql;
 mod guarantees;
 mod json_docs;
 mod migrate;

@@ -333,6 +333,7 @@ impl Mover<'_> {
                 waves: None,
                 seed: None,
                 load: Some(load),
+                sql: None,
                 resume: false,
                 fail_fast: true,
             },
