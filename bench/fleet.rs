@@ -440,13 +440,29 @@ fn psql_limit(
             p
         })
         .collect();
+    psql_sessions(url, &files)
+}
+
+/// One psql session per file, all at once (unaligned output, thrown away), stopping at the
+/// first error: their wall time.
+fn psql_sessions(url: &str, files: &[PathBuf]) -> Duration {
     let psql = psql_bin();
     let t0 = Instant::now();
     let children: Vec<_> = files
         .iter()
         .map(|f| {
             Command::new(&psql)
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                    url,
+                    "-f",
+                ])
                 .arg(f)
                 .stdout(Stdio::null())
                 .spawn()

@@ -12,11 +12,11 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::status::{fleet, timed_rusage};
-use crate::{median, psql_bin, secs, Server, BIN};
+use crate::{median, psql_bin, psql_sessions, secs, Server, BIN};
 
 const QUERY: &str = "select count(*) from users";
 const UPDATE: &str = "update users set email = email where id = 1";
@@ -39,32 +39,7 @@ fn psql_loop(
             p
         })
         .collect();
-    let t0 = Instant::now();
-    let children: Vec<_> = files
-        .iter()
-        .map(|f| {
-            Command::new(psql_bin())
-                .args([
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-d",
-                    url,
-                    "-f",
-                ])
-                .arg(f)
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success(), "psql failed");
-    }
-    t0.elapsed()
+    psql_sessions(url, &files)
 }
 
 pub fn bench_sql(server: &Server, sizes: &[usize], jobs: usize, runs: usize) {

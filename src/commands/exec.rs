@@ -21,7 +21,7 @@ use crate::report::json::Part;
 use crate::tenant::Tenant;
 
 use super::clusters::{finish_some, single_error, Done};
-use super::query::{in_scope, read_sql, InScope};
+use super::query::{chosen_by, code_of, in_scope, read_sql, InScope};
 use super::{run_output, Ctx};
 
 /// One cluster, prepared.
@@ -43,12 +43,8 @@ pub async fn exec(ctx: &Ctx, args: ExecArgs) -> anyhow::Result<i32> {
         .into());
     }
     sql.batch_pause = args.batch_pause.unwrap_or_default();
-    let ids: Vec<String> = super::parse_ids(&ctx.config, &args.scope.tenant)?
-        .iter()
-        .map(|t| t.id().to_string())
-        .collect();
+    let (ids, select) = chosen_by(ctx, &args.scope)?;
     let wanted = (!ids.is_empty()).then_some(ids.as_slice());
-    let select = super::selector(args.scope.select.as_deref())?;
     let waves = WaveSpec::parse(&args.waves.ask())?;
     let (sql, args_ref, select_ref) = (&sql, &args, select.as_ref());
     let mut prepared = futures::future::join_all(ctx.targets.iter().map(|t| async move {
@@ -227,13 +223,5 @@ fn dry_run_output(o: &FleetOutcome, until_zero: bool) -> Done {
         .count("would_change", changing as i64)
         .count("rows", rows as i64)
         .count("failed", o.failed.len() as i64);
-    let code = match (
-        o.interrupted,
-        o.failed.is_empty() && o.not_started.is_empty(),
-    ) {
-        (true, _) => exit::INTERRUPTED,
-        (false, true) => exit::SUCCESS,
-        (false, false) => exit::FAILED,
-    };
-    Done::new(code, text, part)
+    Done::new(code_of(o), text, part)
 }

@@ -55,6 +55,18 @@ pub(super) fn read_sql(ctx: &Ctx, scope: &SqlScope) -> anyhow::Result<FleetSql> 
     Ok(sql)
 }
 
+/// `--tenant` (validated ids; empty: every tenant) and `--select` of a query or exec.
+pub(super) fn chosen_by(
+    ctx: &Ctx,
+    scope: &SqlScope,
+) -> anyhow::Result<(Vec<String>, Option<crate::labels::Selector>)> {
+    let ids = super::parse_ids(&ctx.config, &scope.tenant)?
+        .iter()
+        .map(|t| t.id().to_string())
+        .collect();
+    Ok((ids, super::selector(scope.select.as_deref())?))
+}
+
 /// An active tenant in scope, with its labels.
 pub(super) struct InScope {
     pub planned: Planned,
@@ -89,12 +101,8 @@ pub async fn query(ctx: &Ctx, args: QueryArgs) -> anyhow::Result<i32> {
     };
     let mut sql = read_sql(ctx, &args.scope)?;
     sql.json_rows = format.json_rows();
-    let ids: Vec<String> = super::parse_ids(&ctx.config, &args.scope.tenant)?
-        .iter()
-        .map(|t| t.id().to_string())
-        .collect();
+    let (ids, select) = chosen_by(ctx, &args.scope)?;
     let wanted = (!ids.is_empty()).then_some(ids.as_slice());
-    let select = super::selector(args.scope.select.as_deref())?;
     let mut found = futures::future::join_all(ctx.targets.iter().map(|t| async move {
         let session = ctx.session(t, false).await?;
         let rows = match session.control.exists(&session.client).await? {
@@ -159,8 +167,8 @@ pub async fn query(ctx: &Ctx, args: QueryArgs) -> anyhow::Result<i32> {
     Ok(print(ctx, &sink, results))
 }
 
-/// The exit code of one cluster's query.
-fn code_of(outcome: &FleetOutcome) -> i32 {
+/// The exit code of one cluster's query (or exec --dry-run).
+pub(super) fn code_of(outcome: &FleetOutcome) -> i32 {
     if outcome.interrupted {
         exit::INTERRUPTED
     } else if outcome.database_down().is_some() {

@@ -34,6 +34,18 @@ pub struct TxSettings<'a> {
     pub check_client: bool,
 }
 
+impl TxSettings<'_> {
+    /// `search_path` for `schema`'s work: the schema, then the extensions schema (if any),
+    /// quoted.
+    pub fn search_path(&self, schema: &str) -> String {
+        std::iter::once(schema)
+            .chain(self.also_on_path)
+            .map(quote_ident)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// `BEGIN`, the timeouts, the schema's advisory lock, quiet notices, and `search_path` set to
 /// the schema (then the extensions schema, if any) for this transaction only (never on a
 /// pooled session: it would leak to the next borrower). Identifiers are validated.
@@ -48,11 +60,7 @@ pub fn fresh_preamble(schema: &str, tx: &TxSettings<'_>) -> String {
 }
 
 fn preamble_after(schema: &str, tx: &TxSettings<'_>, reset: &str) -> String {
-    let path = std::iter::once(schema)
-        .chain(tx.also_on_path)
-        .map(quote_ident)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let path = tx.search_path(schema);
     let mut sql = format!(
         "BEGIN; {reset} SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement};",
         lock = tx.lock_timeout.as_millis(),

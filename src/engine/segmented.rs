@@ -212,11 +212,7 @@ async fn run_step(
 /// session level, with the step's own statement timeout; then the fence.
 fn step_settings_sql(ctx: &ApplyCtx<'_>, tenant: &Tenant) -> String {
     let tx = &ctx.tx;
-    let path = std::iter::once(tenant.schema())
-        .chain(tx.also_on_path)
-        .map(quote_ident)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let path = tx.search_path(tenant.schema());
     let mut sql = format!(
         "SET search_path TO {path}; SET lock_timeout = {}; SET statement_timeout = {}; SET client_min_messages = warning;",
         tx.lock_timeout.as_millis(),

@@ -92,10 +92,11 @@ impl RowSink {
             return;
         }
         s.rows += rows.len() as u64;
+        static NONE: crate::labels::Labels = crate::labels::Labels::new();
         let labels = self
             .labels
             .as_ref()
-            .map(|l| l.get(tenant.id()).cloned().unwrap_or_default());
+            .map(|l| l.get(tenant.id()).unwrap_or(&NONE));
         match self.format {
             Format::Csv => {
                 let s = &mut *s;
@@ -107,7 +108,7 @@ impl RowSink {
                 let Values::Text(values) = &rows.values else {
                     return;
                 };
-                let shown = labels.as_ref().map(crate::labels::show);
+                let shown = labels.map(crate::labels::show);
                 for row in values {
                     let lead = [Some(cluster), Some(tenant.id())]
                         .into_iter()
@@ -133,7 +134,7 @@ impl RowSink {
                     json!(cluster),
                     json!(tenant.id())
                 );
-                if let Some(l) = &labels {
+                if let Some(l) = labels {
                     head.push_str(&format!("\"labels\":{},", json!(l)));
                 }
                 let (sep, end) = if ndjson { ("", "}\n") } else { (",", "}") };
@@ -158,7 +159,7 @@ impl RowSink {
                     return;
                 };
                 let room = TABLE_ROWS.saturating_sub(s.table.len());
-                let shown = labels.as_ref().map(crate::labels::show);
+                let shown = labels.map(crate::labels::show);
                 for row in values.iter().take(room) {
                     let mut line = Vec::with_capacity(row.len() + 3);
                     if self.show_cluster {

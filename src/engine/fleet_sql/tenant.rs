@@ -20,7 +20,7 @@ use crate::engine::events::Event;
 use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::schema_tx::{fresh_preamble, line_of, rows_affected, trip, TripError};
 use crate::engine::session::{GUARD, RECORD};
-use crate::tenant::{quote_ident, Tenant};
+use crate::tenant::Tenant;
 
 /// A `query` or `exec` in `tenant` (see the module's documentation).
 pub async fn apply(
@@ -178,11 +178,7 @@ const READ_ONLY_GUARD: &str = "SELECT ('the query left the session changed (role
 /// `search_path`; no schema lock.
 fn read_only_opening(ctx: &ApplyCtx<'_>, sql: &FleetSql, tenant: &Tenant) -> String {
     let tx = &ctx.tx;
-    let path = std::iter::once(tenant.schema())
-        .chain(tx.also_on_path)
-        .map(quote_ident)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let path = tx.search_path(tenant.schema());
     let timeout = sql.statement_timeout.or(tx.statement_timeout);
     format!(
         "BEGIN READ ONLY; RESET ALL; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement};{check} \
