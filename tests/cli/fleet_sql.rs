@@ -148,6 +148,30 @@ fn tenants_whose_columns_differ_are_reported_not_garbled_and_a_failing_tenant_st
         "{}",
         stderr(&out)
     );
+
+    // The line is the SQL's own, whether PostgreSQL points at it (a missing relation) or
+    // the statement fails as it runs (a division by zero), sent as JSON rows or as text.
+    for (sql, line) in [
+        ("select 1;\n\n-- the notes\nselect * from notes", 4),
+        (
+            "select 1;\nselect 1 / (select count(*) - count(*) from notes);\nselect 2",
+            2,
+        ),
+    ] {
+        let doc = p.json(&["query", "--tenant", "gone", "-c", sql, "--json"], 1);
+        let f = &doc["failures"][0]["failure"];
+        assert_eq!(f["migration"], "-c", "{sql}: {doc}");
+        assert_eq!(f["line"], line, "{sql}: {doc}");
+        let out = p.run(
+            &["query", "--tenant", "gone", "-c", sql, "--format", "csv"],
+            1,
+        );
+        assert!(
+            stderr(&out).contains(&format!("-c failed at line {line}:")),
+            "{sql}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
@@ -219,7 +243,8 @@ fn hostile_sql_is_refused_before_any_database_work() {
         .batch_execute(
             "CREATE FUNCTION tenant_acme.probe() RETURNS int LANGUAGE sql AS $$ SELECT length(set_config('search_path', 'tenant_globex', false)) $$;
              CREATE FUNCTION tenant_globex.probe() RETURNS int LANGUAGE sql AS $$ SELECT 7 $$;
-             INSERT INTO tenant_globex.notes VALUES (1, 'globex', 1);",
+             INSERT INTO tenant_globex.notes VALUES (1, 'globex', 1);
+             INSERT INTO tenant_acme.notes VALUES (1, 'acme', 1);",
         )
         .unwrap();
     let doc = p.json(
@@ -247,6 +272,54 @@ fn hostile_sql_is_refused_before_any_database_work() {
     assert_eq!(
         doc["rows"],
         serde_json::json!([{"cluster": "default", "tenant": "globex", "row": {"probe": 7, "notes": 1}}])
+    );
+    // exec meets the same guard before its ledger row: acme's change is rolled back and
+    // its ledger row says why; globex's is kept.
+    let doc = p.json(
+        &[
+            "exec",
+            "--all",
+            "--jobs",
+            "1",
+            "-c",
+            "update notes set body = body || '!' where probe() > 0",
+            "--json",
+        ],
+        1,
+    );
+    let acme = doc["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "acme")
+        .unwrap()
+        .clone();
+    assert_eq!(acme["result"], "failed", "{doc}");
+    let bodies: Vec<(String, String)> = p
+        .db()
+        .query(
+            "SELECT 'acme', coalesce(string_agg(body, ','), '') FROM tenant_acme.notes \
+             UNION ALL SELECT 'globex', string_agg(body, ',') FROM tenant_globex.notes \
+             UNION ALL SELECT 'ledger', message FROM tenantctl.run_schemas WHERE tenant_id = 'acme' AND state = 'failed'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        bodies.contains(&("globex".into(), "globex!".into())),
+        "{bodies:?}"
+    );
+    assert!(
+        !bodies.iter().any(|(t, b)| t == "acme" && b.contains('!')),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies
+            .iter()
+            .any(|(t, m)| t == "ledger" && m.contains("left the session changed")),
+        "{bodies:?}"
     );
     // No connection is made: the same refusal with a database that is not there.
     std::fs::write(

@@ -1,8 +1,10 @@
 //! One tenant's transaction of a `query` or an `exec` (see [`super`]).
 //!
-//! - query: `BEGIN READ ONLY`, the session reset, the timeouts and `SET LOCAL search_path`,
-//!   the SQL, the session guard and COMMIT, in one round trip; no schema lock (reads wait for
-//!   no migration). Its rows are emitted once the transaction has ended.
+//! - query: `BEGIN READ ONLY`, the session reset, the timeouts and the tenant's `search_path`
+//!   (transaction-local), the SQL, the session guard and COMMIT, in one message (one
+//!   statement each for the opening and the guard: the server's work per tenant is what a
+//!   trivial query costs); no schema lock (reads wait for no migration). Its rows are
+//!   emitted once the transaction has ended.
 //! - exec: the preamble every schema transaction has (the schema's advisory lock), the run's
 //!   fence, a check that this run has not done the tenant already (a retry after a COMMIT
 //!   whose answer was lost), the SQL; then, knowing how many rows it affected, the guard,
@@ -19,7 +21,7 @@ use crate::engine::apply::{Applied, ApplyCtx, Mode};
 use crate::engine::events::Event;
 use crate::engine::failure::{Failure, FailureKind};
 use crate::engine::schema_tx::{fresh_preamble, line_of, rows_affected, trip, TripError};
-use crate::engine::session::{GUARD, RECORD};
+use crate::tenant::quote_literal;
 use crate::tenant::Tenant;
 
 /// A `query` or `exec` in `tenant` (see the module's documentation).
@@ -69,12 +71,30 @@ async fn query(
     version: Option<i32>,
 ) -> Result<u64, Failure> {
     let (body, json) = sql.to_send();
-    let opening = read_only_opening(ctx, sql, tenant);
-    let close = format!("{READ_ONLY_GUARD} COMMIT;");
-    let replies = trip(client, &[opening.as_str(), body, close.as_str()])
-        .await
-        .map_err(|e| blame(sql, body, e, version, true))?;
-    let rows = last_result(&replies[1], json);
+    // One message: the opening on the first line, the SQL from the second (its lines and
+    // statements are counted from there), the guard and COMMIT after it. `\n;` ends a
+    // trailing comment; the SQL scans to its end (checked by FleetSql::new), so nothing of
+    // it can reach into what follows.
+    let message = format!(
+        "{}\n{body}\n;{SESSION_GUARD} COMMIT;",
+        read_only_opening(ctx, sql, tenant)
+    );
+    let replies = trip(client, &[message.as_str()]).await.map_err(|e| {
+        let in_sql =
+            (OPENING_STATEMENTS..OPENING_STATEMENTS + sql.statements).contains(&e.completed);
+        let mut f = Failure::from_pg(&e.error, version);
+        if in_sql {
+            blame_sql(&mut f, sql, &message, &e, 1);
+            if e.error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+                f.message = format!(
+                    "{}: query runs each tenant read-only; change data with tenantctl exec",
+                    f.message
+                );
+            }
+        }
+        f
+    })?;
+    let rows = last_result(sql_replies(&replies[0]), json);
     if let Err(first) = sql.same_columns(&rows) {
         return Err(Failure::new(
             FailureKind::ColumnsDiffer,
@@ -91,6 +111,21 @@ async fn query(
         rows: &rows,
     });
     Ok(rows.len() as u64)
+}
+
+/// The replies of a query's message up to the SQL's last statement: all but the guard's
+/// and COMMIT's (the last two statements).
+fn sql_replies(replies: &[SimpleQueryMessage]) -> &[SimpleQueryMessage] {
+    let ends: Vec<usize> = replies
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+        .map(|(i, _)| i)
+        .collect();
+    match ends.len().checked_sub(3) {
+        Some(i) => &replies[..=ends[i]],
+        None => &[],
+    }
 }
 
 async fn exec(
@@ -122,25 +157,25 @@ async fn exec(
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Ok(total);
             }
-            Err(e) => return Err(blame(sql, sql.text(), e, version, false)),
+            Err(e) => return Err(blame(sql, e, version)),
         };
         let n = rows_affected(&replies[1]);
         total += n;
         if dry_run {
-            let close = format!("{GUARD} ROLLBACK;");
+            let close = format!("{SESSION_GUARD} ROLLBACK;");
             trip(client, &[close.as_str()])
                 .await
-                .map_err(|e| blame(sql, sql.text(), e, version, false))?;
+                .map_err(|e| blame(sql, e, version))?;
             return Ok(total);
         }
         let done = !until_zero || n == 0;
         let close = format!(
-            "{GUARD}{}; COMMIT;",
+            "{SESSION_GUARD} {}; COMMIT;",
             ctx.control.exec_rows_sql(ctx.run_id, tenant, n, done)
         );
         trip(client, &[close.as_str()])
             .await
-            .map_err(|e| blame(sql, sql.text(), e, version, false))?;
+            .map_err(|e| blame(sql, e, version))?;
         if done {
             return Ok(total);
         }
@@ -163,30 +198,41 @@ async fn exec(
     }
 }
 
-/// Before a query's COMMIT: the session is as the opening left it (role, `search_path`, no
-/// prepared statement), in plain SQL (a `DO` block is compiled anew each time: at 10,000
-/// tenants that is most of a trivial query's cost). A change fails the tenant (its
+/// Before the COMMIT (and an exec's ledger row): the session runs as the same role with the
+/// same `search_path` as the opening left it, in one plain expression (a `DO` block is compiled anew each time:
+/// at 10,000 tenants that is most of a trivial query's cost). A change fails the tenant (its
 /// transaction, and the change with it, rolls back), with what changed in the message.
-const READ_ONLY_GUARD: &str = "SELECT ('the query left the session changed (role ' || current_user || ', search_path ' || current_setting('search_path') \
-    || ', prepared statements ' || (SELECT count(*) FROM pg_prepared_statements WHERE from_sql) || '): remove the SET ROLE, set_config or PREPARE it runs')::int \
-    WHERE current_user <> current_setting('tenantctl.run_as') OR current_setting('search_path') <> current_setting('tenantctl.search_path') \
-    OR EXISTS (SELECT 1 FROM pg_prepared_statements WHERE from_sql);";
+/// Prepared statements are not looked for, unlike a migration's guard: reading
+/// `pg_prepared_statement()` costs as much again as the rest of the guard, and one left by
+/// a function cannot mislead the next tenant (PostgreSQL plans it again for another
+/// `search_path`; preparing it again fails, loudly; exec's opening deallocates them). Other
+/// settings are reset by the next opening's `RESET ALL`.
+const SESSION_GUARD: &str = "SELECT CASE WHEN current_user <> current_setting('tenantctl.run_as') \
+    OR current_setting('search_path') <> current_setting('tenantctl.search_path') \
+    THEN ('the SQL left the session changed (role ' || current_user || ', search_path ' || current_setting('search_path') \
+    || '): remove the SET ROLE or set_config it runs')::int END;";
 
-/// The opening of a query's transaction: read-only, the settings reset (a read-only
-/// transaction can leave nothing else behind that the guard does not refuse: no temporary
-/// table, no role or search path, no prepared statement), the timeouts and the tenant's
-/// `search_path`; no schema lock.
+/// How many statements [`read_only_opening`] has.
+const OPENING_STATEMENTS: usize = 3;
+
+/// The opening of a query's transaction, on one line: read-only, the settings reset (a
+/// read-only transaction can leave nothing else behind that matters: no temporary table;
+/// the guard refuses a role or search path), then in one statement
+/// the timeouts, the tenant's `search_path` and what the guard compares with; no schema
+/// lock.
 fn read_only_opening(ctx: &ApplyCtx<'_>, sql: &FleetSql, tenant: &Tenant) -> String {
     let tx = &ctx.tx;
-    let path = tx.search_path(tenant.schema());
+    let path = quote_literal(&tx.search_path(tenant.schema()));
     let timeout = sql.statement_timeout.or(tx.statement_timeout);
     format!(
-        "BEGIN READ ONLY; RESET ALL; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement};{check} \
-         SET LOCAL client_min_messages = warning; SET LOCAL search_path TO {path};{RECORD}",
+        "BEGIN READ ONLY; RESET ALL; SELECT set_config('lock_timeout', '{lock}', true), \
+         set_config('statement_timeout', '{statement}', true),{check} set_config('client_min_messages', 'warning', true), \
+         set_config('tenantctl.run_as', current_user, true), \
+         set_config('tenantctl.search_path', set_config('search_path', {path}, true), true);",
         lock = tx.lock_timeout.as_millis(),
         statement = timeout.map_or(0, |d| d.as_millis()),
         check = match tx.check_client {
-            true => " SET LOCAL client_connection_check_interval = 2000;",
+            true => " set_config('client_connection_check_interval', '2000', true),",
             false => "",
         },
     )
@@ -198,26 +244,22 @@ fn is_done_already(e: &TripError) -> bool {
         .is_some_and(|c| c.code() == SQLSTATE_EXEC_DONE)
 }
 
-/// A failure of the trip, blamed on the SQL's line when the SQL (message 1) failed.
-fn blame(
-    sql: &FleetSql,
-    sent: &str,
-    e: TripError,
-    version: Option<i32>,
-    read_only: bool,
-) -> Failure {
+/// A failure of exec's trip, blamed on the SQL's line when the SQL (message 1) failed.
+fn blame(sql: &FleetSql, e: TripError, version: Option<i32>) -> Failure {
     let mut f = Failure::from_pg(&e.error, version);
     if e.index == 1 {
-        f.migration = Some(sql.origin.clone());
-        f.line = line_of(sent, &e.error, e.completed).map(|l| l as u32);
-        if read_only && e.error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
-            f.message = format!(
-                "{}: query runs each tenant read-only; change data with tenantctl exec",
-                f.message
-            );
-        }
+        blame_sql(&mut f, sql, sql.text(), &e, 0);
     }
     f
+}
+
+/// Names the SQL and the line of `sent` the error is at, `lines_before` lines of `sent`
+/// coming before the SQL.
+fn blame_sql(f: &mut Failure, sql: &FleetSql, sent: &str, e: &TripError, lines_before: usize) {
+    f.migration = Some(sql.origin.clone());
+    f.line = line_of(sent, &e.error, e.completed)
+        .and_then(|l| l.checked_sub(lines_before))
+        .map(|l| l as u32);
 }
 
 /// The last statement's result: its columns and rows (none when it returns no rows).
