@@ -19,6 +19,7 @@
 //!   cargo bench --bench fleet -- --copy-scale [--rows 10000]  # one export at 100 vs 10,000 tenants
 //!   cargo bench --bench fleet -- --move [--rows 1000000] [--runs 10]  # tenant move: write pause, first copy vs pg_dump | pg_restore
 //!   cargo bench --bench fleet -- --sql [--n 1000,10000]  # query and exec vs a psql loop, A/B/A; RSS
+//!   cargo bench --bench fleet -- --observe [--n 1000]  # migrate with and without --events, --metrics-file, --slow-after
 //!
 //! Without --url (or BENCH_DATABASE_URL) it starts a throwaway cluster with
 //! scripts/throwaway-pg.sh and removes it afterwards. Timings are medians; machines are shared
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 mod copy;
 mod moves;
+mod observe;
 mod proxy;
 mod sql;
 mod status;
@@ -68,6 +70,8 @@ struct Opts {
     copy_scale: bool,
     moves: bool,
     sql: bool,
+    /// Migrate with and without --events, --metrics-file and --slow-after.
+    observe: bool,
     /// The rows of the copied tenant.
     rows: Option<usize>,
 }
@@ -93,6 +97,7 @@ fn parse_args() -> Opts {
         copy_scale: false,
         moves: false,
         sql: false,
+        observe: false,
         rows: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -137,6 +142,7 @@ fn parse_args() -> Opts {
             "--copy-scale" => o.copy_scale = true,
             "--move" => o.moves = true,
             "--sql" => o.sql = true,
+            "--observe" => o.observe = true,
             "--rows" => {
                 o.rows = Some(val(i).parse().expect("--rows takes a number"));
                 i += 1;
@@ -1108,6 +1114,11 @@ fn main() {
             vec![1000, 10_000]
         };
         sql::bench_sql(&server, &sizes, o.jobs, o.runs);
+        return;
+    }
+    if o.observe {
+        let n = if args_has_n() { o.sizes[0] } else { 1000 };
+        observe::bench_observe(&server, n, o.jobs, o.runs);
         return;
     }
     if o.moves {

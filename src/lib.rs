@@ -108,6 +108,11 @@ struct Needs {
     json: bool,
     /// --actor, for commands that change something.
     actor: Option<String>,
+    /// It runs tenants through the fleet runner: a run to observe with --events,
+    /// --metrics-file, --pushgateway, --slow-after.
+    changes: bool,
+    /// Those options, as given.
+    observe: cli::ObserveOpts,
 }
 
 fn needs(command: &Command) -> Needs {
@@ -116,18 +121,25 @@ fn needs(command: &Command) -> Needs {
         database: true,
         json: r.json,
         actor: r.actor.clone(),
+        changes: true,
+        observe: r.observe.clone(),
     };
+    // Export, rename, move and rebalance are not fleet runs: they emit no run events.
     let data = |d: &cli::DataOpts| Needs {
         jobs: None,
         database: true,
         json: d.json,
         actor: d.actor.clone(),
+        changes: false,
+        observe: cli::ObserveOpts::default(),
     };
     let read = |json: bool| Needs {
         jobs: None,
         database: true,
         json,
         actor: None,
+        changes: false,
+        observe: cli::ObserveOpts::default(),
     };
     let local = |json: bool| Needs {
         database: false,
@@ -156,11 +168,23 @@ fn needs(command: &Command) -> Needs {
             TenantCommand::Create(a) => run(&a.run),
             TenantCommand::Adopt(a) => run(&a.run),
             TenantCommand::Drop(a) => run(&a.run),
-            TenantCommand::Label(a) => run(&a.run),
+            // One transaction of its own, not a fleet run.
+            TenantCommand::Label(a) => Needs {
+                changes: false,
+                ..run(&a.run)
+            },
             TenantCommand::List(a) => read(a.json),
             TenantCommand::Export(a) => data(&a.opts),
-            TenantCommand::Import(a) => data(&a.opts),
-            TenantCommand::Clone(a) => data(&a.opts),
+            TenantCommand::Import(a) => Needs {
+                changes: true,
+                observe: a.observe.clone(),
+                ..data(&a.opts)
+            },
+            TenantCommand::Clone(a) => Needs {
+                changes: true,
+                observe: a.observe.clone(),
+                ..data(&a.opts)
+            },
             TenantCommand::Rename(a) => data(&a.opts),
             TenantCommand::Move(a) => data(&a.opts),
             TenantCommand::Stats(a) => read(a.json),
@@ -226,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let overrides = Overrides {
         database_url: cli.global.database_url.clone(),
         jobs: needs.jobs.map(usize::from),
+        slow_after: needs.observe.slow_after,
     };
     let path = &cli.global.config;
     let config = match &cli.command {
@@ -247,9 +272,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let (stream, metrics) = observing(&cli, &needs)?;
+    let deliveries = (
+        needs.observe.metrics_file.clone(),
+        needs.observe.pushgateway.clone(),
+    );
+    let gathered = metrics.clone();
+    let code = runtime.block_on(async move {
         let ctx = &commands::Ctx {
-            reporters: report::Reporters::new(cli.global.quiet, config.multi_cluster),
+            reporters: report::Reporters::new(cli.global.quiet, config.multi_cluster)
+                .observed(stream, gathered),
             signals: signals::Signals::install(),
             actor: whoami::actor(needs.actor.as_deref()),
             targets,
@@ -288,6 +320,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Migrate(args) => commands::migrate::migrate(ctx, args).await,
             Command::Rollback(args) => commands::rollback::rollback(ctx, args).await,
             Command::Repair(args) => commands::repair::repair(ctx, args).await,
+            Command::Status(args) if args.metrics => {
+                commands::status_metrics::metrics(ctx, args.metrics_file.as_deref()).await
+            }
             Command::Status(args) => commands::status::status(ctx, args).await,
             Command::Audit(args) => commands::audit::audit(ctx, args).await,
             Command::Query(args) => commands::query::query(ctx, args).await,
@@ -296,5 +331,72 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 unreachable!("handled before the runtime")
             }
         }
-    })
+    })?;
+    if let Some(m) = metrics.filter(|m| !m.is_empty()) {
+        deliver(&m, deliveries);
+    }
+    Ok(code)
+}
+
+/// The event stream and the metrics collector of a run, if asked for.
+type Observers = (
+    Option<std::sync::Arc<report::stream::Stream>>,
+    Option<std::sync::Arc<report::metrics::Metrics>>,
+);
+
+/// `--events`, `--metrics-file`, `--pushgateway`, `--slow-after`: checked against the command
+/// (they observe a run: a command that changes no tenant has none), the stream opened and
+/// the metrics collector made. Exit 2 before anything is done when they do not fit.
+fn observing(cli: &Cli, needs: &Needs) -> anyhow::Result<Observers> {
+    let g = &needs.observe;
+    let given: Vec<&str> = [
+        (g.events.is_some(), "--events"),
+        (g.metrics_file.is_some(), "--metrics-file"),
+        (g.pushgateway.is_some(), "--pushgateway"),
+        (g.slow_after.is_some(), "--slow-after"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    if !needs.changes && !given.is_empty() {
+        return Err(exit::UsageError(format!(
+            "`{1}` is not a fleet run (one transaction of its own), so there is no run for {0} to observe: use them with migrate, rollback, repair, exec, tenant create, adopt, drop, import, clone, pool fill and pool drain",
+            given.join(", "),
+            command_name(&cli.command)
+        ))
+        .into());
+    }
+    if g.events.as_deref() == Some(std::path::Path::new("-")) && needs.json {
+        return Err(exit::UsageError(
+            "--events - and --json both write to stdout: give --events a file".into(),
+        )
+        .into());
+    }
+    let stream = match &g.events {
+        Some(path) => Some(report::stream::Stream::open(path)?),
+        None => None,
+    };
+    let metrics = (needs.changes && (g.metrics_file.is_some() || g.pushgateway.is_some()))
+        .then(report::metrics::Metrics::new);
+    Ok((stream, metrics))
+}
+
+/// The run's metrics to `--metrics-file` and `--pushgateway`; a failure is a warning (the
+/// run's outcome stands).
+fn deliver(
+    metrics: &report::metrics::Metrics,
+    (file, pushgateway): (Option<std::path::PathBuf>, Option<String>),
+) {
+    if let Some(path) = &file {
+        if let Err(e) = metrics.write_file(path) {
+            output::stderr_line(&format!("warning: metrics not written: {e:#}"));
+        }
+    }
+    if let Some(url) = &pushgateway {
+        if let Err(e) = metrics.push(url) {
+            output::stderr_line(&format!(
+                "warning: metrics not pushed to the Pushgateway ({e}); the run's outcome stands"
+            ));
+        }
+    }
 }

@@ -27,6 +27,41 @@ pub struct RunOpts {
     /// Print one JSON document on stdout (see docs/json.md), errors included.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub observe: ObserveOpts,
+}
+
+/// Watching a run: the event stream, its metrics, slow tenants (docs/observing.md).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Observing a run")]
+pub struct ObserveOpts {
+    /// Write every event of the run (run started, tenant started/finished/failed, retry,
+    /// wave gate, slow tenant, run finished) to PATH as NDJSON, one object per line, flushed
+    /// as it happens (`tail -f` it, ship it); `-` for stdout when --json is not used. Appends.
+    /// Schema: docs/json.md, "Event stream".
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
+
+    /// At the end of the run, write its Prometheus metrics to PATH (text exposition, through
+    /// a temporary file and a rename: the node_exporter textfile collector's convention).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// At the end of the run, push its metrics to this Prometheus Pushgateway (job
+    /// `tenantctl`, grouped by command and cluster). A failed push is a warning, never a
+    /// failed run.
+    #[arg(long, value_name = "URL")]
+    pub pushgateway: Option<String>,
+
+    /// Report a tenant still running after DURATION once, with what it waits for (from
+    /// pg_stat_activity and pg_blocking_pids). Default: `[run] slow_after`, else 60s; 0s: never.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration
+    )]
+    pub slow_after: Option<std::time::Duration>,
 }
 
 /// A staged rollout: a canary, then cumulative waves, halting on failures.
@@ -367,4 +402,17 @@ pub struct StatusArgs {
     /// Print one JSON document on stdout (see docs/json.md), errors included.
     #[arg(long)]
     pub json: bool,
+
+    /// Print the fleet's state as Prometheus metrics instead (per cluster: tenants per
+    /// version, pending, drifted, pooled schemas ready, when each command last succeeded),
+    /// for a cron feeding the node_exporter textfile collector; with --metrics-file PATH,
+    /// written there atomically. Exit 4 (the metrics still written, the cluster `up` 0) when
+    /// a cluster cannot be reached. Names: docs/metrics.md.
+    #[arg(long, conflicts_with_all = ["json", "verify", "failed", "select", "tenant", "from_file"])]
+    pub metrics: bool,
+
+    /// With --metrics: write them to PATH (through a temporary file and a rename) instead
+    /// of stdout.
+    #[arg(long, value_name = "PATH", requires = "metrics")]
+    pub metrics_file: Option<PathBuf>,
 }

@@ -68,6 +68,9 @@ pub struct ImportArgs {
 
     #[command(flatten)]
     pub opts: DataOpts,
+
+    #[command(flatten)]
+    pub observe: super::args::ObserveOpts,
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +93,9 @@ pub struct CloneArgs {
 
     #[command(flatten)]
     pub opts: DataOpts,
+
+    #[command(flatten)]
+    pub observe: super::args::ObserveOpts,
 }
 
 #[derive(Debug, Args)]

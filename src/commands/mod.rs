@@ -14,6 +14,7 @@ pub mod repair;
 pub mod rollback;
 pub mod scaffold;
 pub mod status;
+pub mod status_metrics;
 mod status_moves;
 pub mod tenant;
 pub mod tenant_change;

@@ -392,6 +392,7 @@ fn run_opts(opts: &crate::cli::DataOpts) -> RunOpts {
         jobs: None,
         fail_fast: false,
         json: opts.json,
+        observe: Default::default(),
     }
 }
 

@@ -39,6 +39,8 @@ pub const DEFAULT_RETRIES: u32 = 3;
 /// chosen from `cargo bench --bench fleet -- --memory` (README, Performance).
 pub const DEFAULT_WORKER_RECYCLE: usize = 250;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// A schema running longer than this is reported once, with what it is waiting for.
+pub const DEFAULT_SLOW_AFTER: Duration = Duration::from_secs(60);
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
 /// The default concurrency. Migrations are DDL, bound by the server's CPU: measured with
@@ -113,6 +115,9 @@ pub struct RunConfig {
     /// backend keeps the catalog entries of every relation it touched, so a long-lived one
     /// grows with the fleet.
     pub worker_recycle: usize,
+    /// A schema still running after this long is reported once, with what it waits for
+    /// (None: never).
+    pub slow_after: Option<Duration>,
 }
 
 /// One PostgreSQL cluster (server + database) holding a share of the tenants, with its own
@@ -136,6 +141,8 @@ pub struct Target {
 pub struct Overrides {
     pub database_url: Option<String>,
     pub jobs: Option<usize>,
+    /// `--slow-after` (zero: off).
+    pub slow_after: Option<Duration>,
 }
 
 /// A string value and where it was written, kept for errors reported after parsing.
@@ -541,6 +548,7 @@ mod tests {
             Path::new("t.toml"),
             "[clusters.a]\nurl = \"postgres://h/db\"\njobs = 8\n",
             &Overrides {
+                slow_after: None,
                 jobs: Some(2),
                 ..Overrides::default()
             },
@@ -582,6 +590,7 @@ mod tests {
             Path::new("t.toml"),
             "[clusters.a]\nurl = \"postgres://h/db\"\n",
             &Overrides {
+                slow_after: None,
                 database_url: Some("postgres://other/db".into()),
                 ..Overrides::default()
             },
@@ -623,6 +632,7 @@ mod tests {
             Path::new("tenants.toml"),
             text,
             &Overrides {
+                slow_after: None,
                 database_url: Some("postgres://localhost/x".into()),
                 ..Overrides::default()
             },

@@ -14,7 +14,7 @@ use super::{
     err_at_line, ConfigError, Databases, Located, MigrationsConfig, Overrides, RunConfig,
     TenantsConfig, Written, DEFAULT_GRACE_PERIOD, DEFAULT_JOBS, DEFAULT_LOCK_TIMEOUT,
     DEFAULT_PREFIX, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, DEFAULT_SHARED_SCHEMA,
-    DEFAULT_WORKER_RECYCLE, MAX_JOBS,
+    DEFAULT_SLOW_AFTER, DEFAULT_WORKER_RECYCLE, MAX_JOBS,
 };
 use crate::tenant::validate_schema_word;
 
@@ -77,6 +77,7 @@ pub(super) struct RawRun {
     retry_delay: Option<Spanned<String>>,
     grace_period: Option<Spanned<String>>,
     worker_recycle: Option<Spanned<i64>>,
+    slow_after: Option<Spanned<String>>,
 }
 
 /// The file being parsed: for line numbers and error messages.
@@ -232,8 +233,13 @@ pub(super) fn run_section(
         "run.step_statement_timeout",
         Duration::ZERO,
     )?;
+    let slow_after = match overrides.slow_after {
+        Some(d) => d,
+        None => src.duration_or(&raw.slow_after, "run.slow_after", DEFAULT_SLOW_AFTER)?,
+    };
     Ok(RunConfig {
         jobs,
+        slow_after: (!slow_after.is_zero()).then_some(slow_after),
         step_statement_timeout: (!step_statement_timeout.is_zero())
             .then_some(step_statement_timeout),
         lock_timeout: src.duration_or(

@@ -146,3 +146,20 @@ impl Control {
         Ok(s)
     }
 }
+
+impl Control {
+    /// When each command last finished a run that succeeded (Unix seconds), from the ledger.
+    pub async fn last_successes(&self, client: &Client) -> anyhow::Result<Vec<(String, f64)>> {
+        let sql = format!(
+            "SELECT command, extract(epoch FROM max(finished_at))::float8 FROM {} \
+             WHERE state = {} AND finished_at IS NOT NULL GROUP BY command ORDER BY command",
+            self.table("runs"),
+            super::RunState::Succeeded.literal()
+        );
+        let rows = client
+            .query_typed(&sql, &[])
+            .await
+            .map_err(|e| failed("reading the last successful runs", &e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

@@ -561,7 +561,7 @@ async fn execute(
             engine_run::nothing_done(
                 &env,
                 req.mode.command(),
-                target,
+                (target, &req.scope),
                 r.run_id,
                 total,
                 Some(r.run),

@@ -34,15 +34,38 @@ pub enum Event<'a> {
         jobs: usize,
         /// The version the run brings its schemas to (repair: the version it accepts).
         target: Option<i32>,
+        /// `all`, or a fingerprint of the tenant list.
+        scope: &'a str,
+    },
+    /// A schema's first attempt starts.
+    SchemaStarted {
+        tenant: &'a Tenant,
     },
     SchemaSucceeded {
         tenant: &'a Tenant,
         applied: &'a Applied,
         elapsed: Duration,
+        attempts: u32,
     },
     SchemaFailed {
         tenant: &'a Tenant,
         failure: &'a Failure,
+        elapsed: Duration,
+    },
+    /// A transient failure (lock timeout, lost connection): attempt `attempt + 1` follows
+    /// after `pause`.
+    Retrying {
+        tenant: &'a Tenant,
+        failure: &'a Failure,
+        attempt: u32,
+        pause: Duration,
+    },
+    /// A schema still running past `--slow-after`, once, with what it is waiting for.
+    Slow {
+        tenant: &'a Tenant,
+        elapsed: Duration,
+        /// What `pg_stat_activity` says of its session and what blocks it (None: not found).
+        waiting: Option<&'a str>,
     },
     /// The tenant was dropped while the run was going on: not touched, not a failure.
     SchemaDropped {
@@ -66,6 +89,15 @@ pub enum Event<'a> {
         waves: usize,
         tenants: usize,
     },
+    /// After a wave: the gate's decision, with this cluster's counts in the wave.
+    WaveGate {
+        wave: usize,
+        done: usize,
+        failed: usize,
+        /// `go`, `halt` or `interrupted`.
+        decision: &'a str,
+        reason: Option<&'a str>,
+    },
     /// Between waves: the next one starts in `left` (emitted about every second).
     Pausing {
         next_wave: usize,
@@ -85,6 +117,15 @@ pub enum Event<'a> {
     },
     /// Every schema of the run has finished (or was left unstarted); the ledger is closed next.
     RunFinished,
+    /// The run is closed: its state and counts as the ledger has them, and this cluster's
+    /// exit code.
+    RunEnded {
+        run_id: i64,
+        state: crate::control::RunState,
+        counts: &'a crate::control::RunCounts,
+        exit_code: i32,
+        elapsed: Duration,
+    },
 }
 
 /// Where the engine sends its events: a callback shared by every task of a run.

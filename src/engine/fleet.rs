@@ -250,6 +250,8 @@ pub struct FleetOpts {
     pub retry_delay: Duration,
     /// Schemas a worker connection serves before it is closed and replaced (0: never).
     pub recycle_after: usize,
+    /// A schema still running after this long is reported once (`Event::Slow`).
+    pub slow_after: Option<Duration>,
 }
 
 /// The pause before attempt `attempt + 1`.
@@ -369,15 +371,24 @@ async fn one_schema(
     job: &SchemaJob,
     slot: usize,
     cancel: &Cancel,
-) -> Result<Applied, Failure> {
+) -> (Result<Applied, Failure>, u32) {
     let mut tries = 0;
     loop {
         tries += 1;
         match attempt(pool, ctx, opts, job, slot, cancel).await {
-            Ok(applied) => return Ok(applied),
+            Ok(applied) => return (Ok(applied), tries),
             Err(mut f) => {
                 let retry = f.kind.is_transient() && tries <= opts.retries;
-                if retry && !cancel.pause(backoff(opts.retry_delay, tries)).await {
+                let pause = backoff(opts.retry_delay, tries);
+                if retry {
+                    ctx.events.emit(&Event::Retrying {
+                        tenant: &job.tenant,
+                        failure: &f,
+                        attempt: tries,
+                        pause,
+                    });
+                }
+                if retry && !cancel.pause(pause).await {
                     continue;
                 }
                 if retry {
@@ -388,9 +399,39 @@ async fn one_schema(
                     };
                 }
                 f.attempts = tries;
-                return Err(f);
+                return (Err(f), tries);
             }
         }
+    }
+}
+
+/// [`one_schema`], reported once as slow (with what it waits for) if it runs past
+/// `opts.slow_after`.
+async fn watched(
+    pool: &Pool,
+    ctx: &ApplyCtx<'_>,
+    opts: &FleetOpts,
+    job: &SchemaJob,
+    slot: usize,
+    cancel: &Cancel,
+) -> (Result<Applied, Failure>, u32) {
+    let work = one_schema(pool, ctx, opts, job, slot, cancel);
+    let Some(after) = opts.slow_after else {
+        return work.await;
+    };
+    let watch = async {
+        tokio::time::sleep(after).await;
+        let waiting = super::slow::diagnose(pool, &job.tenant, ctx.run_id).await;
+        ctx.events.emit(&Event::Slow {
+            tenant: &job.tenant,
+            elapsed: after,
+            waiting: waiting.as_deref(),
+        });
+        futures::future::pending::<()>().await
+    };
+    tokio::select! {
+        r = work => r,
+        _ = watch => unreachable!("the watch never ends"),
     }
 }
 
@@ -421,18 +462,22 @@ pub async fn run_fleet(
                 scheduled_ref[i] = true;
                 async move {
                     let t0 = Instant::now();
-                    let r = one_schema(pool, ctx, opts, job, i, cancel).await;
-                    (job, r, t0.elapsed())
+                    events.emit(&Event::SchemaStarted {
+                        tenant: &job.tenant,
+                    });
+                    let (r, attempts) = watched(pool, ctx, opts, job, i, cancel).await;
+                    (job, r, attempts, t0.elapsed())
                 }
             })
             .buffer_unordered(opts.jobs.max(1));
-        while let Some((job, result, elapsed)) = results.next().await {
+        while let Some((job, result, attempts, elapsed)) = results.next().await {
             match result {
                 Ok(applied) => {
                     events.emit(&Event::SchemaSucceeded {
                         tenant: &job.tenant,
                         applied: &applied,
                         elapsed,
+                        attempts,
                     });
                     outcome.succeeded.push((job.tenant.clone(), applied));
                 }
@@ -446,6 +491,7 @@ pub async fn run_fleet(
                     events.emit(&Event::SchemaFailed {
                         tenant: &job.tenant,
                         failure: &failure,
+                        elapsed,
                     });
                     match failure.kind {
                         FailureKind::Fenced => {

@@ -134,7 +134,14 @@ pub async fn record_nothing_to_do(
     let run = read?;
     committed
         .map_err(|e| anyhow::anyhow!("recording run {run_id}: {}", crate::pgerror::describe(&e)))?;
-    Ok(nothing_done(env, command, req.target, run_id, total, run))
+    Ok(nothing_done(
+        env,
+        command,
+        (req.target, &req.scope),
+        run_id,
+        total,
+        run,
+    ))
 }
 
 /// A run with nothing to do that [`record_if_idle`] found and recorded, as read back.
@@ -227,7 +234,7 @@ pub(super) fn idle_info<'a>(
 pub fn nothing_done(
     env: &RunEnv<'_>,
     command: RunCommand,
-    target: Option<i32>,
+    (target, scope): (Option<i32>, &str),
     run_id: i64,
     total: usize,
     run: Option<RunRow>,
@@ -240,6 +247,7 @@ pub fn nothing_done(
         refused: 0,
         jobs: 1,
         target,
+        scope,
     });
     env.events.emit(&Event::RunFinished);
     let outcome = FleetOutcome::default();
@@ -247,7 +255,7 @@ pub fn nothing_done(
         Some(run) => (run.counts, run.waves, run.halted),
         None => (seen_report(command, &outcome, total).0, Vec::new(), None),
     };
-    RunResult {
+    let result = RunResult {
         command,
         run_id,
         state: RunState::Succeeded,
@@ -259,5 +267,7 @@ pub fn nothing_done(
         tenants: Vec::new(),
         waves,
         halted,
-    }
+    };
+    result.emit_end(&env.events);
+    result
 }

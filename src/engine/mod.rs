@@ -28,6 +28,7 @@ pub mod schema_tx;
 pub mod segmented;
 pub mod session;
 pub mod shared;
+pub mod slow;
 pub mod staged;
 pub mod verify;
 pub mod waves;

@@ -100,6 +100,17 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// Says the run is closed ([`Event::RunEnded`]), with the ledger's counts.
+    pub fn emit_end(&self, events: &Events) {
+        events.emit(&Event::RunEnded {
+            run_id: self.run_id,
+            state: self.state,
+            counts: &self.counts,
+            exit_code: self.exit_code(),
+            elapsed: self.outcome.elapsed,
+        });
+    }
+
     pub fn exit_code(&self) -> i32 {
         if self.outcome.fenced().is_some() {
             return exit::FENCED;
@@ -254,6 +265,7 @@ pub async fn run(
         refused: req.refused.len(),
         jobs: workers,
         target: req.target,
+        scope: &req.scope,
     });
     let run = &env.config.run;
     let ctx = ApplyCtx {
@@ -285,6 +297,7 @@ pub async fn run(
         retries: run.retries,
         retry_delay: run.retry_delay,
         recycle_after: run.worker_recycle,
+        slow_after: run.slow_after,
     };
     let session_target = session.target.name.clone();
     session.control.warm_read_back(&session.client);
@@ -386,7 +399,7 @@ pub async fn run(
             (counts, tenants, Vec::new(), halted)
         }
     };
-    Ok(RunResult {
+    let result = RunResult {
         command,
         run_id,
         state,
@@ -398,7 +411,9 @@ pub async fn run(
         tenants,
         waves,
         halted,
-    })
+    };
+    result.emit_end(&env.events);
+    Ok(result)
 }
 
 /// Opens the run in the ledger, or resumes the interrupted run that asked for the same

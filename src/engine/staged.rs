@@ -65,6 +65,7 @@ impl Staged<'_> {
                 });
             }
             let outcome = run_fleet(pool, ctx, wave_jobs, opts, &env.events, cancel).await;
+            let done = outcome.succeeded.len();
             let failed: Vec<String> = outcome
                 .failed
                 .iter()
@@ -76,7 +77,21 @@ impl Staged<'_> {
                 continue;
             }
             let run = (self.cluster.to_string(), self.run_id);
-            match seat.arrive(wave, failed, worked, run, &how).await {
+            let failed_here = failed.len();
+            let decision = seat.arrive(wave, failed, worked, run, &how).await;
+            let (said, reason) = match &decision {
+                Decision::Go => ("go", None),
+                Decision::Halt(reason) => ("halt", Some(reason.as_str())),
+                Decision::Interrupted => ("interrupted", None),
+            };
+            env.events.emit(&Event::WaveGate {
+                wave,
+                done,
+                failed: failed_here,
+                decision: said,
+                reason,
+            });
+            match decision {
                 Decision::Go => {}
                 Decision::Halt(reason) => total.stopped = Some(Stop::Halted { wave, reason }),
                 Decision::Interrupted => {

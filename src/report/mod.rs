@@ -3,10 +3,13 @@
 //! `--json` go to stdout (see [`summary`]). This module depends on the engine's events; the
 //! engine never depends on it.
 
+pub mod fleet_metrics;
 pub mod json;
+pub mod metrics;
 pub mod plain;
 pub mod progress;
 pub mod rows;
+pub mod stream;
 pub mod summary;
 
 use std::io::IsTerminal;
@@ -38,6 +41,10 @@ pub struct Reporters {
     /// Prefix output with the cluster's name (the config names clusters).
     labeled: bool,
     bars: Option<indicatif::MultiProgress>,
+    /// `--events`: every cluster's events into one NDJSON stream.
+    stream: Option<Arc<stream::Stream>>,
+    /// `--metrics-file`, `--pushgateway`: the run's metrics, gathered as it goes.
+    metrics: Option<Arc<metrics::Metrics>>,
 }
 
 impl Reporters {
@@ -47,7 +54,20 @@ impl Reporters {
             quiet,
             labeled,
             bars: (tty && !quiet).then(indicatif::MultiProgress::new),
+            stream: None,
+            metrics: None,
         }
+    }
+
+    /// Also into an event stream and a metrics collector.
+    pub fn observed(
+        mut self,
+        stream: Option<Arc<stream::Stream>>,
+        metrics: Option<Arc<metrics::Metrics>>,
+    ) -> Reporters {
+        self.stream = stream;
+        self.metrics = metrics;
+        self
     }
 
     /// `--quiet`: nothing but results and errors.
@@ -67,7 +87,20 @@ impl Reporters {
             Some(multi) => Arc::new(progress::Bar::new(label, multi)),
             None => Arc::new(plain::Plain::new(label)),
         };
-        Events::new(move |e| reporter.event(e))
+        let stream = self.stream.as_ref().map(|s| s.for_cluster(cluster));
+        let metrics = self.metrics.as_ref().map(|m| m.for_cluster(cluster));
+        if stream.is_none() && metrics.is_none() {
+            return Events::new(move |e| reporter.event(e));
+        }
+        Events::new(move |e| {
+            reporter.event(e);
+            if let Some(s) = &stream {
+                s.event(e);
+            }
+            if let Some(m) = &metrics {
+                m.event(e);
+            }
+        })
     }
 }
 
@@ -143,10 +176,23 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
             "pausing before wave {next_wave}: {} left (SIGINT stops here cleanly; the same command resumes)",
             humantime::format_duration(Duration::from_secs(left.as_millis().div_ceil(1000) as u64))
         )),
-        Event::SchemaSucceeded { .. }
+        Event::Slow {
+            tenant,
+            elapsed,
+            waiting,
+        } => Some(format!(
+            "slow: {tenant}: still running after {}, {}",
+            humantime::format_duration(*elapsed),
+            waiting.unwrap_or("what it waits for could not be read from pg_stat_activity")
+        )),
+        Event::SchemaStarted { .. }
+        | Event::SchemaSucceeded { .. }
         | Event::SchemaFailed { .. }
         | Event::SchemaDropped { .. }
-        | Event::RunFinished => None,
+        | Event::Retrying { .. }
+        | Event::WaveGate { .. }
+        | Event::RunFinished
+        | Event::RunEnded { .. } => None,
     }
 }
 

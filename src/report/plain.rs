@@ -93,6 +93,7 @@ impl Reporter for Plain {
                 tenant,
                 applied,
                 elapsed,
+                ..
             } => {
                 s.done += 1;
                 if s.todo <= PER_SCHEMA_LINES_UP_TO {
@@ -107,7 +108,9 @@ impl Reporter for Plain {
                 }
                 self.progress(&mut s);
             }
-            Event::SchemaFailed { tenant, failure } => {
+            Event::SchemaFailed {
+                tenant, failure, ..
+            } => {
                 s.failed += 1;
                 if let Some(line) = self.causes.line(tenant, failure) {
                     crate::output::stderr_line(&format!("{}{}: {line}", self.label, s.command));
@@ -151,11 +154,16 @@ impl Reporter for Plain {
                     crate::output::stderr_line(&format!("{}{line}", self.label));
                 }
             }
+            Event::SchemaStarted { .. }
+            | Event::Retrying { .. }
+            | Event::WaveGate { .. }
+            | Event::RunEnded { .. } => {}
             other @ (Event::Interrupting { .. }
             | Event::Waiting { .. }
             | Event::Resuming { .. }
             | Event::Info { .. }
-            | Event::Warning { .. }) => {
+            | Event::Warning { .. }
+            | Event::Slow { .. }) => {
                 if let Some(line) = super::notice(other) {
                     crate::output::stderr_line(&format!("{}{line}", self.label));
                 }

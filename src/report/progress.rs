@@ -90,7 +90,9 @@ impl Reporter for Bar {
                 }
             }
             Event::SchemaSucceeded { .. } => self.bar.inc(1),
-            Event::SchemaFailed { tenant, failure } => {
+            Event::SchemaFailed {
+                tenant, failure, ..
+            } => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(line) = self.causes.line(tenant, failure) {
                     self.println(&format!("{}{line}", self.label));
@@ -139,12 +141,17 @@ impl Reporter for Bar {
                     bar.tick();
                 }
             }
+            Event::SchemaStarted { .. }
+            | Event::Retrying { .. }
+            | Event::WaveGate { .. }
+            | Event::RunEnded { .. } => {}
             other @ (Event::WaveStarted { .. }
             | Event::Interrupting { .. }
             | Event::Waiting { .. }
             | Event::Resuming { .. }
             | Event::Info { .. }
-            | Event::Warning { .. }) => {
+            | Event::Warning { .. }
+            | Event::Slow { .. }) => {
                 if matches!(other, Event::WaveStarted { .. }) {
                     self.end_pause();
                 }

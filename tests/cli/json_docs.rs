@@ -88,12 +88,17 @@ fn compare(doc: &Shape, real: &Shape, at: &str) {
 
 /// `<!-- document: NAME -->` followed by a ```json block, for each documented document.
 fn documented() -> BTreeMap<String, Value> {
+    examples("<!-- document: ")
+}
+
+/// The examples after each `marker` NAME ` -->` in docs/json.md, by name.
+fn examples(marker: &str) -> BTreeMap<String, Value> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/json.md"))
         .expect("docs/json.md");
     let mut out = BTreeMap::new();
     let mut rest = text.as_str();
-    while let Some(at) = rest.find("<!-- document: ") {
-        rest = &rest[at + "<!-- document: ".len()..];
+    while let Some(at) = rest.find(marker) {
+        rest = &rest[at + marker.len()..];
         let name = rest[..rest.find(" -->").unwrap()].to_string();
         let start = rest.find("```json\n").unwrap() + "```json\n".len();
         let end = start + rest[start..].find("\n```").unwrap();
@@ -441,6 +446,79 @@ fn every_document_is_the_documented_one_for_one_database_and_for_several() {
         missing.is_empty(),
         "documented but never printed here: {missing:?}"
     );
+}
+
+/// The event stream (`--events`) against docs/json.md#event-stream: a failing run with a
+/// lock timeout retried and a slow tenant, a staged rollout, and a run with nothing to do.
+/// Every event printed is documented with exactly its keys.
+#[test]
+fn every_streamed_event_is_the_documented_one() {
+    let p = Project::new("json_docs_events", 5);
+    p.run(&["tenant", "create", "a", "b", "c"], 0);
+    p.write_config("[run]\nlock_timeout = \"1500ms\"\nretries = 1\nretry_delay = \"100ms\"");
+    p.add_migration("V6__note.sql", "ALTER TABLE users ADD COLUMN note text;\n");
+    let mut holder = p.db();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE tenant_b.users IN ACCESS SHARE MODE")
+        .unwrap();
+    p.run(
+        &[
+            "migrate",
+            "--all",
+            "--slow-after",
+            "1s",
+            "--events",
+            "e.ndjson",
+        ],
+        1,
+    );
+    holder.batch_execute("COMMIT").unwrap();
+    p.add_migration("V7__more.sql", "ALTER TABLE users ADD COLUMN more text;\n");
+    let waves = [
+        "migrate", "--all", "--canary", "1", "--waves", "100%", "--events", "e.ndjson",
+    ];
+    p.run(&waves, 0);
+    p.run(&["migrate", "--all", "--events", "e.ndjson"], 0);
+    let text = std::fs::read_to_string(p.path().join("e.ndjson")).unwrap();
+    let mut seen = Printed::default();
+    let names: &[&'static str] = &[
+        "run_started",
+        "tenant_started",
+        "tenant_finished",
+        "tenant_failed",
+        "tenant_dropped",
+        "retry",
+        "tenant_slow",
+        "wave_started",
+        "wave_gate",
+        "waiting",
+        "resuming",
+        "interrupting",
+        "warning",
+        "run_finished",
+    ];
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let name = names
+            .iter()
+            .find(|n| v["event"] == **n)
+            .unwrap_or_else(|| panic!("an event docs/json.md does not name: {line}"));
+        seen.add(name, v);
+    }
+    for must in [
+        "run_started",
+        "tenant_started",
+        "tenant_finished",
+        "tenant_failed",
+        "retry",
+        "tenant_slow",
+        "wave_started",
+        "wave_gate",
+        "run_finished",
+    ] {
+        assert!(seen.0.contains_key(must), "no {must} event in\n{text}");
+    }
+    check(&examples("<!-- event: "), &seen);
 }
 
 /// Every printed document against its documented shape.

@@ -17,6 +17,7 @@ mod json_docs;
 mod migrate;
 mod moves;
 mod no_transaction;
+mod observe;
 mod output;
 mod pool;
 mod quick_start;

@@ -45,6 +45,7 @@ pub async fn run(
         refused: 0,
         jobs: workers,
         target: None,
+        scope: "",
     });
     let run = &env.config.run;
     let labels = std::collections::HashMap::new();
@@ -77,6 +78,7 @@ pub async fn run(
         retries: run.retries,
         retry_delay: run.retry_delay,
         recycle_after: run.worker_recycle,
+        slow_after: run.slow_after,
     };
     let mut outcome = run_fleet(&pool, &ctx, jobs, &opts, &env.events, &cancel).await;
     drop(signal_guard);

@@ -1,5 +1,6 @@
-//! Real programs the connectivity tests need beside PostgreSQL: `openssl` to make a CA and
-//! certificates, `pgbouncer` in front of a throwaway cluster. `.ci/run` installs both.
+//! Real programs the tests need beside PostgreSQL: `openssl` to make a CA and certificates,
+//! `pgbouncer` in front of a throwaway cluster, the Prometheus Pushgateway and `promtool`
+//! for the metrics. `.ci/run` installs them all.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -155,5 +156,80 @@ impl Drop for Bouncer {
             let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
         }
         let _ = self.child.wait();
+    }
+}
+
+/// A Prometheus Pushgateway on a free port (nothing kept on disk). Stopped when dropped.
+pub struct Pushgateway {
+    pub port: u16,
+    child: Child,
+}
+
+impl Pushgateway {
+    pub fn start() -> Pushgateway {
+        let port = free_port();
+        let child = Command::new("prometheus-pushgateway")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus-pushgateway (install it: apt-get install prometheus-pushgateway)");
+        let gateway = Pushgateway { port, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the pushgateway did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gateway
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the Pushgateway holds, from its own API (`/api/v1/metrics`).
+    pub fn groups(&self) -> serde_json::Value {
+        let text = ureq::get(format!("{}/api/v1/metrics", self.url()))
+            .call()
+            .expect("the pushgateway's API answers")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+impl Drop for Pushgateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `promtool check metrics` on a text exposition: the problems it finds (empty: none).
+pub fn promtool_problems(text: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running promtool (install it: apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.success() {
+        true => said.trim().to_string(),
+        false => format!("promtool failed: {said}"),
     }
 }
