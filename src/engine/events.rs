@@ -63,6 +63,9 @@ pub enum Event<'a> {
     /// A schema still running past `--slow-after`, once, with what it is waiting for.
     Slow {
         tenant: &'a Tenant,
+        /// Its version when it started, and the run's target (None: the command has none).
+        from: Option<i32>,
+        to: Option<i32>,
         elapsed: Duration,
         /// What `pg_stat_activity` says of its session and what blocks it (None: not found).
         waiting: Option<&'a str>,

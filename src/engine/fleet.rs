@@ -424,6 +424,8 @@ async fn watched(
         let waiting = super::slow::diagnose(pool, &job.tenant, ctx.run_id).await;
         ctx.events.emit(&Event::Slow {
             tenant: &job.tenant,
+            from: job.version,
+            to: ctx.target,
             elapsed: after,
             waiting: waiting.as_deref(),
         });

@@ -178,10 +178,20 @@ pub fn notice(event: &Event<'_>) -> Option<String> {
         )),
         Event::Slow {
             tenant,
+            from,
+            to,
             elapsed,
             waiting,
         } => Some(format!(
-            "slow: {tenant}: still running after {}, {}",
+            "slow: {tenant}: {}still running after {}, {}",
+            match to {
+                Some(_) if from != to => format!(
+                    "{} -> {} ",
+                    crate::migrations::version_label(*from),
+                    crate::migrations::version_label(*to)
+                ),
+                _ => String::new(),
+            },
             humantime::format_duration(*elapsed),
             waiting.unwrap_or("what it waits for could not be read from pg_stat_activity")
         )),

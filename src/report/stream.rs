@@ -168,11 +168,16 @@ fn fields(event: &Event<'_>) -> Option<(&'static str, Value)> {
         ),
         Event::Slow {
             tenant,
+            from,
+            to,
             elapsed,
             waiting,
         } => (
             "tenant_slow",
-            json!({ "tenant": tenant.id(), "running_ms": ms(elapsed), "waiting": waiting }),
+            json!({
+                "tenant": tenant.id(), "version_before": from, "target_version": to,
+                "running_ms": ms(elapsed), "waiting": waiting,
+            }),
         ),
         Event::WaveStarted {
             wave,

@@ -300,7 +300,18 @@ fn a_slow_tenant_is_reported_once_live_with_what_blocks_it() {
     );
     holder.batch_execute("COMMIT").unwrap();
     let out = wait_ok(child, Duration::from_secs(60));
-    assert!(stderr(&out).contains("slow: tenant a"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("slow: tenant a (schema tenant_a): V5 -> V6 still running after 1s"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        (
+            slow["version_before"].as_i64(),
+            slow["target_version"].as_i64()
+        ),
+        (Some(5), Some(6))
+    );
     assert_eq!(named(&events(&p, "slow.ndjson"), "tenant_slow").len(), 1);
     assert!(p.versions().values().all(|v| *v == Some(6)));
 }
