@@ -372,6 +372,14 @@ fn observing(cli: &Cli, needs: &Needs) -> anyhow::Result<Observers> {
         )
         .into());
     }
+    if let Some(url) = &g.pushgateway {
+        // A Pushgateway behind basic auth: its password is never printed (warnings scrub it).
+        let parsed = url::Url::parse(url).ok();
+        if let Some(password) = parsed.as_ref().and_then(|u| u.password()) {
+            redact::register(password);
+            redact::register(&percent_encoding::percent_decode_str(password).decode_utf8_lossy());
+        }
+    }
     let stream = match &g.events {
         Some(path) => Some(report::stream::Stream::open(path)?),
         None => None,

@@ -255,11 +255,8 @@ impl ClusterMetrics {
             *self.command.lock().unwrap_or_else(|e| e.into_inner()) = command;
             return;
         }
-        let command = self
-            .command
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // Held while the event is counted: no copy of the command per tenant.
+        let command = self.command.lock().unwrap_or_else(|e| e.into_inner());
         let labels = [command.as_str(), self.cluster.as_str()];
         match event {
             Event::SchemaSucceeded {
@@ -286,12 +283,8 @@ impl ClusterMetrics {
                 ..
             } => {
                 for (result, n) in counts.by_result() {
-                    let result = serde_json::to_value(result)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
                     m.tenants
-                        .with_label_values(&[labels[0], labels[1], &result])
+                        .with_label_values(&[labels[0], labels[1], result.as_str()])
                         .set(n as f64);
                 }
                 // Every series of the run exists, at zero if nothing happened.

@@ -184,7 +184,12 @@ fn run_metrics_pass_promtool_and_reach_the_pushgateway_and_status_gives_the_flee
 
     // A Pushgateway that is not there: a warning, the run's exit code stands.
     let out = p.run(
-        &["migrate", "--all", "--pushgateway", "http://127.0.0.1:1"],
+        &[
+            "migrate",
+            "--all",
+            "--pushgateway",
+            "http://ci:s3cr3t-pw@127.0.0.1:1",
+        ],
         0,
     );
     assert!(
@@ -192,6 +197,8 @@ fn run_metrics_pass_promtool_and_reach_the_pushgateway_and_status_gives_the_flee
         "{}",
         stderr(&out)
     );
+    // Its password (basic auth) is never printed.
+    assert!(!stderr(&out).contains("s3cr3t-pw"), "{}", stderr(&out));
 
     // The fleet's state: one tenant behind.
     p.add_migration("V7__note.sql", "ALTER TABLE users ADD COLUMN note text;\n");

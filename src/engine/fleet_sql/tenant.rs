@@ -116,16 +116,15 @@ async fn query(
 /// The replies of a query's message up to the SQL's last statement: all but the guard's
 /// and COMMIT's (the last two statements).
 fn sql_replies(replies: &[SimpleQueryMessage]) -> &[SimpleQueryMessage] {
-    let ends: Vec<usize> = replies
+    // The third statement end from the last, found without collecting (once per tenant).
+    let end = replies
         .iter()
         .enumerate()
+        .rev()
         .filter(|(_, m)| matches!(m, SimpleQueryMessage::CommandComplete(_)))
-        .map(|(i, _)| i)
-        .collect();
-    match ends.len().checked_sub(3) {
-        Some(i) => &replies[..=ends[i]],
-        None => &[],
-    }
+        .nth(2)
+        .map(|(i, _)| i);
+    end.map_or(&[], |i| &replies[..=i])
 }
 
 async fn exec(
