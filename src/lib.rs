@@ -108,10 +108,8 @@ struct Needs {
     json: bool,
     /// --actor, for commands that change something.
     actor: Option<String>,
-    /// It runs tenants through the fleet runner: a run to observe with --events,
-    /// --metrics-file, --pushgateway, --slow-after.
-    changes: bool,
-    /// Those options, as given.
+    /// --events, --metrics-file, --pushgateway, --slow-after, as given (the commands that
+    /// change tenants take them; --slow-after only the fleet runs).
     observe: cli::ObserveOpts,
 }
 
@@ -121,24 +119,24 @@ fn needs(command: &Command) -> Needs {
         database: true,
         json: r.json,
         actor: r.actor.clone(),
-        changes: true,
         observe: r.observe.clone(),
     };
-    // Export, rename, move and rebalance are not fleet runs: they emit no run events.
-    let data = |d: &cli::DataOpts| Needs {
+    // Not fleet runs: their changes are observed as runs of their own (commands/observed.rs).
+    let data = |d: &cli::DataOpts, stream: Option<&cli::StreamOpts>| Needs {
         jobs: None,
         database: true,
         json: d.json,
         actor: d.actor.clone(),
-        changes: false,
-        observe: cli::ObserveOpts::default(),
+        observe: cli::ObserveOpts {
+            stream: stream.cloned().unwrap_or_default(),
+            slow_after: None,
+        },
     };
     let read = |json: bool| Needs {
         jobs: None,
         database: true,
         json,
         actor: None,
-        changes: false,
         observe: cli::ObserveOpts::default(),
     };
     let local = |json: bool| Needs {
@@ -157,7 +155,7 @@ fn needs(command: &Command) -> Needs {
         Command::Repair(a) => run(&a.run),
         Command::Status(a) => read(a.json),
         Command::Audit(a) => read(a.json),
-        Command::Rebalance(a) => data(&a.opts),
+        Command::Rebalance(a) => data(&a.opts, Some(&a.stream)),
         Command::Query(a) => Needs {
             jobs: a.jobs,
             json: a.json || a.format == Some(report::rows::Format::Json),
@@ -168,25 +166,19 @@ fn needs(command: &Command) -> Needs {
             TenantCommand::Create(a) => run(&a.run),
             TenantCommand::Adopt(a) => run(&a.run),
             TenantCommand::Drop(a) => run(&a.run),
-            // One transaction of its own, not a fleet run.
-            TenantCommand::Label(a) => Needs {
-                changes: false,
-                ..run(&a.run)
-            },
+            TenantCommand::Label(a) => data(&a.opts, Some(&a.stream)),
             TenantCommand::List(a) => read(a.json),
-            TenantCommand::Export(a) => data(&a.opts),
+            TenantCommand::Export(a) => data(&a.opts, None),
             TenantCommand::Import(a) => Needs {
-                changes: true,
                 observe: a.observe.clone(),
-                ..data(&a.opts)
+                ..data(&a.opts, None)
             },
             TenantCommand::Clone(a) => Needs {
-                changes: true,
                 observe: a.observe.clone(),
-                ..data(&a.opts)
+                ..data(&a.opts, None)
             },
-            TenantCommand::Rename(a) => data(&a.opts),
-            TenantCommand::Move(a) => data(&a.opts),
+            TenantCommand::Rename(a) => data(&a.opts, Some(&a.stream)),
+            TenantCommand::Move(a) => data(&a.opts, Some(&a.stream)),
             TenantCommand::Stats(a) => read(a.json),
             TenantCommand::Pool(p) => match p {
                 PoolCommand::Fill(a) => run(&a.run),
@@ -272,13 +264,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (stream, metrics) = observing(&cli, &needs)?;
+    let (stream, metrics) = observing(&needs)?;
     let deliveries = (
-        needs.observe.metrics_file.clone(),
-        needs.observe.pushgateway.clone(),
+        needs.observe.stream.metrics_file.clone(),
+        needs.observe.stream.pushgateway.clone(),
     );
     let gathered = metrics.clone();
-    let code = runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let ctx = &commands::Ctx {
             reporters: report::Reporters::new(cli.global.quiet, config.multi_cluster)
                 .observed(stream, gathered),
@@ -331,11 +323,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 unreachable!("handled before the runtime")
             }
         }
-    })?;
+    });
+    // A command that ended in an error (a refused rename, a failed move) still delivers the
+    // metrics of what it observed.
     if let Some(m) = metrics.filter(|m| !m.is_empty()) {
         deliver(&m, deliveries);
     }
-    Ok(code)
+    outcome
 }
 
 /// The event stream and the metrics collector of a run, if asked for.
@@ -344,28 +338,10 @@ type Observers = (
     Option<std::sync::Arc<report::metrics::Metrics>>,
 );
 
-/// `--events`, `--metrics-file`, `--pushgateway`, `--slow-after`: checked against the command
-/// (they observe a run: a command that changes no tenant has none), the stream opened and
-/// the metrics collector made. Exit 2 before anything is done when they do not fit.
-fn observing(cli: &Cli, needs: &Needs) -> anyhow::Result<Observers> {
-    let g = &needs.observe;
-    let given: Vec<&str> = [
-        (g.events.is_some(), "--events"),
-        (g.metrics_file.is_some(), "--metrics-file"),
-        (g.pushgateway.is_some(), "--pushgateway"),
-        (g.slow_after.is_some(), "--slow-after"),
-    ]
-    .into_iter()
-    .filter_map(|(on, name)| on.then_some(name))
-    .collect();
-    if !needs.changes && !given.is_empty() {
-        return Err(exit::UsageError(format!(
-            "`{1}` is not a fleet run (one transaction of its own), so there is no run for {0} to observe: use them with migrate, rollback, repair, exec, tenant create, adopt, drop, import, clone, pool fill and pool drain",
-            given.join(", "),
-            command_name(&cli.command)
-        ))
-        .into());
-    }
+/// `--events`, `--metrics-file`, `--pushgateway`: the stream opened and the metrics
+/// collector made. Exit 2 before anything is done when they do not fit.
+fn observing(needs: &Needs) -> anyhow::Result<Observers> {
+    let g = &needs.observe.stream;
     if g.events.as_deref() == Some(std::path::Path::new("-")) && needs.json {
         return Err(exit::UsageError(
             "--events - and --json both write to stdout: give --events a file".into(),
@@ -380,12 +356,15 @@ fn observing(cli: &Cli, needs: &Needs) -> anyhow::Result<Observers> {
             redact::register(&percent_encoding::percent_decode_str(password).decode_utf8_lossy());
         }
     }
+    if g.events.as_deref() == Some(std::path::Path::new("-")) {
+        output::give_stdout_to_the_stream();
+    }
     let stream = match &g.events {
         Some(path) => Some(report::stream::Stream::open(path)?),
         None => None,
     };
-    let metrics = (needs.changes && (g.metrics_file.is_some() || g.pushgateway.is_some()))
-        .then(report::metrics::Metrics::new);
+    let metrics =
+        (g.metrics_file.is_some() || g.pushgateway.is_some()).then(report::metrics::Metrics::new);
     Ok((stream, metrics))
 }
 

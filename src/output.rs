@@ -3,11 +3,26 @@
 //! nothing panics. Everything printed passes through the password scrubber.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set when stdout is the event stream (`--events -`): the command's text goes to stderr, so
+/// stdout is NDJSON and nothing else.
+static STDOUT_IS_THE_STREAM: AtomicBool = AtomicBool::new(false);
+
+/// From now on, [`stdout`] writes to stderr: stdout belongs to the event stream.
+pub fn give_stdout_to_the_stream() {
+    STDOUT_IS_THE_STREAM.store(true, Ordering::Relaxed);
+}
 
 /// Writes `text` to stdout as it is (scrubbed); a closed pipe is ignored.
 pub fn stdout(text: &str) {
+    let text = crate::redact::scrub(text);
+    if STDOUT_IS_THE_STREAM.load(Ordering::Relaxed) {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        return;
+    }
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(crate::redact::scrub(text).as_bytes());
+    let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
 
@@ -21,14 +36,20 @@ pub fn stderr_line(text: &str) {
 /// database), buffered, each piece scrubbed; once the reader has gone (a closed pipe), every
 /// write is skipped and [`Out::closed`] tells the writer to stop producing.
 pub struct Out {
-    out: std::io::BufWriter<std::io::Stdout>,
+    out: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
     closed: bool,
 }
 
 impl Out {
+    /// On stdout (on stderr when stdout is the event stream).
     pub fn new() -> Out {
+        let to: Box<dyn std::io::Write + Send> = if STDOUT_IS_THE_STREAM.load(Ordering::Relaxed) {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        };
         Out {
-            out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
+            out: std::io::BufWriter::with_capacity(1 << 16, to),
             closed: false,
         }
     }

@@ -36,9 +36,27 @@ pub struct RunOpts {
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Observing a run")]
 pub struct ObserveOpts {
+    #[command(flatten)]
+    pub stream: StreamOpts,
+
+    /// Report a tenant still running after DURATION once, with what it waits for (from
+    /// pg_stat_activity and pg_blocking_pids). Default: `[run] slow_after`, else 60s; 0s: never.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration
+    )]
+    pub slow_after: Option<std::time::Duration>,
+}
+
+/// The event stream and the metrics of a command that changes tenants (docs/observing.md).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Observing a run")]
+pub struct StreamOpts {
     /// Write every event of the run (run started, tenant started/finished/failed, retry,
     /// wave gate, slow tenant, run finished) to PATH as NDJSON, one object per line, flushed
-    /// as it happens (`tail -f` it, ship it); `-` for stdout when --json is not used. Appends.
+    /// as it happens (`tail -f` it, ship it); `-` for stdout when --json is not used (the
+    /// command's text then goes to stderr). Appends.
     /// Schema: docs/json.md, "Event stream".
     #[arg(long, value_name = "PATH")]
     pub events: Option<PathBuf>,
@@ -53,15 +71,6 @@ pub struct ObserveOpts {
     /// failed run.
     #[arg(long, value_name = "URL")]
     pub pushgateway: Option<String>,
-
-    /// Report a tenant still running after DURATION once, with what it waits for (from
-    /// pg_stat_activity and pg_blocking_pids). Default: `[run] slow_after`, else 60s; 0s: never.
-    #[arg(
-        long,
-        value_name = "DURATION",
-        value_parser = humantime::parse_duration
-    )]
-    pub slow_after: Option<std::time::Duration>,
 }
 
 /// A staged rollout: a canary, then cumulative waves, halting on failures.
@@ -246,7 +255,10 @@ pub struct LabelArgs {
     pub args: Vec<String>,
 
     #[command(flatten)]
-    pub run: RunOpts,
+    pub opts: super::DataOpts,
+
+    #[command(flatten)]
+    pub stream: StreamOpts,
 }
 
 #[derive(Debug, Args)]

@@ -110,4 +110,7 @@ pub struct RenameArgs {
 
     #[command(flatten)]
     pub opts: DataOpts,
+
+    #[command(flatten)]
+    pub stream: super::StreamOpts,
 }

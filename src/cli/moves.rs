@@ -62,6 +62,9 @@ pub struct MoveArgs {
 
     #[command(flatten)]
     pub opts: DataOpts,
+
+    #[command(flatten)]
+    pub stream: super::StreamOpts,
 }
 
 /// How `tenant stats` orders its tenants (largest first).
@@ -118,4 +121,7 @@ pub struct RebalanceArgs {
 
     #[command(flatten)]
     pub opts: DataOpts,
+
+    #[command(flatten)]
+    pub stream: super::StreamOpts,
 }

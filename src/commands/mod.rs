@@ -8,6 +8,7 @@ pub mod exec;
 pub mod fleet;
 pub mod listing;
 pub mod migrate;
+mod observed;
 pub mod pool;
 pub mod query;
 pub mod repair;

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::{DropArgs, LabelArgs, ListArgs};
 use crate::config::Target;
-use crate::control::{RunCommand, TenantRow, TenantState};
+use crate::control::{RunCommand, SchemaResult, TenantRow, TenantState};
 use crate::db::Session;
 use crate::engine::apply::Mode;
 use crate::engine::run::{self as engine_run, scope_of, Planned, RunRequest};
@@ -20,6 +20,7 @@ use crate::tenant::Tenant;
 
 use super::clusters::{each, finish, finish_some, single_error, Done};
 use super::listing::{Listing, Render};
+use super::observed::OneShot;
 use super::tenant::bad_labels;
 use super::{load_migrations, parse_ids, run_output, Ctx};
 
@@ -180,7 +181,7 @@ pub async fn label(ctx: &Ctx, args: LabelArgs) -> anyhow::Result<i32> {
         Some(label_on(ctx, &session, &here, set, remove).await)
     }))
     .await;
-    finish_some(ctx, outcomes, args.run.json).await
+    finish_some(ctx, outcomes, args.opts.json).await
 }
 
 async fn label_on(
@@ -203,13 +204,38 @@ async fn label_on(
         argv: &argv,
         seed: None,
     };
-    let run_id = session
+    let asked = parse_ids(&ctx.config, ids)?;
+    let cluster = &session.target.name;
+    let written = session
         .control
         .set_labels(&session.client, &info, ids, set, remove)
-        .await?;
+        .await;
+    let run_id = match written {
+        Ok(run_id) => run_id,
+        Err(e) => {
+            let what = (RunCommand::TenantLabel, 0, None);
+            OneShot::start(ctx, cluster, what, ids.len(), &asked).failed(&asked, &e, None);
+            return Err(e);
+        }
+    };
     let (run, tenants) = engine_run::read_report(session, run_id, RunCommand::TenantLabel)
         .await?
         .ok_or_else(|| anyhow::anyhow!("run {run_id} is not in the ledger after it was written"))?;
+    let done: Vec<_> = asked
+        .into_iter()
+        .filter(|t| {
+            tenants
+                .iter()
+                .any(|r| r.id == t.id() && r.result == SchemaResult::Done)
+        })
+        .collect();
+    let what = (RunCommand::TenantLabel, run_id, None);
+    OneShot::start(ctx, cluster, what, ids.len(), &done).succeeded(
+        run_id,
+        &done,
+        (None, None),
+        &run.counts,
+    );
     let result = engine_run::RunResult {
         command: RunCommand::TenantLabel,
         run_id,

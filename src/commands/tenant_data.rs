@@ -91,18 +91,19 @@ pub(super) async fn record_one(
     what: (RunCommand, &Tenant),
     version: Option<i32>,
     how: (&str, &str),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<i64> {
     record_on(ctx, (&session.control, &session.client), what, version, how).await
 }
 
-/// [`record_one`] on any connection to the cluster (in its transaction, if it has one).
+/// [`record_one`] on any connection to the cluster (in its transaction, if it has one);
+/// the run's id.
 pub(super) async fn record_on(
     ctx: &Ctx,
     (control, client): (&crate::control::Control, &Client),
     (command, tenant): (RunCommand, &Tenant),
     version: Option<i32>,
     (digest, scope): (&str, &str),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<i64> {
     let argv = crate::whoami::command_line();
     let info = RunInfo {
         command,
@@ -135,7 +136,9 @@ async fn record_export(
 ) -> anyhow::Result<()> {
     let scope = crate::digest::fnv1a_hex(tenant.id().bytes());
     let what = (RunCommand::TenantExport, tenant);
-    record_one(ctx, session, what, manifest.version, (digest, &scope)).await
+    record_one(ctx, session, what, manifest.version, (digest, &scope))
+        .await
+        .map(drop)
 }
 
 /// Registers one new tenant from rows (`tenant::register` in mode `Import`).

@@ -11,8 +11,10 @@ use crate::report::json::Part;
 use crate::tenant::{quote_ident, quote_literal, role_name};
 
 use super::clusters::{finish, Done};
+use super::observed::OneShot;
 use super::tenant_data::{find, record_one, require_new};
 use super::{parse_ids, Ctx};
+use crate::engine::failure::Failure;
 
 /// SQLSTATE of [`spells_its_name_sql`].
 const SPELLS_ITS_NAME: &str = "TNF04";
@@ -64,31 +66,31 @@ pub async fn rename(ctx: &Ctx, args: RenameArgs) -> anyhow::Result<i32> {
     ));
     let scope = crate::digest::fnv1a_hex(format!("{}>{}", old.id(), new.id()).into_bytes());
     let client = &session.client;
+    let version = found.row.version;
     let done = async {
         client.batch_execute(&sql).await?;
         let what = (RunCommand::TenantRename, new);
-        record_one(ctx, session, what, found.row.version, ("-", &scope)).await?;
+        let run_id = record_one(ctx, session, what, version, ("-", &scope)).await?;
         client.batch_execute("COMMIT").await?;
-        anyhow::Ok(())
+        anyhow::Ok(run_id)
     }
     .await;
-    if let Err(e) = done {
-        let _ = client.batch_execute("ROLLBACK").await;
-        let pg = e
-            .downcast_ref::<tokio_postgres::Error>()
-            .and_then(|p| p.as_db_error());
-        return Err(match pg {
-            Some(db) if db.code().code() == SPELLS_ITS_NAME => {
-                UsageError(format!("tenant {} not renamed: {}", old.id(), db.message())).into()
-            }
-            Some(db) => anyhow::anyhow!(
-                "tenant {} not renamed (nothing was changed): {}",
-                old.id(),
-                db.message()
-            ),
-            None => e.context(format!("tenant {} not renamed", old.id())),
-        });
-    }
+    let cluster = &found.target.name;
+    let what = |run_id| (RunCommand::TenantRename, run_id, version);
+    let one_old = std::slice::from_ref(old);
+    let run_id = match done {
+        Ok(run_id) => run_id,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            let mut failure = Failure::from_error(&e, version);
+            let err = not_renamed(old, e);
+            failure.message = format!("{err:#}");
+            let code = crate::exit::Kind::of(&err).code();
+            OneShot::start(ctx, cluster, what(0), 1, one_old).failed_with(one_old, &failure, code);
+            return Err(err);
+        }
+    };
+    OneShot::done(ctx, cluster, what(run_id), new);
     let mut text = format!(
         "renamed tenant {} to {} (schema {} -> {}",
         old.id(),
@@ -107,4 +109,22 @@ pub async fn rename(ctx: &Ctx, args: RenameArgs) -> anyhow::Result<i32> {
     );
     let done = Done::new(crate::exit::SUCCESS, text, part);
     finish(ctx, vec![(found.target.clone(), Ok(done))], args.opts.json).await
+}
+
+/// Why the rename failed, said for the operator (nothing was changed).
+fn not_renamed(old: &crate::tenant::Tenant, e: anyhow::Error) -> anyhow::Error {
+    let pg = e
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|p| p.as_db_error());
+    match pg {
+        Some(db) if db.code().code() == SPELLS_ITS_NAME => {
+            UsageError(format!("tenant {} not renamed: {}", old.id(), db.message())).into()
+        }
+        Some(db) => anyhow::anyhow!(
+            "tenant {} not renamed (nothing was changed): {}",
+            old.id(),
+            db.message()
+        ),
+        None => e.context(format!("tenant {} not renamed", old.id())),
+    }
 }

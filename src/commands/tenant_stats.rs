@@ -256,6 +256,7 @@ pub async fn rebalance(ctx: &Ctx, args: RebalanceArgs) -> anyhow::Result<i32> {
                     actor: args.opts.actor.clone(),
                     json: false,
                 },
+                stream: args.stream.clone(),
             },
         ))
         .await?;

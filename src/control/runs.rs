@@ -473,17 +473,18 @@ impl Control {
     ) -> anyhow::Result<()> {
         self.record_single(client, info, (SHARED_ROW, schema), outcome)
             .await
+            .map(drop)
     }
 
     /// Records a finished run of one ledger row (`id`, `schema`): the shared step, an
-    /// export, a rename. In the caller's transaction, if it has one.
+    /// export, a rename. In the caller's transaction, if it has one. Returns the run's id.
     pub async fn record_single(
         &self,
         client: &Client,
         info: &RunInfo<'_>,
         (id, schema): (&str, &str),
         outcome: &SharedOutcome<'_>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<i64> {
         let (state, schema_state) = match outcome.failure {
             Some(_) => (RunState::Failed, SchemaState::Failed),
             None => (RunState::Succeeded, SchemaState::Succeeded),
@@ -495,15 +496,16 @@ impl Control {
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, clock_timestamp()) RETURNING id) \
              INSERT INTO {rs} (run_id, tenant_id, schema_name, state, version_before, version_after, applied, \
                                failed_migration, error, kind, sqlstate, line, message, attempts, started_at, finished_at) \
-             SELECT id, {row}, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 1, now(), clock_timestamp() FROM r",
+             SELECT id, {row}, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 1, now(), clock_timestamp() FROM r \
+             RETURNING run_id",
             runs = self.table("runs"),
             rs = self.table("run_schemas"),
             row = quote_literal(id),
         );
         let (host, pid) = (hostname(), std::process::id() as i32);
         let error = f.map(|f| f.error.as_str());
-        client
-            .execute_typed(
+        let row = client
+            .query_typed(
                 &sql,
                 &[
                     (&info.command.as_str(), Type::TEXT),
@@ -535,7 +537,9 @@ impl Control {
                     &e,
                 )
             })?;
-        Ok(())
+        row.first().map(|r| r.get(0)).ok_or_else(|| {
+            anyhow::anyhow!("recording the {} run: no run id returned", info.command)
+        })
     }
 
     /// Closes a run with its final state and releases its run lock, if the run is still

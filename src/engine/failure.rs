@@ -143,6 +143,22 @@ impl Failure {
         }
     }
 
+    /// A command's error as a failure: the driver's classification when the database said
+    /// it, else `other` with the whole cause chain.
+    pub fn from_error(e: &anyhow::Error, still_at: Option<i32>) -> Failure {
+        match e
+            .chain()
+            .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        {
+            Some(pg) => {
+                let mut f = Failure::from_pg(pg, still_at);
+                f.message = format!("{e:#}");
+                f
+            }
+            None => Failure::new(FailureKind::Other, format!("{e:#}"), still_at),
+        }
+    }
+
     /// Classifies a driver error into a failure that tells the operator what happened.
     pub fn from_pg(e: &tokio_postgres::Error, still_at: Option<i32>) -> Failure {
         let kind = match e.code() {

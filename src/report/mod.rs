@@ -87,20 +87,32 @@ impl Reporters {
             Some(multi) => Arc::new(progress::Bar::new(label, multi)),
             None => Arc::new(plain::Plain::new(label)),
         };
+        match self.observers(cluster) {
+            None => Events::new(move |e| reporter.event(e)),
+            Some(observers) => Events::new(move |e| {
+                reporter.event(e);
+                observers.emit(e);
+            }),
+        }
+    }
+
+    /// Where one cluster's events go when nobody watches them but `--events` and the
+    /// metrics: the run events of the commands whose text is a summary of their own (tenant
+    /// label, rename, move). None when neither was asked for.
+    pub fn observers(&self, cluster: &str) -> Option<Events> {
         let stream = self.stream.as_ref().map(|s| s.for_cluster(cluster));
         let metrics = self.metrics.as_ref().map(|m| m.for_cluster(cluster));
         if stream.is_none() && metrics.is_none() {
-            return Events::new(move |e| reporter.event(e));
+            return None;
         }
-        Events::new(move |e| {
-            reporter.event(e);
+        Some(Events::new(move |e| {
             if let Some(s) = &stream {
                 s.event(e);
             }
             if let Some(m) = &metrics {
                 m.event(e);
             }
-        })
+        }))
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Bar {
     label: String,
     failed: AtomicUsize,
     skipped: AtomicUsize,
+    /// Tenants reported past --slow-after (a mark on the bar).
+    slow: AtomicUsize,
     causes: CauseCap,
     /// The countdown between waves, while one runs.
     pause: std::sync::Mutex<Option<ProgressBar>>,
@@ -41,6 +43,7 @@ impl Bar {
             label,
             failed: AtomicUsize::new(0),
             skipped: AtomicUsize::new(0),
+            slow: AtomicUsize::new(0),
             causes: CauseCap::default(),
             pause: std::sync::Mutex::new(None),
             copy: std::sync::Mutex::new(None),
@@ -51,11 +54,17 @@ impl Bar {
     /// failed (and were dropped meanwhile), so the two can never disagree.
     fn update_msg(&self) {
         let skipped = self.skipped.load(Ordering::Relaxed);
+        let slow = self.slow.load(Ordering::Relaxed);
         self.bar.set_message(format!(
-            "done ({} failed{})",
+            "done ({} failed{}{})",
             self.failed.load(Ordering::Relaxed),
             if skipped > 0 {
                 format!(", {skipped} dropped meanwhile")
+            } else {
+                String::new()
+            },
+            if slow > 0 {
+                format!(", {slow} slow")
             } else {
                 String::new()
             }
@@ -154,6 +163,11 @@ impl Reporter for Bar {
             | Event::Slow { .. }) => {
                 if matches!(other, Event::WaveStarted { .. }) {
                     self.end_pause();
+                }
+                if matches!(other, Event::Slow { .. }) {
+                    // The mark on the bar: how many are past --slow-after (the line says which).
+                    self.slow.fetch_add(1, Ordering::Relaxed);
+                    self.update_msg();
                 }
                 if let Some(line) = super::notice(other) {
                     self.println(&format!("{}{line}", self.label));

@@ -519,6 +519,23 @@ fn every_streamed_event_is_the_documented_one() {
         assert!(seen.0.contains_key(must), "no {must} event in\n{text}");
     }
     check(&examples("<!-- event: "), &seen);
+    // The stream's contract, snapshot-tested: every event's keys (and its failure's), as the
+    // real run printed them. A key removed or renamed shows here as a diff to review.
+    let mut keys = String::new();
+    for (name, printed) in &seen.0 {
+        let mut names = std::collections::BTreeSet::new();
+        for v in printed {
+            for (k, inner) in v.as_object().unwrap() {
+                names.insert(k.clone());
+                if let Some(o) = inner.as_object() {
+                    names.extend(o.keys().map(|i| format!("{k}.{i}")));
+                }
+            }
+        }
+        let names: Vec<String> = names.into_iter().collect();
+        keys.push_str(&format!("{name}: {}\n", names.join(", ")));
+    }
+    insta::assert_snapshot!("event_stream_keys", keys);
 }
 
 /// Every printed document against its documented shape.

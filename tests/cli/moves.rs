@@ -656,7 +656,53 @@ fn stats_sizes_every_tenant_and_rebalance_moves_the_largest_unpinned() {
         plan["balanced"], false,
         "the pinned one is more than the mean: {plan}"
     );
-    t.p.run(&["rebalance", "--apply", "--yes"], 0);
+    t.p.run(
+        &["rebalance", "--apply", "--yes", "--events", "moves.ndjson"],
+        0,
+    );
+    // Each move is two runs in the stream, each the ledger's: the copy made on the target
+    // (cluster b), the cutover on the source (cluster a).
+    let stream = std::fs::read_to_string(t.p.path().join("moves.ndjson")).unwrap();
+    let events: Vec<serde_json::Value> = stream
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |name: &str, cluster: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == name && e["cluster"] == cluster)
+            .collect()
+    };
+    for (cluster, mut db) in [("a", t.a()), ("b", t.b())] {
+        let started: Vec<&str> = of("tenant_started", cluster)
+            .iter()
+            .map(|e| e["tenant"].as_str().unwrap())
+            .collect();
+        assert_eq!(started, ["mid", "small"], "{cluster}: {stream}");
+        let finished: Vec<&str> = of("tenant_finished", cluster)
+            .iter()
+            .map(|e| e["tenant"].as_str().unwrap())
+            .collect();
+        assert_eq!(finished, ["mid", "small"], "{cluster}: {stream}");
+        let recorded: Vec<i64> = db
+            .query(
+                "SELECT id FROM tenantctl.runs WHERE command = 'tenant move' ORDER BY id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let ended: Vec<(i64, &str)> = of("run_finished", cluster)
+            .iter()
+            .map(|e| (e["run_id"].as_i64().unwrap(), e["state"].as_str().unwrap()))
+            .collect();
+        let expected: Vec<(i64, &str)> = recorded.iter().map(|&id| (id, "succeeded")).collect();
+        assert_eq!(ended, expected, "{cluster}: {stream}");
+        assert!(of("run_started", cluster)
+            .iter()
+            .all(|e| e["command"] == "tenant move"));
+    }
     for id in ["mid", "small"] {
         assert_eq!(state(&mut t.a(), id).as_deref(), Some("moved"));
         assert_eq!(state(&mut t.b(), id).as_deref(), Some("active"));

@@ -121,6 +121,132 @@ fn the_event_stream_rebuilds_the_ledgers_counts() {
     assert_eq!(named(&events(&p, "run.ndjson"), "run_started").len(), 2);
 }
 
+/// (run_id, state, total) of the ledger's runs of `command`, oldest first.
+fn ledger_runs(p: &Project, command: &str) -> Vec<(i64, String, i32)> {
+    p.db()
+        .query(
+            "SELECT id, state, total FROM tenantctl.runs WHERE command = $1 ORDER BY id",
+            &[&command],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[test]
+fn label_and_rename_are_runs_in_the_stream_and_in_the_metrics() {
+    let p = fleet("obs_oneshot", &["a", "b", "c", "d"]);
+    // Two tenants labelled in one statement: a run of two in the ledger.
+    let flags = ["--events", "one.ndjson", "--metrics-file", "one.prom"];
+    let mut label = vec!["tenant", "label", "a", "b", "tier=gold"];
+    label.extend(flags);
+    p.run(&label, 0);
+    let mut rename = vec!["tenant", "rename", "c", "zed"];
+    rename.extend(flags);
+    p.run(&rename, 0);
+    // A rename the database refuses: a function body spells the schema's name.
+    p.db()
+        .batch_execute("CREATE FUNCTION tenant_d.n() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM tenant_d.users'")
+        .unwrap();
+    let mut refused = vec!["tenant", "rename", "d", "dee"];
+    refused.extend(flags);
+    p.run(&refused, 2);
+
+    let all = events(&p, "one.ndjson");
+    let runs: Vec<&Value> = named(&all, "run_started");
+    let ends: Vec<&Value> = named(&all, "run_finished");
+    assert_eq!(runs.len(), 3, "{all:#?}");
+    assert_eq!(ends.len(), 3, "{all:#?}");
+    let commands: Vec<&str> = runs
+        .iter()
+        .map(|e| e["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(commands, ["tenant label", "tenant rename", "tenant rename"]);
+
+    // The label: the ledger's run and its counts.
+    let labels = ledger_runs(&p, "tenant label");
+    let (label_run, ..) = labels.last().unwrap().clone();
+    assert_eq!(runs[0]["run_id"], label_run);
+    assert_eq!(
+        (runs[0]["total"].as_i64(), runs[0]["todo"].as_i64()),
+        (Some(2), Some(2))
+    );
+    let in_run = |id: i64, name: &str| -> Vec<String> {
+        all.iter()
+            .filter(|e| e["event"] == name && e["run_id"] == id)
+            .map(|e| e["tenant"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(in_run(label_run, "tenant_started"), ["a", "b"]);
+    assert_eq!(in_run(label_run, "tenant_finished"), ["a", "b"]);
+    let ledger_counts: (i64, i64) = p
+        .db()
+        .query_one(
+            "SELECT count(*) FILTER (WHERE applied > 0), count(*) FILTER (WHERE coalesce(applied, 0) = 0) FROM tenantctl.run_schemas WHERE run_id = $1",
+            &[&label_run],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(ledger_counts, (2, 0));
+    assert_eq!(ends[0]["counts"]["done"], ledger_counts.0, "{}", ends[0]);
+    assert_eq!(
+        ends[0]["counts"]["unchanged"], ledger_counts.1,
+        "{}",
+        ends[0]
+    );
+    assert_eq!(
+        (ends[0]["state"].as_str(), ends[0]["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0))
+    );
+
+    // The rename: the ledger's run, under the new id.
+    let renames = ledger_runs(&p, "tenant rename");
+    assert_eq!(
+        renames.len(),
+        1,
+        "the refused rename recorded nothing: {renames:?}"
+    );
+    let (rename_run, state, _) = renames[0].clone();
+    assert_eq!(state, "succeeded");
+    assert_eq!(runs[1]["run_id"], rename_run);
+    assert_eq!(in_run(rename_run, "tenant_finished"), ["zed"]);
+    assert_eq!(ends[1]["run_id"], rename_run);
+
+    // The refused rename: no run in the ledger, so no run id; why, and exit 2.
+    assert_eq!(runs[2]["run_id"], Value::Null);
+    let failed = named(&all, "tenant_failed");
+    assert_eq!(failed.len(), 1, "{all:#?}");
+    assert_eq!(failed[0]["tenant"], "d");
+    assert_eq!(failed[0]["failure"]["sqlstate"], "TNF04", "{}", failed[0]);
+    let message = failed[0]["failure"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("not renamed") && message.contains("spell"),
+        "{message}"
+    );
+    assert_eq!(
+        (ends[2]["state"].as_str(), ends[2]["exit_code"].as_i64()),
+        (Some("failed"), Some(2))
+    );
+    assert_eq!(ends[2]["counts"]["failed"], 1);
+    assert_eq!(p.tenant_state("d"), "active");
+
+    // The last command's metrics (the refused rename), valid for promtool.
+    let metrics = std::fs::read_to_string(p.path().join("one.prom")).unwrap();
+    assert_eq!(promtool_problems(&metrics), "", "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"tenantctl_run_tenants{cluster="default",command="tenant rename",result="failed"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("tenantctl_run_exit_code{cluster=\"default\",command=\"tenant rename\"} 2"),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn run_metrics_pass_promtool_and_reach_the_pushgateway_and_status_gives_the_fleets_state() {
     let p = fleet("obs_metrics", &["a", "b", "c"]);
@@ -239,16 +365,22 @@ fn run_metrics_pass_promtool_and_reach_the_pushgateway_and_status_gives_the_flee
     let file = std::fs::read_to_string(p.path().join("fleet.prom")).unwrap();
     assert!(file.contains("tenantctl_tenants_pending"), "{file}");
 
-    // A command that is not a fleet run has no run to observe: refused, nothing changed.
+    // --slow-after is the fleet runs' own; a label takes the stream but not it: refused,
+    // nothing changed.
     let out = p.run(
-        &["tenant", "label", "a", "tier=x", "--events", "x.ndjson"],
+        &[
+            "tenant",
+            "label",
+            "a",
+            "tier=x",
+            "--slow-after",
+            "1s",
+            "--events",
+            "x.ndjson",
+        ],
         2,
     );
-    assert!(
-        stderr(&out).contains("is not a fleet run"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("--slow-after"), "{}", stderr(&out));
     assert!(!p.path().join("x.ndjson").exists());
     let labels: i64 = p
         .db()
@@ -260,6 +392,15 @@ fn run_metrics_pass_promtool_and_reach_the_pushgateway_and_status_gives_the_flee
         .get(0);
     assert_eq!(labels, 0);
     p.run(&["status", "--events", "x.ndjson"], 2);
+    // `--events -`: stdout is the stream and nothing else; the summary goes to stderr.
+    let out = p.run(&["tenant", "label", "a", "b", "tier=y", "--events", "-"], 0);
+    let lines: Vec<Value> = String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not NDJSON ({e}): {l}")))
+        .collect();
+    assert_eq!(lines.last().unwrap()["event"], "run_finished", "{lines:?}");
+    assert!(stderr(&out).contains("2 labelled"), "{}", stderr(&out));
     let out = p.run(&["migrate", "--all", "--events", "-", "--json"], 2);
     assert!(
         stderr(&out).contains("both write to stdout"),

@@ -570,4 +570,14 @@ fn the_progress_bar_never_runs_past_its_length_and_is_not_drawn_for_nothing() {
             .all(|(pos, len)| pos <= len && *len == 1),
         "{screen}"
     );
+    // A tenant past --slow-after: its line above the bar, and a mark on the bar.
+    p.add_migration(
+        "V10__one_slow.sql",
+        "SELECT pg_sleep(CASE WHEN current_schema() = 'tenant_t0001' THEN 2.5 ELSE 0 END);\n",
+    );
+    let screen = on_a_terminal("migrate --all --slow-after 1s");
+    assert!(
+        screen.contains("slow: tenant t0001") && screen.contains("1 slow)"),
+        "{screen}"
+    );
 }

@@ -14,6 +14,7 @@ use crate::report::json::Part;
 use crate::tenant::Tenant;
 
 use super::super::clusters::{finish, Done};
+use super::super::observed::OneShot;
 use super::super::tenant_data::record_on;
 use super::super::Ctx;
 use super::Side;
@@ -96,19 +97,30 @@ pub(in crate::commands) async fn abort(
         ))
         .into());
     }
-    if let Some(target) = sides.iter().find(|s| s.target.name == mv.peer) {
-        undo_target(&target.session, tenant, &mv.link).await?;
+    let version = source.row.as_ref().and_then(|r| r.version);
+    let what = |run_id| (RunCommand::TenantMoveAbort, run_id, version);
+    let one = std::slice::from_ref(tenant);
+    let undone = async {
+        if let Some(target) = sides.iter().find(|s| s.target.name == mv.peer) {
+            undo_target(&target.session, tenant, &mv.link).await?;
+        }
+        undo_source(&source.session, tenant, &mv.link).await?;
+        let scope = crate::digest::fnv1a_hex(id.bytes());
+        record_on(
+            ctx,
+            (&source.session.control, &source.session.client),
+            (RunCommand::TenantMoveAbort, tenant),
+            version,
+            (&mv.link, &scope),
+        )
+        .await
     }
-    undo_source(&source.session, tenant, &mv.link).await?;
-    let scope = crate::digest::fnv1a_hex(id.bytes());
-    record_on(
-        ctx,
-        (&source.session.control, &source.session.client),
-        (RunCommand::TenantMoveAbort, tenant),
-        source.row.as_ref().and_then(|r| r.version),
-        (&mv.link, &scope),
-    )
-    .await?;
+    .await;
+    match &undone {
+        Ok(run_id) => OneShot::done(ctx, &source.target.name, what(*run_id), tenant),
+        Err(e) => OneShot::start(ctx, &source.target.name, what(0), 1, one).failed(one, e, version),
+    }
+    undone?;
     let text = format!(
         "aborted the move of tenant {id} from {} to {} (it was {}): its copy, subscription, publication and slot dropped; the tenant is active on {} as before\n",
         source.target.name, mv.peer, mv.phase, source.target.name
@@ -205,7 +217,7 @@ pub(in crate::commands) async fn cleanup(ctx: &Ctx, args: &MoveArgs) -> anyhow::
             }
             let tenant = Tenant::from_registry(copy.tenant.clone(), copy.schema.clone());
             let scope = crate::digest::fnv1a_hex(copy.tenant.bytes());
-            record_on(
+            let run_id = record_on(
                 ctx,
                 (&session.control, &session.client),
                 (RunCommand::TenantMoveCleanup, &tenant),
@@ -213,6 +225,8 @@ pub(in crate::commands) async fn cleanup(ctx: &Ctx, args: &MoveArgs) -> anyhow::
                 (&copy.schema, &scope),
             )
             .await?;
+            let what = (RunCommand::TenantMoveCleanup, run_id, None);
+            OneShot::done(ctx, &session.target.name, what, &tenant);
             lines.push_str(&format!(
                 "dropped {} (the old copy of tenant {}, moved to {} at {})\n",
                 copy.schema, copy.tenant, copy.moved_to, copy.cut_at

@@ -12,12 +12,13 @@ use std::time::Instant;
 
 use crate::cli::MoveArgs;
 use crate::config::Target;
-use crate::control::{MoveRow, TenantRow, TenantState};
+use crate::control::{MoveRow, RunCommand, RunCounts, TenantRow, TenantState};
 use crate::db::Session;
 use crate::exit::UsageError;
 use crate::tenant::Tenant;
 
 use super::clusters::finish;
+use super::observed::OneShot;
 use super::{load_migrations, parse_ids, Ctx};
 use report::Report;
 use steps::Mover;
@@ -120,24 +121,36 @@ pub async fn move_tenant(ctx: &Ctx, args: MoveArgs) -> anyhow::Result<i32> {
         return admin::abort(ctx, sides, &tenant, &args).await;
     }
     let to = args.to.clone().expect("clap requires --to");
-    let _stop = ctx.signals.on_signal(|name| async move {
-        crate::output::stderr_line(&format!(
-            "{name} received: the move stopped where it was (anything uncommitted is rolled back); run the same tenant move again to carry on, or `tenant move ID --abort`"
-        ));
-        std::process::exit(crate::exit::INTERRUPTED);
-    });
     let mut sides = sides;
     let started = Instant::now();
+    let one = std::slice::from_ref(&tenant);
     if let Some(done) = moved_already(&sides, &tenant, &to, &args, started) {
+        let nothing = RunCounts {
+            unchanged: 1,
+            ..RunCounts::default()
+        };
+        let what = (RunCommand::TenantMove, 0, None);
+        OneShot::start(ctx, &done.0.name, what, 1, &[]).succeeded(0, &[], (None, None), &nothing);
         return finish(ctx, vec![(done.0, Ok(done.1))], args.opts.json).await;
     }
     let (s, t) = pick(&mut sides, &tenant, &to)?;
     let mut source = sides.remove(s);
     let t = if t > s { t - 1 } else { t };
     let mut target = sides.remove(t);
-    for side in [&source, &target] {
-        side.session.control.bootstrap(&side.session.client).await?;
-    }
+    let version = source.row.as_ref().and_then(|r| r.version);
+    // The run is recorded at the cutover: until then its events have no run id.
+    let what = (RunCommand::TenantMove, 0, version);
+    let observed = OneShot::start(ctx, &source.target.name, what, 1, one);
+    let _stop = ctx.signals.on_signal({
+        let stopped = observed.interrupted(&tenant, version);
+        |name| async move {
+            crate::output::stderr_line(&format!(
+                "{name} received: the move stopped where it was (anything uncommitted is rolled back); run the same tenant move again to carry on, or `tenant move ID --abort`"
+            ));
+            stopped(name);
+            std::process::exit(crate::exit::INTERRUPTED);
+        }
+    });
     let mut mover = Mover {
         ctx,
         migrations: &migrations,
@@ -145,7 +158,20 @@ pub async fn move_tenant(ctx: &Ctx, args: MoveArgs) -> anyhow::Result<i32> {
         args: &args,
         report: Report::default(),
     };
-    mover.run(&mut source, &mut target).await?;
+    let moved = async {
+        for side in [&source, &target] {
+            side.session.control.bootstrap(&side.session.client).await?;
+        }
+        mover.run(&mut source, &mut target).await
+    }
+    .await;
+    if let Err(e) = moved {
+        observed.failed(one, &e, version);
+        return Err(e);
+    }
+    let run_id = mover.report.run_id.unwrap_or(0);
+    let after = (version, mover.report.version);
+    observed.succeeded(run_id, one, after, &OneShot::one_done());
     let done = mover
         .report
         .done(&tenant, (&source, &target), &args, started);

@@ -17,6 +17,9 @@ use super::Side;
 /// What the move did, for its report.
 #[derive(Default)]
 pub(super) struct Report {
+    /// The move's run in the source's ledger, recorded at the cutover (None: a resumed move
+    /// that cut over in an earlier process).
+    pub run_id: Option<i64>,
     pub resumed: Option<MovePhase>,
     pub online: bool,
     pub version: Option<i32>,

@@ -497,7 +497,7 @@ impl Mover<'_> {
             run_hook(cmd, self.tenant, (&source.target.name, &target.target.name)).await?;
         }
         let scope = crate::digest::fnv1a_hex(self.tenant.id().bytes());
-        record_on(
+        let run_id = record_on(
             self.ctx,
             (&source.session.control, cut),
             (RunCommand::TenantMove, self.tenant),
@@ -509,6 +509,7 @@ impl Mover<'_> {
         kill_point("cutover");
         cutover::commit(cut, &source.session.control, (self.tenant, mv.id), &old).await?;
         kill_point("committed");
+        self.report.run_id = Some(run_id);
         self.report.old_schema = Some(old);
         Ok(())
     }
