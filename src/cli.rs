@@ -505,6 +505,22 @@ pub enum TenantCommand {
     #[command(subcommand, verbatim_doc_comment)]
     Pool(PoolCommand),
 
+    /// Per-tier limits on tenant roles: [tiers.<name>] picks tenants by label and sets
+    /// their role's statement_timeout, lock_timeout, idle_in_transaction_session_timeout,
+    /// work_mem, temp_file_limit and CONNECTION LIMIT.
+    ///
+    /// The limits hold for sessions that log in as the tenant's role (tiers make the
+    /// roles LOGIN; `SET ROLE` skips them): see docs/tiers.md. `tenant create` and
+    /// `tenant label` apply a tenant's tier; `apply` brings every role to its tier and
+    /// says what it changed; `status` shows each tier's tenants and the roles that differ.
+    ///
+    /// Examples:
+    ///   tenantctl tenant tiers status
+    ///   tenantctl tenant tiers apply --dry-run
+    ///   tenantctl tenant tiers apply --json
+    #[command(subcommand, verbatim_doc_comment)]
+    Tiers(TiersCommand),
+
     /// Set and remove tenants' labels: `key=value` sets, `key-` removes (as kubectl does).
     ///
     /// Labels (lowercase letters, digits, `_ - .`, at most 63 characters) select tenants for

@@ -180,6 +180,8 @@ fn needs(command: &Command) -> Needs {
             TenantCommand::Rename(a) => data(&a.opts, Some(&a.stream)),
             TenantCommand::Move(a) => data(&a.opts, Some(&a.stream)),
             TenantCommand::Stats(a) => read(a.json),
+            TenantCommand::Tiers(cli::TiersCommand::Apply(a)) => data(&a.opts, None),
+            TenantCommand::Tiers(cli::TiersCommand::Status(a)) => read(a.json),
             TenantCommand::Pool(p) => match p {
                 PoolCommand::Fill(a) => run(&a.run),
                 PoolCommand::Drain(a) => run(&a.run),
@@ -220,6 +222,8 @@ fn command_name(command: &Command) -> &'static str {
             TenantCommand::Rename(_) => "tenant rename",
             TenantCommand::Move(_) => "tenant move",
             TenantCommand::Stats(_) => "tenant stats",
+            TenantCommand::Tiers(cli::TiersCommand::Apply(_)) => "tenant tiers apply",
+            TenantCommand::Tiers(cli::TiersCommand::Status(_)) => "tenant tiers status",
             TenantCommand::Pool(p) => match p {
                 PoolCommand::Fill(_) => "tenant pool fill",
                 PoolCommand::Status(_) => "tenant pool status",
@@ -306,6 +310,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 commands::tenant_stats::stats(ctx, args).await
             }
             Command::Rebalance(args) => commands::tenant_stats::rebalance(ctx, args).await,
+            Command::Tenant(TenantCommand::Tiers(command)) => {
+                commands::tiers::tiers(ctx, command).await
+            }
             Command::Tenant(TenantCommand::Pool(command)) => {
                 commands::pool::pool(ctx, command).await
             }

@@ -217,6 +217,32 @@ pub enum PoolCommand {
     Drain(PoolDrainArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TiersCommand {
+    /// Bring every tenant role to its tier's settings (one transaction per cluster, a round
+    /// trip per 500 roles); recorded in the audit trail.
+    Apply(TiersApplyArgs),
+    /// Each tier's tenants, and the roles whose settings differ from their tier (drift).
+    Status(TiersStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TiersApplyArgs {
+    /// Say what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub opts: super::DataOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct TiersStatusArgs {
+    /// Print one JSON document on stdout (see docs/json.md), errors included.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct PoolFillArgs {
     /// How many schemas the pool should hold (default: [tenants] pool).

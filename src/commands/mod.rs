@@ -23,6 +23,7 @@ pub mod tenant_data;
 pub mod tenant_move;
 pub mod tenant_rename;
 pub mod tenant_stats;
+pub mod tiers;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;

@@ -206,10 +206,24 @@ async fn label_on(
     };
     let asked = parse_ids(&ctx.config, ids)?;
     let cluster = &session.target.name;
-    let written = session
-        .control
-        .set_labels(&session.client, &info, ids, set, remove)
+    let (control, client) = (&session.control, &session.client);
+    let written = if ctx.config.tiers.is_empty() {
+        control.set_labels(client, &info, ids, set, remove).await
+    } else {
+        // A label change moves the tenant to another tier in the same transaction.
+        let in_tx = async {
+            client.batch_execute("BEGIN").await?;
+            let run_id = control.set_labels(client, &info, ids, set, remove).await?;
+            super::tiers::apply_in_tx(ctx, (control, client), ids).await?;
+            client.batch_execute("COMMIT").await?;
+            anyhow::Ok(run_id)
+        }
         .await;
+        if in_tx.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        in_tx
+    };
     let run_id = match written {
         Ok(run_id) => run_id,
         Err(e) => {

@@ -8,6 +8,9 @@
 
 mod env;
 mod sections;
+mod tiers;
+
+pub use tiers::{Tier, Tiers, SETTINGS as TIER_SETTINGS};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,6 +61,8 @@ pub struct Config {
     pub migrations: MigrationsConfig,
     pub tenants: TenantsConfig,
     pub run: RunConfig,
+    /// `[tiers.<name>]`: role settings by label (empty: none).
+    pub tiers: Tiers,
     /// True when the config uses `[clusters.<name>]` (output then names clusters).
     pub multi_cluster: bool,
     databases: Databases,
@@ -222,12 +227,14 @@ impl Config {
             &tenants.schema_prefix,
             &control_schema,
         )?;
+        let tiers = tiers::tiers_section(&src, &raw.tiers, tenants.role_template.is_some())?;
         Ok(Config {
             path: path.to_path_buf(),
             control_schema,
             migrations,
             tenants,
             run,
+            tiers,
             multi_cluster: raw.clusters.is_some(),
             databases,
         })

@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub(super) tenants: RawTenants,
     #[serde(default)]
     pub(super) run: RawRun,
+    pub(super) tiers: Option<BTreeMap<String, super::tiers::RawTier>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,7 +95,7 @@ impl Source<'_> {
             + 1
     }
 
-    fn err_at(
+    pub(super) fn err_at(
         &self,
         span: std::ops::Range<usize>,
         key: &str,
@@ -104,7 +105,7 @@ impl Source<'_> {
     }
 
     /// Expands `${VAR}` / `${VAR:-default}` in a string value.
-    fn expand(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    pub(super) fn expand(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
         expand_env(value.get_ref(), |name| std::env::var(name).ok())
             .map_err(|e| self.err_at(value.span(), key, e))
     }

@@ -4,7 +4,7 @@
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::{failed, states, Control, TenantState, TS};
+use super::{failed, states, Control, Param, TenantState, TS};
 use crate::labels::Labels;
 use crate::tenant::{quote_literal, Tenant};
 
@@ -189,31 +189,38 @@ impl Control {
             active = TenantState::Active.literal(),
         );
         let set = serde_json::to_string(set).expect("strings");
-        let (host, pid, total) = (
-            crate::whoami::hostname(),
-            std::process::id() as i32,
-            i32::try_from(ids.len()).unwrap_or(i32::MAX),
+        let more: [Param<'_>; 3] = [
+            (&set, Type::TEXT),
+            (&remove, Type::TEXT_ARRAY),
+            (&ids, Type::TEXT_ARRAY),
+        ];
+        finished_run(client, &sql, (info, ids.len()), &more, "setting labels").await
+    }
+
+    /// Records a finished run with one succeeded row per tenant in `tenants` (id, schema):
+    /// `tenant tiers apply`, in the caller's transaction. Returns the run's id.
+    pub async fn record_many(
+        &self,
+        client: &Client,
+        info: &super::RunInfo<'_>,
+        tenants: &[(String, String)],
+    ) -> anyhow::Result<i64> {
+        let sql = format!(
+            "WITH r AS (INSERT INTO {runs} (command, target_version, digest, scope, state, actor, argv, host, pid, total, finished_at) \
+                        VALUES ($1, NULL, $2, $3, {succeeded_run}, $4, $5, $6, $7, $8, clock_timestamp()) RETURNING id), \
+                  s AS (INSERT INTO {rs} (run_id, tenant_id, schema_name, state, version_before, version_after, applied, attempts, started_at, finished_at) \
+                        SELECT r.id, u.id, u.schema_name, {succeeded}, NULL, NULL, 1, 1, now(), clock_timestamp() \
+                        FROM r, unnest($9::text[], $10::text[]) AS u(id, schema_name)) \
+             SELECT id FROM r",
+            runs = self.table("runs"),
+            rs = self.table("run_schemas"),
+            succeeded_run = super::RunState::Succeeded.literal(),
+            succeeded = super::SchemaState::Succeeded.literal(),
         );
-        let row = client
-            .query_typed_one(
-                &sql,
-                &[
-                    (&info.command.as_str(), Type::TEXT),
-                    (&info.digest, Type::TEXT),
-                    (&info.scope, Type::TEXT),
-                    (&info.actor, Type::TEXT),
-                    (&info.argv, Type::TEXT),
-                    (&host, Type::TEXT),
-                    (&pid, Type::INT4),
-                    (&total, Type::INT4),
-                    (&set, Type::TEXT),
-                    (&remove, Type::TEXT_ARRAY),
-                    (&ids, Type::TEXT_ARRAY),
-                ],
-            )
-            .await
-            .map_err(|e| failed("setting labels", &e))?;
-        Ok(row.get(0))
+        let (ids, schemas): (Vec<String>, Vec<String>) = tenants.iter().cloned().unzip();
+        let more: [Param<'_>; 2] = [(&ids, Type::TEXT_ARRAY), (&schemas, Type::TEXT_ARRAY)];
+        let what = format!("recording the {} run", info.command);
+        finished_run(client, &sql, (info, info.total), &more, &what).await
     }
 
     /// Hot path: records the role made for `tenant` (role per tenant).
@@ -379,4 +386,37 @@ impl Control {
             id = quote_literal(tenant.id()),
         )
     }
+}
+
+/// Runs `sql`, whose $1..$8 are a finished run's `runs` row (command, digest, scope, actor,
+/// argv, host, pid, total) and the rest `more`, and returns the id it selects.
+async fn finished_run(
+    client: &Client,
+    sql: &str,
+    (info, total): (&super::RunInfo<'_>, usize),
+    more: &[Param<'_>],
+    what: &str,
+) -> anyhow::Result<i64> {
+    let (command, host, pid) = (
+        info.command.as_str(),
+        crate::whoami::hostname(),
+        std::process::id() as i32,
+    );
+    let total = i32::try_from(total).unwrap_or(i32::MAX);
+    let mut params: Vec<Param<'_>> = vec![
+        (&command, Type::TEXT),
+        (&info.digest, Type::TEXT),
+        (&info.scope, Type::TEXT),
+        (&info.actor, Type::TEXT),
+        (&info.argv, Type::TEXT),
+        (&host, Type::TEXT),
+        (&pid, Type::INT4),
+        (&total, Type::INT4),
+    ];
+    params.extend_from_slice(more);
+    let row = client
+        .query_typed_one(sql, &params)
+        .await
+        .map_err(|e| failed(what, &e))?;
+    Ok(row.get(0))
 }

@@ -95,6 +95,9 @@ stored_enum! {
         TenantMoveCleanup => "tenant move --cleanup",
         /// `rebalance --apply`: the plan, recorded before its moves run.
         Rebalance => "rebalance",
+        /// `tenant tiers apply`: tenant roles brought to their tier's settings (one row per
+        /// role changed).
+        TenantTiers => "tenant tiers apply",
         /// `exec`: one piece of SQL run in each tenant, exactly once per tenant (the run's
         /// digest is the SQL's).
         Exec => "exec",
@@ -222,6 +225,7 @@ impl RunCommand {
             | RunCommand::TenantMoveAbort
             | RunCommand::TenantMoveCleanup
             | RunCommand::Rebalance
+            | RunCommand::TenantTiers
             | RunCommand::Query => false,
             // Under the fleet lock (the tenants' versions cannot change under it), but each
             // tenant it ran on is done, whatever its version.
@@ -240,6 +244,7 @@ impl RunCommand {
             | RunCommand::TenantMoveAbort
             | RunCommand::TenantMoveCleanup
             | RunCommand::Rebalance
+            | RunCommand::TenantTiers
             | RunCommand::Exec
             | RunCommand::Query
             | RunCommand::PoolDrain => false,

@@ -20,6 +20,7 @@ use crate::engine::one_trip::in_one_trip;
 use crate::engine::schema_tx::{fresh_preamble, rows_affected, trip, TripError, TxSettings};
 use crate::engine::segmented::segmented;
 use crate::engine::session::GUARD;
+use crate::engine::tiers;
 use crate::engine::work::{plan_work, Script, Segment};
 use crate::migrations::MigrationSet;
 use crate::tenant::{quote_ident, quote_literal, role_name, Tenant};
@@ -38,6 +39,8 @@ pub struct ApplyCtx<'a> {
     pub tx: TxSettings<'a>,
     /// Role-per-tenant template, when that option is on.
     pub role_template: Option<&'a str>,
+    /// `[tiers]`: the settings a new tenant's role gets, by its labels.
+    pub tiers: &'a crate::config::Tiers,
     /// Where warnings go (an INVALID index dropped before a build is retried).
     pub events: &'a Events,
     /// Labels of the tenants a create or adopt registers, by id.
@@ -251,7 +254,20 @@ async fn transaction(
         | Mode::Exec { .. } => {}
     }
     if let Some(role) = &role {
-        opening.push((Step::CreateRole, create_role_sql(tenant, role)));
+        let mut sql = create_role_sql(tenant, role);
+        if !ctx.tiers.is_empty() {
+            // The tier's settings with the role, in the same transaction.
+            let none = crate::labels::Labels::new();
+            let labels = ctx.labels.get(tenant.id()).unwrap_or(&none);
+            let tier = ctx
+                .tiers
+                .of(tenant.id(), labels)
+                .map_err(|message| Failure::new(FailureKind::Other, message, registry_version))?;
+            let changes = tiers::changes(&tiers::RoleState::new_role(), tier);
+            sql.push(' ');
+            sql.push_str(&tiers::alter_sql(role, &changes));
+        }
+        opening.push((Step::CreateRole, sql));
     }
     let reads_history = !matches!(mode, Mode::Drop { .. } | Mode::PoolDrain);
     if reads_history {

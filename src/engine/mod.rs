@@ -30,6 +30,7 @@ pub mod session;
 pub mod shared;
 pub mod slow;
 pub mod staged;
+pub mod tiers;
 pub mod verify;
 pub mod waves;
 pub mod work;

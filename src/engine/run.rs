@@ -283,6 +283,7 @@ pub async fn run(
             check_client: session.server_major >= 14,
         },
         role_template: env.config.tenants.role_template.as_deref(),
+        tiers: &env.config.tiers,
         events: &env.events,
         labels: &req.labels,
         seed: req.seed,

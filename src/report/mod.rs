@@ -236,6 +236,7 @@ pub fn schema_done(command: RunCommand, target: Option<i32>, a: &Applied) -> Str
         RunCommand::TenantMoveAbort => "move undone".into(),
         RunCommand::TenantMoveCleanup => "old copy dropped".into(),
         RunCommand::Rebalance => "planned".into(),
+        RunCommand::TenantTiers => "role brought to its tier".into(),
         RunCommand::Exec => format!("{} row(s)", a.rows.unwrap_or(0)),
         RunCommand::Query => format!("{} row(s)", a.rows.unwrap_or(0)),
         RunCommand::TenantAdopt => format!(
@@ -353,6 +354,7 @@ fn verbs(command: RunCommand) -> (&'static str, &'static str) {
         }
         RunCommand::Repair => ("repaired", "already accepted"),
         RunCommand::TenantLabel => ("labelled", "unchanged"),
+        RunCommand::TenantTiers => ("changed", "unchanged"),
         RunCommand::PoolFill => ("pooled", "already pooled"),
         RunCommand::PoolDrain => ("drained", "skipped"),
         RunCommand::TenantImport => ("imported", "already registered"),

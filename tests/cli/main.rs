@@ -26,5 +26,6 @@ mod security;
 mod session;
 mod snapshots;
 mod status;
+mod tiers;
 mod toolkit;
 mod waves;

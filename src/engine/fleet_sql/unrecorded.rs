@@ -64,6 +64,7 @@ pub async fn run(
             check_client: session.server_major >= 14,
         },
         role_template: None,
+        tiers: &crate::config::Tiers::NONE,
         events: &env.events,
         labels: &labels,
         seed: None,
