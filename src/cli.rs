@@ -208,6 +208,24 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Audit(AuditArgs),
 
+    /// Check a cluster before (and while) tenantctl works on it: pass / warn / fail, each
+    /// with the fix. Exit 1 when a check fails.
+    ///
+    /// Per cluster: the connection (server version, primary or standby, TLS and whether the
+    /// certificate is verified), a pooler in front of it (transaction mode and direct_url;
+    /// whether a session-level search_path leaks from one client to another, tried with two
+    /// clients), the privileges the config needs (CREATE, CREATEROLE for roles, logical
+    /// replication for moves), the limits (free connections against jobs, lock slots
+    /// against the largest schema, server timeouts that would end tenantctl's sessions),
+    /// and the fleet (tenants behind, drift, unregistered schemas, a run waiting to be
+    /// resumed, what moves left behind). Changes nothing.
+    ///
+    /// Examples:
+    ///   tenantctl doctor
+    ///   tenantctl doctor --cluster eu1 --json
+    #[command(verbatim_doc_comment)]
+    Doctor(DoctorArgs),
+
     /// Plan (and run) the tenant moves that even out the clusters' sizes.
     ///
     /// Reads every selected cluster's tenant sizes (one catalog query each, as `tenant
@@ -340,6 +358,13 @@ pub struct CompletionsArgs {
     /// bash, zsh, fish, powershell or elvish.
     #[arg(value_name = "SHELL")]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print one JSON document on stdout (see docs/json.md), errors included.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -155,6 +155,7 @@ fn needs(command: &Command) -> Needs {
         Command::Repair(a) => run(&a.run),
         Command::Status(a) => read(a.json),
         Command::Audit(a) => read(a.json),
+        Command::Doctor(a) => read(a.json),
         Command::Rebalance(a) => data(&a.opts, Some(&a.stream)),
         Command::Query(a) => Needs {
             jobs: a.jobs,
@@ -199,6 +200,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Repair(_) => "repair",
         Command::Status(_) => "status",
         Command::Audit(_) => "audit",
+        Command::Doctor(_) => "doctor",
         Command::Rebalance(_) => "rebalance",
         Command::Query(_) => "query",
         Command::Exec(_) => "exec",
@@ -324,6 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Command::Status(args) => commands::status::status(ctx, args).await,
             Command::Audit(args) => commands::audit::audit(ctx, args).await,
+            Command::Doctor(args) => commands::doctor::doctor(ctx, args).await,
             Command::Query(args) => commands::query::query(ctx, args).await,
             Command::Exec(args) => commands::exec::exec(ctx, args).await,
             Command::Init(_) | Command::Completions(_) | Command::Man | Command::Migration(_) => {

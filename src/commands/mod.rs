@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod clusters;
+pub mod doctor;
 pub mod exec;
 pub mod fleet;
 pub mod listing;

@@ -49,6 +49,14 @@ pub(super) async fn read(session: &Session<'_>, exists: bool) -> anyhow::Result<
 }
 
 impl Moves {
+    /// For doctor: old copies that are due to be dropped, and the stray replication objects.
+    pub fn leftovers(&self) -> (usize, Vec<String>) {
+        (
+            self.copies.iter().filter(|c| c.due).count(),
+            self.stray.names().into_iter().map(str::to_string).collect(),
+        )
+    }
+
     /// Whether a leftover was found (status exits 1).
     pub fn leaked(&self) -> bool {
         !self.stray.is_empty()

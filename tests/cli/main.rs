@@ -8,6 +8,7 @@ mod clusters;
 mod connect;
 mod create;
 mod data;
+mod doctor;
 mod failover;
 mod faults;
 mod fidelity;
