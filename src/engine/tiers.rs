@@ -39,11 +39,11 @@ pub async fn read_roles(
     roles: &[String],
 ) -> anyhow::Result<HashMap<String, RoleState>> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT r.rolname::text, r.rolcanlogin, r.rolconnlimit, coalesce(s.setconfig, '{}')::text[] \
              FROM pg_roles r LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0 \
              WHERE r.rolname = ANY($1::text[])",
-            &[&roles],
+            &[(&roles, tokio_postgres::types::Type::TEXT_ARRAY)],
         )
         .await
         .map_err(|e| anyhow::anyhow!("reading the tenants' roles: {}", crate::pgerror::describe(&e)))?;

@@ -64,6 +64,12 @@ fn a_healthy_server_passes_and_the_fleet_is_looked_at() {
     let doc = doctor(&p, None, 0);
     assert_eq!(verdict(&doc, "fleet.unregistered"), "warn", "{doc}");
     assert_eq!(verdict(&doc, "fleet.behind"), "warn", "{doc}");
+    // An archived copy of a dropped tenant is kept: said, with its name.
+    p.run(&["tenant", "create", "gone"], 0);
+    p.run(&["tenant", "drop", "gone", "--archive", "--yes"], 0);
+    let doc = doctor(&p, None, 0);
+    assert_eq!(verdict(&doc, "fleet.archived"), "warn", "{doc}");
+    assert!(doc.to_string().contains("tenant_gone__arch_"), "{doc}");
     let text = stdout(&p.run(&["doctor"], 0));
     assert!(
         text.contains("tenant_ghost") && text.contains("fix: tenantctl migrate --all"),
@@ -100,7 +106,16 @@ fn a_role_without_createrole_fails_when_tenants_have_roles() {
             "CREATE ROLE \"{user}\" LOGIN; GRANT CREATE ON DATABASE \"{db}\" TO \"{user}\""
         ))
         .unwrap();
-    p.write_config(&format!("[tenants]\nrole = \"{db}_{{id}}\"\n"));
+    // The shared step creates a trusted extension (CREATE suffices) and an untrusted one.
+    std::fs::create_dir_all(p.path().join("shared")).unwrap();
+    std::fs::write(
+        p.path().join("shared/V1__ext.sql"),
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm;\ncreate extension \"pg_stat_statements\";\n",
+    )
+    .unwrap();
+    p.write_config(&format!(
+        "shared_dir = \"shared\"\n[tenants]\nrole = \"{db}_{{id}}\"\n"
+    ));
     let mut config: postgres::Config = p.url.parse().unwrap();
     config.user(&user);
     let url = p.url.replacen("postgres@", &format!("{user}@"), 1);
@@ -108,6 +123,15 @@ fn a_role_without_createrole_fails_when_tenants_have_roles() {
     let doc = doctor(&p, Some(&url), 1);
     assert_eq!(verdict(&doc, "privileges.createrole"), "fail", "{doc}");
     assert_eq!(verdict(&doc, "privileges.create"), "pass", "{doc}");
+    assert_eq!(verdict(&doc, "privileges.extensions"), "fail", "{doc}");
+    let text = doc.to_string();
+    assert!(
+        text.contains("pg_stat_statements is not trusted") && !text.contains("pg_trgm is"),
+        "{doc}"
+    );
+    // As the superuser, both can be made.
+    let doc = doctor(&p, None, 0);
+    assert_eq!(verdict(&doc, "privileges.extensions"), "pass", "{doc}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! the way an application connects (statement_timeout cancels, CONNECTION LIMIT refuses),
 //! a relabel moves them, drift is seen and repaired, two matching tiers are refused.
 
-use crate::support::{stderr, stdout, Project};
+use crate::support::{start_cluster, stderr, stdout, Project};
 
 /// A project whose tenant roles are `<db>_<id>`, with an enterprise and a default tier.
 fn tiered(name: &str) -> (Project, String) {
@@ -205,4 +205,72 @@ fn a_tenant_two_tiers_select_is_refused_and_tiers_need_roles() {
     p.write_config("[tiers.default]\nstatement_timeout = \"1s\"\n");
     let out = p.run(&["tenant", "tiers", "status"], 2);
     assert!(stderr(&out).contains("[tenants] role"), "{}", stderr(&out));
+}
+
+/// `tenant tiers apply` at 1,000 tenants: every role changed, in a few messages to the
+/// server (a round trip per 500 roles), not one or two per tenant. Counted by the server
+/// itself: with log_statement = all on the database, each message tenantctl sends is one
+/// log entry (a simple query, however many statements it holds, or an execute).
+#[test]
+fn tiers_apply_at_1000_tenants_takes_a_few_round_trips() {
+    let server = start_cluster(&[]);
+    let p = Project::on(&server, "tiers_1000", 1);
+    let db = p.url.rsplit('/').next().unwrap().to_string();
+    let config = |timeout: &str| {
+        p.write_config(&format!(
+            "[tenants]\nrole = \"{db}_{{id}}\"\n[tiers.default]\nstatement_timeout = \"{timeout}\"\n"
+        ))
+    };
+    config("5s");
+    let ids: Vec<String> = (0..1000).map(|i| format!("t{i:04}")).collect();
+    std::fs::write(p.path().join("ids.txt"), ids.join("\n")).unwrap();
+    p.run(
+        &["tenant", "create", "--from-file", "ids.txt", "--quiet"],
+        0,
+    );
+    config("6s");
+    p.db()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" SET log_statement = 'all'"
+        ))
+        .unwrap();
+    let log = server
+        .data_dir
+        .as_ref()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("server.log");
+    let before = std::fs::read_to_string(&log).unwrap().len();
+    let doc = p.json(&["tenant", "tiers", "apply", "--json"], 0);
+    let changed = doc["tiers"][0]["differ"].as_array().unwrap().len();
+    assert_eq!(changed, 1000, "every role was at 5s");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let messages: Vec<&str> = text[before..]
+        .lines()
+        .filter(|l| l.contains("LOG:  statement: ") || l.contains("LOG:  execute "))
+        .collect();
+    assert!(
+        messages.len() <= 20,
+        "{} messages for 1,000 roles:\n{}",
+        messages.len(),
+        messages
+            .iter()
+            .map(|m| m.chars().take(160).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let alters = messages.iter().filter(|m| m.contains("ALTER ROLE")).count();
+    assert_eq!(alters, 2, "two batches of 500");
+    // And the catalog says so.
+    let at_6s: i64 = p
+        .db()
+        .query_one(
+            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole \
+             WHERE r.rolname LIKE $1 AND 'statement_timeout=6000' = ANY(s.setconfig)",
+            &[&format!("{db}\\_t%")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(at_6s, 1000);
 }

@@ -287,3 +287,76 @@ pub async fn limits(c: &Client, target: &Target, prefix: &str) -> anyhow::Result
     }
     Ok(out)
 }
+
+/// The extensions the shared migrations create (`CREATE EXTENSION [IF NOT EXISTS] name`).
+pub fn extensions_in(set: &crate::migrations::MigrationSet) -> Vec<String> {
+    let mut names = Vec::new();
+    for f in set.files() {
+        let words: Vec<String> = f
+            .sql()
+            .split(|c: char| c.is_whitespace() || c == ';' || c == '(')
+            .filter(|w| !w.is_empty())
+            .map(|w| w.trim_matches('"').to_lowercase())
+            .collect();
+        for (i, w) in words.iter().enumerate() {
+            if w == "extension" && i > 0 && words[i - 1] == "create" {
+                let mut j = i + 1;
+                if words.get(j).map(String::as_str) == Some("if") {
+                    j += 3;
+                }
+                if let Some(name) = words.get(j) {
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Whether tenantctl's role can create the extensions the shared step needs: installed
+/// already, or available and (superuser, or trusted with CREATE on the database).
+pub async fn extensions(c: &Client, wanted: &[String]) -> anyhow::Result<Vec<Check>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let row = c
+        .query_typed_one(
+            "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),                     has_database_privilege(current_database(), 'CREATE'),                     coalesce((SELECT array_agg(extname::text) FROM pg_extension), '{}'),                     coalesce((SELECT array_agg(DISTINCT name::text) FROM pg_available_extension_versions), '{}'),                     coalesce((SELECT array_agg(DISTINCT name::text) FROM pg_available_extension_versions WHERE trusted), '{}')",
+            &[],
+        )
+        .await?;
+    let (superuser, create): (bool, bool) = (row.get(0), row.get(1));
+    let (installed, available, trusted): (Vec<String>, Vec<String>, Vec<String>) =
+        (row.get(2), row.get(3), row.get(4));
+    let mut problems = Vec::new();
+    for name in wanted {
+        if installed.contains(name) {
+            continue;
+        }
+        if !available.contains(name) {
+            problems.push(format!(
+                "{name} is not installed on the server (its package is missing)"
+            ));
+        } else if !(superuser || (trusted.contains(name) && create)) {
+            problems.push(format!(
+                "{name} is not trusted: only a superuser may create it"
+            ));
+        }
+    }
+    Ok(vec![if problems.is_empty() {
+        check(
+            "privileges",
+            "extensions",
+            Verdict::Pass,
+            format!(
+                "the shared migrations' extensions can be created or are there: {}",
+                wanted.join(", ")
+            ),
+            None,
+        )
+    } else {
+        check("privileges", "extensions", Verdict::Fail, format!("the shared migrations create extensions this role cannot: {}", problems.join("; ")), Some("install the extension's package on the server, or have a superuser CREATE EXTENSION it once in the database (the migration's IF NOT EXISTS then passes)"))
+    }])
+}

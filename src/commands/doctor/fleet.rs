@@ -171,5 +171,24 @@ pub async fn health(ctx: &Ctx, session: &Session<'_>) -> anyhow::Result<Vec<Chec
             "tenantctl tenant move --cleanup (a stray slot keeps WAL until the disk is full)",
         )
     });
+    let archived: Vec<String> = client
+        .query_typed(
+            &format!(
+                "SELECT t.archived_as FROM {schema}.tenants t JOIN pg_namespace n ON n.nspname = t.archived_as \
+                 ORDER BY t.archived_as LIMIT 6"
+            ),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    out.push(if archived.is_empty() {
+        check("archived", Verdict::Pass, "no archived copy of a dropped tenant is kept".into(), "")
+    } else {
+        let shown: Vec<&str> = archived.iter().take(5).map(String::as_str).collect();
+        let more = if archived.len() > 5 { ", …" } else { "" };
+        check("archived", Verdict::Warn, format!("archived copies of dropped tenants are kept (their data, outside any tenant): {}{more}", shown.join(", ")), "DROP SCHEMA … CASCADE each once its data is no longer needed (tenant list --json shows archived_as)")
+    });
     Ok(out)
 }

@@ -43,6 +43,12 @@ async fn run_checks(ctx: &Ctx, target: &Target) -> anyhow::Result<Vec<Check>> {
     let mut out = checks::connection(&session, target).await?;
     out.extend(checks::pooler(&session, target).await?);
     out.extend(checks::privileges(&session.client, &ctx.config).await?);
+    let shared = super::load_shared(&ctx.config)?;
+    let wanted = shared
+        .as_ref()
+        .map(checks::extensions_in)
+        .unwrap_or_default();
+    out.extend(checks::extensions(&session.client, &wanted).await?);
     out.extend(checks::limits(&session.client, target, &ctx.config.tenants.schema_prefix).await?);
     out.extend(fleet::health(ctx, &session).await?);
     Ok(out)
