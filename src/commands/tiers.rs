@@ -34,6 +34,31 @@ struct Plan {
 }
 
 impl Plan {
+    /// Tenants two tiers select stop the change: the first few said (at 10,000 tenants a
+    /// selector overlap would otherwise be a message of 10,000 lines), nothing changed.
+    fn refuse_conflicts(&self) -> anyhow::Result<()> {
+        const SHOWN: usize = 3;
+        let Some(first) = self.conflicts.first() else {
+            return Ok(());
+        };
+        let mut text: Vec<&str> = vec![first];
+        text.extend(
+            self.conflicts
+                .iter()
+                .skip(1)
+                .take(SHOWN - 1)
+                .map(String::as_str),
+        );
+        let more = self.conflicts.len().saturating_sub(SHOWN);
+        let more = match more {
+            0 => String::new(),
+            n => {
+                format!("; and {n} more tenant(s) in two tiers (`tenant tiers status` lists them)")
+            }
+        };
+        Err(UsageError(format!("{}{more}; nothing was changed", text.join("; "))).into())
+    }
+
     fn changed(&self) -> impl Iterator<Item = &RolePlan> {
         self.roles
             .iter()
@@ -111,13 +136,7 @@ pub(super) async fn apply_in_tx(
     ids: &[String],
 ) -> anyhow::Result<()> {
     let plan = plan(ctx, (control, client), Some(ids)).await?;
-    if !plan.conflicts.is_empty() {
-        return Err(UsageError(format!(
-            "{}; nothing was changed",
-            plan.conflicts.join("; ")
-        ))
-        .into());
-    }
+    plan.refuse_conflicts()?;
     let sql = plan.sql().concat();
     if !sql.is_empty() {
         client.batch_execute(&sql).await?;
@@ -160,13 +179,7 @@ async fn apply_on(ctx: &Ctx, target: &Target, dry_run: bool) -> anyhow::Result<D
     let session = ctx.session(target, true).await?;
     let (control, client) = (&session.control, &session.client);
     let plan = plan(ctx, (control, client), None).await?;
-    if !plan.conflicts.is_empty() {
-        return Err(UsageError(format!(
-            "{}; nothing was changed",
-            plan.conflicts.join("; ")
-        ))
-        .into());
-    }
+    plan.refuse_conflicts()?;
     if dry_run {
         return Ok(said(
             ctx,
@@ -297,6 +310,9 @@ fn said(ctx: &Ctx, plan: &Plan, command: &str, verb: &str, run_id: Option<i64>) 
             r.id, r.role
         ));
     }
+    for c in &plan.conflicts {
+        text.push_str(&format!("warning: {c}\n"));
+    }
     if let Some(run_id) = run_id {
         text.push_str(&format!("recorded as run {run_id}\n"));
     }
@@ -304,6 +320,13 @@ fn said(ctx: &Ctx, plan: &Plan, command: &str, verb: &str, run_id: Option<i64>) 
         .top("command", json!(command))
         .cluster("run_id", json!(run_id))
         .list("tiers", tiers)
+        .list(
+            "conflicts",
+            plan.conflicts
+                .iter()
+                .map(|c| json!({"message": c}))
+                .collect(),
+        )
         .list(
             "missing_roles",
             missing

@@ -6,7 +6,7 @@
 mod session;
 pub mod tls;
 
-pub use session::{Session, KEEPALIVES};
+pub use session::{keeps_session, Session, KEEPALIVES};
 
 use std::time::Duration;
 

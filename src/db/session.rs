@@ -227,7 +227,6 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let probe = async {
-            let first = pid(&self.client).await?;
             let kept = self
                 .spare
                 .lock()
@@ -240,17 +239,7 @@ impl<'a> Session<'a> {
                     (c, task)
                 }
             };
-            // One round trip: the transaction and the backend it holds.
-            let held = match other.simple_query("BEGIN; SELECT pg_backend_pid()").await {
-                Ok(messages) => messages.iter().find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => {
-                        row.get(0).and_then(|p| p.parse::<i32>().ok())
-                    }
-                    _ => None,
-                }),
-                Err(_) => None,
-            };
-            let second = pid(&self.client).await?;
+            let kept_session = keeps_session(&self.client, &other).await?;
             // Out of its transaction, the connection is a worker's like any other: the
             // run's pool starts with it. The ROLLBACK is not waited for: the worker's first
             // statement queues behind it (and a connection lost meanwhile is replaced).
@@ -263,7 +252,7 @@ impl<'a> Session<'a> {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((other, task));
             }
-            anyhow::Ok(held.is_some_and(|h| h != first) && second == first)
+            anyhow::Ok(kept_session)
         };
         let pinned = probe.await.map_err(|e| {
             anyhow::anyhow!(
@@ -303,6 +292,26 @@ pub const KEEPALIVES: &str =
     "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
 
 /// The backend process serving `client`'s next statement.
+/// Whether connection `a` keeps one server session while connection `b` (to the same
+/// place) holds a transaction open: asked for its backend twice, `a` gets the same one, and
+/// never the one `b` holds. A pooler in transaction (or statement) mode fails it. `b` is
+/// left in its transaction: the caller rolls it back.
+pub async fn keeps_session(a: &Client, b: &Client) -> anyhow::Result<bool> {
+    let first = pid(a).await?;
+    // One round trip: the transaction and the backend it holds.
+    let held = match b.simple_query("BEGIN; SELECT pg_backend_pid()").await {
+        Ok(messages) => messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                row.get(0).and_then(|p| p.parse::<i32>().ok())
+            }
+            _ => None,
+        }),
+        Err(_) => None,
+    };
+    let second = pid(a).await?;
+    Ok(held.is_some_and(|h| h != first) && second == first)
+}
+
 async fn pid(client: &Client) -> Result<i32, tokio_postgres::Error> {
     client
         .query_typed_one("SELECT pg_backend_pid()", &[])

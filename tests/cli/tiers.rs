@@ -201,6 +201,24 @@ fn a_tenant_two_tiers_select_is_refused_and_tiers_need_roles() {
         .get(0);
     assert_eq!(made, 0);
 
+    // Labels that came to match two tiers (a tier added after they were set): status says
+    // which tenant and both tiers; apply refuses and changes nothing.
+    p.db()
+        .batch_execute(
+            "UPDATE tenantctl.tenants SET labels = labels || '{\"region\": \"eu\"}' WHERE id = 'acme'",
+        )
+        .unwrap();
+    let status = p.json(&["tenant", "tiers", "status", "--json"], 0);
+    let conflict = status["conflicts"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        conflict.contains("acme") && conflict.contains("enterprise") && conflict.contains("eu"),
+        "{status}"
+    );
+    p.run(&["tenant", "tiers", "apply"], 2);
+    assert_eq!(role_state(&p, &format!("{tag}_acme")), before);
+
     // Tiers without roles: a config error that says so.
     p.write_config("[tiers.default]\nstatement_timeout = \"1s\"\n");
     let out = p.run(&["tenant", "tiers", "status"], 2);

@@ -28,7 +28,7 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
-fn check(
+pub(super) fn check(
     area: &'static str,
     name: &'static str,
     verdict: Verdict,
@@ -112,19 +112,8 @@ pub async fn connection(session: &Session<'_>, target: &Target) -> anyhow::Resul
 pub async fn pooler(session: &Session<'_>, target: &Target) -> anyhow::Result<Vec<Check>> {
     let pool = session.pool(2)?;
     let (a, b) = (pool.get().await?, pool.get().await?);
-    let first: i32 = one(&a, "SELECT pg_backend_pid()").await?;
-    let held: i32 = b
-        .simple_query("BEGIN; SELECT pg_backend_pid()")
-        .await?
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|p| p.parse().ok()),
-            _ => None,
-        })
-        .unwrap_or(0);
-    let second: i32 = one(&a, "SELECT pg_backend_pid()").await?;
+    let session_kept = crate::db::keeps_session(&a, &b).await?;
     b.batch_execute("ROLLBACK").await?;
-    let session_kept = held != first && first == second;
     let mut out = Vec::new();
     if session_kept {
         out.push(check("pooler", "mode", Verdict::Pass, "each connection keeps its server session (PostgreSQL itself, or a pooler in session mode)".into(), None));
@@ -215,12 +204,16 @@ pub async fn privileges(c: &Client, config: &Config) -> anyhow::Result<Vec<Check
 }
 
 /// The server's limits against the fleet's size and tenantctl's sessions.
-pub async fn limits(c: &Client, target: &Target, prefix: &str) -> anyhow::Result<Vec<Check>> {
-    let row = c
+pub async fn limits(
+    session: &Session<'_>,
+    target: &Target,
+    prefix: &str,
+) -> anyhow::Result<Vec<Check>> {
+    let free = session.free_slots().await?;
+    let row = session
+        .client
         .query_typed_one(
-            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int \
-                      - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int, \
-                    current_setting('max_locks_per_transaction')::int * (current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int), \
+            "SELECT current_setting('max_locks_per_transaction')::int * (current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int), \
                     coalesce((SELECT max(n) FROM (SELECT count(*) AS n FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace \
                                                    WHERE starts_with(s.nspname, $1) GROUP BY s.oid) x), 0)::int, \
                     current_setting('statement_timeout'), current_setting('idle_session_timeout'), \
@@ -228,8 +221,8 @@ pub async fn limits(c: &Client, target: &Target, prefix: &str) -> anyhow::Result
             &[(&prefix, tokio_postgres::types::Type::TEXT)],
         )
         .await?;
-    let (free, slots, biggest): (i32, i32, i32) = (row.get(0), row.get(1), row.get(2));
-    let need = target.jobs as i32 + 1;
+    let (slots, biggest): (i32, i32) = (row.get(0), row.get(1));
+    let need = target.jobs as i64 + 1;
     let mut out = vec![if free >= 2 * need {
         check(
             "limits",
@@ -274,9 +267,9 @@ pub async fn limits(c: &Client, target: &Target, prefix: &str) -> anyhow::Result
         check("limits", "locks", Verdict::Fail, format!("the largest tenant schema has {biggest} relation(s); {} dropped or rolled back at once need {want} lock slots, the server has {slots}: \"out of shared memory\"", target.jobs), Some("raise max_locks_per_transaction (a restart), or lower jobs"))
     });
     for (i, name) in [
-        (3, "statement_timeout"),
-        (4, "idle_session_timeout"),
-        (5, "idle_in_transaction_session_timeout"),
+        (2, "statement_timeout"),
+        (3, "idle_session_timeout"),
+        (4, "idle_in_transaction_session_timeout"),
     ] {
         let value: String = row.get(i);
         out.push(if value == "0" {

@@ -2,24 +2,24 @@
 //! schemas with the tenant prefix that are not registered, a run waiting to be resumed,
 //! what moves left behind.
 
+use crate::control::RunState;
 use crate::db::Session;
 use crate::tenant::quote_ident;
 
 use super::super::status_moves;
-use super::super::{load_migrations, Ctx};
-use super::checks::{Check, Verdict};
+use super::super::Ctx;
+use super::checks::{self, Check, Verdict};
 
+/// A fleet check ([`checks::check`] in the `fleet` area); `fix` is kept only when it did not pass.
 fn check(name: &'static str, verdict: Verdict, detail: String, fix: &str) -> Check {
-    Check {
-        area: "fleet",
-        check: name,
-        verdict,
-        detail,
-        fix: (verdict != Verdict::Pass).then(|| fix.to_string()),
-    }
+    checks::check("fleet", name, verdict, detail, Some(fix))
 }
 
-pub async fn health(ctx: &Ctx, session: &Session<'_>) -> anyhow::Result<Vec<Check>> {
+pub async fn health(
+    ctx: &Ctx,
+    session: &Session<'_>,
+    latest: Option<i32>,
+) -> anyhow::Result<Vec<Check>> {
     let (control, client) = (&session.control, &session.client);
     if !control.exists(client).await? {
         return Ok(vec![check(
@@ -29,7 +29,6 @@ pub async fn health(ctx: &Ctx, session: &Session<'_>) -> anyhow::Result<Vec<Chec
             "",
         )]);
     }
-    let latest = load_migrations(&ctx.config)?.latest();
     let summary = control.summary(client, latest, 5).await?;
     let mut out = Vec::new();
     let behind = summary.total() - summary.at(latest);
@@ -115,8 +114,10 @@ pub async fn health(ctx: &Ctx, session: &Session<'_>) -> anyhow::Result<Vec<Chec
         .query_typed(
             &format!(
                 "SELECT r.id, r.command, r.state FROM {schema}.runs r \
-                 WHERE r.state IN ('interrupted', 'halted') \
-                 AND r.id = (SELECT max(id) FROM {schema}.runs q WHERE q.command = r.command)"
+                 WHERE r.state IN ({interrupted}, {halted}) \
+                 AND r.id = (SELECT max(id) FROM {schema}.runs q WHERE q.command = r.command)",
+                interrupted = RunState::Interrupted.literal(),
+                halted = RunState::Halted.literal(),
             ),
             &[],
         )

@@ -17,41 +17,46 @@ use super::Ctx;
 use checks::{Check, Verdict};
 
 pub async fn doctor(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<i32> {
-    let results = each(&ctx.targets, |t| one(ctx, t)).await;
-    finish(ctx, results, args.json).await
-}
-
-async fn one(ctx: &Ctx, target: &Target) -> anyhow::Result<Done> {
-    let checks = match run_checks(ctx, target).await {
-        Ok(checks) => checks,
-        Err(e) => vec![Check {
-            area: "connection",
-            check: "reachable",
-            verdict: Verdict::Fail,
-            detail: format!("{e:#}"),
-            fix: Some(format!(
-                "check the URL of cluster {} ({}) and that the server accepts this role",
-                target.name, target.display_url
-            )),
-        }],
-    };
-    Ok(said(&checks))
-}
-
-async fn run_checks(ctx: &Ctx, target: &Target) -> anyhow::Result<Vec<Check>> {
-    let session = ctx.session(target, false).await?;
-    let mut out = checks::connection(&session, target).await?;
-    out.extend(checks::pooler(&session, target).await?);
-    out.extend(checks::privileges(&session.client, &ctx.config).await?);
-    let shared = super::load_shared(&ctx.config)?;
-    let wanted = shared
+    // What the files need, read once for every cluster (a broken set is the command's error).
+    let latest = super::load_migrations(&ctx.config)?.latest();
+    let extensions = super::load_shared(&ctx.config)?
         .as_ref()
         .map(checks::extensions_in)
         .unwrap_or_default();
-    out.extend(checks::extensions(&session.client, &wanted).await?);
-    out.extend(checks::limits(&session.client, target, &ctx.config.tenants.schema_prefix).await?);
-    out.extend(fleet::health(ctx, &session).await?);
-    Ok(out)
+    let wanted = (latest, extensions.as_slice());
+    let results = each(&ctx.targets, |t| one(ctx, t, wanted)).await;
+    finish(ctx, results, args.json).await
+}
+
+/// One cluster's checks. A server that cannot be reached is a failed check; an error once
+/// connected is the cluster's error (named, exit code as for any command).
+async fn one(
+    ctx: &Ctx,
+    target: &Target,
+    (latest, extensions): (Option<i32>, &[String]),
+) -> anyhow::Result<Done> {
+    let session = match ctx.session(target, false).await {
+        Ok(session) => session,
+        Err(e) => {
+            return Ok(said(&[Check {
+                area: "connection",
+                check: "reachable",
+                verdict: Verdict::Fail,
+                detail: format!("{e:#}"),
+                fix: Some(format!(
+                    "check the URL of cluster {} ({}) and that the server accepts this role",
+                    target.name, target.display_url
+                )),
+            }]))
+        }
+    };
+    let mut out = checks::connection(&session, target).await?;
+    out.extend(checks::pooler(&session, target).await?);
+    out.extend(checks::privileges(&session.client, &ctx.config).await?);
+    out.extend(checks::extensions(&session.client, extensions).await?);
+    out.extend(checks::limits(&session, target, &ctx.config.tenants.schema_prefix).await?);
+    out.extend(fleet::health(ctx, &session, latest).await?);
+    Ok(said(&out))
 }
 
 fn said(checks: &[Check]) -> Done {
